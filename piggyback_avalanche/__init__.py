@@ -1,0 +1,18 @@
+"""Piggyback (Mallya, Davis & Lazebnik, ECCV 2018) for Avalanche: one learned
+binary mask per task over a frozen backbone."""
+
+from piggyback_avalanche.layers import TaskNorm
+from piggyback_avalanche.masks import binarize, ternarize
+from piggyback_avalanche.model import PiggybackModel
+from piggyback_avalanche.strategies import PIGGYBACK_PAPER_SETTINGS, Piggyback
+
+__all__ = [
+    "PiggybackModel",
+    "Piggyback",
+    "PIGGYBACK_PAPER_SETTINGS",
+    "TaskNorm",
+    "binarize",
+    "ternarize",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,457 @@
+"""Task-aware layers: masked convolutions and linear layers, per-task
+normalization and per-task classifier heads.
+
+All task-aware modules of one model share a :class:`TaskState`: the model
+selects the task once per forward pass and every layer reads it, so no
+per-layer bookkeeping happens on the hot path. Tasks are identified by their
+string keys (``str(task_label)``), the keys under which their tensors appear
+in the state dict.
+
+Every per-task container grows itself when a state dict holds tasks it does
+not know yet, so ``load_state_dict`` into a freshly built model restores every
+task without any extra call.
+"""
+
+import copy
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from piggyback_avalanche.masks import (
+    MaskKind,
+    pack_mask,
+    unpack_mask,
+)
+
+__all__ = [
+    "TaskState",
+    "TaskTensorDict",
+    "MaskedLayer",
+    "MaskedConv1d",
+    "MaskedConv2d",
+    "MaskedConv3d",
+    "MaskedLinear",
+    "MASKED_LAYER_TYPES",
+    "NORM_LAYER_TYPES",
+    "TaskNorm",
+    "ClassifierHead",
+    "TaskHeads",
+]
+
+
+class TaskState:
+    """The task a model computes right now and the tasks it is learning.
+
+    One instance is shared by every task-aware module of a model.
+    """
+
+    def __init__(self) -> None:
+        self.current: Optional[str] = None
+        self.learning: Set[str] = set()
+
+    @contextmanager
+    def use(self, task: str) -> Iterator[None]:
+        """Run the enclosed forward pass for ``task``."""
+        previous, self.current = self.current, task
+        try:
+            yield
+        finally:
+            self.current = previous
+
+    def key(self) -> str:
+        """The current task's key; raises if no task was selected."""
+        if self.current is None:
+            raise RuntimeError(
+                "No task selected: call the owning PiggybackModel as "
+                "model(x, task_labels), not a task-aware layer on its own."
+            )
+        return self.current
+
+
+def _task_keys(state_dict: Dict[str, Tensor], prefix: str) -> Set[str]:
+    """The task keys found directly below ``prefix`` in a state dict."""
+    return {k[len(prefix) :].split(".", 1)[0] for k in state_dict if k.startswith(prefix)}
+
+
+class TaskTensorDict(nn.Module):
+    """Per-task tensors, held as parameters (trainable) or as buffers (frozen).
+
+    State-dict keys are ``<prefix><task>``.
+    """
+
+    def __init__(self, *, trainable: bool) -> None:
+        super().__init__()
+        self.trainable = trainable
+
+    def keys(self) -> List[str]:
+        """The task keys, in insertion order."""
+        return list(self._parameters if self.trainable else self._buffers)
+
+    def __contains__(self, task: str) -> bool:
+        return task in (self._parameters if self.trainable else self._buffers)
+
+    def __getitem__(self, task: str) -> Tensor:
+        tensor = (self._parameters if self.trainable else self._buffers).get(task)
+        if tensor is None:
+            raise KeyError(task)
+        return tensor
+
+    def add(self, task: str, tensor: Tensor) -> None:
+        """Store ``tensor`` for ``task``."""
+        if self.trainable:
+            self.register_parameter(task, nn.Parameter(tensor))
+        else:
+            self.register_buffer(task, tensor)
+
+    def pop(self, task: str) -> Tensor:
+        """Remove and return the tensor of ``task``."""
+        return (self._parameters if self.trainable else self._buffers).pop(task)
+
+
+class MaskedLayer:
+    """Mixin that turns a convolution or linear layer into a Piggyback layer.
+
+    The layer's ``weight`` and ``bias`` stay frozen. Each task being learned
+    owns real-valued ``scores`` shaped like the weight; the forward pass uses
+    ``weight * threshold(scores)``. When the task is frozen only its
+    thresholded mask is kept, bit-packed in ``packed_masks``.
+
+    The masked weight of a frozen task is computed once and cached until the
+    task, the weight, the mask, the device or the dtype changes.
+    """
+
+    weight: nn.Parameter
+    bias: Optional[nn.Parameter]
+
+    def _init_masking(self, *, task_state: TaskState, mask_kind: MaskKind, threshold: float) -> None:
+        self.task_state = task_state
+        self.mask_kind = mask_kind
+        self.threshold = threshold
+        self.scores = TaskTensorDict(trainable=True)
+        self.packed_masks = TaskTensorDict(trainable=False)
+        # Tasks that train the full weight (the backbone's first task) rather
+        # than a mask; their mask is all ones.
+        self.dense_tasks: Set[str] = set()
+        self._cache: Optional[Tuple[Tuple, Tensor]] = None
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+
+    @classmethod
+    def from_module(
+        cls,
+        module: nn.Module,
+        *,
+        task_state: TaskState,
+        mask_kind: MaskKind,
+        threshold: float,
+    ) -> "MaskedLayer":
+        """Build the masked twin of ``module``, sharing its weight and bias.
+
+        :param module: an ``nn.Conv1d/2d/3d`` or ``nn.Linear``.
+        :param task_state: the owning model's task state.
+        :param mask_kind: the threshold function of the masks.
+        :param threshold: the threshold tau.
+        """
+        # Built on the meta device so that no weight is allocated only to be
+        # replaced by the module's own.
+        layer = cls(**cls._constructor_args(module), device="meta")
+        layer.weight = module.weight
+        layer.bias = module.bias
+        layer._init_masking(task_state=task_state, mask_kind=mask_kind, threshold=threshold)
+        return layer
+
+    @staticmethod
+    def _constructor_args(module: nn.Module) -> Dict:
+        raise NotImplementedError
+
+    # --- tasks -----------------------------------------------------------
+
+    def add_task(self, task: str, *, mask_init: str, mask_scale: float) -> None:
+        """Create trainable scores for a new task.
+
+        :param task: the task key.
+        :param mask_init: ``"1s"`` (every score is ``mask_scale``) or
+            ``"uniform"`` (uniform in ``[-mask_scale, mask_scale]``).
+        :param mask_scale: the initial score scale.
+        """
+        scores = torch.full_like(self.weight, mask_scale)
+        if mask_init == "uniform":
+            scores.uniform_(-mask_scale, mask_scale)
+        self.scores.add(task, scores)
+
+    def add_dense_task(self, task: str) -> None:
+        """Learn ``task`` by training the full weight, with a mask of ones."""
+        self.dense_tasks.add(task)
+
+    def freeze_task(self, task: str) -> None:
+        """Replace the task's scores by its bit-packed thresholded mask."""
+        if task in self.dense_tasks:
+            mask = torch.ones_like(self.weight)
+            self.dense_tasks.discard(task)
+        else:
+            with torch.no_grad():
+                mask = self.mask_kind.apply(self.scores.pop(task), self.threshold)
+        self.packed_masks.add(task, pack_mask(mask, bits=self.mask_kind.bits))
+        self._cache = None
+
+    def mask(self, task: str) -> Tensor:
+        """The mask of ``task`` as a tensor shaped like the weight."""
+        if task in self.scores:
+            return self.mask_kind.apply(self.scores[task], self.threshold)
+        if task in self.dense_tasks:
+            return torch.ones_like(self.weight)
+        return unpack_mask(
+            self.packed_masks[task],
+            shape=self.weight.shape,
+            bits=self.mask_kind.bits,
+            dtype=self.weight.dtype,
+        )
+
+    # --- forward ---------------------------------------------------------
+
+    def masked_weight(self) -> Tensor:
+        """The weight of the current task: ``weight * mask``."""
+        task = self.task_state.key()
+        if task in self.scores:
+            return self.weight * self.mask_kind.apply(self.scores[task], self.threshold)
+        if task in self.dense_tasks:
+            return self.weight
+        if task not in self.packed_masks:
+            raise KeyError(f"{type(self).__name__} has no mask for task {task!r}.")
+        if self.weight.requires_grad and torch.is_grad_enabled():
+            # The backbone itself trains: the product must stay in the graph.
+            return self.weight * self.mask(task)
+        packed = self.packed_masks[task]
+        # _version counts in-place writes, so an optimizer step or a
+        # load_state_dict into the weight or the mask invalidates the cache.
+        key = (task, self.weight._version, packed._version)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self.weight * self.mask(task))
+        return self._cache[1]
+
+    def _apply(self, fn, recurse: bool = True):
+        self._cache = None
+        return super()._apply(fn, recurse)  # type: ignore[misc]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("scores", "packed_masks"):
+            store: TaskTensorDict = getattr(self, name)
+            for task in _task_keys(state_dict, f"{prefix}{name}.") - set(store.keys()):
+                incoming = state_dict[f"{prefix}{name}.{task}"]
+                store.add(task, torch.empty_like(incoming, device=self.weight.device))
+        self._cache = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
+
+
+class _MaskedConv(MaskedLayer):
+    @staticmethod
+    def _constructor_args(module: nn.Module) -> Dict:
+        return dict(
+            in_channels=module.in_channels,
+            out_channels=module.out_channels,
+            kernel_size=module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+            dtype=module.weight.dtype,
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self._conv_forward(input, self.masked_weight(), self.bias)
+
+
+class MaskedConv1d(_MaskedConv, nn.Conv1d):
+    """``nn.Conv1d`` with a learned binary or ternary mask per task."""
+
+
+class MaskedConv2d(_MaskedConv, nn.Conv2d):
+    """``nn.Conv2d`` with a learned binary or ternary mask per task."""
+
+
+class MaskedConv3d(_MaskedConv, nn.Conv3d):
+    """``nn.Conv3d`` with a learned binary or ternary mask per task."""
+
+
+class MaskedLinear(MaskedLayer, nn.Linear):
+    """``nn.Linear`` with a learned binary or ternary mask per task."""
+
+    @staticmethod
+    def _constructor_args(module: nn.Module) -> Dict:
+        return dict(
+            in_features=module.in_features,
+            out_features=module.out_features,
+            bias=module.bias is not None,
+            dtype=module.weight.dtype,
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.linear(input, self.masked_weight(), self.bias)
+
+
+MASKED_LAYER_TYPES: Dict[Type[nn.Module], Type[MaskedLayer]] = {
+    nn.Conv1d: MaskedConv1d,
+    nn.Conv2d: MaskedConv2d,
+    nn.Conv3d: MaskedConv3d,
+    nn.Linear: MaskedLinear,
+}
+"""Layer types that get masks, and their masked twins."""
+
+NORM_LAYER_TYPES: Tuple[Type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
+"""Normalization layer types that get per-task parameters."""
+
+
+class TaskNorm(nn.Module):
+    """A normalization layer with its own parameters and statistics per task.
+
+    Each task's copy starts from the backbone's layer (``base``), which stays
+    frozen. A copy trains, and updates its running statistics, only while its
+    task is being learned; a frozen task's copy always runs in eval mode.
+
+    With ``per_task=False`` every task shares the frozen ``base`` in eval mode:
+    the paper's fixed-batch-norm ablation.
+
+    :param norm: the backbone's normalization layer.
+    :param task_state: the owning model's task state.
+    :param per_task: whether each task gets its own copy.
+    """
+
+    def __init__(self, norm: nn.Module, *, task_state: TaskState, per_task: bool = True) -> None:
+        super().__init__()
+        self.task_state = task_state
+        self.per_task = per_task
+        self.base = norm.requires_grad_(False).eval()
+        self.tasks = nn.ModuleDict()
+
+    def add_task(self, task: str) -> None:
+        """Give ``task`` its own copy of the base layer."""
+        if self.per_task:
+            self.tasks[task] = copy.deepcopy(self.base).requires_grad_(True)
+
+    def freeze_task(self, task: str) -> None:
+        """Stop training the copy of ``task``."""
+        if self.per_task:
+            self.tasks[task].requires_grad_(False)
+
+    def set_base_from_task(self, task: str) -> None:
+        """Make ``task``'s copy the template of later tasks (used after the
+        backbone itself was trained on that task)."""
+        if self.per_task:
+            self.base.load_state_dict(self.tasks[task].state_dict())
+
+    def norm_for(self, task: str) -> nn.Module:
+        """The layer that ``task`` uses."""
+        return self.tasks[task] if self.per_task else self.base
+
+    def forward(self, input: Tensor) -> Tensor:
+        task = self.task_state.key()
+        norm = self.norm_for(task)
+        learning = self.training and task in self.task_state.learning and self.per_task
+        if norm.training != learning:
+            norm.train(learning)
+        return norm(input)
+
+    def train(self, mode: bool = True) -> "TaskNorm":
+        # The copies' modes are set per forward pass; base never trains.
+        self.training = mode
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for task in _task_keys(state_dict, prefix + "tasks.") - set(self.tasks.keys()):
+            self.tasks[task] = copy.deepcopy(self.base)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class ClassifierHead(nn.Linear):
+    """A task's classifier: one output per class label up to the largest one.
+
+    Outputs of labels the task does not have are ``-inf``, so they never win
+    an argmax and get zero probability.
+
+    :param in_features: feature size.
+    :param classes: the class labels of the task.
+    :param bias: whether the head has a bias.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        classes: Sequence[int],
+        bias: bool = True,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        classes = sorted(int(c) for c in classes)
+        super().__init__(in_features, classes[-1] + 1, bias=bias, device=device, dtype=dtype)
+        inactive = torch.ones(classes[-1] + 1, dtype=torch.bool, device=device)
+        inactive[classes] = False
+        self.register_buffer("inactive_units", inactive)
+
+    @property
+    def classes(self) -> List[int]:
+        """The class labels this head predicts."""
+        return torch.nonzero(~self.inactive_units).flatten().tolist()
+
+    def forward(self, input: Tensor) -> Tensor:
+        return super().forward(input).masked_fill(self.inactive_units, float("-inf"))
+
+
+class TaskHeads(nn.Module):
+    """One :class:`ClassifierHead` per task, in place of the backbone's
+    classifier.
+
+    :param classifier: the backbone's classifier, whose input size, bias and
+        dtype the heads copy.
+    :param task_state: the owning model's task state.
+    """
+
+    def __init__(self, classifier: nn.Linear, *, task_state: TaskState) -> None:
+        super().__init__()
+        self.task_state = task_state
+        self.in_features = classifier.in_features
+        self.bias = classifier.bias is not None
+        self.heads = nn.ModuleDict()
+        # Zero-size, not saved: follows the model across devices and dtypes
+        # so that new heads are created where the model lives.
+        self.register_buffer(
+            "_placement", classifier.weight.new_empty(0), persistent=False
+        )
+
+    def add_task(self, task: str, *, classes: Sequence[int]) -> None:
+        """Create the head of ``task`` for the given class labels."""
+        self.heads[task] = ClassifierHead(
+            self.in_features,
+            classes=classes,
+            bias=self.bias,
+            device=self._placement.device,
+            dtype=self._placement.dtype,
+        )
+
+    def freeze_task(self, task: str) -> None:
+        """Stop training the head of ``task``."""
+        self.heads[task].requires_grad_(False)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.heads[self.task_state.key()](input)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for task in _task_keys(state_dict, prefix + "heads.") - set(self.heads.keys()):
+            inactive = state_dict[f"{prefix}heads.{task}.inactive_units"]
+            classes = torch.nonzero(~inactive).flatten().tolist()
+            self.add_task(task, classes=classes)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

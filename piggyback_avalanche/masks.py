@@ -1,0 +1,167 @@
+"""Threshold functions that turn real-valued mask scores into masks, and the
+bit packing that stores a finished task's mask at 1 or 2 bits per weight.
+
+Piggyback learns a real-valued score per weight and uses ``threshold(score)``
+as the mask in the forward pass. The threshold is not differentiable, so the
+backward pass is straight-through: the gradient that reaches the mask is
+handed to the scores unchanged. Since the layer computes ``W * mask``, the
+scores' gradient is the gradient w.r.t. the masked weight times ``W``.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "MaskKind",
+    "MASK_KINDS",
+    "get_mask_kind",
+    "binarize",
+    "ternarize",
+    "pack_mask",
+    "unpack_mask",
+    "packed_mask_bytes",
+]
+
+
+class _Binarizer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: Tensor, threshold: float) -> Tensor:
+        return (scores > threshold).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_mask: Tensor) -> Tuple[Tensor, None]:
+        return grad_mask, None
+
+
+class _Ternarizer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: Tensor, threshold: float) -> Tensor:
+        return (scores > threshold).to(scores.dtype) - (scores < 0).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_mask: Tensor) -> Tuple[Tensor, None]:
+        return grad_mask, None
+
+
+def binarize(scores: Tensor, threshold: float) -> Tensor:
+    """Binary mask: 1 where ``scores > threshold``, else 0.
+
+    The gradient passes straight through to ``scores``.
+
+    :param scores: real-valued mask scores.
+    :param threshold: the threshold tau (strict inequality).
+    :return: a tensor of 0s and 1s with the dtype of ``scores``.
+    """
+    return _Binarizer.apply(scores, threshold)
+
+
+def ternarize(scores: Tensor, threshold: float) -> Tensor:
+    """Ternary mask: -1 where ``scores < 0``, 0 where ``0 <= scores <= threshold``,
+    1 where ``scores > threshold``.
+
+    The gradient passes straight through to ``scores``.
+
+    :param scores: real-valued mask scores.
+    :param threshold: the threshold tau.
+    :return: a tensor of -1s, 0s and 1s with the dtype of ``scores``.
+    """
+    return _Ternarizer.apply(scores, threshold)
+
+
+@dataclass(frozen=True)
+class MaskKind:
+    """What a threshold function produces and how its masks are stored.
+
+    :param name: the name users pass as ``threshold_fn``.
+    :param apply: ``apply(scores, threshold) -> mask`` with straight-through
+        gradients.
+    :param bits: storage bits per weight of a frozen mask.
+    """
+
+    name: str
+    apply: Callable[[Tensor, float], Tensor]
+    bits: int
+
+
+MASK_KINDS: Dict[str, MaskKind] = {
+    "binarizer": MaskKind("binarizer", binarize, bits=1),
+    "ternarizer": MaskKind("ternarizer", ternarize, bits=2),
+}
+
+# A stored code is the mask value modulo 3, so -1 is stored as 2. The unused
+# 2-bit code 3 decodes to 0, a value every mask may hold.
+_CODE_VALUES: Dict[int, Tuple[float, ...]] = {1: (0.0, 1.0), 2: (0.0, 1.0, -1.0, 0.0)}
+
+
+def get_mask_kind(name: str) -> MaskKind:
+    """Look up a threshold function by name.
+
+    :param name: ``"binarizer"`` or ``"ternarizer"``.
+    :raises ValueError: for any other name, listing the known ones.
+    """
+    try:
+        return MASK_KINDS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"Unknown threshold_fn {name!r}; choose one of {sorted(MASK_KINDS)}."
+        ) from None
+
+
+def packed_mask_bytes(numel: int, bits: int) -> int:
+    """Bytes that a mask of ``numel`` weights takes at ``bits`` bits each."""
+    return -(-numel * bits // 8)
+
+
+def pack_mask(mask: Tensor, *, bits: int) -> Tensor:
+    """Pack a mask of {0, 1} (``bits=1``) or {-1, 0, 1} (``bits=2``) values into
+    a flat ``uint8`` tensor of ``ceil(numel * bits / 8)`` bytes.
+
+    Works on any device; the result stays on the mask's device.
+
+    :param mask: the mask, any shape.
+    :param bits: 1 for binary masks, 2 for ternary ones.
+    :return: the packed bytes, little-endian within each byte.
+    """
+    if bits not in _CODE_VALUES:
+        raise ValueError(f"bits must be 1 or 2, got {bits}.")
+    codes = torch.remainder(mask.detach().flatten(), 3).to(torch.uint8)
+    if bits == 1 and bool((codes > 1).any()):
+        raise ValueError("A 1-bit mask may only hold 0 and 1.")
+    per_byte = 8 // bits
+    padding = (-codes.numel()) % per_byte
+    if padding:
+        codes = torch.cat([codes, codes.new_zeros(padding)])
+    shifts = torch.arange(0, 8, bits, device=codes.device, dtype=torch.uint8)
+    return (codes.view(-1, per_byte) << shifts).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_mask(
+    packed: Tensor,
+    *,
+    shape: torch.Size,
+    bits: int,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Inverse of :func:`pack_mask`.
+
+    :param packed: the bytes from :func:`pack_mask`.
+    :param shape: the shape of the original mask.
+    :param bits: 1 or 2, as given to :func:`pack_mask`.
+    :param dtype: dtype of the returned mask.
+    :return: the mask, on ``packed``'s device.
+    """
+    numel = torch.Size(shape).numel()
+    if packed.dtype != torch.uint8 or packed.numel() != packed_mask_bytes(numel, bits):
+        raise ValueError(
+            f"A packed {bits}-bit mask for shape {tuple(shape)} must be "
+            f"{packed_mask_bytes(numel, bits)} uint8 bytes; got {packed.numel()} "
+            f"{packed.dtype} elements."
+        )
+    shifts = torch.arange(0, 8, bits, device=packed.device, dtype=torch.uint8)
+    codes = (packed.view(-1, 1) >> shifts) & ((1 << bits) - 1)
+    codes = codes.flatten()[:numel].long()
+    values = torch.tensor(_CODE_VALUES[bits], dtype=dtype, device=packed.device)
+    return values[codes].view(shape)

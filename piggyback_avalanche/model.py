@@ -1,0 +1,474 @@
+"""PiggybackModel: any backbone, one binary (or ternary) mask per task.
+
+The model is an Avalanche :class:`~avalanche.models.MultiTaskModule`: the
+strategy's model adaptation adds each new task's mask scores, normalization
+copies and classifier head, and ``model(x, task_labels)`` routes every sample
+through its own task.
+"""
+
+import copy
+import math
+import operator
+from typing import Dict, Iterable, List, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from avalanche.benchmarks.scenarios import CLExperience
+from avalanche.models import MultiTaskModule
+
+from piggyback_avalanche.layers import (
+    MASKED_LAYER_TYPES,
+    NORM_LAYER_TYPES,
+    MaskedLayer,
+    TaskHeads,
+    TaskNorm,
+    TaskState,
+)
+from piggyback_avalanche.masks import get_mask_kind
+
+__all__ = ["PiggybackModel", "experience_task_classes", "MASK_INITS"]
+
+MASK_INITS = ("1s", "uniform")
+"""Ways to initialise a new task's mask scores."""
+
+
+def experience_task_classes(experience: CLExperience) -> Dict[int, List[int]]:
+    """The class labels of each task label in an experience.
+
+    Works with the classic and the new Avalanche benchmark APIs: it reads
+    ``classes_in_this_experience`` (a list or a set) when the experience has a
+    single task and the attribute exists, and the dataset's targets otherwise.
+
+    :param experience: an Avalanche experience with task labels.
+    :return: ``{task_label: sorted class labels}``.
+    :raises ValueError: if the experience has no task labels or no data.
+    """
+    dataset = getattr(experience, "dataset", None)
+    task_labels = getattr(experience, "task_labels", None)
+    if task_labels is None and dataset is not None and hasattr(dataset, "targets_task_labels"):
+        task_labels = dataset.targets_task_labels.uniques
+    if task_labels is None:
+        raise ValueError(
+            "The experience has no task labels, but Piggyback learns one mask per "
+            "task. Make the stream task-aware, e.g. with "
+            "avalanche.benchmarks.scenarios.task_aware.task_incremental_benchmark(bm)."
+        )
+    tasks = sorted({int(t) for t in task_labels})
+    classes = getattr(experience, "classes_in_this_experience", None)
+    if len(tasks) == 1 and classes is not None:
+        found = {tasks[0]: sorted(int(c) for c in classes)}
+    else:
+        if dataset is None:
+            raise ValueError("The experience has neither class labels nor a dataset.")
+        targets = torch.as_tensor(list(dataset.targets))
+        labels = torch.as_tensor(list(dataset.targets_task_labels))
+        found = {t: torch.unique(targets[labels == t]).tolist() for t in tasks}
+    empty = [t for t, c in found.items() if not c]
+    if empty or not found:
+        raise ValueError(
+            f"The experience holds no samples for task(s) {empty or tasks}: "
+            "every experience needs at least one labelled sample per task."
+        )
+    return found
+
+
+def _find_classifier(backbone: nn.Module, classifier: Union[str, nn.Module, None]) -> str:
+    """The qualified name of the backbone's classifier."""
+    if isinstance(classifier, str):
+        try:
+            module = backbone.get_submodule(classifier)
+        except AttributeError:
+            raise ValueError(f"The backbone has no submodule named {classifier!r}.") from None
+        if not isinstance(module, nn.Linear):
+            raise ValueError(
+                f"classifier {classifier!r} is a {type(module).__name__}; it must be an "
+                "nn.Linear, which is replaced by one head per task."
+            )
+        return classifier
+    linears = [
+        name for name, module in backbone.named_modules() if isinstance(module, nn.Linear)
+    ]
+    if classifier is not None:
+        named = [name for name, module in backbone.named_modules() if module is classifier]
+        if not named or named[0] not in linears:
+            raise ValueError(
+                "classifier must be an nn.Linear inside the backbone (or its qualified "
+                "name); the given module is not one."
+            )
+        return named[0]
+    if not linears:
+        raise ValueError(
+            "The backbone has no nn.Linear to replace by per-task heads. Pass "
+            "classifier='<qualified name>' of its final nn.Linear."
+        )
+    return linears[-1]
+
+
+class PiggybackModel(MultiTaskModule):
+    """Piggyback (Mallya, Davis & Lazebnik, ECCV 2018): a frozen backbone that
+    learns one mask per task.
+
+    The backbone is copied; the copy's convolutions and linear layers get
+    per-task masks, its normalization layers per-task parameters and its
+    classifier is replaced by one head per task. Its weights are never written
+    again (except on the first task with
+    ``Piggyback(train_backbone_on_first_experience=True)``).
+
+    :param backbone: the (preferably pretrained) network. Supported layers
+        with parameters: ``nn.Conv1d/2d/3d`` and ``nn.Linear`` (masked),
+        ``nn.BatchNorm1d/2d/3d``, ``nn.SyncBatchNorm``, ``nn.LayerNorm``,
+        ``nn.GroupNorm`` (per task).
+    :param classifier: the ``nn.Linear`` replaced by per-task heads, as a
+        module of the backbone or its qualified name; ``None`` picks the
+        backbone's last ``nn.Linear``.
+    :param threshold_fn: ``"binarizer"`` (masks in {0, 1}, 1 bit per weight)
+        or ``"ternarizer"`` (masks in {-1, 0, 1}, 2 bits per weight).
+    :param mask_init: ``"1s"``: every score starts at ``mask_scale``, so each
+        task starts from the backbone; ``"uniform"``: scores uniform in
+        ``[-mask_scale, mask_scale]``.
+    :param mask_scale: initial score scale.
+    :param threshold: the threshold tau above which a score keeps its weight.
+    :param task_batchnorm: each task learns its own normalization parameters
+        and statistics; ``False`` keeps the backbone's frozen for all tasks.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        classifier: Union[str, nn.Module, None] = None,
+        threshold_fn: str = "binarizer",
+        mask_init: str = "1s",
+        mask_scale: float = 1e-2,
+        threshold: float = 5e-3,
+        task_batchnorm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.mask_kind = get_mask_kind(threshold_fn)
+        _check_mask_settings(mask_init=mask_init, mask_scale=mask_scale, threshold=threshold)
+        self.mask_init = mask_init
+        self.mask_scale = float(mask_scale)
+        self.threshold = float(threshold)
+        self.task_batchnorm = bool(task_batchnorm)
+        self.task_state = TaskState()
+        classifier_name = _find_classifier(backbone, classifier)
+        self.backbone = self._convert(copy.deepcopy(backbone), classifier_name)
+
+    @property
+    def threshold_fn(self) -> str:
+        """The name of the threshold function."""
+        return self.mask_kind.name
+
+    # --- building ----------------------------------------------------------
+
+    def _convert(self, backbone: nn.Module, classifier_name: str) -> nn.Module:
+        unsupported = [
+            f"{name or '<backbone>'} ({type(module).__name__})"
+            for name, module in backbone.named_modules()
+            if any(p is not None for p in module._parameters.values())
+            and name != classifier_name
+            and type(module) not in MASKED_LAYER_TYPES
+            and not isinstance(module, NORM_LAYER_TYPES)
+        ]
+        if unsupported:
+            raise ValueError(
+                "PiggybackModel cannot handle these modules with parameters: "
+                + ", ".join(unsupported)
+                + ". Supported: "
+                + ", ".join(t.__name__ for t in MASKED_LAYER_TYPES)
+                + " (masked), "
+                + ", ".join(t.__name__ for t in NORM_LAYER_TYPES)
+                + " (per task). Express them with these layers, or fold them into "
+                "the classifier."
+            )
+        replaced: Dict[int, nn.Module] = {}
+        for name, module in list(backbone.named_modules(remove_duplicate=False)):
+            if id(module) not in replaced:
+                replaced[id(module)] = self._task_aware(module, is_classifier=name == classifier_name)
+            new = replaced[id(module)]
+            if new is module:
+                continue
+            if not name:
+                return new
+            parent, _, attr = name.rpartition(".")
+            setattr(backbone.get_submodule(parent), attr, new)
+        if not any(isinstance(m, MaskedLayer) for m in backbone.modules()):
+            raise ValueError(
+                "The backbone has no convolution or linear layer besides the "
+                "classifier, so Piggyback has nothing to mask."
+            )
+        return backbone
+
+    def _task_aware(self, module: nn.Module, *, is_classifier: bool) -> nn.Module:
+        if is_classifier:
+            return TaskHeads(module, task_state=self.task_state)
+        if type(module) in MASKED_LAYER_TYPES:
+            return MASKED_LAYER_TYPES[type(module)].from_module(
+                module,
+                task_state=self.task_state,
+                mask_kind=self.mask_kind,
+                threshold=self.threshold,
+            )
+        if isinstance(module, NORM_LAYER_TYPES):
+            return TaskNorm(module, task_state=self.task_state, per_task=self.task_batchnorm)
+        return module
+
+    def _task_modules(self) -> Iterable[nn.Module]:
+        return (
+            m
+            for m in self.backbone.modules()
+            if isinstance(m, (MaskedLayer, TaskNorm, TaskHeads))
+        )
+
+    # --- tasks ---------------------------------------------------------------
+
+    @property
+    def masked_layers(self) -> Dict[str, MaskedLayer]:
+        """The masked layers by qualified name."""
+        return {n: m for n, m in self.backbone.named_modules() if isinstance(m, MaskedLayer)}
+
+    @property
+    def heads(self) -> TaskHeads:
+        """The per-task classifier heads."""
+        return next(m for m in self.backbone.modules() if isinstance(m, TaskHeads))
+
+    @property
+    def frozen_tasks(self) -> List[int]:
+        """Tasks whose masks are final."""
+        return sorted(int(t) for t in self.heads.heads.keys() if t not in self.task_state.learning)
+
+    @property
+    def learning_tasks(self) -> List[int]:
+        """Tasks being learned now."""
+        return sorted(int(t) for t in self.task_state.learning)
+
+    @property
+    def tasks(self) -> List[int]:
+        """Every task the model knows."""
+        return sorted(int(t) for t in self.heads.heads.keys())
+
+    def add_task(self, task: int, *, classes: Sequence[int], train_backbone: bool = False) -> None:
+        """Add a task to learn: mask scores, normalization copies and a head.
+
+        Avalanche's model adaptation calls this for each new task label; call
+        it directly to use the model outside Avalanche.
+
+        :param task: the task label.
+        :param classes: the class labels of the task.
+        :param train_backbone: learn this task by training the backbone's
+            weights themselves (with a mask of ones) instead of a mask.
+        :raises ValueError: if the task already exists or has no classes.
+        """
+        key = _task_key(task)
+        if key in self.heads.heads:
+            raise ValueError(
+                f"Task {task} already exists in this PiggybackModel (tasks "
+                f"{self.tasks}); Piggyback never changes a learned task. Give the "
+                "new data a new task label."
+            )
+        classes = [int(c) for c in classes]
+        if not classes or min(classes) < 0:
+            raise ValueError(f"Task {task} needs non-negative class labels, got {classes}.")
+        if train_backbone:
+            trained = [name for name, layer in self.masked_layers.items() if layer.dense_tasks]
+            if trained:
+                raise ValueError("The backbone is already being trained on another task.")
+        for module in self._task_modules():
+            if isinstance(module, MaskedLayer):
+                if train_backbone:
+                    module.add_dense_task(key)
+                    module.weight.requires_grad_(True)
+                    if module.bias is not None:
+                        module.bias.requires_grad_(True)
+                else:
+                    module.add_task(key, mask_init=self.mask_init, mask_scale=self.mask_scale)
+            elif isinstance(module, TaskNorm):
+                module.add_task(key)
+            else:
+                module.add_task(key, classes=classes)
+        self.task_state.learning.add(key)
+        self.known_train_tasks_labels.add(int(task))
+        self.max_class_label = max(self.max_class_label, max(classes) + 1)
+
+    def freeze_task(self, task: int) -> None:
+        """Finish a task: keep only its packed mask, freeze its normalization
+        copies and head. After this the task's outputs never change.
+
+        If the backbone was trained on this task, its weights are frozen from
+        now on and the task's normalization becomes the template of later tasks.
+        """
+        key = _task_key(task)
+        if key not in self.task_state.learning:
+            raise ValueError(f"Task {task} is not being learned; learning: {self.learning_tasks}.")
+        dense = any(key in layer.dense_tasks for layer in self.masked_layers.values())
+        for module in self._task_modules():
+            if isinstance(module, MaskedLayer):
+                module.freeze_task(key)
+                module.weight.requires_grad_(False)
+                if module.bias is not None:
+                    module.bias.requires_grad_(False)
+            else:
+                module.freeze_task(key)
+        if dense:
+            for module in self._task_modules():
+                if isinstance(module, TaskNorm):
+                    module.set_base_from_task(key)
+        self.task_state.learning.discard(key)
+
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        """The parameters that learning the current tasks trains.
+
+        :return: ``{"mask_scores": [...], "task_parameters": [...],
+            "backbone": [...]}``: the scores of tasks being learned; their
+            normalization and head parameters; the backbone's weights when it
+            trains on its first task (else empty).
+        """
+        groups: Dict[str, List[nn.Parameter]] = {
+            "mask_scores": [],
+            "task_parameters": [],
+            "backbone": [],
+        }
+        for module in self._task_modules():
+            if isinstance(module, MaskedLayer):
+                groups["mask_scores"].extend(module.scores[t] for t in module.scores.keys())
+                groups["backbone"].extend(
+                    p for p in (module.weight, module.bias) if p is not None and p.requires_grad
+                )
+            else:
+                per_task = module.tasks if isinstance(module, TaskNorm) else module.heads
+                for key in self.task_state.learning & set(per_task.keys()):
+                    groups["task_parameters"].extend(per_task[key].parameters())
+        return groups
+
+    def adaptation(self, experience: CLExperience) -> None:
+        """Add the experience's new tasks when training; when evaluating,
+        check that the model knows the experience's tasks.
+
+        :raises ValueError: when training on a task that is already frozen,
+            or evaluating a task the model never learned.
+        """
+        task_classes = experience_task_classes(experience)
+        if not self.training:
+            unknown = sorted(set(task_classes) - set(self.tasks))
+            if unknown:
+                raise ValueError(self._unknown_tasks_message(unknown))
+            return
+        for task, classes in task_classes.items():
+            key = _task_key(task)
+            if key in self.task_state.learning:
+                continue
+            if key in self.heads.heads:
+                raise ValueError(
+                    f"Task {task} was already learned and is frozen; Piggyback never "
+                    "changes a learned task. Give this experience a new task label."
+                )
+            self.add_task(task, classes=classes)
+
+    def _unknown_tasks_message(self, unknown: Sequence[int]) -> str:
+        return (
+            f"Task label(s) {list(unknown)} unknown to this PiggybackModel; it knows "
+            f"tasks {self.tasks}. Train an experience with that task label first, "
+            "or evaluate only the experiences trained so far, e.g. "
+            "strategy.eval(test_stream[: i + 1])."
+        )
+
+    # --- forward -------------------------------------------------------------
+
+    def forward(self, x: Tensor, task_labels: Union[int, Tensor, None]) -> Tensor:
+        """Logits of each sample under its own task.
+
+        Mini-batches may mix tasks; heads of different widths are padded with
+        ``-inf``, which never wins an argmax.
+
+        :param x: the input batch.
+        :param task_labels: one task label for the whole batch, one per
+            sample, or ``None`` for a dict of every task's logits.
+        """
+        if task_labels is None:
+            return self.forward_all_tasks(x)
+        if isinstance(task_labels, Tensor) and task_labels.dim() > 0:
+            if task_labels.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"Got {task_labels.shape[0]} task labels for {x.shape[0]} samples."
+                )
+            tasks = torch.unique(task_labels).tolist()
+            if len(tasks) > 1:
+                return self._forward_mixed(x, task_labels, tasks)
+            task_labels = tasks[0]
+        return self.forward_single_task(x, task_labels)
+
+    def _forward_mixed(self, x: Tensor, task_labels: Tensor, tasks: List[int]) -> Tensor:
+        rows = [task_labels == t for t in tasks]
+        outputs = [self.forward_single_task(x[r], t) for r, t in zip(rows, tasks)]
+        width = max(o.shape[1] for o in outputs)
+        out = outputs[0].new_full((x.shape[0], width), float("-inf"))
+        for r, o in zip(rows, outputs):
+            out[r, : o.shape[1]] = o
+        return out
+
+    def forward_single_task(self, x: Tensor, task_label: Union[int, Tensor]) -> Tensor:
+        """Logits of ``x`` under one task."""
+        key = _task_key(task_label)
+        if key not in self.heads.heads:
+            raise ValueError(self._unknown_tasks_message([int(key)]))
+        with self.task_state.use(key):
+            return self.backbone(x)
+
+    def forward_all_tasks(self, x: Tensor) -> Dict[int, Tensor]:
+        """Logits of ``x`` under every known task."""
+        return {t: self.forward_single_task(x, t) for t in self.tasks}
+
+    # --- state dict ------------------------------------------------------------
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Tasks whose scores are in the state dict are being learned; the
+        # per-task containers below create every task they meet.
+        learning = {
+            k[len(prefix) :].rsplit(".", 1)[1]
+            for k in state_dict
+            if k.startswith(prefix) and ".scores." in k
+        }
+        self.task_state.learning = learning
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.known_train_tasks_labels = set(self.tasks)
+        self.max_class_label = max(
+            [head.out_features for head in self.heads.heads.values()], default=0
+        )
+        return result
+
+
+def _task_key(task: Union[int, Tensor]) -> str:
+    """The string key of a task label; rejects labels that are not integers."""
+    if isinstance(task, Tensor):
+        if task.numel() != 1 or task.dtype.is_floating_point or task.dtype == torch.bool:
+            raise ValueError(f"A task label must be one integer, got {task!r}.")
+        task = int(task.item())
+    try:
+        label = operator.index(task)
+    except TypeError:
+        label = -1
+    if isinstance(task, bool) or label < 0:
+        raise ValueError(f"A task label must be a non-negative int, got {task!r}.")
+    return str(label)
+
+
+def _check_mask_settings(*, mask_init: str, mask_scale: float, threshold: float) -> None:
+    if mask_init not in MASK_INITS:
+        raise ValueError(f"Unknown mask_init {mask_init!r}; choose one of {list(MASK_INITS)}.")
+    for name, value in (("threshold", threshold), ("mask_scale", mask_scale)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    if mask_scale <= threshold:
+        raise ValueError(
+            f"mask_scale ({mask_scale}) must exceed threshold ({threshold}): "
+            + (
+                "with mask_init='1s' every score would start at or below the "
+                "threshold, so every mask would start at zero."
+                if mask_init == "1s"
+                else "with mask_init='uniform' no score would start above the threshold."
+            )
+        )
