@@ -45,14 +45,15 @@ def experience_task_classes(experience: CLExperience) -> Dict[int, List[int]]:
     :raises ValueError: if the experience has no task labels or no data.
     """
     dataset = getattr(experience, "dataset", None)
+    # Avalanche's templates pass task labels to the model only when the
+    # experience itself has them, so the dataset's labels are not enough.
     task_labels = getattr(experience, "task_labels", None)
-    if task_labels is None and dataset is not None and hasattr(dataset, "targets_task_labels"):
-        task_labels = dataset.targets_task_labels.uniques
     if task_labels is None:
         raise ValueError(
             "The experience has no task labels, but Piggyback learns one mask per "
             "task. Make the stream task-aware, e.g. with "
-            "avalanche.benchmarks.scenarios.task_aware.task_incremental_benchmark(bm)."
+            "avalanche.benchmarks.scenarios.task_aware.task_incremental_benchmark(bm) "
+            "or with_task_labels(bm)."
         )
     tasks = sorted({int(t) for t in task_labels})
     classes = getattr(experience, "classes_in_this_experience", None)

@@ -14,7 +14,19 @@ from avalanche.training.templates import SupervisedTemplate
 
 from piggyback_avalanche.model import PiggybackModel, experience_task_classes
 
-__all__ = ["Piggyback", "PIGGYBACK_PAPER_SETTINGS", "OptimizerFactory"]
+__all__ = [
+    "Piggyback",
+    "PIGGYBACK_PAPER_SETTINGS",
+    "DEFAULT_MASK_LR",
+    "DEFAULT_LR",
+    "OptimizerFactory",
+]
+
+DEFAULT_MASK_LR = 1e-3
+"""Default learning rate of the mask scores, chosen for short runs (see the README)."""
+
+DEFAULT_LR = 1e-3
+"""Default learning rate of the per-task heads and normalization layers."""
 
 OptimizerFactory = Callable[[List[Dict]], Optimizer]
 """Builds an optimizer from a list of parameter groups (each with its ``lr``)."""
@@ -78,8 +90,8 @@ class Piggyback(SupervisedTemplate):
         self,
         *,
         model: PiggybackModel,
-        mask_lr: float = 1e-3,
-        lr: float = 1e-3,
+        mask_lr: float = DEFAULT_MASK_LR,
+        lr: float = DEFAULT_LR,
         lr_decay_epochs: Sequence[int] = (),
         lr_decay_factor: float = 0.1,
         train_backbone_on_first_experience: bool = False,

@@ -1,0 +1,54 @@
+"""Which mask learning rate brings Piggyback close to separately fine-tuned
+networks on short runs?
+
+On the offline digits stream (the backbone trains on the first task, every
+later task is learned as a mask), for each seed: separately fine-tuned
+networks once, then Piggyback at each mask learning rate. Prints the mean
+accuracy over the masked tasks (all but the first), mean and std over seeds.
+
+    python benchmarks/mask_lr_study.py --epochs 3 --seeds 0 1 2
+"""
+
+import argparse
+import statistics
+
+import torch
+
+from piggyback_avalanche.demo import TASKS, run_individual_networks, run_piggyback
+from piggyback_avalanche.streams import digits_task_stream
+
+
+def _masked_tasks_mean(result) -> float:
+    accuracy = result["accuracy"][1:]
+    return sum(accuracy) / len(accuracy)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--mask-lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
+    parser.add_argument("--lr", type=float, default=1e-3)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    scores = {"individual networks": []}
+    scores.update({f"piggyback, mask_lr={m:g}": [] for m in args.mask_lrs})
+    for seed in args.seeds:
+        benchmark = digits_task_stream(TASKS, seed=seed)
+        result = run_individual_networks(benchmark, epochs=args.epochs, lr=args.lr, seed=seed)
+        scores["individual networks"].append(_masked_tasks_mean(result))
+        for mask_lr in args.mask_lrs:
+            result = run_piggyback(benchmark, epochs=args.epochs, mask_lr=mask_lr, lr=args.lr, seed=seed)
+            scores[f"piggyback, mask_lr={mask_lr:g}"].append(_masked_tasks_mean(result))
+            print(f"seed {seed}, mask_lr {mask_lr:g}: {100 * scores[f'piggyback, mask_lr={mask_lr:g}'][-1]:.1f}",
+                  flush=True)
+    print(f"\nMean test accuracy (%) over tasks {', '.join(TASKS[1:])}; "
+          f"{args.epochs} epochs, lr {args.lr:g}, seeds {args.seeds}")
+    print("| method | mean | std |\n|---|---|---|")
+    for name, values in scores.items():
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"| {name} | {100 * statistics.mean(values):.1f} | {100 * std:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from piggyback_avalanche.streams import tensor_task_stream
+
+warnings.filterwarnings("ignore", message=".*QP solver.*")
+
+
+def tiny_conv_net(num_classes: int = 4) -> nn.Sequential:
+    """A small convolutional network with batch norm, for 1x8x8 inputs."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 16),
+        nn.ReLU(),
+        nn.Linear(16, num_classes),
+    )
+
+
+def synthetic_tasks(classes_per_task, *, n_train=48, n_test=24, shape=(1, 8, 8), seed=0):
+    """Learnable random tasks: each class is a fixed random pattern plus noise."""
+    generator = torch.Generator().manual_seed(seed)
+    tasks = []
+    for classes in classes_per_task:
+        prototypes = torch.randn(len(classes), *shape, generator=generator)
+        split = []
+        for n in (n_train, n_test):
+            which = torch.arange(n) % len(classes)
+            x = prototypes[which] + 0.5 * torch.randn(n, *shape, generator=generator)
+            split += [x, torch.tensor(classes)[which]]
+        tasks.append(tuple(split))
+    return tasks
+
+
+@pytest.fixture
+def three_task_stream():
+    """Three tasks with 2, 3 and 4 classes; the last one with labels 4..7."""
+    return tensor_task_stream(synthetic_tasks([[0, 1], [0, 1, 2], [4, 5, 6, 7]]))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from piggyback_avalanche.masks import (
+    binarize,
+    get_mask_kind,
+    pack_mask,
+    packed_mask_bytes,
+    ternarize,
+    unpack_mask,
+)
+
+TAU = 5e-3
+
+
+def test_binarizer_values_at_and_around_threshold():
+    scores = torch.tensor([-1.0, 0.0, TAU, TAU + 1e-6, 1e-2])
+    assert binarize(scores, TAU).tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+
+
+def test_ternarizer_values_at_zero_and_threshold():
+    scores = torch.tensor([-1.0, -1e-9, 0.0, 1e-3, TAU, TAU + 1e-6, 1.0])
+    assert ternarize(scores, TAU).tolist() == [-1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("threshold_fn", [binarize, ternarize])
+def test_straight_through_gradient_is_weight_times_masked_weight_gradient(threshold_fn):
+    torch.manual_seed(0)
+    weight = torch.randn(5, 4, dtype=torch.float64)
+    scores = (torch.randn(5, 4, dtype=torch.float64) * 1e-2).requires_grad_()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    target = torch.randn(3, 5, dtype=torch.float64)
+
+    def loss_of(masked_weight):
+        return ((x @ masked_weight.T - target) ** 2).sum()
+
+    loss_of(weight * threshold_fn(scores, TAU)).backward()
+
+    # The gradient w.r.t. the masked weight, by central finite differences.
+    masked = (weight * threshold_fn(scores, TAU)).detach()
+    numeric = torch.zeros_like(masked)
+    eps = 1e-6
+    for index in range(masked.numel()):
+        delta = torch.zeros(masked.numel(), dtype=torch.float64)
+        delta[index] = eps
+        delta = delta.view_as(masked)
+        numeric.view(-1)[index] = (loss_of(masked + delta) - loss_of(masked - delta)) / (2 * eps)
+    torch.testing.assert_close(scores.grad, numeric * weight, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("numel", [1, 7, 8, 9, 64, 1001])
+def test_binary_pack_round_trip_and_size(numel):
+    mask = (torch.rand(numel) > 0.5).float().view(-1)
+    packed = pack_mask(mask, bits=1)
+    assert packed.dtype == torch.uint8
+    assert packed.numel() == -(-numel // 8) == packed_mask_bytes(numel, 1)
+    assert torch.equal(unpack_mask(packed, shape=mask.shape, bits=1), mask)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (4, 3, 3, 3), (2,)])
+def test_ternary_pack_round_trip_and_size(shape):
+    mask = torch.randint(-1, 2, shape).float()
+    packed = pack_mask(mask, bits=2)
+    assert packed.numel() == -(-mask.numel() // 4)
+    assert torch.equal(unpack_mask(packed, shape=torch.Size(shape), bits=2), mask)
+
+
+def test_known_bit_layout():
+    # Little-endian within a byte: element i is bit i.
+    mask = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 1, 1])
+    assert pack_mask(mask, bits=1).tolist() == [0b10000001, 0b00000001]
+    assert pack_mask(torch.tensor([-1.0, 1.0, 0.0, -1.0]), bits=2).tolist() == [
+        2 | (1 << 2) | (0 << 4) | (2 << 6)
+    ]
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="only hold 0 and 1"):
+        pack_mask(torch.tensor([-1.0, 1.0]), bits=1)
+    with pytest.raises(ValueError, match="must be 3 uint8 bytes"):
+        unpack_mask(torch.zeros(2, dtype=torch.uint8), shape=(20,), bits=1)
+    with pytest.raises(ValueError, match="choose one of"):
+        get_mask_kind("sigmoid")
