@@ -153,8 +153,8 @@ class PiggybackModel(MultiTaskModule):
         self.threshold = float(threshold)
         self.task_batchnorm = bool(task_batchnorm)
         self.task_state = TaskState()
-        classifier_name = _find_classifier(backbone, classifier)
-        self.backbone = self._convert(copy.deepcopy(backbone), classifier_name)
+        self._classifier_name = _find_classifier(backbone, classifier)
+        self.backbone = self._convert(copy.deepcopy(backbone), self._classifier_name)
 
     @property
     def threshold_fn(self) -> str:
@@ -232,7 +232,7 @@ class PiggybackModel(MultiTaskModule):
     @property
     def heads(self) -> TaskHeads:
         """The per-task classifier heads."""
-        return next(m for m in self.backbone.modules() if isinstance(m, TaskHeads))
+        return self.backbone.get_submodule(self._classifier_name)
 
     @property
     def frozen_tasks(self) -> List[int]:

@@ -22,7 +22,7 @@ __all__ = [
     "OptimizerFactory",
 ]
 
-DEFAULT_MASK_LR = 1e-3
+DEFAULT_MASK_LR = 3e-4
 """Default learning rate of the mask scores, chosen for short runs (see the README)."""
 
 DEFAULT_LR = 1e-3
