@@ -317,3 +317,78 @@ def test_every_avalanche_logger_receives_the_metrics(three_task_stream, tmp_path
     events.Reload()
     scalars = events.Scalars("Top1_Acc_Stream/eval_phase/test_stream/Task000")
     assert scalars[-1].value == pytest.approx(accuracy)
+
+
+class _NormZoo(nn.Module):
+    """Every supported normalization layer, on 1-D, 2-D and 3-D inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1d = nn.Conv1d(1, 4, 3, padding=1)
+        self.group_norm = nn.GroupNorm(2, 4)
+        self.batch_norm1d = nn.BatchNorm1d(4)
+        self.conv3d = nn.Conv3d(1, 2, 3, padding=1)
+        self.batch_norm3d = nn.BatchNorm3d(2)
+        self.linear = nn.Linear(4 * 8 + 2 * 8, 12)
+        self.layer_norm = nn.LayerNorm(12)
+        self.classifier = nn.Linear(12, 3)
+
+    def forward(self, x):
+        sequence = self.batch_norm1d(self.group_norm(self.conv1d(x.view(-1, 1, 8))))
+        volume = self.batch_norm3d(self.conv3d(x.view(-1, 1, 2, 2, 2))).flatten(1)
+        features = torch.cat([sequence.flatten(1), volume], dim=1)
+        return self.classifier(torch.relu(self.layer_norm(self.linear(features))))
+
+
+def test_every_normalization_layer_gets_per_task_parameters():
+    stream = tensor_task_stream(synthetic_tasks([[0, 1, 2], [0, 1]], shape=(8,), seed=5))
+    model = PiggybackModel(_NormZoo())
+    strategy = _strategy(model, train_epochs=3)
+    strategy.train(stream.train_stream[0])
+    norms = {name: m for name, m in model.backbone.named_children() if isinstance(m, TaskNorm)}
+    assert set(norms) == {"group_norm", "batch_norm1d", "batch_norm3d", "layer_norm"}
+    first = {name: copy.deepcopy(n.tasks["0"].state_dict()) for name, n in norms.items()}
+    for name, norm in norms.items():
+        # Task 0 learned its own affine parameters, starting from the backbone's.
+        assert not torch.equal(norm.tasks["0"].weight, norm.base.weight), name
+    x = _test_inputs(stream.test_stream[0])
+    with torch.no_grad():
+        logits = model.eval()(x, 0)
+    strategy.train(stream.train_stream[1])
+    for name, norm in norms.items():
+        assert all(torch.equal(v, first[name][k]) for k, v in norm.tasks["0"].state_dict().items())
+        assert not torch.equal(norm.tasks["1"].weight, norm.tasks["0"].weight), name
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x, 0), logits)
+
+
+def test_new_task_normalization_starts_from_the_backbone():
+    backbone = tiny_conv_net()
+    backbone[1].running_mean.normal_()
+    backbone[1].weight.data.uniform_(0.5, 1.5)
+    model = PiggybackModel(backbone)
+    model.add_task(0, classes=[0, 1])
+    copy_0 = model.backbone[1].tasks["0"]
+    assert torch.equal(copy_0.running_mean, backbone[1].running_mean)
+    assert torch.equal(copy_0.weight, backbone[1].weight) and copy_0.weight.requires_grad
+
+
+def test_an_experience_with_two_tasks_trains_both_in_mixed_batches():
+    from avalanche.benchmarks import benchmark_from_datasets, with_classes_timeline
+    from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+
+    (x0, y0, tx0, ty0), (x1, y1, tx1, ty1) = synthetic_tasks([[0, 1], [0, 1, 2]], seed=7)
+    labels = [0] * len(y0) + [1] * len(y1)
+    dataset = _make_taskaware_tensor_classification_dataset(
+        torch.cat([x0, x1]), torch.cat([y0, y1]), task_labels=labels
+    )
+    stream = with_classes_timeline(with_task_labels(benchmark_from_datasets(train=[dataset])))
+    model = PiggybackModel(tiny_conv_net())
+    _strategy(model, train_epochs=10).train(stream.train_stream[0])
+    assert model.frozen_tasks == [0, 1]
+    assert [model.heads.heads[t].out_features for t in ("0", "1")] == [2, 3]
+    with torch.no_grad():
+        model.eval()
+        for x, y, task in ((tx0, ty0, 0), (tx1, ty1, 1)):
+            assert (model(x, task).argmax(1) == y).float().mean() > 0.8
