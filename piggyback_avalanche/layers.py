@@ -136,9 +136,12 @@ class MaskedLayer:
         # than a mask; their mask is all ones.
         self.dense_tasks: Set[str] = set()
         self._cache: Optional[Tuple[Tuple, Tensor]] = None
-        self.weight.requires_grad_(False)
+        self._set_backbone_trainable(False)
+
+    def _set_backbone_trainable(self, trainable: bool) -> None:
+        self.weight.requires_grad_(trainable)
         if self.bias is not None:
-            self.bias.requires_grad_(False)
+            self.bias.requires_grad_(trainable)
 
     @classmethod
     def from_module(
@@ -184,14 +187,17 @@ class MaskedLayer:
         self.scores.add(task, scores)
 
     def add_dense_task(self, task: str) -> None:
-        """Learn ``task`` by training the full weight, with a mask of ones."""
+        """Learn ``task`` by training the weight and bias themselves, with a
+        mask of ones; they are frozen again by :meth:`freeze_task`."""
         self.dense_tasks.add(task)
+        self._set_backbone_trainable(True)
 
     def freeze_task(self, task: str) -> None:
         """Replace the task's scores by its bit-packed thresholded mask."""
         if task in self.dense_tasks:
             mask = torch.ones_like(self.weight)
             self.dense_tasks.discard(task)
+            self._set_backbone_trainable(False)
         else:
             with torch.no_grad():
                 mask = self.mask_kind.apply(self.scores.pop(task), self.threshold)

@@ -271,17 +271,12 @@ class PiggybackModel(MultiTaskModule):
         classes = [int(c) for c in classes]
         if not classes or min(classes) < 0:
             raise ValueError(f"Task {task} needs non-negative class labels, got {classes}.")
-        if train_backbone:
-            trained = [name for name, layer in self.masked_layers.items() if layer.dense_tasks]
-            if trained:
-                raise ValueError("The backbone is already being trained on another task.")
+        if train_backbone and any(layer.dense_tasks for layer in self.masked_layers.values()):
+            raise ValueError("The backbone is already being trained on another task.")
         for module in self._task_modules():
             if isinstance(module, MaskedLayer):
                 if train_backbone:
                     module.add_dense_task(key)
-                    module.weight.requires_grad_(True)
-                    if module.bias is not None:
-                        module.bias.requires_grad_(True)
                 else:
                     module.add_task(key, mask_init=self.mask_init, mask_scale=self.mask_scale)
             elif isinstance(module, TaskNorm):
@@ -304,17 +299,9 @@ class PiggybackModel(MultiTaskModule):
             raise ValueError(f"Task {task} is not being learned; learning: {self.learning_tasks}.")
         dense = any(key in layer.dense_tasks for layer in self.masked_layers.values())
         for module in self._task_modules():
-            if isinstance(module, MaskedLayer):
-                module.freeze_task(key)
-                module.weight.requires_grad_(False)
-                if module.bias is not None:
-                    module.bias.requires_grad_(False)
-            else:
-                module.freeze_task(key)
-        if dense:
-            for module in self._task_modules():
-                if isinstance(module, TaskNorm):
-                    module.set_base_from_task(key)
+            module.freeze_task(key)
+            if dense and isinstance(module, TaskNorm):
+                module.set_base_from_task(key)
         self.task_state.learning.discard(key)
 
     def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
