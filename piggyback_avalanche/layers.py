@@ -14,7 +14,7 @@ task without any extra call.
 
 import copy
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from piggyback_avalanche.masks import (
 __all__ = [
     "TaskState",
     "TaskTensorDict",
+    "TaskWeightLayer",
     "MaskedLayer",
     "MaskedConv1d",
     "MaskedConv2d",
@@ -111,133 +112,69 @@ class TaskTensorDict(nn.Module):
         return (self._parameters if self.trainable else self._buffers).pop(task)
 
 
-class MaskedLayer:
-    """Mixin that turns a convolution or linear layer into a Piggyback layer.
+class TaskWeightLayer:
+    """Mixin for a convolution or linear layer whose effective weight depends
+    on the task: the base of Piggyback's and PackNet's layers.
 
-    The layer's ``weight`` and ``bias`` stay frozen. Each task being learned
-    owns real-valued ``scores`` shaped like the weight; the forward pass uses
-    ``weight * threshold(scores)``. When the task is frozen only its
-    thresholded mask is kept, bit-packed in ``packed_masks``.
-
-    The masked weight of a frozen task is computed once and cached until the
-    task, the weight, the mask, the device or the dtype changes.
+    The layer shares the backbone's ``weight`` and ``bias``. A concrete layer
+    also mixes in ``_ConvForward`` or ``_LinearForward``, which construct it
+    and run it with :meth:`task_weight`. Subclasses say how
+    a task's weight is made (:meth:`task_weight`) and what a task adds,
+    trains and freezes; the effective weight of a frozen task is cached until
+    the task, the stored tensors, the device or the dtype changes.
     """
 
     weight: nn.Parameter
     bias: Optional[nn.Parameter]
-
-    def _init_masking(self, *, task_state: TaskState, mask_kind: MaskKind, threshold: float) -> None:
-        self.task_state = task_state
-        self.mask_kind = mask_kind
-        self.threshold = threshold
-        self.scores = TaskTensorDict(trainable=True)
-        self.packed_masks = TaskTensorDict(trainable=False)
-        # Tasks that train the full weight (the backbone's first task) rather
-        # than a mask; their mask is all ones.
-        self.dense_tasks: Set[str] = set()
-        self._cache: Optional[Tuple[Tuple, Tensor]] = None
-        self._set_backbone_trainable(False)
-
-    def _set_backbone_trainable(self, trainable: bool) -> None:
-        self.weight.requires_grad_(trainable)
-        if self.bias is not None:
-            self.bias.requires_grad_(trainable)
+    task_state: TaskState
 
     @classmethod
-    def from_module(
-        cls,
-        module: nn.Module,
-        *,
-        task_state: TaskState,
-        mask_kind: MaskKind,
-        threshold: float,
-    ) -> "MaskedLayer":
-        """Build the masked twin of ``module``, sharing its weight and bias.
+    def from_module(cls, module: nn.Module, *, task_state: TaskState, **settings) -> "TaskWeightLayer":
+        """Build the task-aware twin of ``module``, sharing its weight and bias.
 
         :param module: an ``nn.Conv1d/2d/3d`` or ``nn.Linear``.
         :param task_state: the owning model's task state.
-        :param mask_kind: the threshold function of the masks.
-        :param threshold: the threshold tau.
+        :param settings: the subclass's settings (see its ``_init_task_weights``).
         """
         # Built on the meta device so that no weight is allocated only to be
         # replaced by the module's own.
         layer = cls(**cls._constructor_args(module), device="meta")
         layer.weight = module.weight
         layer.bias = module.bias
-        layer._init_masking(task_state=task_state, mask_kind=mask_kind, threshold=threshold)
+        layer.task_state = task_state
+        layer._cache = None
+        layer._init_task_weights(**settings)
         return layer
 
-    @staticmethod
-    def _constructor_args(module: nn.Module) -> Dict:
+    def _init_task_weights(self, **settings) -> None:
         raise NotImplementedError
 
-    # --- tasks -----------------------------------------------------------
+    def task_weight(self) -> Tensor:
+        """The weight of the current task."""
+        raise NotImplementedError
 
-    def add_task(self, task: str, *, mask_init: str, mask_scale: float) -> None:
-        """Create trainable scores for a new task.
-
-        :param task: the task key.
-        :param mask_init: ``"1s"`` (every score is ``mask_scale``) or
-            ``"uniform"`` (uniform in ``[-mask_scale, mask_scale]``).
-        :param mask_scale: the initial score scale.
-        """
-        scores = torch.full_like(self.weight, mask_scale)
-        if mask_init == "uniform":
-            scores.uniform_(-mask_scale, mask_scale)
-        self.scores.add(task, scores)
-
-    def add_dense_task(self, task: str) -> None:
-        """Learn ``task`` by training the weight and bias themselves, with a
-        mask of ones; they are frozen again by :meth:`freeze_task`."""
-        self.dense_tasks.add(task)
-        self._set_backbone_trainable(True)
+    def add_task(self, task: str, **options) -> None:
+        """Start learning ``task``."""
+        raise NotImplementedError
 
     def freeze_task(self, task: str) -> None:
-        """Replace the task's scores by its bit-packed thresholded mask."""
-        if task in self.dense_tasks:
-            mask = torch.ones_like(self.weight)
-            self.dense_tasks.discard(task)
-            self._set_backbone_trainable(False)
-        else:
-            with torch.no_grad():
-                mask = self.mask_kind.apply(self.scores.pop(task), self.threshold)
-        self.packed_masks.add(task, pack_mask(mask, bits=self.mask_kind.bits))
-        self._cache = None
+        """Finish ``task``: from now on its weight never changes."""
+        raise NotImplementedError
 
-    def mask(self, task: str) -> Tensor:
-        """The mask of ``task`` as a tensor shaped like the weight."""
-        if task in self.scores:
-            return self.mask_kind.apply(self.scores[task], self.threshold)
-        if task in self.dense_tasks:
-            return torch.ones_like(self.weight)
-        return unpack_mask(
-            self.packed_masks[task],
-            shape=self.weight.shape,
-            bits=self.mask_kind.bits,
-            dtype=self.weight.dtype,
-        )
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        """The parameters that learning the current tasks trains, by group."""
+        raise NotImplementedError
 
-    # --- forward ---------------------------------------------------------
+    def _set_weight_trainable(self, trainable: bool) -> None:
+        self.weight.requires_grad_(trainable)
+        if self.bias is not None:
+            self.bias.requires_grad_(trainable)
 
-    def masked_weight(self) -> Tensor:
-        """The weight of the current task: ``weight * mask``."""
-        task = self.task_state.key()
-        if task in self.scores:
-            return self.weight * self.mask_kind.apply(self.scores[task], self.threshold)
-        if task in self.dense_tasks:
-            return self.weight
-        if task not in self.packed_masks:
-            raise KeyError(f"{type(self).__name__} has no mask for task {task!r}.")
-        if self.weight.requires_grad and torch.is_grad_enabled():
-            # The backbone itself trains: the product must stay in the graph.
-            return self.weight * self.mask(task)
-        packed = self.packed_masks[task]
-        # _version counts in-place writes, so an optimizer step or a
-        # load_state_dict into the weight or the mask invalidates the cache.
-        key = (task, self.weight._version, packed._version)
+    def _cached_weight(self, key: Tuple, compute: Callable[[], Tensor]) -> Tensor:
+        """``compute()``, reused while ``key`` stays the same."""
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                self._cache = (key, self.weight * self.mask(task))
+                self._cache = (key, compute())
         return self._cache[1]
 
     def _apply(self, fn, recurse: bool = True):
@@ -245,16 +182,16 @@ class MaskedLayer:
         return super()._apply(fn, recurse)  # type: ignore[misc]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("scores", "packed_masks"):
-            store: TaskTensorDict = getattr(self, name)
-            for task in _task_keys(state_dict, f"{prefix}{name}.") - set(store.keys()):
-                incoming = state_dict[f"{prefix}{name}.{task}"]
-                store.add(task, torch.empty_like(incoming, device=self.weight.device))
+        for name, store in self._modules.items():  # type: ignore[attr-defined]
+            if isinstance(store, TaskTensorDict):
+                for task in _task_keys(state_dict, f"{prefix}{name}.") - set(store.keys()):
+                    incoming = state_dict[f"{prefix}{name}.{task}"]
+                    store.add(task, torch.empty_like(incoming, device=self.weight.device))
         self._cache = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
 
-class _MaskedConv(MaskedLayer):
+class _ConvForward:
     @staticmethod
     def _constructor_args(module: nn.Module) -> Dict:
         return dict(
@@ -271,24 +208,10 @@ class _MaskedConv(MaskedLayer):
         )
 
     def forward(self, input: Tensor) -> Tensor:
-        return self._conv_forward(input, self.masked_weight(), self.bias)
+        return self._conv_forward(input, self.task_weight(), self.bias)
 
 
-class MaskedConv1d(_MaskedConv, nn.Conv1d):
-    """``nn.Conv1d`` with a learned binary or ternary mask per task."""
-
-
-class MaskedConv2d(_MaskedConv, nn.Conv2d):
-    """``nn.Conv2d`` with a learned binary or ternary mask per task."""
-
-
-class MaskedConv3d(_MaskedConv, nn.Conv3d):
-    """``nn.Conv3d`` with a learned binary or ternary mask per task."""
-
-
-class MaskedLinear(MaskedLayer, nn.Linear):
-    """``nn.Linear`` with a learned binary or ternary mask per task."""
-
+class _LinearForward:
     @staticmethod
     def _constructor_args(module: nn.Module) -> Dict:
         return dict(
@@ -299,7 +222,116 @@ class MaskedLinear(MaskedLayer, nn.Linear):
         )
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.linear(input, self.masked_weight(), self.bias)
+        return F.linear(input, self.task_weight(), self.bias)
+
+
+class MaskedLayer(TaskWeightLayer):
+    """Piggyback's layer: the backbone's ``weight`` and ``bias`` stay frozen.
+
+    Each task being learned owns real-valued ``scores`` shaped like the
+    weight; the forward pass uses ``weight * threshold(scores)``. When the
+    task is frozen only its thresholded mask is kept, bit-packed in
+    ``packed_masks``.
+    """
+
+    def _init_task_weights(
+        self, *, mask_kind: MaskKind, threshold: float, mask_init: str, mask_scale: float
+    ) -> None:
+        self.mask_kind = mask_kind
+        self.threshold = threshold
+        self.mask_init = mask_init
+        self.mask_scale = mask_scale
+        self.scores = TaskTensorDict(trainable=True)
+        self.packed_masks = TaskTensorDict(trainable=False)
+        # Tasks that train the full weight (the backbone's first task) rather
+        # than a mask; their mask is all ones.
+        self.dense_tasks: Set[str] = set()
+        self._set_weight_trainable(False)
+
+    # --- tasks -----------------------------------------------------------
+
+    def add_task(self, task: str, *, train_backbone: bool = False) -> None:
+        """Start learning ``task``: scores initialised as ``mask_init`` says
+        (``"1s"``: all ``mask_scale``; ``"uniform"``: in ``[-mask_scale,
+        mask_scale]``), or, with ``train_backbone``, the weight and bias
+        themselves under a mask of ones (frozen again by :meth:`freeze_task`).
+        """
+        if train_backbone:
+            self.dense_tasks.add(task)
+            self._set_weight_trainable(True)
+            return
+        scores = torch.full_like(self.weight, self.mask_scale)
+        if self.mask_init == "uniform":
+            scores.uniform_(-self.mask_scale, self.mask_scale)
+        self.scores.add(task, scores)
+
+    def freeze_task(self, task: str) -> None:
+        """Replace the task's scores by its bit-packed thresholded mask."""
+        if task in self.dense_tasks:
+            mask = torch.ones_like(self.weight)
+            self.dense_tasks.discard(task)
+            self._set_weight_trainable(False)
+        else:
+            with torch.no_grad():
+                mask = self.mask_kind.apply(self.scores.pop(task), self.threshold)
+        self.packed_masks.add(task, pack_mask(mask, bits=self.mask_kind.bits))
+        self._cache = None
+
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        """``{"mask_scores": [...], "backbone": [...]}``: the scores of the
+        tasks being learned, and the weight and bias while the backbone trains."""
+        return {
+            "mask_scores": [self.scores[t] for t in self.scores.keys()],
+            "backbone": [p for p in (self.weight, self.bias) if p is not None and p.requires_grad],
+        }
+
+    def mask(self, task: str) -> Tensor:
+        """The mask of ``task`` as a tensor shaped like the weight."""
+        if task in self.scores:
+            return self.mask_kind.apply(self.scores[task], self.threshold)
+        if task in self.dense_tasks:
+            return torch.ones_like(self.weight)
+        return unpack_mask(
+            self.packed_masks[task],
+            shape=self.weight.shape,
+            bits=self.mask_kind.bits,
+            dtype=self.weight.dtype,
+        )
+
+    # --- forward ---------------------------------------------------------
+
+    def task_weight(self) -> Tensor:
+        """The weight of the current task: ``weight * mask``."""
+        task = self.task_state.key()
+        if task in self.scores:
+            return self.weight * self.mask_kind.apply(self.scores[task], self.threshold)
+        if task in self.dense_tasks:
+            return self.weight
+        if task not in self.packed_masks:
+            raise KeyError(f"{type(self).__name__} has no mask for task {task!r}.")
+        if self.weight.requires_grad and torch.is_grad_enabled():
+            # The backbone itself trains: the product must stay in the graph.
+            return self.weight * self.mask(task)
+        # _version counts in-place writes, so an optimizer step or a
+        # load_state_dict into the weight or the mask invalidates the cache.
+        key = (task, self.weight._version, self.packed_masks[task]._version)
+        return self._cached_weight(key, lambda: self.weight * self.mask(task))
+
+
+class MaskedConv1d(MaskedLayer, _ConvForward, nn.Conv1d):
+    """``nn.Conv1d`` with a learned binary or ternary mask per task."""
+
+
+class MaskedConv2d(MaskedLayer, _ConvForward, nn.Conv2d):
+    """``nn.Conv2d`` with a learned binary or ternary mask per task."""
+
+
+class MaskedConv3d(MaskedLayer, _ConvForward, nn.Conv3d):
+    """``nn.Conv3d`` with a learned binary or ternary mask per task."""
+
+
+class MaskedLinear(MaskedLayer, _LinearForward, nn.Linear):
+    """``nn.Linear`` with a learned binary or ternary mask per task."""
 
 
 MASKED_LAYER_TYPES: Dict[Type[nn.Module], Type[MaskedLayer]] = {

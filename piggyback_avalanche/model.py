@@ -9,7 +9,7 @@ through its own task.
 import copy
 import math
 import operator
-from typing import Dict, Iterable, List, Sequence, Union
+from typing import Any, Dict, Iterable, List, Sequence, Set, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -24,10 +24,11 @@ from piggyback_avalanche.layers import (
     TaskHeads,
     TaskNorm,
     TaskState,
+    TaskWeightLayer,
 )
 from piggyback_avalanche.masks import get_mask_kind
 
-__all__ = ["PiggybackModel", "experience_task_classes", "MASK_INITS"]
+__all__ = ["TaskAwareModel", "PiggybackModel", "experience_task_classes", "MASK_INITS"]
 
 MASK_INITS = ("1s", "uniform")
 """Ways to initialise a new task's mask scores."""
@@ -106,60 +107,43 @@ def _find_classifier(backbone: nn.Module, classifier: Union[str, nn.Module, None
     return linears[-1]
 
 
-class PiggybackModel(MultiTaskModule):
-    """Piggyback (Mallya, Davis & Lazebnik, ECCV 2018): a frozen backbone that
-    learns one mask per task.
+class TaskAwareModel(MultiTaskModule):
+    """A backbone whose layers are task-aware: the machinery that Piggyback and
+    PackNet share.
 
-    The backbone is copied; the copy's convolutions and linear layers get
-    per-task masks, its normalization layers per-task parameters and its
-    classifier is replaced by one head per task. Its weights are never written
-    again (except on the first task with
-    ``Piggyback(train_backbone_on_first_experience=True)``).
+    The backbone is copied. Its convolutions and linear layers become the
+    subclass's :class:`~piggyback_avalanche.layers.TaskWeightLayer` types
+    (``layer_types``), its normalization layers :class:`TaskNorm` and its
+    classifier :class:`TaskHeads`. Tasks are added by Avalanche's model
+    adaptation, or by :meth:`add_task`, and end with :meth:`freeze_task`.
+    ``model(x, task_labels)`` routes every sample through its own task.
 
-    :param backbone: the (preferably pretrained) network. Supported layers
-        with parameters: ``nn.Conv1d/2d/3d`` and ``nn.Linear`` (masked),
-        ``nn.BatchNorm1d/2d/3d``, ``nn.SyncBatchNorm``, ``nn.LayerNorm``,
-        ``nn.GroupNorm`` (per task).
+    :param backbone: the network to copy and convert.
     :param classifier: the ``nn.Linear`` replaced by per-task heads, as a
         module of the backbone or its qualified name; ``None`` picks the
         backbone's last ``nn.Linear``.
-    :param threshold_fn: ``"binarizer"`` (masks in {0, 1}, 1 bit per weight)
-        or ``"ternarizer"`` (masks in {-1, 0, 1}, 2 bits per weight).
-    :param mask_init: ``"1s"``: every score starts at ``mask_scale``, so each
-        task starts from the backbone; ``"uniform"``: scores uniform in
-        ``[-mask_scale, mask_scale]``.
-    :param mask_scale: initial score scale.
-    :param threshold: the threshold tau above which a score keeps its weight.
     :param task_batchnorm: each task learns its own normalization parameters
-        and statistics; ``False`` keeps the backbone's frozen for all tasks.
+        and statistics; ``False`` shares the backbone's, frozen.
+    :param layer_settings: passed to every task-aware layer's ``from_module``.
     """
+
+    layer_types: Dict[Type[nn.Module], Type[TaskWeightLayer]] = {}
+    """Backbone layer types and the task-aware types that replace them."""
 
     def __init__(
         self,
         backbone: nn.Module,
         *,
         classifier: Union[str, nn.Module, None] = None,
-        threshold_fn: str = "binarizer",
-        mask_init: str = "1s",
-        mask_scale: float = 1e-2,
-        threshold: float = 5e-3,
         task_batchnorm: bool = True,
+        layer_settings: Dict[str, Any],
     ) -> None:
         super().__init__()
-        self.mask_kind = get_mask_kind(threshold_fn)
-        _check_mask_settings(mask_init=mask_init, mask_scale=mask_scale, threshold=threshold)
-        self.mask_init = mask_init
-        self.mask_scale = float(mask_scale)
-        self.threshold = float(threshold)
         self.task_batchnorm = bool(task_batchnorm)
         self.task_state = TaskState()
+        self._layer_settings = layer_settings
         self._classifier_name = _find_classifier(backbone, classifier)
         self.backbone = self._convert(copy.deepcopy(backbone), self._classifier_name)
-
-    @property
-    def threshold_fn(self) -> str:
-        """The name of the threshold function."""
-        return self.mask_kind.name
 
     # --- building ----------------------------------------------------------
 
@@ -169,16 +153,16 @@ class PiggybackModel(MultiTaskModule):
             for name, module in backbone.named_modules()
             if any(p is not None for p in module._parameters.values())
             and name != classifier_name
-            and type(module) not in MASKED_LAYER_TYPES
+            and type(module) not in self.layer_types
             and not isinstance(module, NORM_LAYER_TYPES)
         ]
         if unsupported:
             raise ValueError(
-                "PiggybackModel cannot handle these modules with parameters: "
+                f"{type(self).__name__} cannot handle these modules with parameters: "
                 + ", ".join(unsupported)
                 + ". Supported: "
-                + ", ".join(t.__name__ for t in MASKED_LAYER_TYPES)
-                + " (masked), "
+                + ", ".join(t.__name__ for t in self.layer_types)
+                + " (task-aware weights), "
                 + ", ".join(t.__name__ for t in NORM_LAYER_TYPES)
                 + " (per task). Express them with these layers, or fold them into "
                 "the classifier."
@@ -194,22 +178,19 @@ class PiggybackModel(MultiTaskModule):
                 return new
             parent, _, attr = name.rpartition(".")
             setattr(backbone.get_submodule(parent), attr, new)
-        if not any(isinstance(m, MaskedLayer) for m in backbone.modules()):
+        if not any(isinstance(m, TaskWeightLayer) for m in backbone.modules()):
             raise ValueError(
                 "The backbone has no convolution or linear layer besides the "
-                "classifier, so Piggyback has nothing to mask."
+                f"classifier, so {type(self).__name__} has nothing to learn per task."
             )
         return backbone
 
     def _task_aware(self, module: nn.Module, *, is_classifier: bool) -> nn.Module:
         if is_classifier:
             return TaskHeads(module, task_state=self.task_state)
-        if type(module) in MASKED_LAYER_TYPES:
-            return MASKED_LAYER_TYPES[type(module)].from_module(
-                module,
-                task_state=self.task_state,
-                mask_kind=self.mask_kind,
-                threshold=self.threshold,
+        if type(module) in self.layer_types:
+            return self.layer_types[type(module)].from_module(
+                module, task_state=self.task_state, **self._layer_settings
             )
         if isinstance(module, NORM_LAYER_TYPES):
             return TaskNorm(module, task_state=self.task_state, per_task=self.task_batchnorm)
@@ -219,15 +200,15 @@ class PiggybackModel(MultiTaskModule):
         return (
             m
             for m in self.backbone.modules()
-            if isinstance(m, (MaskedLayer, TaskNorm, TaskHeads))
+            if isinstance(m, (TaskWeightLayer, TaskNorm, TaskHeads))
         )
 
     # --- tasks ---------------------------------------------------------------
 
     @property
-    def masked_layers(self) -> Dict[str, MaskedLayer]:
-        """The masked layers by qualified name."""
-        return {n: m for n, m in self.backbone.named_modules() if isinstance(m, MaskedLayer)}
+    def task_layers(self) -> Dict[str, TaskWeightLayer]:
+        """The task-aware convolution and linear layers by qualified name."""
+        return {n: m for n, m in self.backbone.named_modules() if isinstance(m, TaskWeightLayer)}
 
     @property
     def heads(self) -> TaskHeads:
@@ -236,7 +217,7 @@ class PiggybackModel(MultiTaskModule):
 
     @property
     def frozen_tasks(self) -> List[int]:
-        """Tasks whose masks are final."""
+        """Tasks that are finished and never change again."""
         return sorted(int(t) for t in self.heads.heads.keys() if t not in self.task_state.learning)
 
     @property
@@ -249,36 +230,30 @@ class PiggybackModel(MultiTaskModule):
         """Every task the model knows."""
         return sorted(int(t) for t in self.heads.heads.keys())
 
-    def add_task(self, task: int, *, classes: Sequence[int], train_backbone: bool = False) -> None:
-        """Add a task to learn: mask scores, normalization copies and a head.
+    def add_task(self, task: int, *, classes: Sequence[int], **layer_options) -> None:
+        """Add a task to learn: its layer state, normalization copies and head.
 
         Avalanche's model adaptation calls this for each new task label; call
         it directly to use the model outside Avalanche.
 
         :param task: the task label.
         :param classes: the class labels of the task.
-        :param train_backbone: learn this task by training the backbone's
-            weights themselves (with a mask of ones) instead of a mask.
+        :param layer_options: passed to every task-aware layer's ``add_task``.
         :raises ValueError: if the task already exists or has no classes.
         """
         key = _task_key(task)
         if key in self.heads.heads:
             raise ValueError(
-                f"Task {task} already exists in this PiggybackModel (tasks "
-                f"{self.tasks}); Piggyback never changes a learned task. Give the "
-                "new data a new task label."
+                f"Task {task} already exists in this {type(self).__name__} (tasks "
+                f"{self.tasks}); a learned task is never changed. Give the new data "
+                "a new task label."
             )
         classes = [int(c) for c in classes]
         if not classes or min(classes) < 0:
             raise ValueError(f"Task {task} needs non-negative class labels, got {classes}.")
-        if train_backbone and any(layer.dense_tasks for layer in self.masked_layers.values()):
-            raise ValueError("The backbone is already being trained on another task.")
         for module in self._task_modules():
-            if isinstance(module, MaskedLayer):
-                if train_backbone:
-                    module.add_dense_task(key)
-                else:
-                    module.add_task(key, mask_init=self.mask_init, mask_scale=self.mask_scale)
+            if isinstance(module, TaskWeightLayer):
+                module.add_task(key, **layer_options)
             elif isinstance(module, TaskNorm):
                 module.add_task(key)
             else:
@@ -288,41 +263,27 @@ class PiggybackModel(MultiTaskModule):
         self.max_class_label = max(self.max_class_label, max(classes) + 1)
 
     def freeze_task(self, task: int) -> None:
-        """Finish a task: keep only its packed mask, freeze its normalization
-        copies and head. After this the task's outputs never change.
+        """Finish a task: after this its outputs never change."""
+        key = self._learning_key(task)
+        for module in self._task_modules():
+            module.freeze_task(key)
+        self.task_state.learning.discard(key)
 
-        If the backbone was trained on this task, its weights are frozen from
-        now on and the task's normalization becomes the template of later tasks.
-        """
+    def _learning_key(self, task: int) -> str:
         key = _task_key(task)
         if key not in self.task_state.learning:
             raise ValueError(f"Task {task} is not being learned; learning: {self.learning_tasks}.")
-        dense = any(key in layer.dense_tasks for layer in self.masked_layers.values())
-        for module in self._task_modules():
-            module.freeze_task(key)
-            if dense and isinstance(module, TaskNorm):
-                module.set_base_from_task(key)
-        self.task_state.learning.discard(key)
+        return key
 
     def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
-        """The parameters that learning the current tasks trains.
-
-        :return: ``{"mask_scores": [...], "task_parameters": [...],
-            "backbone": [...]}``: the scores of tasks being learned; their
-            normalization and head parameters; the backbone's weights when it
-            trains on its first task (else empty).
-        """
-        groups: Dict[str, List[nn.Parameter]] = {
-            "mask_scores": [],
-            "task_parameters": [],
-            "backbone": [],
-        }
+        """The parameters that learning the current tasks trains, by group:
+        the task-aware layers' groups, and ``"task_parameters"`` (the learning
+        tasks' normalization and head parameters)."""
+        groups: Dict[str, List[nn.Parameter]] = {"task_parameters": []}
         for module in self._task_modules():
-            if isinstance(module, MaskedLayer):
-                groups["mask_scores"].extend(module.scores[t] for t in module.scores.keys())
-                groups["backbone"].extend(
-                    p for p in (module.weight, module.bias) if p is not None and p.requires_grad
-                )
+            if isinstance(module, TaskWeightLayer):
+                for name, params in module.trainable_parameters().items():
+                    groups.setdefault(name, []).extend(params)
             else:
                 per_task = module.tasks if isinstance(module, TaskNorm) else module.heads
                 for key in self.task_state.learning & set(per_task.keys()):
@@ -348,15 +309,15 @@ class PiggybackModel(MultiTaskModule):
                 continue
             if key in self.heads.heads:
                 raise ValueError(
-                    f"Task {task} was already learned and is frozen; Piggyback never "
-                    "changes a learned task. Give this experience a new task label."
+                    f"Task {task} was already learned and is frozen; a learned task is "
+                    "never changed. Give this experience a new task label."
                 )
             self.add_task(task, classes=classes)
 
     def _unknown_tasks_message(self, unknown: Sequence[int]) -> str:
         return (
-            f"Task label(s) {list(unknown)} unknown to this PiggybackModel; it knows "
-            f"tasks {self.tasks}. Train an experience with that task label first, "
+            f"Task label(s) {list(unknown)} unknown to this {type(self).__name__}; it "
+            f"knows tasks {self.tasks}. Train an experience with that task label first, "
             "or evaluate only the experiences trained so far, e.g. "
             "strategy.eval(test_stream[: i + 1])."
         )
@@ -409,15 +370,13 @@ class PiggybackModel(MultiTaskModule):
 
     # --- state dict ------------------------------------------------------------
 
+    def _learning_tasks_in(self, state_dict: Dict[str, Tensor], prefix: str) -> Set[str]:
+        """The tasks that a state dict holds as still being learned."""
+        raise NotImplementedError
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Tasks whose scores are in the state dict are being learned; the
-        # per-task containers below create every task they meet.
-        learning = {
-            k[len(prefix) :].rsplit(".", 1)[1]
-            for k in state_dict
-            if k.startswith(prefix) and ".scores." in k
-        }
-        self.task_state.learning = learning
+        # The per-task containers below create every task they meet.
+        self.task_state.learning = self._learning_tasks_in(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -427,6 +386,111 @@ class PiggybackModel(MultiTaskModule):
             [head.out_features for head in self.heads.heads.values()], default=0
         )
         return result
+
+
+class PiggybackModel(TaskAwareModel):
+    """Piggyback (Mallya, Davis & Lazebnik, ECCV 2018): a frozen backbone that
+    learns one mask per task.
+
+    The backbone is copied; the copy's convolutions and linear layers get
+    per-task masks, its normalization layers per-task parameters and its
+    classifier is replaced by one head per task. Its weights are never written
+    again (except on the first task with
+    ``Piggyback(train_backbone_on_first_experience=True)``).
+
+    :param backbone: the (preferably pretrained) network. Supported layers
+        with parameters: ``nn.Conv1d/2d/3d`` and ``nn.Linear`` (masked),
+        ``nn.BatchNorm1d/2d/3d``, ``nn.SyncBatchNorm``, ``nn.LayerNorm``,
+        ``nn.GroupNorm`` (per task).
+    :param classifier: the ``nn.Linear`` replaced by per-task heads, as a
+        module of the backbone or its qualified name; ``None`` picks the
+        backbone's last ``nn.Linear``.
+    :param threshold_fn: ``"binarizer"`` (masks in {0, 1}, 1 bit per weight)
+        or ``"ternarizer"`` (masks in {-1, 0, 1}, 2 bits per weight).
+    :param mask_init: ``"1s"``: every score starts at ``mask_scale``, so each
+        task starts from the backbone; ``"uniform"``: scores uniform in
+        ``[-mask_scale, mask_scale]``.
+    :param mask_scale: initial score scale.
+    :param threshold: the threshold tau above which a score keeps its weight.
+    :param task_batchnorm: each task learns its own normalization parameters
+        and statistics; ``False`` keeps the backbone's frozen for all tasks.
+    """
+
+    layer_types = MASKED_LAYER_TYPES
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        classifier: Union[str, nn.Module, None] = None,
+        threshold_fn: str = "binarizer",
+        mask_init: str = "1s",
+        mask_scale: float = 1e-2,
+        threshold: float = 5e-3,
+        task_batchnorm: bool = True,
+    ) -> None:
+        mask_kind = get_mask_kind(threshold_fn)
+        _check_mask_settings(mask_init=mask_init, mask_scale=mask_scale, threshold=threshold)
+        self.mask_kind = mask_kind
+        self.mask_init = mask_init
+        self.mask_scale = float(mask_scale)
+        self.threshold = float(threshold)
+        super().__init__(
+            backbone,
+            classifier=classifier,
+            task_batchnorm=task_batchnorm,
+            layer_settings=dict(
+                mask_kind=mask_kind,
+                threshold=self.threshold,
+                mask_init=mask_init,
+                mask_scale=self.mask_scale,
+            ),
+        )
+
+    @property
+    def threshold_fn(self) -> str:
+        """The name of the threshold function."""
+        return self.mask_kind.name
+
+    @property
+    def masked_layers(self) -> Dict[str, MaskedLayer]:
+        """The masked layers by qualified name."""
+        return self.task_layers
+
+    def add_task(self, task: int, *, classes: Sequence[int], train_backbone: bool = False) -> None:
+        """Add a task to learn: mask scores, normalization copies and a head.
+
+        :param task: the task label.
+        :param classes: the class labels of the task.
+        :param train_backbone: learn this task by training the backbone's
+            weights themselves (with a mask of ones) instead of a mask.
+        """
+        if train_backbone and any(layer.dense_tasks for layer in self.masked_layers.values()):
+            raise ValueError("The backbone is already being trained on another task.")
+        super().add_task(task, classes=classes, train_backbone=train_backbone)
+
+    def freeze_task(self, task: int) -> None:
+        """Finish a task: keep only its packed mask, freeze its normalization
+        copies and head.
+
+        If the backbone was trained on this task, its weights are frozen from
+        now on and the task's normalization becomes the template of later tasks.
+        """
+        key = self._learning_key(task)
+        dense = any(key in layer.dense_tasks for layer in self.masked_layers.values())
+        super().freeze_task(task)
+        if dense:
+            for module in self._task_modules():
+                if isinstance(module, TaskNorm):
+                    module.set_base_from_task(key)
+
+    def _learning_tasks_in(self, state_dict: Dict[str, Tensor], prefix: str) -> Set[str]:
+        # Tasks with scores in the state dict are being learned.
+        return {
+            k[len(prefix) :].rsplit(".", 1)[1]
+            for k in state_dict
+            if k.startswith(prefix) and ".scores." in k
+        }
 
 
 def _task_key(task: Union[int, Tensor]) -> str:

@@ -24,10 +24,15 @@ def _input_for(layer):
     return torch.randn(2, 4, *spatial)
 
 
-def _masked(layer, threshold_fn="binarizer"):
+def _masked(layer, threshold_fn="binarizer", mask_init="uniform"):
     state = TaskState()
     masked = MASKED_LAYER_TYPES[type(layer)].from_module(
-        layer, task_state=state, mask_kind=get_mask_kind(threshold_fn), threshold=5e-3
+        layer,
+        task_state=state,
+        mask_kind=get_mask_kind(threshold_fn),
+        threshold=5e-3,
+        mask_init=mask_init,
+        mask_scale=1e-2,
     )
     return masked, state
 
@@ -36,7 +41,7 @@ def _masked(layer, threshold_fn="binarizer"):
 @pytest.mark.parametrize("threshold_fn", ["binarizer", "ternarizer"])
 def test_masked_layer_equals_original_layer_with_masked_weight(layer, threshold_fn):
     masked, state = _masked(layer, threshold_fn)
-    masked.add_task("0", mask_init="uniform", mask_scale=1e-2)
+    masked.add_task("0")
     x = _input_for(layer)
     with state.use("0"):
         out = masked(x)
@@ -60,8 +65,8 @@ def test_layer_weight_and_bias_are_frozen_and_shared():
 
 def test_scores_get_the_straight_through_gradient():
     linear = nn.Linear(3, 2)
-    masked, state = _masked(linear)
-    masked.add_task("0", mask_init="1s", mask_scale=1e-2)
+    masked, state = _masked(linear, mask_init="1s")
+    masked.add_task("0")
     x = torch.randn(4, 3)
     with state.use("0"):
         masked(x).sum().backward()
@@ -74,8 +79,8 @@ def test_scores_get_the_straight_through_gradient():
 
 def test_frozen_mask_is_bit_packed_and_scores_dropped():
     conv = nn.Conv2d(3, 5, 3)  # 135 weights
-    masked, _ = _masked(conv)
-    masked.add_task("0", mask_init="1s", mask_scale=1e-2)
+    masked, _ = _masked(conv, mask_init="1s")
+    masked.add_task("0")
     masked.freeze_task("0")
     assert "0" not in masked.scores
     packed = masked.packed_masks["0"]
@@ -85,7 +90,7 @@ def test_frozen_mask_is_bit_packed_and_scores_dropped():
     assert not any(k.startswith("scores") for k in state)
 
     ternary, _ = _masked(nn.Conv2d(3, 5, 3), "ternarizer")
-    ternary.add_task("0", mask_init="uniform", mask_scale=1e-2)
+    ternary.add_task("0")
     ternary.freeze_task("0")
     assert ternary.packed_masks["0"].numel() == 34  # ceil(135 * 2 / 8)
 
@@ -94,7 +99,7 @@ def test_cache_matches_uncached_and_is_invalidated():
     conv = nn.Conv2d(2, 3, 3)
     masked, state = _masked(conv)
     for task in ("0", "1"):
-        masked.add_task(task, mask_init="uniform", mask_scale=1e-2)
+        masked.add_task(task)
         masked.freeze_task(task)
     x = torch.randn(2, 2, 6, 6)
     with torch.no_grad():
