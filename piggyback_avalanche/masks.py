@@ -20,6 +20,8 @@ __all__ = [
     "get_mask_kind",
     "binarize",
     "ternarize",
+    "pack_codes",
+    "unpack_codes",
     "pack_mask",
     "unpack_mask",
     "packed_mask_bytes",
@@ -111,8 +113,45 @@ def get_mask_kind(name: str) -> MaskKind:
 
 
 def packed_mask_bytes(numel: int, bits: int) -> int:
-    """Bytes that a mask of ``numel`` weights takes at ``bits`` bits each."""
+    """Bytes that ``numel`` codes take at ``bits`` bits each."""
     return -(-numel * bits // 8)
+
+
+def pack_codes(codes: Tensor, *, bits: int) -> Tensor:
+    """Pack integer codes in ``[0, 2**bits)`` into a flat ``uint8`` tensor of
+    ``ceil(numel * bits / 8)`` bytes, as one little-endian bit stream.
+
+    :param codes: the codes, any shape and integer dtype.
+    :param bits: bits per code, 1 to 8.
+    """
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be between 1 and 8, got {bits}.")
+    codes = codes.detach().flatten().to(torch.uint8)
+    positions = torch.arange(bits, device=codes.device, dtype=torch.uint8)
+    stream = ((codes.view(-1, 1) >> positions) & 1).flatten()
+    padding = (-stream.numel()) % 8
+    if padding:
+        stream = torch.cat([stream, stream.new_zeros(padding)])
+    byte_positions = torch.arange(8, device=codes.device, dtype=torch.uint8)
+    return (stream.view(-1, 8) << byte_positions).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_codes(packed: Tensor, *, numel: int, bits: int) -> Tensor:
+    """Inverse of :func:`pack_codes`: a flat ``uint8`` tensor of ``numel`` codes.
+
+    :raises ValueError: if ``packed`` has the wrong size or dtype.
+    """
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be between 1 and 8, got {bits}.")
+    if packed.dtype != torch.uint8 or packed.numel() != packed_mask_bytes(numel, bits):
+        raise ValueError(
+            f"{numel} packed {bits}-bit codes must be {packed_mask_bytes(numel, bits)} "
+            f"uint8 bytes; got {packed.numel()} {packed.dtype} elements."
+        )
+    byte_positions = torch.arange(8, device=packed.device, dtype=torch.uint8)
+    stream = ((packed.view(-1, 1) >> byte_positions) & 1).flatten()[: numel * bits]
+    positions = torch.arange(bits, device=packed.device, dtype=torch.uint8)
+    return (stream.view(numel, bits) << positions).sum(dim=1, dtype=torch.uint8)
 
 
 def pack_mask(mask: Tensor, *, bits: int) -> Tensor:
@@ -126,16 +165,11 @@ def pack_mask(mask: Tensor, *, bits: int) -> Tensor:
     :return: the packed bytes, little-endian within each byte.
     """
     if bits not in _CODE_VALUES:
-        raise ValueError(f"bits must be 1 or 2, got {bits}.")
+        raise ValueError(f"A mask takes 1 or 2 bits per weight, got {bits}.")
     codes = torch.remainder(mask.detach().flatten(), 3).to(torch.uint8)
     if bits == 1 and bool((codes > 1).any()):
         raise ValueError("A 1-bit mask may only hold 0 and 1.")
-    per_byte = 8 // bits
-    padding = (-codes.numel()) % per_byte
-    if padding:
-        codes = torch.cat([codes, codes.new_zeros(padding)])
-    shifts = torch.arange(0, 8, bits, device=codes.device, dtype=torch.uint8)
-    return (codes.view(-1, per_byte) << shifts).sum(dim=1, dtype=torch.uint8)
+    return pack_codes(codes, bits=bits)
 
 
 def unpack_mask(
@@ -153,15 +187,8 @@ def unpack_mask(
     :param dtype: dtype of the returned mask.
     :return: the mask, on ``packed``'s device.
     """
-    numel = torch.Size(shape).numel()
-    if packed.dtype != torch.uint8 or packed.numel() != packed_mask_bytes(numel, bits):
-        raise ValueError(
-            f"A packed {bits}-bit mask for shape {tuple(shape)} must be "
-            f"{packed_mask_bytes(numel, bits)} uint8 bytes; got {packed.numel()} "
-            f"{packed.dtype} elements."
-        )
-    shifts = torch.arange(0, 8, bits, device=packed.device, dtype=torch.uint8)
-    codes = (packed.view(-1, 1) >> shifts) & ((1 << bits) - 1)
-    codes = codes.flatten()[:numel].long()
+    if bits not in _CODE_VALUES:
+        raise ValueError(f"A mask takes 1 or 2 bits per weight, got {bits}.")
+    codes = unpack_codes(packed, numel=torch.Size(shape).numel(), bits=bits)
     values = torch.tensor(_CODE_VALUES[bits], dtype=dtype, device=packed.device)
-    return values[codes].view(shape)
+    return values[codes.long()].view(shape)

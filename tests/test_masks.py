@@ -4,9 +4,11 @@ import torch
 from piggyback_avalanche.masks import (
     binarize,
     get_mask_kind,
+    pack_codes,
     pack_mask,
     packed_mask_bytes,
     ternarize,
+    unpack_codes,
     unpack_mask,
 )
 
@@ -81,3 +83,11 @@ def test_bad_inputs_raise():
         unpack_mask(torch.zeros(2, dtype=torch.uint8), shape=(20,), bits=1)
     with pytest.raises(ValueError, match="choose one of"):
         get_mask_kind("sigmoid")
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5, 8])
+def test_codes_of_any_width_round_trip_in_the_fewest_bytes(bits):
+    codes = torch.randint(0, 2**bits, (77,), dtype=torch.uint8)
+    packed = pack_codes(codes, bits=bits)
+    assert packed.numel() == -(-77 * bits // 8)
+    assert torch.equal(unpack_codes(packed, numel=77, bits=bits), codes)
