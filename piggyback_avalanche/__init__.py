@@ -4,12 +4,15 @@ binary mask per task over a frozen backbone."""
 from piggyback_avalanche.layers import TaskNorm
 from piggyback_avalanche.masks import binarize, ternarize
 from piggyback_avalanche.model import PiggybackModel
-from piggyback_avalanche.strategies import PIGGYBACK_PAPER_SETTINGS, Piggyback
+from piggyback_avalanche.packnet import PackNetModel
+from piggyback_avalanche.strategies import PIGGYBACK_PAPER_SETTINGS, PackNet, Piggyback
 
 __all__ = [
     "PiggybackModel",
     "Piggyback",
     "PIGGYBACK_PAPER_SETTINGS",
+    "PackNetModel",
+    "PackNet",
     "TaskNorm",
     "binarize",
     "ternarize",

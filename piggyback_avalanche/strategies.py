@@ -1,7 +1,7 @@
 """Avalanche strategies for mask-based continual learning."""
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Type, Union
 
 import torch
 from torch.nn import CrossEntropyLoss, Module
@@ -12,10 +12,14 @@ from avalanche.core import BasePlugin
 from avalanche.training.plugins.evaluation import EvaluationPlugin, default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 
-from piggyback_avalanche.model import PiggybackModel, experience_task_classes
+from piggyback_avalanche.model import PiggybackModel, TaskAwareModel, experience_task_classes
+from piggyback_avalanche.packnet import PackNetModel
 
 __all__ = [
+    "TaskAwareStrategy",
     "Piggyback",
+    "PackNet",
+    "PruneRatio",
     "PIGGYBACK_PAPER_SETTINGS",
     "DEFAULT_MASK_LR",
     "DEFAULT_LR",
@@ -49,53 +53,38 @@ def _check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
 
 
-class Piggyback(SupervisedTemplate):
-    """Piggyback (Mallya, Davis & Lazebnik, ECCV 2018) as an Avalanche strategy.
+def _check_count(name: str, value: int, *, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int of at least {minimum}, got {value!r}.")
 
-    For each experience the model adds the new task (mask scores,
-    normalization copies, head) and a fresh optimizer trains only those: the
-    scores at ``mask_lr``, the heads and normalization at ``lr``. When the
-    experience ends the task is frozen, its mask bit-packed, so later
-    experiences never change its outputs.
 
-    :param model: a :class:`~piggyback_avalanche.PiggybackModel`.
-    :param mask_lr: learning rate of the mask scores. Scores start at
-        ``mask_scale`` and a mask flips only once a score crosses the
-        threshold; Adam moves a score by about ``mask_lr`` per step, so short
-        runs need a larger rate than the paper's 1e-4 (see the README).
-    :param lr: learning rate of the heads and normalization parameters.
-    :param lr_decay_epochs: epochs (counted within each experience) after
+class TaskAwareStrategy(SupervisedTemplate):
+    """What Piggyback and PackNet share: each experience adds its tasks to a
+    :class:`~piggyback_avalanche.model.TaskAwareModel`, trains only them with a
+    fresh optimizer (one parameter group per kind, each with its learning
+    rate) and a step schedule, and freezes them when the experience ends,
+    before the plugins' ``after_training_exp``.
+
+    :param model: the task-aware model (``model_type``).
+    :param lr_decay_epochs: epochs (counted within each training phase) after
         which every learning rate is multiplied by ``lr_decay_factor``.
     :param lr_decay_factor: the factor of the step schedule.
-    :param train_backbone_on_first_experience: train the backbone's own
-        weights (all of them, with the first task's head and normalization) on
-        the first experience, then freeze them; for streams without a
-        pretrained backbone.
-    :param backbone_lr: learning rate of the backbone on the first
-        experience; defaults to ``lr``.
     :param optimizer_factory: builds the optimizer from the parameter groups;
         defaults to ``torch.optim.Adam``.
-    :param criterion: the loss.
-    :param train_mb_size: training mini-batch size.
-    :param train_epochs: epochs per experience.
-    :param eval_mb_size: evaluation mini-batch size.
-    :param device: where the model trains.
-    :param plugins: Avalanche plugins; all of them run.
-    :param evaluator: an ``EvaluationPlugin`` or a factory of one.
-    :param eval_every: Avalanche's periodic evaluation setting.
-    :param base_kwargs: passed on to ``SupervisedTemplate``.
+    :param base_kwargs: Avalanche's usual arguments, passed to
+        ``SupervisedTemplate`` (``criterion``, ``train_mb_size``,
+        ``train_epochs``, ``eval_mb_size``, ``device``, ``plugins``,
+        ``evaluator``, ``eval_every``, ...).
     """
+
+    model_type: Type[TaskAwareModel] = TaskAwareModel
 
     def __init__(
         self,
         *,
-        model: PiggybackModel,
-        mask_lr: float = DEFAULT_MASK_LR,
-        lr: float = DEFAULT_LR,
+        model: TaskAwareModel,
         lr_decay_epochs: Sequence[int] = (),
         lr_decay_factor: float = 0.1,
-        train_backbone_on_first_experience: bool = False,
-        backbone_lr: Optional[float] = None,
         optimizer_factory: Optional[OptimizerFactory] = None,
         criterion: Module = CrossEntropyLoss(),
         train_mb_size: int = 32,
@@ -107,31 +96,20 @@ class Piggyback(SupervisedTemplate):
         eval_every: int = -1,
         **base_kwargs,
     ) -> None:
-        if not isinstance(model, PiggybackModel):
+        name, model_name = type(self).__name__, self.model_type.__name__
+        if not isinstance(model, self.model_type):
             raise TypeError(
-                f"Piggyback trains a PiggybackModel, got {type(model).__name__}. "
-                "Wrap your network: Piggyback(model=PiggybackModel(backbone), ...)."
+                f"{name} trains a {model_name}, got {type(model).__name__}. "
+                f"Wrap your network: {name}(model={model_name}(backbone), ...)."
             )
-        backbone_lr = lr if backbone_lr is None else backbone_lr
-        for name, value in (
-            ("mask_lr", mask_lr),
-            ("lr", lr),
-            ("backbone_lr", backbone_lr),
-            ("lr_decay_factor", lr_decay_factor),
-        ):
-            _check_positive(name, value)
-        for name, value in (("train_mb_size", train_mb_size), ("train_epochs", train_epochs)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        _check_positive("lr_decay_factor", lr_decay_factor)
+        _check_count("train_mb_size", train_mb_size)
+        _check_count("train_epochs", train_epochs)
         decay_epochs = sorted(int(e) for e in lr_decay_epochs)
         if any(e < 1 for e in decay_epochs):
             raise ValueError(f"lr_decay_epochs must be positive epoch counts, got {decay_epochs}.")
-        self.mask_lr = mask_lr
-        self.lr = lr
-        self.backbone_lr = backbone_lr
         self.lr_decay_epochs = decay_epochs
         self.lr_decay_factor = lr_decay_factor
-        self.train_backbone_on_first_experience = train_backbone_on_first_experience
         self.optimizer_factory: OptimizerFactory = optimizer_factory or torch.optim.Adam
         self.lr_scheduler: Optional[MultiStepLR] = None
         super().__init__(
@@ -150,14 +128,10 @@ class Piggyback(SupervisedTemplate):
             **base_kwargs,
         )
 
-    def model_adaptation(self, model: Optional[Module] = None) -> Module:
-        """Add the experience's new tasks to the model (Avalanche's adaptation),
-        training the backbone itself on the first one if asked to."""
-        model = self.model if model is None else model
-        if self.is_training and self.train_backbone_on_first_experience and not model.tasks:
-            for task, classes in experience_task_classes(self.experience).items():
-                model.add_task(task, classes=classes, train_backbone=True)
-        return super().model_adaptation(model)
+    def group_learning_rates(self) -> Dict[str, float]:
+        """The learning rate of each parameter group of
+        ``model.trainable_parameters()``."""
+        raise NotImplementedError
 
     def check_model_and_optimizer(self, **kwargs) -> None:
         # Every experience adds a task and starts a fresh optimizer over it.
@@ -166,11 +140,10 @@ class Piggyback(SupervisedTemplate):
 
     def make_optimizer(self, **kwargs) -> None:
         """A fresh optimizer over the learning tasks' parameters only."""
-        groups = self.model.trainable_parameters()
-        lrs = {"mask_scores": self.mask_lr, "task_parameters": self.lr, "backbone": self.backbone_lr}
+        lrs = self.group_learning_rates()
         param_groups = [
             {"params": params, "lr": lrs[name], "name": name}
-            for name, params in groups.items()
+            for name, params in self.model.trainable_parameters().items()
             if params
         ]
         self.optimizer = self.optimizer_factory(param_groups)
@@ -183,7 +156,152 @@ class Piggyback(SupervisedTemplate):
         super()._after_training_epoch(**kwargs)
 
     def _after_training_exp(self, **kwargs) -> None:
-        # Freeze before the plugins run, so metrics see the stored masks.
+        # Freeze before the plugins run, so metrics see the final state.
         for task in self.model.learning_tasks:
             self.model.freeze_task(task)
         super()._after_training_exp(**kwargs)
+
+
+class Piggyback(TaskAwareStrategy):
+    """Piggyback (Mallya, Davis & Lazebnik, ECCV 2018) as an Avalanche strategy.
+
+    For each experience the model adds the new task (mask scores,
+    normalization copies, head) and a fresh optimizer trains only those: the
+    scores at ``mask_lr``, the heads and normalization at ``lr``. When the
+    experience ends the task is frozen, its mask bit-packed, so later
+    experiences never change its outputs.
+
+    :param model: a :class:`~piggyback_avalanche.PiggybackModel`.
+    :param mask_lr: learning rate of the mask scores. Scores start at
+        ``mask_scale`` and a mask flips only once a score crosses the
+        threshold; Adam moves a score by about ``mask_lr`` per step, so short
+        runs need a larger rate than the paper's 1e-4 (see the README).
+    :param lr: learning rate of the heads and normalization parameters.
+    :param train_backbone_on_first_experience: train the backbone's own
+        weights (all of them, with the first task's head and normalization) on
+        the first experience, then freeze them; for streams without a
+        pretrained backbone.
+    :param backbone_lr: learning rate of the backbone on the first
+        experience; defaults to ``lr``.
+    :param kwargs: :class:`TaskAwareStrategy`'s arguments: the step schedule
+        (``lr_decay_epochs``, ``lr_decay_factor``), ``optimizer_factory`` and
+        Avalanche's usual ones (``criterion``, ``train_mb_size=32``,
+        ``train_epochs=30``, ``eval_mb_size=256``, ``device``, ``plugins``,
+        ``evaluator``, ``eval_every``); all plugins run.
+    """
+
+    model_type = PiggybackModel
+
+    def __init__(
+        self,
+        *,
+        model: PiggybackModel,
+        mask_lr: float = DEFAULT_MASK_LR,
+        lr: float = DEFAULT_LR,
+        train_backbone_on_first_experience: bool = False,
+        backbone_lr: Optional[float] = None,
+        **kwargs,
+    ) -> None:
+        backbone_lr = lr if backbone_lr is None else backbone_lr
+        for name, value in (("mask_lr", mask_lr), ("lr", lr), ("backbone_lr", backbone_lr)):
+            _check_positive(name, value)
+        self.mask_lr = mask_lr
+        self.lr = lr
+        self.backbone_lr = backbone_lr
+        self.train_backbone_on_first_experience = train_backbone_on_first_experience
+        super().__init__(model=model, **kwargs)
+
+    def group_learning_rates(self) -> Dict[str, float]:
+        return {"mask_scores": self.mask_lr, "task_parameters": self.lr, "backbone": self.backbone_lr}
+
+    def model_adaptation(self, model: Optional[Module] = None) -> Module:
+        """Add the experience's new tasks to the model (Avalanche's adaptation),
+        training the backbone itself on the first one if asked to."""
+        model = self.model if model is None else model
+        if self.is_training and self.train_backbone_on_first_experience and not model.tasks:
+            for task, classes in experience_task_classes(self.experience).items():
+                model.add_task(task, classes=classes, train_backbone=True)
+        return super().model_adaptation(model)
+
+
+PruneRatio = Union[float, Sequence[float], Callable[[int], float]]
+"""A prune ratio for every task: one float, one per task in order, or a
+function of the task's position in the stream (0 for the first)."""
+
+
+class PackNet(TaskAwareStrategy):
+    """PackNet (Mallya & Lazebnik, CVPR 2018) as an Avalanche strategy.
+
+    Each experience trains its task on the weights no earlier task owns for
+    ``train_epochs``, prunes ``prune_ratio`` of them per layer by magnitude,
+    retrains the kept ones for ``post_prune_epochs`` at ``post_prune_lr`` with
+    a fresh optimizer, then freezes them. Earlier tasks' weights sit outside
+    every optimizer, so momentum and weight decay cannot move them.
+
+    :param model: a :class:`~piggyback_avalanche.packnet.PackNetModel`.
+    :param prune_ratio: the share of each layer's free weights to release
+        after training a task (see :data:`PruneRatio`). The paper uses 0.75
+        per task for fine-grained tasks (0.5 for ImageNet first).
+    :param post_prune_epochs: retraining epochs after pruning (paper: 10).
+    :param lr: learning rate of the task's weights, heads and normalization
+        (and of the biases, which train on the first task only).
+    :param post_prune_lr: learning rate of the retraining phase; defaults to
+        ``lr`` (paper: 1e-4).
+    :param kwargs: :class:`TaskAwareStrategy`'s arguments.
+    """
+
+    model_type = PackNetModel
+
+    def __init__(
+        self,
+        *,
+        model: PackNetModel,
+        prune_ratio: PruneRatio = 0.5,
+        post_prune_epochs: int = 1,
+        lr: float = DEFAULT_LR,
+        post_prune_lr: Optional[float] = None,
+        **kwargs,
+    ) -> None:
+        post_prune_lr = lr if post_prune_lr is None else post_prune_lr
+        for name, value in (("lr", lr), ("post_prune_lr", post_prune_lr)):
+            _check_positive(name, value)
+        _check_count("post_prune_epochs", post_prune_epochs, minimum=0)
+        if not callable(prune_ratio):
+            ratios = [prune_ratio] if isinstance(prune_ratio, (int, float)) else list(prune_ratio)
+            bad = [r for r in ratios if not isinstance(r, (int, float)) or not 0 <= r < 1]
+            if bad or not ratios:
+                raise ValueError(f"prune_ratio values must be in [0, 1), got {prune_ratio!r}.")
+        self.prune_ratio = prune_ratio
+        self.post_prune_epochs = post_prune_epochs
+        self.lr = lr
+        self.post_prune_lr = post_prune_lr
+        self._phase_lr = lr
+        super().__init__(model=model, **kwargs)
+
+    def group_learning_rates(self) -> Dict[str, float]:
+        return {"weights": self._phase_lr, "task_parameters": self._phase_lr, "backbone": self._phase_lr}
+
+    def ratio_for(self, position: int) -> float:
+        """The prune ratio of the task at ``position`` in the stream."""
+        if callable(self.prune_ratio):
+            return self.prune_ratio(position)
+        if isinstance(self.prune_ratio, (int, float)):
+            return float(self.prune_ratio)
+        if position >= len(self.prune_ratio):
+            raise ValueError(
+                f"prune_ratio lists {len(self.prune_ratio)} ratios but this is task "
+                f"number {position + 1}; give one ratio per task, or a float."
+            )
+        return float(self.prune_ratio[position])
+
+    def _train_exp(self, experience, eval_streams=None, **kwargs) -> None:
+        super()._train_exp(experience, eval_streams, **kwargs)
+        self.model.prune(self.ratio_for(len(self.model.frozen_tasks)))
+        if not self.post_prune_epochs:
+            return
+        epochs, self.train_epochs, self._phase_lr = self.train_epochs, self.post_prune_epochs, self.post_prune_lr
+        try:
+            self.make_optimizer()
+            super()._train_exp(experience, eval_streams, **kwargs)
+        finally:
+            self.train_epochs, self._phase_lr = epochs, self.lr

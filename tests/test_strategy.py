@@ -241,7 +241,7 @@ def test_stream_without_task_labels_is_refused():
     [
         (dict(mask_lr=0.0), "mask_lr must be a positive finite number"),
         (dict(lr=float("inf")), "lr must be a positive finite number"),
-        (dict(train_epochs=0), "train_epochs must be a positive int"),
+        (dict(train_epochs=0), "train_epochs must be an int of at least 1"),
         (dict(lr_decay_epochs=[0]), "lr_decay_epochs must be positive"),
     ],
 )

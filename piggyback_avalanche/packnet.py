@@ -1,0 +1,233 @@
+"""PackNet (Mallya & Lazebnik, CVPR 2018): one network, its weights assigned
+to tasks by iterative pruning.
+
+Each task trains the weights that no earlier task owns, prunes a fraction of
+them by magnitude, retrains the rest and then owns them. Task ``t`` computes
+with the weights of every task up to ``t``. Unlike Avalanche's PackNet this
+one handles batch norm (one copy per task), layers without bias, optimizers
+with momentum or weight decay (frozen weights live outside any optimizer),
+mixed-task mini-batches and user plugins.
+"""
+
+import math
+from typing import Dict, List, Set, Union
+
+import torch
+from torch import Tensor, nn
+
+from piggyback_avalanche.layers import (
+    TaskTensorDict,
+    TaskWeightLayer,
+    _ConvForward,
+    _LinearForward,
+)
+from piggyback_avalanche.masks import pack_codes, unpack_codes
+from piggyback_avalanche.model import TaskAwareModel
+
+__all__ = [
+    "MAX_PACKNET_TASKS",
+    "PackNetLayer",
+    "PackNetConv1d",
+    "PackNetConv2d",
+    "PackNetConv3d",
+    "PackNetLinear",
+    "PackNetModel",
+]
+
+MAX_PACKNET_TASKS = 255
+"""Tasks one PackNet network can hold: owners are stored in at most 8 bits,
+with code 0 for weights no task owns."""
+
+
+def _owner_bits(num_tasks: int) -> int:
+    """Bits per weight that ``num_tasks`` owners plus "free" need."""
+    return max(1, math.ceil(math.log2(num_tasks + 1)))
+
+
+class PackNetLayer(TaskWeightLayer):
+    """PackNet's layer.
+
+    ``weight`` holds the values of the frozen tasks' weights (and zeros where
+    no task owns a weight); no optimizer ever sees it. ``owner_codes`` says,
+    for each weight, which task owns it: code ``c`` is the ``c``-th frozen
+    task (``task_order``), code 0 no task. It is stored bit-packed with as
+    few bits as the number of tasks needs.
+
+    A task being learned trains ``free_weights`` (a full-size parameter of
+    which only the positions in ``usable`` count) and, on the network's first
+    task only, the bias.
+    """
+
+    def _init_task_weights(self) -> None:
+        self.free_weights = TaskTensorDict(trainable=True)
+        self.usable = TaskTensorDict(trainable=False)
+        self.register_buffer("task_order", torch.zeros(0, dtype=torch.long, device=self.weight.device))
+        self.register_buffer("packed_owners", torch.zeros(0, dtype=torch.uint8, device=self.weight.device))
+        self._set_weight_trainable(False)
+
+    # --- owners ----------------------------------------------------------
+
+    def owner_codes(self) -> Tensor:
+        """Per weight: 0 if free, else the 1-based freezing rank of its task."""
+        if not len(self.task_order):
+            return torch.zeros(self.weight.shape, dtype=torch.uint8, device=self.weight.device)
+        codes = unpack_codes(
+            self.packed_owners, numel=self.weight.numel(), bits=_owner_bits(len(self.task_order))
+        )
+        return codes.view(self.weight.shape)
+
+    def _code_of(self, task: str) -> int:
+        order = self.task_order.tolist()
+        if int(task) not in order:
+            raise KeyError(f"{type(self).__name__} has no weights for task {task!r}.")
+        return order.index(int(task)) + 1
+
+    # --- tasks -----------------------------------------------------------
+
+    def add_task(self, task: str) -> None:
+        """Start learning ``task`` on the free weights, from their current values."""
+        if len(self.task_order) + len(self.free_weights.keys()) >= MAX_PACKNET_TASKS:
+            raise ValueError(
+                f"PackNet holds at most {MAX_PACKNET_TASKS} tasks per network; this one "
+                "is full. Start a new PackNetModel for further tasks."
+            )
+        free = self.owner_codes() == 0
+        self.free_weights.add(task, self.weight.detach().clone())
+        self.usable.add(task, free)
+        if not len(self.task_order) and self.bias is not None:
+            # As in the paper, biases train on the first task only.
+            self.bias.requires_grad_(True)
+
+    def prune(self, task: str, ratio: float) -> None:
+        """Release the ``ratio`` of ``task``'s usable weights with the smallest
+        magnitude; they stay zero for this task and are free for later ones."""
+        usable = self.usable[task]
+        count = int(usable.sum())
+        keep = count - int(round(ratio * count))
+        magnitudes = self.free_weights[task].detach().abs()[usable]
+        kept = torch.zeros(count, dtype=torch.bool, device=usable.device)
+        kept[torch.topk(magnitudes, keep, sorted=False).indices] = True
+        pruned = usable.clone()
+        pruned[usable] = kept
+        usable.copy_(pruned)
+
+    def freeze_task(self, task: str) -> None:
+        """``task`` owns its usable weights from now on; the rest of the free
+        weights are zeroed for later tasks."""
+        usable = self.usable.pop(task)
+        trained = self.free_weights.pop(task).detach()
+        codes = self.owner_codes()
+        free = codes == 0
+        with torch.no_grad():
+            self.weight[free] = torch.where(usable, trained, torch.zeros_like(trained))[free]
+        codes[usable] = len(self.task_order) + 1
+        self.task_order = torch.cat(
+            [self.task_order, self.task_order.new_tensor([int(task)])]
+        )
+        self.packed_owners = pack_codes(codes, bits=_owner_bits(len(self.task_order)))
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        self._cache = None
+
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        """``{"weights": [...], "backbone": [...]}``: the learning tasks'
+        free weights, and the bias while the first task trains."""
+        return {
+            "weights": [self.free_weights[t] for t in self.free_weights.keys()],
+            "backbone": [p for p in (self.bias,) if p is not None and p.requires_grad],
+        }
+
+    def pruned_fraction(self, task: str) -> float:
+        """The share of the weights free for ``task`` that pruning released."""
+        free = int((self.owner_codes() == 0).sum()) if task in self.usable else None
+        if free is None:
+            raise KeyError(f"Task {task!r} is not being learned.")
+        return 1.0 - int(self.usable[task].sum()) / max(free, 1)
+
+    # --- forward ---------------------------------------------------------
+
+    def task_weight(self) -> Tensor:
+        """Earlier tasks' frozen weights plus, for a learning task, its own."""
+        task = self.task_state.key()
+        if task in self.free_weights:
+            owned = self.owner_codes() > 0
+            own = self.free_weights[task] * self.usable[task]
+            return torch.where(owned, self.weight, own)
+        code = self._code_of(task)
+        key = (task, self.weight._version, self.packed_owners._version, len(self.task_order))
+        return self._cached_weight(
+            key, lambda: self.weight * ((self.owner_codes() > 0) & (self.owner_codes() <= code))
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The packed owners grow with the number of tasks: take the stored size.
+        for name in ("task_order", "packed_owners"):
+            incoming = state_dict.get(prefix + name)
+            if incoming is not None:
+                setattr(self, name, torch.empty_like(incoming, device=self.weight.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class PackNetConv1d(PackNetLayer, _ConvForward, nn.Conv1d):
+    """``nn.Conv1d`` whose weights are shared out among tasks by pruning."""
+
+
+class PackNetConv2d(PackNetLayer, _ConvForward, nn.Conv2d):
+    """``nn.Conv2d`` whose weights are shared out among tasks by pruning."""
+
+
+class PackNetConv3d(PackNetLayer, _ConvForward, nn.Conv3d):
+    """``nn.Conv3d`` whose weights are shared out among tasks by pruning."""
+
+
+class PackNetLinear(PackNetLayer, _LinearForward, nn.Linear):
+    """``nn.Linear`` whose weights are shared out among tasks by pruning."""
+
+
+class PackNetModel(TaskAwareModel):
+    """PackNet over any backbone, with per-task heads and normalization.
+
+    :param backbone: the network; its convolutions and linear layers are
+        shared out among tasks, its normalization layers copied per task.
+    :param classifier: the ``nn.Linear`` replaced by per-task heads (``None``:
+        the backbone's last ``nn.Linear``).
+    :param task_batchnorm: each task gets its own normalization copy;
+        ``False`` shares the backbone's, frozen.
+    """
+
+    layer_types = {
+        nn.Conv1d: PackNetConv1d,
+        nn.Conv2d: PackNetConv2d,
+        nn.Conv3d: PackNetConv3d,
+        nn.Linear: PackNetLinear,
+    }
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        classifier: Union[str, nn.Module, None] = None,
+        task_batchnorm: bool = True,
+    ) -> None:
+        super().__init__(
+            backbone, classifier=classifier, task_batchnorm=task_batchnorm, layer_settings={}
+        )
+
+    def prune(self, ratio: float) -> None:
+        """Prune every learning task's weights, layer by layer, by magnitude.
+
+        :param ratio: the share of each layer's free weights to release, in
+            ``[0, 1)``.
+        """
+        if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            raise ValueError(f"A prune ratio must be in [0, 1), got {ratio!r}.")
+        for key in self.task_state.learning:
+            for layer in self.task_layers.values():
+                layer.prune(key, ratio)
+
+    def _learning_tasks_in(self, state_dict: Dict[str, Tensor], prefix: str) -> Set[str]:
+        return {
+            k[len(prefix) :].rsplit(".", 1)[1]
+            for k in state_dict
+            if k.startswith(prefix) and ".free_weights." in k
+        }

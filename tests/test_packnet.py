@@ -1,0 +1,136 @@
+import functools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from avalanche.training.plugins import SupervisedPlugin
+
+from piggyback_avalanche import PackNet, PackNetModel
+from piggyback_avalanche.packnet import MAX_PACKNET_TASKS
+
+from conftest import tiny_conv_net
+
+
+def _test_inputs(experience):
+    return torch.stack([experience.dataset[i][0] for i in range(len(experience.dataset))])
+
+
+OPTIMIZERS = {
+    "sgd_momentum_weight_decay": functools.partial(torch.optim.SGD, momentum=0.9, weight_decay=5e-2),
+    "adam": torch.optim.Adam,
+}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_packnet_never_changes_earlier_tasks(three_task_stream, optimizer):
+    calls = []
+
+    class Recorder(SupervisedPlugin):
+        def after_training_exp(self, strategy, **kwargs):
+            calls.append(strategy.experience.current_experience)
+
+    model = PackNetModel(tiny_conv_net())
+    strategy = PackNet(
+        model=model,
+        lr=1e-2,
+        prune_ratio=0.5,
+        post_prune_epochs=2,
+        train_epochs=2,
+        train_mb_size=16,
+        optimizer_factory=OPTIMIZERS[optimizer],
+        plugins=[Recorder()],
+        evaluator=None,
+    )
+    recorded, owned_weights = {}, {}
+    for task, experience in enumerate(three_task_stream.train_stream):
+        strategy.train(experience)
+        model.eval()
+        with torch.no_grad():
+            for seen in range(task + 1):
+                logits = model(_test_inputs(three_task_stream.test_stream[seen]), seen)
+                if seen in recorded:
+                    assert torch.equal(logits, recorded[seen]), f"task {seen} changed"
+                else:
+                    recorded[seen] = logits
+        for name, layer in model.task_layers.items():
+            owned = layer.owner_codes() > 0
+            if name in owned_weights:
+                before_mask, before = owned_weights[name]
+                # Weights frozen earlier are bit-identical.
+                assert torch.equal(layer.weight[before_mask], before)
+            owned_weights[name] = (owned, layer.weight[owned].clone())
+    assert calls == [0, 1, 2]
+    assert model.frozen_tasks == [0, 1, 2]
+
+
+def test_prune_ratios_per_task_and_owner_storage(three_task_stream):
+    model = PackNetModel(tiny_conv_net())
+    strategy = PackNet(
+        model=model, prune_ratio=[0.5, 0.75, 0.0], post_prune_epochs=1, train_epochs=1,
+        train_mb_size=16, evaluator=None,
+    )
+    for experience in three_task_stream.train_stream:
+        strategy.train(experience)
+    for name, layer in model.task_layers.items():
+        codes = layer.owner_codes()
+        n = codes.numel()
+        shares = [int((codes == c).sum()) for c in range(4)]
+        # task 0 keeps half of everything; task 1 a quarter of the other
+        # half; task 2 prunes nothing and takes all that is left.
+        assert shares[1] == n - round(0.5 * n), name
+        rest = n - shares[1]
+        assert shares[2] == rest - round(0.75 * rest), name
+        assert shares[3] == rest - shares[2] and shares[0] == 0, name
+        # 3 tasks + "free" need 2 bits per weight.
+        assert layer.packed_owners.numel() == math.ceil(n * 2 / 8)
+        assert layer.packed_owners.dtype == torch.uint8
+    # The biases trained on the first task only; bias=False layers work.
+    assert model.task_layers["3"].bias is None
+
+
+def test_state_dict_round_trip_and_mixed_batches(three_task_stream):
+    model = PackNetModel(tiny_conv_net())
+    strategy = PackNet(model=model, train_epochs=1, post_prune_epochs=1, train_mb_size=16, evaluator=None)
+    for experience in three_task_stream.train_stream:
+        strategy.train(experience)
+    x = torch.randn(6, 1, 8, 8)
+    tasks = torch.tensor([0, 1, 2, 2, 1, 0])
+    fresh = PackNetModel(tiny_conv_net())
+    fresh.load_state_dict(model.state_dict())
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        for task in range(3):
+            assert torch.equal(fresh(x, task), model(x, task))
+        mixed = model(x, tasks)
+        torch.testing.assert_close(mixed[tasks == 1, :3], model(x[tasks == 1], 1))
+        assert torch.isinf(mixed[tasks == 0, 2:]).all()
+    with pytest.raises(ValueError, match=r"\[7\] unknown.*knows tasks \[0, 1, 2\]"):
+        model(x, 7)
+
+
+def test_too_many_tasks_and_bad_settings_raise():
+    model = PackNetModel(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+    for task in range(MAX_PACKNET_TASKS):
+        model.add_task(task, classes=[0, 1])
+        model.freeze_task(task)
+    assert model.task_layers["0"].packed_owners.numel() == 16  # 16 weights at 8 bits
+    with pytest.raises(ValueError, match="at most 255 tasks"):
+        model.add_task(MAX_PACKNET_TASKS, classes=[0, 1])
+    with pytest.raises(ValueError, match=r"prune_ratio values must be in \[0, 1\)"):
+        PackNet(model=PackNetModel(tiny_conv_net()), prune_ratio=1.0)
+    with pytest.raises(ValueError, match="post_prune_epochs must be an int of at least 0"):
+        PackNet(model=PackNetModel(tiny_conv_net()), post_prune_epochs=-1)
+    with pytest.raises(TypeError, match="PackNet trains a PackNetModel"):
+        PackNet(model=tiny_conv_net())
+
+
+def test_prune_ratio_list_too_short_says_so(three_task_stream):
+    strategy = PackNet(
+        model=PackNetModel(tiny_conv_net()), prune_ratio=[0.5], train_epochs=1,
+        post_prune_epochs=0, evaluator=None,
+    )
+    strategy.train(three_task_stream.train_stream[0])
+    with pytest.raises(ValueError, match="lists 1 ratios but this is task number 2"):
+        strategy.train(three_task_stream.train_stream[1])
