@@ -134,3 +134,22 @@ def test_prune_ratio_list_too_short_says_so(three_task_stream):
     strategy.train(three_task_stream.train_stream[0])
     with pytest.raises(ValueError, match="lists 1 ratios but this is task number 2"):
         strategy.train(three_task_stream.train_stream[1])
+
+
+def test_what_a_task_learns_is_what_it_keeps():
+    torch.manual_seed(0)
+    model = PackNetModel(tiny_conv_net()).eval()
+    x = torch.randn(4, 1, 8, 8)
+    for task in range(2):
+        model.add_task(task, classes=[0, 1, 2])
+        with torch.no_grad():
+            for layer in model.task_layers.values():
+                # Training moves every entry of the free-weight copy, also the
+                # ones that earlier tasks own, which must not count.
+                layer.free_weights[str(task)].add_(torch.randn_like(layer.weight))
+        model.prune(0.5)
+        with torch.no_grad():
+            learned = model(x, task)
+        model.freeze_task(task)
+        with torch.no_grad():
+            assert torch.equal(model(x, task), learned)
