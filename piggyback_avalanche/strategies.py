@@ -295,8 +295,10 @@ class PackNet(TaskAwareStrategy):
         return float(self.prune_ratio[position])
 
     def _train_exp(self, experience, eval_streams=None, **kwargs) -> None:
+        # Looked up first, so that a missing ratio stops before any training.
+        ratio = self.ratio_for(len(self.model.frozen_tasks))
         super()._train_exp(experience, eval_streams, **kwargs)
-        self.model.prune(self.ratio_for(len(self.model.frozen_tasks)))
+        self.model.prune(ratio)
         if not self.post_prune_epochs:
             return
         epochs, self.train_epochs, self._phase_lr = self.train_epochs, self.post_prune_epochs, self.post_prune_lr
