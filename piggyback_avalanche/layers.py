@@ -142,7 +142,7 @@ class TaskWeightLayer:
         layer.weight = module.weight
         layer.bias = module.bias
         layer.task_state = task_state
-        layer._cache = None
+        layer._caches = {}
         layer._init_task_weights(**settings)
         return layer
 
@@ -170,15 +170,17 @@ class TaskWeightLayer:
         if self.bias is not None:
             self.bias.requires_grad_(trainable)
 
-    def _cached_weight(self, key: Tuple, compute: Callable[[], Tensor]) -> Tensor:
-        """``compute()``, reused while ``key`` stays the same."""
-        if self._cache is None or self._cache[0] != key:
+    def _cached(self, name: str, key: Tuple, compute: Callable[[], Tensor]) -> Tensor:
+        """``compute()``, reused while ``key`` stays the same; one entry per
+        ``name``, all dropped when the layer moves or changes dtype."""
+        entry = self._caches.get(name)
+        if entry is None or entry[0] != key:
             with torch.no_grad():
-                self._cache = (key, compute())
-        return self._cache[1]
+                entry = self._caches[name] = (key, compute())
+        return entry[1]
 
     def _apply(self, fn, recurse: bool = True):
-        self._cache = None
+        self._caches.clear()
         return super()._apply(fn, recurse)  # type: ignore[misc]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -187,7 +189,7 @@ class TaskWeightLayer:
                 for task in _task_keys(state_dict, f"{prefix}{name}.") - set(store.keys()):
                     incoming = state_dict[f"{prefix}{name}.{task}"]
                     store.add(task, torch.empty_like(incoming, device=self.weight.device))
-        self._cache = None
+        self._caches.clear()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
 
@@ -275,7 +277,6 @@ class MaskedLayer(TaskWeightLayer):
             with torch.no_grad():
                 mask = self.mask_kind.apply(self.scores.pop(task), self.threshold)
         self.packed_masks.add(task, pack_mask(mask, bits=self.mask_kind.bits))
-        self._cache = None
 
     def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
         """``{"mask_scores": [...], "backbone": [...]}``: the scores of the
@@ -315,7 +316,7 @@ class MaskedLayer(TaskWeightLayer):
         # _version counts in-place writes, so an optimizer step or a
         # load_state_dict into the weight or the mask invalidates the cache.
         key = (task, self.weight._version, self.packed_masks[task]._version)
-        return self._cached_weight(key, lambda: self.weight * self.mask(task))
+        return self._cached("weight", key, lambda: self.weight * self.mask(task))
 
 
 class MaskedConv1d(MaskedLayer, _ConvForward, nn.Conv1d):

@@ -68,7 +68,14 @@ class PackNetLayer(TaskWeightLayer):
     # --- owners ----------------------------------------------------------
 
     def owner_codes(self) -> Tensor:
-        """Per weight: 0 if free, else the 1-based freezing rank of its task."""
+        """Per weight: 0 if free, else the 1-based freezing rank of its task.
+
+        Unpacked once and cached until the owners change; do not modify it.
+        """
+        key = (self.packed_owners._version, len(self.task_order))
+        return self._cached("owners", key, self._unpack_owners)
+
+    def _unpack_owners(self) -> Tensor:
         if not len(self.task_order):
             return torch.zeros(self.weight.shape, dtype=torch.uint8, device=self.weight.device)
         codes = unpack_codes(
@@ -116,7 +123,7 @@ class PackNetLayer(TaskWeightLayer):
         weights are zeroed for later tasks."""
         usable = self.usable.pop(task)
         trained = self.free_weights.pop(task).detach()
-        codes = self.owner_codes()
+        codes = self.owner_codes().clone()
         free = codes == 0
         with torch.no_grad():
             self.weight[free] = torch.where(usable, trained, torch.zeros_like(trained))[free]
@@ -127,7 +134,6 @@ class PackNetLayer(TaskWeightLayer):
         self.packed_owners = pack_codes(codes, bits=_owner_bits(len(self.task_order)))
         if self.bias is not None:
             self.bias.requires_grad_(False)
-        self._cache = None
 
     def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
         """``{"weights": [...], "backbone": [...]}``: the learning tasks'
@@ -155,8 +161,8 @@ class PackNetLayer(TaskWeightLayer):
             return torch.where(owned, self.weight, own)
         code = self._code_of(task)
         key = (task, self.weight._version, self.packed_owners._version, len(self.task_order))
-        return self._cached_weight(
-            key, lambda: self.weight * ((self.owner_codes() > 0) & (self.owner_codes() <= code))
+        return self._cached(
+            "weight", key, lambda: self.weight * ((self.owner_codes() > 0) & (self.owner_codes() <= code))
         )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -106,9 +106,9 @@ def test_cache_matches_uncached_and_is_invalidated():
         with state.use("0"):
             uncached = F.conv2d(x, conv.weight * masked.mask("0"), conv.bias)
             first = masked(x)
-            cached_weight = masked._cache[1]
+            cached_weight = masked._caches["weight"][1]
             second = masked(x)
-            assert masked._cache[1] is cached_weight  # reused, not recomputed
+            assert masked._caches["weight"][1] is cached_weight  # reused, not recomputed
         assert torch.equal(first, uncached) and torch.equal(second, uncached)
         with state.use("1"):  # task switch
             assert torch.equal(masked(x), F.conv2d(x, conv.weight * masked.mask("1"), conv.bias))
@@ -116,7 +116,7 @@ def test_cache_matches_uncached_and_is_invalidated():
         with state.use("1"):
             assert torch.equal(masked(x), F.conv2d(x, conv.weight * masked.mask("1"), conv.bias))
         masked.double()  # dtype change
-        assert masked._cache is None
+        assert not masked._caches
         with state.use("1"):
             assert masked(x.double()).dtype == torch.float64
 
