@@ -143,13 +143,6 @@ class PackNetLayer(TaskWeightLayer):
             "backbone": [p for p in (self.bias,) if p is not None and p.requires_grad],
         }
 
-    def pruned_fraction(self, task: str) -> float:
-        """The share of the weights free for ``task`` that pruning released."""
-        free = int((self.owner_codes() == 0).sum()) if task in self.usable else None
-        if free is None:
-            raise KeyError(f"Task {task!r} is not being learned.")
-        return 1.0 - int(self.usable[task].sum()) / max(free, 1)
-
     # --- forward ---------------------------------------------------------
 
     def task_weight(self) -> Tensor:
