@@ -72,8 +72,12 @@ class PackNetLayer(TaskWeightLayer):
 
         Unpacked once and cached until the owners change; do not modify it.
         """
-        key = (self.packed_owners._version, len(self.task_order))
-        return self._cached("owners", key, self._unpack_owners)
+        return self._cached("owners", self._owners_key(), self._unpack_owners)
+
+    def _owners_key(self) -> tuple:
+        # A freeze replaces packed_owners and lengthens task_order; a load
+        # writes into packed_owners in place.
+        return (self.packed_owners._version, len(self.task_order))
 
     def _unpack_owners(self) -> Tensor:
         if not len(self.task_order):
@@ -149,11 +153,11 @@ class PackNetLayer(TaskWeightLayer):
         """Earlier tasks' frozen weights plus, for a learning task, its own."""
         task = self.task_state.key()
         if task in self.free_weights:
-            owned = self.owner_codes() > 0
+            owned = self._cached("owned", self._owners_key(), lambda: self.owner_codes() > 0)
             own = self.free_weights[task] * self.usable[task]
             return torch.where(owned, self.weight, own)
         code = self._code_of(task)
-        key = (task, self.weight._version, self.packed_owners._version, len(self.task_order))
+        key = (task, self.weight._version, *self._owners_key())
         return self._cached(
             "weight", key, lambda: self.weight * ((self.owner_codes() > 0) & (self.owner_codes() <= code))
         )
