@@ -44,7 +44,8 @@ __all__ = [
 
 
 class TaskState:
-    """The task a model computes right now and the tasks it is learning.
+    """The task a model computes right now, the tasks it is learning, and the
+    learning task (if any) that also trains the backbone's shared parameters.
 
     One instance is shared by every task-aware module of a model.
     """
@@ -52,6 +53,7 @@ class TaskState:
     def __init__(self) -> None:
         self.current: Optional[str] = None
         self.learning: Set[str] = set()
+        self.backbone_task: Optional[str] = None
 
     @contextmanager
     def use(self, task: str) -> Iterator[None]:
@@ -153,8 +155,9 @@ class TaskWeightLayer:
         """The weight of the current task."""
         raise NotImplementedError
 
-    def add_task(self, task: str, **options) -> None:
-        """Start learning ``task``."""
+    def add_task(self, task: str) -> None:
+        """Start learning ``task`` (which also trains the backbone's shared
+        parameters if it is ``task_state.backbone_task``)."""
         raise NotImplementedError
 
     def freeze_task(self, task: str) -> None:
@@ -245,21 +248,17 @@ class MaskedLayer(TaskWeightLayer):
         self.mask_scale = mask_scale
         self.scores = TaskTensorDict(trainable=True)
         self.packed_masks = TaskTensorDict(trainable=False)
-        # Tasks that train the full weight (the backbone's first task) rather
-        # than a mask; their mask is all ones.
-        self.dense_tasks: Set[str] = set()
         self._set_weight_trainable(False)
 
     # --- tasks -----------------------------------------------------------
 
-    def add_task(self, task: str, *, train_backbone: bool = False) -> None:
+    def add_task(self, task: str) -> None:
         """Start learning ``task``: scores initialised as ``mask_init`` says
         (``"1s"``: all ``mask_scale``; ``"uniform"``: in ``[-mask_scale,
-        mask_scale]``), or, with ``train_backbone``, the weight and bias
-        themselves under a mask of ones (frozen again by :meth:`freeze_task`).
+        mask_scale]``), or, for the task that trains the backbone, the weight
+        and bias themselves under a mask of ones (frozen by :meth:`freeze_task`).
         """
-        if train_backbone:
-            self.dense_tasks.add(task)
+        if task == self.task_state.backbone_task:
             self._set_weight_trainable(True)
             return
         scores = torch.full_like(self.weight, self.mask_scale)
@@ -269,9 +268,8 @@ class MaskedLayer(TaskWeightLayer):
 
     def freeze_task(self, task: str) -> None:
         """Replace the task's scores by its bit-packed thresholded mask."""
-        if task in self.dense_tasks:
+        if task == self.task_state.backbone_task:
             mask = torch.ones_like(self.weight)
-            self.dense_tasks.discard(task)
             self._set_weight_trainable(False)
         else:
             with torch.no_grad():
@@ -290,7 +288,7 @@ class MaskedLayer(TaskWeightLayer):
         """The mask of ``task`` as a tensor shaped like the weight."""
         if task in self.scores:
             return self.mask_kind.apply(self.scores[task], self.threshold)
-        if task in self.dense_tasks:
+        if task == self.task_state.backbone_task:
             return torch.ones_like(self.weight)
         return unpack_mask(
             self.packed_masks[task],
@@ -306,7 +304,7 @@ class MaskedLayer(TaskWeightLayer):
         task = self.task_state.key()
         if task in self.scores:
             return self.weight * self.mask_kind.apply(self.scores[task], self.threshold)
-        if task in self.dense_tasks:
+        if task == self.task_state.backbone_task:
             return self.weight
         if task not in self.packed_masks:
             raise KeyError(f"{type(self).__name__} has no mask for task {task!r}.")
@@ -357,12 +355,14 @@ NORM_LAYER_TYPES: Tuple[Type[nn.Module], ...] = (
 class TaskNorm(nn.Module):
     """A normalization layer with its own parameters and statistics per task.
 
-    Each task's copy starts from the backbone's layer (``base``), which stays
-    frozen. A copy trains, and updates its running statistics, only while its
-    task is being learned; a frozen task's copy always runs in eval mode.
+    Each task's copy starts from the backbone's layer (``base``). A copy
+    trains, and updates its running statistics, only while its task is being
+    learned; a frozen task's copy always runs in eval mode.
 
-    With ``per_task=False`` every task shares the frozen ``base`` in eval mode:
-    the paper's fixed-batch-norm ablation.
+    With ``per_task=False`` every task shares ``base``, which trains only with
+    the task that trains the backbone (``task_state.backbone_task``) and is
+    frozen otherwise: the fixed-batch-norm ablation of Piggyback and the
+    "nobn" setting of PackNet.
 
     :param norm: the backbone's normalization layer.
     :param task_state: the owning model's task state.
@@ -377,20 +377,31 @@ class TaskNorm(nn.Module):
         self.tasks = nn.ModuleDict()
 
     def add_task(self, task: str) -> None:
-        """Give ``task`` its own copy of the base layer."""
+        """Give ``task`` its own copy of the base layer, or let it train the
+        shared one if it trains the backbone."""
         if self.per_task:
             self.tasks[task] = copy.deepcopy(self.base).requires_grad_(True)
+        elif task == self.task_state.backbone_task:
+            self.base.requires_grad_(True)
 
     def freeze_task(self, task: str) -> None:
-        """Stop training the copy of ``task``."""
-        if self.per_task:
-            self.tasks[task].requires_grad_(False)
-
-    def set_base_from_task(self, task: str) -> None:
-        """Make ``task``'s copy the template of later tasks (used after the
-        backbone itself was trained on that task)."""
-        if self.per_task:
+        """Stop training ``task``'s layer. If the task trained the backbone,
+        its copy becomes the template of later tasks."""
+        if not self.per_task:
+            self.base.requires_grad_(False)
+            return
+        self.tasks[task].requires_grad_(False)
+        if task == self.task_state.backbone_task:
             self.base.load_state_dict(self.tasks[task].state_dict())
+
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        """``{"task_parameters": [...], "backbone": [...]}``: the learning
+        tasks' copies, and the shared layer while it trains."""
+        learning = self.task_state.learning & set(self.tasks.keys())
+        return {
+            "task_parameters": [p for t in learning for p in self.tasks[t].parameters()],
+            "backbone": [p for p in self.base.parameters() if p.requires_grad],
+        }
 
     def norm_for(self, task: str) -> nn.Module:
         """The layer that ``task`` uses."""
@@ -399,13 +410,16 @@ class TaskNorm(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         task = self.task_state.key()
         norm = self.norm_for(task)
-        learning = self.training and task in self.task_state.learning and self.per_task
+        if self.per_task:
+            learning = self.training and task in self.task_state.learning
+        else:
+            learning = self.training and task == self.task_state.backbone_task
         if norm.training != learning:
             norm.train(learning)
         return norm(input)
 
     def train(self, mode: bool = True) -> "TaskNorm":
-        # The copies' modes are set per forward pass; base never trains.
+        # The layers' modes are set per forward pass.
         self.training = mode
         return self
 
@@ -484,6 +498,11 @@ class TaskHeads(nn.Module):
     def freeze_task(self, task: str) -> None:
         """Stop training the head of ``task``."""
         self.heads[task].requires_grad_(False)
+
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        """``{"task_parameters": [...]}``: the learning tasks' heads."""
+        learning = self.task_state.learning & set(self.heads.keys())
+        return {"task_parameters": [p for t in learning for p in self.heads[t].parameters()]}
 
     def forward(self, input: Tensor) -> Tensor:
         return self.heads[self.task_state.key()](input)

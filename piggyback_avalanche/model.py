@@ -230,16 +230,19 @@ class TaskAwareModel(MultiTaskModule):
         """Every task the model knows."""
         return sorted(int(t) for t in self.heads.heads.keys())
 
-    def add_task(self, task: int, *, classes: Sequence[int], **layer_options) -> None:
-        """Add a task to learn: its layer state, normalization copies and head.
+    def add_task(self, task: int, *, classes: Sequence[int], train_backbone: bool = False) -> None:
+        """Add a task to learn: its layer state, normalization and head.
 
         Avalanche's model adaptation calls this for each new task label; call
         it directly to use the model outside Avalanche.
 
         :param task: the task label.
         :param classes: the class labels of the task.
-        :param layer_options: passed to every task-aware layer's ``add_task``.
-        :raises ValueError: if the task already exists or has no classes.
+        :param train_backbone: this task also trains the backbone's shared
+            parameters (what that means is up to the layers: Piggyback trains
+            the weights themselves, PackNet the biases); they freeze with it.
+        :raises ValueError: if the task already exists or has no classes, or
+            another task is training the backbone.
         """
         key = _task_key(task)
         if key in self.heads.heads:
@@ -251,43 +254,41 @@ class TaskAwareModel(MultiTaskModule):
         classes = [int(c) for c in classes]
         if not classes or min(classes) < 0:
             raise ValueError(f"Task {task} needs non-negative class labels, got {classes}.")
-        for module in self._task_modules():
-            if isinstance(module, TaskWeightLayer):
-                module.add_task(key, **layer_options)
-            elif isinstance(module, TaskNorm):
-                module.add_task(key)
-            else:
-                module.add_task(key, classes=classes)
+        if train_backbone:
+            if self.task_state.backbone_task is not None:
+                raise ValueError(
+                    f"Task {self.task_state.backbone_task} is already training the backbone."
+                )
+            self.task_state.backbone_task = key
         self.task_state.learning.add(key)
+        for module in self._task_modules():
+            if isinstance(module, TaskHeads):
+                module.add_task(key, classes=classes)
+            else:
+                module.add_task(key)
         self.known_train_tasks_labels.add(int(task))
         self.max_class_label = max(self.max_class_label, max(classes) + 1)
 
     def freeze_task(self, task: int) -> None:
         """Finish a task: after this its outputs never change."""
-        key = self._learning_key(task)
-        for module in self._task_modules():
-            module.freeze_task(key)
-        self.task_state.learning.discard(key)
-
-    def _learning_key(self, task: int) -> str:
         key = _task_key(task)
         if key not in self.task_state.learning:
             raise ValueError(f"Task {task} is not being learned; learning: {self.learning_tasks}.")
-        return key
+        for module in self._task_modules():
+            module.freeze_task(key)
+        self.task_state.learning.discard(key)
+        if self.task_state.backbone_task == key:
+            self.task_state.backbone_task = None
 
     def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
         """The parameters that learning the current tasks trains, by group:
-        the task-aware layers' groups, and ``"task_parameters"`` (the learning
-        tasks' normalization and head parameters)."""
-        groups: Dict[str, List[nn.Parameter]] = {"task_parameters": []}
+        ``"task_parameters"`` (the learning tasks' normalization and heads),
+        ``"backbone"`` (shared parameters while a task trains the backbone)
+        and the task-aware layers' own groups."""
+        groups: Dict[str, List[nn.Parameter]] = {"task_parameters": [], "backbone": []}
         for module in self._task_modules():
-            if isinstance(module, TaskWeightLayer):
-                for name, params in module.trainable_parameters().items():
-                    groups.setdefault(name, []).extend(params)
-            else:
-                per_task = module.tasks if isinstance(module, TaskNorm) else module.heads
-                for key in self.task_state.learning & set(per_task.keys()):
-                    groups["task_parameters"].extend(per_task[key].parameters())
+            for name, params in module.trainable_parameters().items():
+                groups.setdefault(name, []).extend(params)
         return groups
 
     def adaptation(self, experience: CLExperience) -> None:
@@ -413,7 +414,9 @@ class PiggybackModel(TaskAwareModel):
     :param mask_scale: initial score scale.
     :param threshold: the threshold tau above which a score keeps its weight.
     :param task_batchnorm: each task learns its own normalization parameters
-        and statistics; ``False`` keeps the backbone's frozen for all tasks.
+        and statistics; ``False`` keeps the backbone's frozen for all tasks
+        (trained only on the first experience with
+        ``train_backbone_on_first_experience``).
     """
 
     layer_types = MASKED_LAYER_TYPES
@@ -456,33 +459,6 @@ class PiggybackModel(TaskAwareModel):
     def masked_layers(self) -> Dict[str, MaskedLayer]:
         """The masked layers by qualified name."""
         return self.task_layers
-
-    def add_task(self, task: int, *, classes: Sequence[int], train_backbone: bool = False) -> None:
-        """Add a task to learn: mask scores, normalization copies and a head.
-
-        :param task: the task label.
-        :param classes: the class labels of the task.
-        :param train_backbone: learn this task by training the backbone's
-            weights themselves (with a mask of ones) instead of a mask.
-        """
-        if train_backbone and any(layer.dense_tasks for layer in self.masked_layers.values()):
-            raise ValueError("The backbone is already being trained on another task.")
-        super().add_task(task, classes=classes, train_backbone=train_backbone)
-
-    def freeze_task(self, task: int) -> None:
-        """Finish a task: keep only its packed mask, freeze its normalization
-        copies and head.
-
-        If the backbone was trained on this task, its weights are frozen from
-        now on and the task's normalization becomes the template of later tasks.
-        """
-        key = self._learning_key(task)
-        dense = any(key in layer.dense_tasks for layer in self.masked_layers.values())
-        super().freeze_task(task)
-        if dense:
-            for module in self._task_modules():
-                if isinstance(module, TaskNorm):
-                    module.set_base_from_task(key)
 
     def _learning_tasks_in(self, state_dict: Dict[str, Tensor], prefix: str) -> Set[str]:
         # Tasks with scores in the state dict are being learned.

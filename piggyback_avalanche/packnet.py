@@ -10,7 +10,7 @@ mixed-task mini-batches and user plugins.
 """
 
 import math
-from typing import Dict, List, Set, Union
+from typing import Dict, List, Optional, Sequence, Set, Union
 
 import torch
 from torch import Tensor, nn
@@ -105,8 +105,7 @@ class PackNetLayer(TaskWeightLayer):
         free = self.owner_codes() == 0
         self.free_weights.add(task, self.weight.detach().clone())
         self.usable.add(task, free)
-        if not len(self.task_order) and self.bias is not None:
-            # As in the paper, biases train on the first task only.
+        if task == self.task_state.backbone_task and self.bias is not None:
             self.bias.requires_grad_(True)
 
     def prune(self, task: str, ratio: float) -> None:
@@ -195,7 +194,8 @@ class PackNetModel(TaskAwareModel):
     :param classifier: the ``nn.Linear`` replaced by per-task heads (``None``:
         the backbone's last ``nn.Linear``).
     :param task_batchnorm: each task gets its own normalization copy;
-        ``False`` shares the backbone's, frozen.
+        ``False`` shares the backbone's, trained with the first task and then
+        frozen (the paper's "nobn" setting).
     """
 
     layer_types = {
@@ -215,6 +215,17 @@ class PackNetModel(TaskAwareModel):
         super().__init__(
             backbone, classifier=classifier, task_batchnorm=task_batchnorm, layer_settings={}
         )
+
+    def add_task(self, task: int, *, classes: Sequence[int], train_backbone: Optional[bool] = None) -> None:
+        """Add a task to learn. As in the paper, the first task also trains the
+        shared parameters (biases, and the normalization layers with
+        ``task_batchnorm=False``), which later tasks keep frozen.
+
+        :param train_backbone: override that choice.
+        """
+        if train_backbone is None:
+            train_backbone = not self.tasks
+        super().add_task(task, classes=classes, train_backbone=train_backbone)
 
     def prune(self, ratio: float) -> None:
         """Prune every learning task's weights, layer by layer, by magnitude.

@@ -153,3 +153,23 @@ def test_what_a_task_learns_is_what_it_keeps():
         model.freeze_task(task)
         with torch.no_grad():
             assert torch.equal(model(x, task), learned)
+
+
+def test_nobn_setting_trains_batch_norm_on_the_first_task_only(three_task_stream):
+    model = PackNetModel(tiny_conv_net(), task_batchnorm=False)
+    norm = model.backbone[1]
+    initial = {k: v.clone() for k, v in norm.base.state_dict().items()}
+    strategy = PackNet(model=model, train_epochs=2, post_prune_epochs=1, train_mb_size=16, evaluator=None)
+    strategy.train(three_task_stream.train_stream[0])
+    after_first = {k: v.clone() for k, v in norm.base.state_dict().items()}
+    assert not torch.equal(after_first["running_mean"], initial["running_mean"])
+    assert not torch.equal(after_first["weight"], initial["weight"])
+    assert len(norm.tasks) == 0
+    x = _test_inputs(three_task_stream.test_stream[0])
+    with torch.no_grad():
+        logits = model.eval()(x, 0)
+    for experience in three_task_stream.train_stream[1:]:
+        strategy.train(experience)
+    assert all(torch.equal(v, after_first[k]) for k, v in norm.base.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x, 0), logits)
