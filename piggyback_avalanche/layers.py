@@ -155,6 +155,11 @@ class TaskWeightLayer:
         """The weight of the current task."""
         raise NotImplementedError
 
+    def task_bias(self) -> Optional[Tensor]:
+        """The bias of the current task: the shared one unless a subclass
+        keeps one per task."""
+        return self.bias
+
     def add_task(self, task: str) -> None:
         """Start learning ``task`` (which also trains the backbone's shared
         parameters if it is ``task_state.backbone_task``)."""
@@ -213,7 +218,7 @@ class _ConvForward:
         )
 
     def forward(self, input: Tensor) -> Tensor:
-        return self._conv_forward(input, self.task_weight(), self.bias)
+        return self._conv_forward(input, self.task_weight(), self.task_bias())
 
 
 class _LinearForward:
@@ -227,7 +232,7 @@ class _LinearForward:
         )
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.linear(input, self.task_weight(), self.bias)
+        return F.linear(input, self.task_weight(), self.task_bias())
 
 
 class MaskedLayer(TaskWeightLayer):

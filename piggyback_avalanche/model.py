@@ -28,7 +28,7 @@ from piggyback_avalanche.layers import (
 )
 from piggyback_avalanche.masks import get_mask_kind
 
-__all__ = ["TaskAwareModel", "PiggybackModel", "experience_task_classes", "MASK_INITS"]
+__all__ = ["MultiHeadModel", "TaskAwareModel", "PiggybackModel", "experience_task_classes", "MASK_INITS"]
 
 MASK_INITS = ("1s", "uniform")
 """Ways to initialise a new task's mask scores."""
@@ -107,66 +107,31 @@ def _find_classifier(backbone: nn.Module, classifier: Union[str, nn.Module, None
     return linears[-1]
 
 
-class TaskAwareModel(MultiTaskModule):
-    """A backbone whose layers are task-aware: the machinery that Piggyback and
-    PackNet share.
+class MultiHeadModel(MultiTaskModule):
+    """A copy of a backbone whose classifier is replaced by one head per task.
 
-    The backbone is copied. Its convolutions and linear layers become the
-    subclass's :class:`~piggyback_avalanche.layers.TaskWeightLayer` types
-    (``layer_types``), its normalization layers :class:`TaskNorm` and its
-    classifier :class:`TaskHeads`. Tasks are added by Avalanche's model
-    adaptation, or by :meth:`add_task`, and end with :meth:`freeze_task`.
-    ``model(x, task_labels)`` routes every sample through its own task.
+    Heads are added by Avalanche's model adaptation (or :meth:`add_task`),
+    sized from the experience's classes whether the stream gives them as a
+    list or a set, or not at all; ``model(x, task_labels)`` routes every
+    sample through its own task, mini-batches may mix tasks. The rest of the
+    backbone is left as it is: this is the multi-head model of the baselines
+    that train the whole network (fine-tuning, EWC, LwF, replay, ...).
 
-    :param backbone: the network to copy and convert.
+    :param backbone: the network to copy.
     :param classifier: the ``nn.Linear`` replaced by per-task heads, as a
         module of the backbone or its qualified name; ``None`` picks the
         backbone's last ``nn.Linear``.
-    :param task_batchnorm: each task learns its own normalization parameters
-        and statistics; ``False`` shares the backbone's, frozen.
-    :param layer_settings: passed to every task-aware layer's ``from_module``.
     """
 
-    layer_types: Dict[Type[nn.Module], Type[TaskWeightLayer]] = {}
-    """Backbone layer types and the task-aware types that replace them."""
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        *,
-        classifier: Union[str, nn.Module, None] = None,
-        task_batchnorm: bool = True,
-        layer_settings: Dict[str, Any],
-    ) -> None:
+    def __init__(self, backbone: nn.Module, *, classifier: Union[str, nn.Module, None] = None) -> None:
         super().__init__()
-        self.task_batchnorm = bool(task_batchnorm)
         self.task_state = TaskState()
-        self._layer_settings = layer_settings
         self._classifier_name = _find_classifier(backbone, classifier)
         self.backbone = self._convert(copy.deepcopy(backbone), self._classifier_name)
 
     # --- building ----------------------------------------------------------
 
     def _convert(self, backbone: nn.Module, classifier_name: str) -> nn.Module:
-        unsupported = [
-            f"{name or '<backbone>'} ({type(module).__name__})"
-            for name, module in backbone.named_modules()
-            if any(p is not None for p in module._parameters.values())
-            and name != classifier_name
-            and type(module) not in self.layer_types
-            and not isinstance(module, NORM_LAYER_TYPES)
-        ]
-        if unsupported:
-            raise ValueError(
-                f"{type(self).__name__} cannot handle these modules with parameters: "
-                + ", ".join(unsupported)
-                + ". Supported: "
-                + ", ".join(t.__name__ for t in self.layer_types)
-                + " (task-aware weights), "
-                + ", ".join(t.__name__ for t in NORM_LAYER_TYPES)
-                + " (per task). Express them with these layers, or fold them into "
-                "the classifier."
-            )
         replaced: Dict[int, nn.Module] = {}
         for name, module in list(backbone.named_modules(remove_duplicate=False)):
             if id(module) not in replaced:
@@ -178,37 +143,15 @@ class TaskAwareModel(MultiTaskModule):
                 return new
             parent, _, attr = name.rpartition(".")
             setattr(backbone.get_submodule(parent), attr, new)
-        if not any(isinstance(m, TaskWeightLayer) for m in backbone.modules()):
-            raise ValueError(
-                "The backbone has no convolution or linear layer besides the "
-                f"classifier, so {type(self).__name__} has nothing to learn per task."
-            )
         return backbone
 
     def _task_aware(self, module: nn.Module, *, is_classifier: bool) -> nn.Module:
+        """What replaces a backbone module (the module itself if nothing)."""
         if is_classifier:
             return TaskHeads(module, task_state=self.task_state)
-        if type(module) in self.layer_types:
-            return self.layer_types[type(module)].from_module(
-                module, task_state=self.task_state, **self._layer_settings
-            )
-        if isinstance(module, NORM_LAYER_TYPES):
-            return TaskNorm(module, task_state=self.task_state, per_task=self.task_batchnorm)
         return module
 
-    def _task_modules(self) -> Iterable[nn.Module]:
-        return (
-            m
-            for m in self.backbone.modules()
-            if isinstance(m, (TaskWeightLayer, TaskNorm, TaskHeads))
-        )
-
     # --- tasks ---------------------------------------------------------------
-
-    @property
-    def task_layers(self) -> Dict[str, TaskWeightLayer]:
-        """The task-aware convolution and linear layers by qualified name."""
-        return {n: m for n, m in self.backbone.named_modules() if isinstance(m, TaskWeightLayer)}
 
     @property
     def heads(self) -> TaskHeads:
@@ -216,34 +159,22 @@ class TaskAwareModel(MultiTaskModule):
         return self.backbone.get_submodule(self._classifier_name)
 
     @property
-    def frozen_tasks(self) -> List[int]:
-        """Tasks that are finished and never change again."""
-        return sorted(int(t) for t in self.heads.heads.keys() if t not in self.task_state.learning)
-
-    @property
-    def learning_tasks(self) -> List[int]:
-        """Tasks being learned now."""
-        return sorted(int(t) for t in self.task_state.learning)
-
-    @property
     def tasks(self) -> List[int]:
         """Every task the model knows."""
         return sorted(int(t) for t in self.heads.heads.keys())
 
-    def add_task(self, task: int, *, classes: Sequence[int], train_backbone: bool = False) -> None:
-        """Add a task to learn: its layer state, normalization and head.
-
-        Avalanche's model adaptation calls this for each new task label; call
-        it directly to use the model outside Avalanche.
+    def add_task(self, task: int, *, classes: Sequence[int]) -> None:
+        """Add the head of a new task.
 
         :param task: the task label.
         :param classes: the class labels of the task.
-        :param train_backbone: this task also trains the backbone's shared
-            parameters (what that means is up to the layers: Piggyback trains
-            the weights themselves, PackNet the biases); they freeze with it.
-        :raises ValueError: if the task already exists or has no classes, or
-            another task is training the backbone.
+        :raises ValueError: if the task already exists or has no classes.
         """
+        key = self._new_task_key(task, classes)
+        self.heads.add_task(key, classes=classes)
+        self._register_task(task, classes)
+
+    def _new_task_key(self, task: int, classes: Sequence[int]) -> str:
         key = _task_key(task)
         if key in self.heads.heads:
             raise ValueError(
@@ -251,52 +182,20 @@ class TaskAwareModel(MultiTaskModule):
                 f"{self.tasks}); a learned task is never changed. Give the new data "
                 "a new task label."
             )
-        classes = [int(c) for c in classes]
-        if not classes or min(classes) < 0:
-            raise ValueError(f"Task {task} needs non-negative class labels, got {classes}.")
-        if train_backbone:
-            if self.task_state.backbone_task is not None:
-                raise ValueError(
-                    f"Task {self.task_state.backbone_task} is already training the backbone."
-                )
-            self.task_state.backbone_task = key
-        self.task_state.learning.add(key)
-        for module in self._task_modules():
-            if isinstance(module, TaskHeads):
-                module.add_task(key, classes=classes)
-            else:
-                module.add_task(key)
+        if not classes or min(int(c) for c in classes) < 0:
+            raise ValueError(f"Task {task} needs non-negative class labels, got {list(classes)}.")
+        return key
+
+    def _register_task(self, task: int, classes: Sequence[int]) -> None:
         self.known_train_tasks_labels.add(int(task))
-        self.max_class_label = max(self.max_class_label, max(classes) + 1)
-
-    def freeze_task(self, task: int) -> None:
-        """Finish a task: after this its outputs never change."""
-        key = _task_key(task)
-        if key not in self.task_state.learning:
-            raise ValueError(f"Task {task} is not being learned; learning: {self.learning_tasks}.")
-        for module in self._task_modules():
-            module.freeze_task(key)
-        self.task_state.learning.discard(key)
-        if self.task_state.backbone_task == key:
-            self.task_state.backbone_task = None
-
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
-        """The parameters that learning the current tasks trains, by group:
-        ``"task_parameters"`` (the learning tasks' normalization and heads),
-        ``"backbone"`` (shared parameters while a task trains the backbone)
-        and the task-aware layers' own groups."""
-        groups: Dict[str, List[nn.Parameter]] = {"task_parameters": [], "backbone": []}
-        for module in self._task_modules():
-            for name, params in module.trainable_parameters().items():
-                groups.setdefault(name, []).extend(params)
-        return groups
+        self.max_class_label = max(self.max_class_label, max(int(c) for c in classes) + 1)
 
     def adaptation(self, experience: CLExperience) -> None:
         """Add the experience's new tasks when training; when evaluating,
         check that the model knows the experience's tasks.
 
-        :raises ValueError: when training on a task that is already frozen,
-            or evaluating a task the model never learned.
+        :raises ValueError: when evaluating a task the model never learned,
+            or training a known task on classes its head does not have.
         """
         task_classes = experience_task_classes(experience)
         if not self.training:
@@ -306,14 +205,20 @@ class TaskAwareModel(MultiTaskModule):
             return
         for task, classes in task_classes.items():
             key = _task_key(task)
-            if key in self.task_state.learning:
-                continue
-            if key in self.heads.heads:
-                raise ValueError(
-                    f"Task {task} was already learned and is frozen; a learned task is "
-                    "never changed. Give this experience a new task label."
-                )
-            self.add_task(task, classes=classes)
+            if key not in self.heads.heads:
+                self.add_task(task, classes=classes)
+            else:
+                self._revisit(task, classes)
+
+    def _revisit(self, task: int, classes: Sequence[int]) -> None:
+        """Train a known task again (as cumulative and joint training do)."""
+        head = self.heads.heads[_task_key(task)]
+        unknown = sorted(set(int(c) for c in classes) - set(head.classes))
+        if unknown:
+            raise ValueError(
+                f"Task {task} comes back with classes {unknown} its head does not "
+                f"have (it has {head.classes}); give classes of a new task a new task label."
+            )
 
     def _unknown_tasks_message(self, unknown: Sequence[int]) -> str:
         return (
@@ -371,6 +276,170 @@ class TaskAwareModel(MultiTaskModule):
 
     # --- state dict ------------------------------------------------------------
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.known_train_tasks_labels = set(self.tasks)
+        self.max_class_label = max(
+            [head.out_features for head in self.heads.heads.values()], default=0
+        )
+        return result
+
+
+class TaskAwareModel(MultiHeadModel):
+    """A backbone whose layers are task-aware: the machinery that Piggyback,
+    PackNet and the reference points share.
+
+    Besides the heads of :class:`MultiHeadModel`, the backbone's convolutions
+    and linear layers become the subclass's
+    :class:`~piggyback_avalanche.layers.TaskWeightLayer` types
+    (``layer_types``) and its normalization layers :class:`TaskNorm`. Tasks
+    end with :meth:`freeze_task`, and a frozen task is never trained again.
+
+    :param backbone: the network to copy and convert.
+    :param classifier: the ``nn.Linear`` replaced by per-task heads.
+    :param task_batchnorm: each task learns its own normalization parameters
+        and statistics; ``False`` shares the backbone's.
+    :param layer_settings: passed to every task-aware layer's ``from_module``.
+    """
+
+    layer_types: Dict[Type[nn.Module], Type[TaskWeightLayer]] = {}
+    """Backbone layer types and the task-aware types that replace them."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        classifier: Union[str, nn.Module, None] = None,
+        task_batchnorm: bool = True,
+        layer_settings: Dict[str, Any],
+    ) -> None:
+        self.task_batchnorm = bool(task_batchnorm)
+        self._layer_settings = layer_settings
+        super().__init__(backbone, classifier=classifier)
+
+    # --- building ----------------------------------------------------------
+
+    def _convert(self, backbone: nn.Module, classifier_name: str) -> nn.Module:
+        unsupported = [
+            f"{name or '<backbone>'} ({type(module).__name__})"
+            for name, module in backbone.named_modules()
+            if any(p is not None for p in module._parameters.values())
+            and name != classifier_name
+            and type(module) not in self.layer_types
+            and not isinstance(module, NORM_LAYER_TYPES)
+        ]
+        if unsupported:
+            raise ValueError(
+                f"{type(self).__name__} cannot handle these modules with parameters: "
+                + ", ".join(unsupported)
+                + ". Supported: "
+                + ", ".join(t.__name__ for t in self.layer_types)
+                + " (task-aware weights), "
+                + ", ".join(t.__name__ for t in NORM_LAYER_TYPES)
+                + " (per task). Express them with these layers, or fold them into "
+                "the classifier."
+            )
+        backbone = super()._convert(backbone, classifier_name)
+        if not any(isinstance(m, TaskWeightLayer) for m in backbone.modules()):
+            raise ValueError(
+                "The backbone has no convolution or linear layer besides the "
+                f"classifier, so {type(self).__name__} has nothing to learn per task."
+            )
+        return backbone
+
+    def _task_aware(self, module: nn.Module, *, is_classifier: bool) -> nn.Module:
+        if not is_classifier and type(module) in self.layer_types:
+            return self.layer_types[type(module)].from_module(
+                module, task_state=self.task_state, **self._layer_settings
+            )
+        if not is_classifier and isinstance(module, NORM_LAYER_TYPES):
+            return TaskNorm(module, task_state=self.task_state, per_task=self.task_batchnorm)
+        return super()._task_aware(module, is_classifier=is_classifier)
+
+    def _task_modules(self) -> Iterable[nn.Module]:
+        return (
+            m
+            for m in self.backbone.modules()
+            if isinstance(m, (TaskWeightLayer, TaskNorm, TaskHeads))
+        )
+
+    # --- tasks ---------------------------------------------------------------
+
+    @property
+    def task_layers(self) -> Dict[str, TaskWeightLayer]:
+        """The task-aware convolution and linear layers by qualified name."""
+        return {n: m for n, m in self.backbone.named_modules() if isinstance(m, TaskWeightLayer)}
+
+    @property
+    def frozen_tasks(self) -> List[int]:
+        """Tasks that are finished and never change again."""
+        return sorted(int(t) for t in self.heads.heads.keys() if t not in self.task_state.learning)
+
+    @property
+    def learning_tasks(self) -> List[int]:
+        """Tasks being learned now."""
+        return sorted(int(t) for t in self.task_state.learning)
+
+    def add_task(self, task: int, *, classes: Sequence[int], train_backbone: bool = False) -> None:
+        """Add a task to learn: its layer state, normalization and head.
+
+        Avalanche's model adaptation calls this for each new task label; call
+        it directly to use the model outside Avalanche.
+
+        :param task: the task label.
+        :param classes: the class labels of the task.
+        :param train_backbone: this task also trains the backbone's shared
+            parameters (what that means is up to the layers: Piggyback trains
+            the weights themselves, PackNet the biases); they freeze with it.
+        :raises ValueError: if the task already exists or has no classes, or
+            another task is training the backbone.
+        """
+        key = self._new_task_key(task, classes)
+        if train_backbone:
+            if self.task_state.backbone_task is not None:
+                raise ValueError(
+                    f"Task {self.task_state.backbone_task} is already training the backbone."
+                )
+            self.task_state.backbone_task = key
+        self.task_state.learning.add(key)
+        for module in self._task_modules():
+            if isinstance(module, TaskHeads):
+                module.add_task(key, classes=classes)
+            else:
+                module.add_task(key)
+        self._register_task(task, classes)
+
+    def freeze_task(self, task: int) -> None:
+        """Finish a task: after this its outputs never change."""
+        key = _task_key(task)
+        if key not in self.task_state.learning:
+            raise ValueError(f"Task {task} is not being learned; learning: {self.learning_tasks}.")
+        for module in self._task_modules():
+            module.freeze_task(key)
+        self.task_state.learning.discard(key)
+        if self.task_state.backbone_task == key:
+            self.task_state.backbone_task = None
+
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        """The parameters that learning the current tasks trains, by group:
+        ``"task_parameters"`` (the learning tasks' normalization and heads),
+        ``"backbone"`` (shared parameters while a task trains the backbone)
+        and the task-aware layers' own groups."""
+        groups: Dict[str, List[nn.Parameter]] = {"task_parameters": [], "backbone": []}
+        for module in self._task_modules():
+            for name, params in module.trainable_parameters().items():
+                groups.setdefault(name, []).extend(params)
+        return groups
+
+    def _revisit(self, task: int, classes: Sequence[int]) -> None:
+        if _task_key(task) not in self.task_state.learning:
+            raise ValueError(
+                f"Task {task} was already learned and is frozen; a learned task is "
+                "never changed. Give this experience a new task label."
+            )
+
+    # --- state dict ------------------------------------------------------------
+
     def _learning_tasks_in(self, state_dict: Dict[str, Tensor], prefix: str) -> Set[str]:
         """The tasks that a state dict holds as still being learned."""
         raise NotImplementedError
@@ -379,14 +448,6 @@ class TaskAwareModel(MultiTaskModule):
         # The per-task containers below create every task they meet.
         self.task_state.learning = self._learning_tasks_in(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        self.known_train_tasks_labels = set(self.tasks)
-        self.max_class_label = max(
-            [head.out_features for head in self.heads.heads.values()], default=0
-        )
-        return result
 
 
 class PiggybackModel(TaskAwareModel):
