@@ -5,7 +5,15 @@ from piggyback_avalanche.layers import TaskNorm
 from piggyback_avalanche.masks import binarize, ternarize
 from piggyback_avalanche.model import PiggybackModel
 from piggyback_avalanche.packnet import PackNetModel
-from piggyback_avalanche.strategies import PIGGYBACK_PAPER_SETTINGS, PackNet, Piggyback
+from piggyback_avalanche.reference_models import ClassifierOnlyModel, IndividualNetworksModel
+from piggyback_avalanche.registry import available_strategies, make_strategy, register_strategy
+from piggyback_avalanche.strategies import (
+    PIGGYBACK_PAPER_SETTINGS,
+    ClassifierOnly,
+    IndividualNetworks,
+    PackNet,
+    Piggyback,
+)
 
 __all__ = [
     "PiggybackModel",
@@ -13,6 +21,13 @@ __all__ = [
     "PIGGYBACK_PAPER_SETTINGS",
     "PackNetModel",
     "PackNet",
+    "IndividualNetworksModel",
+    "IndividualNetworks",
+    "ClassifierOnlyModel",
+    "ClassifierOnly",
+    "make_strategy",
+    "available_strategies",
+    "register_strategy",
     "TaskNorm",
     "binarize",
     "ternarize",

@@ -14,12 +14,15 @@ from avalanche.training.templates import SupervisedTemplate
 
 from piggyback_avalanche.model import PiggybackModel, TaskAwareModel, experience_task_classes
 from piggyback_avalanche.packnet import PackNetModel
+from piggyback_avalanche.reference_models import ClassifierOnlyModel, IndividualNetworksModel
 
 __all__ = [
     "TaskAwareStrategy",
     "Piggyback",
     "PackNet",
     "PruneRatio",
+    "IndividualNetworks",
+    "ClassifierOnly",
     "PIGGYBACK_PAPER_SETTINGS",
     "DEFAULT_MASK_LR",
     "DEFAULT_LR",
@@ -307,3 +310,43 @@ class PackNet(TaskAwareStrategy):
             super()._train_exp(experience, eval_streams, **kwargs)
         finally:
             self.train_epochs, self._phase_lr = epochs, self.lr
+
+
+class IndividualNetworks(TaskAwareStrategy):
+    """A separate copy of the backbone fine-tuned for each task: the paper's
+    upper reference point. Storage is T networks; nothing is forgotten.
+
+    :param model: an :class:`~piggyback_avalanche.reference_models.IndividualNetworksModel`.
+    :param lr: learning rate of the task's whole network and head.
+    :param kwargs: :class:`TaskAwareStrategy`'s arguments.
+    """
+
+    model_type = IndividualNetworksModel
+
+    def __init__(self, *, model: IndividualNetworksModel, lr: float = DEFAULT_LR, **kwargs) -> None:
+        _check_positive("lr", lr)
+        self.lr = lr
+        super().__init__(model=model, **kwargs)
+
+    def group_learning_rates(self) -> Dict[str, float]:
+        return {"network": self.lr, "task_parameters": self.lr, "backbone": self.lr}
+
+
+class ClassifierOnly(TaskAwareStrategy):
+    """The backbone frozen, batch norm included, and one head trained per
+    task: the paper's lower reference point.
+
+    :param model: a :class:`~piggyback_avalanche.reference_models.ClassifierOnlyModel`.
+    :param lr: learning rate of the heads.
+    :param kwargs: :class:`TaskAwareStrategy`'s arguments.
+    """
+
+    model_type = ClassifierOnlyModel
+
+    def __init__(self, *, model: ClassifierOnlyModel, lr: float = DEFAULT_LR, **kwargs) -> None:
+        _check_positive("lr", lr)
+        self.lr = lr
+        super().__init__(model=model, **kwargs)
+
+    def group_learning_rates(self) -> Dict[str, float]:
+        return {"task_parameters": self.lr, "backbone": self.lr}

@@ -1,0 +1,130 @@
+import pytest
+import torch
+from torch import nn
+
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
+from avalanche.training.templates import SupervisedTemplate
+
+from piggyback_avalanche import available_strategies, make_strategy, register_strategy
+from piggyback_avalanche.streams import tensor_task_stream
+
+from conftest import synthetic_tasks, tiny_conv_net
+
+ALL = [
+    "agem", "classifier_only", "cumulative", "ewc", "individual", "joint", "lwf", "mas",
+    "naive", "packnet", "packnet_avalanche", "piggyback", "piggyback_ternary", "replay", "si",
+]
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+def _test_inputs(experience):
+    return torch.stack([experience.dataset[i][0] for i in range(len(experience.dataset))])
+
+
+def test_every_name_is_registered():
+    assert available_strategies() == ALL
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_strategy_trains_two_experiences_and_evaluates(name):
+    stream = tensor_task_stream(synthetic_tasks([[0, 1, 2], [0, 1, 2]], shape=(16,), seed=2))
+    ended = []
+
+    class Recorder(SupervisedPlugin):
+        def after_training_exp(self, strategy, **kwargs):
+            ended.append(strategy.experience.current_experience)
+
+    backbone = _mlp()
+    before = [p.clone() for p in backbone.parameters()]
+    strategy = make_strategy(
+        name,
+        backbone,
+        train_epochs=5,
+        train_mb_size=16,
+        plugins=[Recorder()],
+        evaluator=EvaluationPlugin(accuracy_metrics(experience=True)),
+    )
+    assert isinstance(strategy, SupervisedTemplate)
+    if name == "joint":  # joint training sees the whole stream at once
+        strategy.train(stream.train_stream[:2])
+        assert len(ended) == 1
+    else:
+        for experience in stream.train_stream[:2]:
+            strategy.train(experience)
+        assert ended == [0, 1]
+    metrics = strategy.eval(stream.test_stream[:2])
+    first = metrics["Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000"]
+    second = metrics["Top1_Acc_Exp/eval_phase/test_stream/Task001/Exp001"]
+    assert first > 0.5 and 0.0 <= second <= 1.0  # 3 classes: chance is 1/3
+    # The caller's backbone is copied, never trained.
+    assert all(torch.equal(a, b) for a, b in zip(before, backbone.parameters()))
+
+
+@pytest.mark.parametrize("name", ["piggyback", "packnet", "individual", "classifier_only"])
+def test_parameter_isolation_strategies_forget_nothing(three_task_stream, name):
+    strategy = make_strategy(name, tiny_conv_net(), train_epochs=2, train_mb_size=16, evaluator=None)
+    model, recorded = strategy.model, {}
+    for task, experience in enumerate(three_task_stream.train_stream):
+        strategy.train(experience)
+        model.eval()
+        with torch.no_grad():
+            for seen in range(task + 1):
+                logits = model(_test_inputs(three_task_stream.test_stream[seen]), seen)
+                assert torch.equal(logits, recorded.setdefault(seen, logits)), (name, seen)
+    assert len(recorded) == 3
+
+
+def test_classifier_only_trains_heads_only(three_task_stream):
+    strategy = make_strategy("classifier_only", tiny_conv_net(), train_epochs=2, evaluator=None)
+    before = {k: v.clone() for k, v in strategy.model.state_dict().items()}
+    strategy.train(three_task_stream.train_stream[0])
+    after = strategy.model.state_dict()
+    changed = {k for k in after if k not in before or not torch.equal(after[k], before[k])}
+    assert changed and all(".heads.0." in k for k in changed), changed
+
+
+def test_individual_networks_store_one_network_per_task(three_task_stream):
+    strategy = make_strategy("individual", tiny_conv_net(), train_epochs=1, evaluator=None)
+    for experience in three_task_stream.train_stream:
+        strategy.train(experience)
+    layer = strategy.model.task_layers["0"]
+    assert sorted(layer.frozen_weights.keys()) == ["0", "1", "2"]
+    assert not torch.equal(layer.frozen_weights["0"], layer.frozen_weights["1"])
+
+
+def test_model_and_strategy_settings_are_routed():
+    strategy = make_strategy("piggyback_ternary", _mlp(), mask_lr=2e-3, threshold=1e-3)
+    assert strategy.model.threshold_fn == "ternarizer" and strategy.model.threshold == 1e-3
+    assert strategy.mask_lr == 2e-3 and strategy.train_epochs == 5
+    from avalanche.training.plugins import EWCPlugin
+
+    ewc = make_strategy("ewc", _mlp(), ewc_lambda=3.0)
+    assert [p.ewc_lambda for p in ewc.plugins if isinstance(p, EWCPlugin)] == [3.0]
+
+
+def test_unknown_names_and_duplicates_are_refused():
+    with pytest.raises(ValueError, match="Unknown strategy 'pigyback'. Available: agem, .*piggyback"):
+        make_strategy("pigyback", _mlp())
+    with pytest.raises(ValueError, match="already registered"):
+        register_strategy("naive")(lambda backbone, **config: None)
+    with pytest.raises(ValueError, match="packnet_avalanche cannot take.*BatchNorm2d.*Use 'packnet'"):
+        make_strategy("packnet_avalanche", tiny_conv_net())
+
+
+def test_users_can_register_their_own():
+    @register_strategy("test_naive_sgd")
+    def build(backbone, **config):
+        return make_strategy("naive", backbone, optimizer_factory=torch.optim.SGD, **config)
+
+    try:
+        assert "test_naive_sgd" in available_strategies()
+        strategy = make_strategy("test_naive_sgd", _mlp(), evaluator=None)
+        assert isinstance(strategy.optimizer, torch.optim.SGD)
+    finally:
+        from piggyback_avalanche import registry
+
+        del registry._REGISTRY["test_naive_sgd"]
