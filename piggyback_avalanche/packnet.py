@@ -119,6 +119,10 @@ class PackNetLayer(TaskWeightLayer):
         kept[torch.topk(magnitudes, keep, sorted=False).indices] = True
         pruned = usable.clone()
         pruned[usable] = kept
+        with torch.no_grad():
+            # Released weights belong to no task: zero them where the task's
+            # forward pass reads them (see task_weight).
+            self.weight[usable & ~pruned] = 0
         usable.copy_(pruned)
 
     def freeze_task(self, task: str) -> None:
@@ -152,9 +156,15 @@ class PackNetLayer(TaskWeightLayer):
         """Earlier tasks' frozen weights plus, for a learning task, its own."""
         task = self.task_state.key()
         if task in self.free_weights:
-            owned = self._cached("owned", self._owners_key(), lambda: self.owner_codes() > 0)
-            own = self.free_weights[task] * self.usable[task]
-            return torch.where(owned, self.weight, own)
+            # Outside its usable weights, ``weight`` holds the earlier tasks'
+            # values and zeros where no task owns a weight. A float mask and
+            # addcmul cost a tenth of a boolean torch.where on the CPU, and
+            # give the same values: weight * 0 + free * 1, weight * 1 + free * 0.
+            usable = self.usable[task]
+            key = (task, self.weight._version, usable._version)
+            mask = self._cached("usable", key, lambda: usable.to(self.weight.dtype))
+            others = self._cached("others", key, lambda: self.weight * (1 - mask))
+            return torch.addcmul(others, self.free_weights[task], mask)
         code = self._code_of(task)
         key = (task, self.weight._version, *self._owners_key())
         return self._cached(
@@ -223,6 +233,11 @@ class PackNetModel(TaskAwareModel):
 
         :param train_backbone: override that choice.
         """
+        if self.task_state.learning:
+            raise ValueError(
+                f"PackNet learns one task at a time and task(s) {self.learning_tasks} are "
+                "being learned: give each experience a single task label."
+            )
         if train_backbone is None:
             train_backbone = not self.tasks
         super().add_task(task, classes=classes, train_backbone=train_backbone)

@@ -122,6 +122,10 @@ def test_too_many_tasks_and_bad_settings_raise():
         PackNet(model=PackNetModel(tiny_conv_net()), prune_ratio=1.0)
     with pytest.raises(ValueError, match="post_prune_epochs must be an int of at least 0"):
         PackNet(model=PackNetModel(tiny_conv_net()), post_prune_epochs=-1)
+    learning = PackNetModel(tiny_conv_net())
+    learning.add_task(0, classes=[0, 1])
+    with pytest.raises(ValueError, match="one task at a time"):
+        learning.add_task(1, classes=[0, 1])
     with pytest.raises(TypeError, match="PackNet trains a PackNetModel"):
         PackNet(model=tiny_conv_net())
 
