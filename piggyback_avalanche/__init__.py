@@ -8,6 +8,7 @@ from piggyback_avalanche.packnet import PackNetModel
 from piggyback_avalanche.reference_models import ClassifierOnlyModel, IndividualNetworksModel
 from piggyback_avalanche.registry import available_strategies, make_strategy, register_strategy
 from piggyback_avalanche.strategies import (
+    PACKNET_PAPER_SETTINGS,
     PIGGYBACK_PAPER_SETTINGS,
     ClassifierOnly,
     IndividualNetworks,
@@ -21,6 +22,7 @@ __all__ = [
     "PIGGYBACK_PAPER_SETTINGS",
     "PackNetModel",
     "PackNet",
+    "PACKNET_PAPER_SETTINGS",
     "IndividualNetworksModel",
     "IndividualNetworks",
     "ClassifierOnlyModel",

@@ -177,3 +177,15 @@ def test_nobn_setting_trains_batch_norm_on_the_first_task_only(three_task_stream
     assert all(torch.equal(v, after_first[k]) for k, v in norm.base.state_dict().items())
     with torch.no_grad():
         assert torch.equal(model.eval()(x, 0), logits)
+
+
+def test_paper_settings_and_a_ratio_function_are_accepted(three_task_stream):
+    from piggyback_avalanche import PACKNET_PAPER_SETTINGS
+
+    settings = {**PACKNET_PAPER_SETTINGS, "prune_ratio": lambda position: 0.5 if position == 0 else 0.75}
+    model = PackNetModel(tiny_conv_net())
+    strategy = PackNet(model=model, train_epochs=1, train_mb_size=16, evaluator=None, **settings)
+    assert (strategy.post_prune_epochs, strategy.post_prune_lr) == (10, 1e-4)
+    strategy.train(three_task_stream.train_stream[0])
+    codes = model.task_layers["0"].owner_codes()
+    assert int((codes == 1).sum()) == codes.numel() - round(0.5 * codes.numel())

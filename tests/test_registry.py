@@ -128,3 +128,44 @@ def test_users_can_register_their_own():
         from piggyback_avalanche import registry
 
         del registry._REGISTRY["test_naive_sgd"]
+
+
+def _stream(api):
+    """Two tasks from one set of tensors, built with each Avalanche API."""
+    from avalanche.benchmarks import benchmark_from_datasets, with_classes_timeline
+    from avalanche.benchmarks.scenarios.deprecated.generators import tensors_benchmark
+    from avalanche.benchmarks.scenarios.task_aware import task_incremental_benchmark, with_task_labels
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as dataset
+
+    tasks = synthetic_tasks([[0, 1, 2], [0, 1, 2]], shape=(16,), seed=4)
+    if api == "legacy":  # classes_in_this_experience is a list
+        return tensors_benchmark(
+            train_tensors=[t[:2] for t in tasks], test_tensors=[t[2:] for t in tasks], task_labels=[0, 1]
+        )
+    if api == "new, classes as a set":
+        train = [dataset(x, y, task_labels=i) for i, (x, y, _, _) in enumerate(tasks)]
+        test = [dataset(x, y, task_labels=i) for i, (_, _, x, y) in enumerate(tasks)]
+        return with_classes_timeline(with_task_labels(benchmark_from_datasets(train=train, test=test)))
+    # task_incremental_benchmark drops classes_in_this_experience
+    train = [dataset(x, y) for x, y, _, _ in tasks]
+    test = [dataset(x, y) for _, _, x, y in tasks]
+    plain = benchmark_from_datasets(train=train, test=test)
+    return task_incremental_benchmark(plain, reset_task_labels=True)
+
+
+@pytest.mark.parametrize("api", ["legacy", "new, classes as a set", "task_incremental_benchmark"])
+@pytest.mark.parametrize("name", ["naive", "lwf", "piggyback", "packnet"])
+def test_streams_from_every_benchmark_api(api, name):
+    stream = _stream(api)
+    experience = stream.train_stream[1]
+    assert experience.task_labels == [1]
+    if api == "new, classes as a set":
+        assert isinstance(experience.classes_in_this_experience, set)
+    if api == "task_incremental_benchmark":
+        assert not hasattr(experience, "classes_in_this_experience")
+    strategy = make_strategy(name, _mlp(), train_epochs=3, train_mb_size=16, evaluator=None)
+    for experience in stream.train_stream:
+        strategy.train(experience)
+    strategy.eval(stream.test_stream)
+    assert strategy.model.tasks == [0, 1]
+    assert [strategy.model.heads.heads[t].classes for t in ("0", "1")] == [[0, 1, 2], [0, 1, 2]]
