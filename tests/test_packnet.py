@@ -71,8 +71,14 @@ def test_prune_ratios_per_task_and_owner_storage(three_task_stream):
         model=model, prune_ratio=[0.5, 0.75, 0.0], post_prune_epochs=1, train_epochs=1,
         train_mb_size=16, evaluator=None,
     )
-    for experience in three_task_stream.train_stream:
+    initial_bias = model.task_layers["0"].bias.clone()
+    strategy.train(three_task_stream.train_stream[0])
+    first_bias = model.task_layers["0"].bias.clone()
+    for experience in three_task_stream.train_stream[1:]:
         strategy.train(experience)
+    # Biases train on the first task, then stay frozen.
+    assert not torch.equal(first_bias, initial_bias)
+    assert torch.equal(model.task_layers["0"].bias, first_bias)
     for name, layer in model.task_layers.items():
         codes = layer.owner_codes()
         n = codes.numel()
