@@ -1,6 +1,7 @@
 """Avalanche strategies for mask-based continual learning."""
 
 import math
+from collections import defaultdict
 from typing import Callable, Dict, List, Optional, Sequence, Type, Union
 
 import torch
@@ -323,7 +324,19 @@ class PackNet(TaskAwareStrategy):
             self.train_epochs, self._phase_lr = epochs, self.lr
 
 
-class IndividualNetworks(TaskAwareStrategy):
+class _OneLearningRate(TaskAwareStrategy):
+    """A task-aware strategy that trains every parameter group at ``lr``."""
+
+    def __init__(self, *, model: TaskAwareModel, lr: float = DEFAULT_LR, **kwargs) -> None:
+        _check_positive("lr", lr)
+        self.lr = lr
+        super().__init__(model=model, **kwargs)
+
+    def group_learning_rates(self) -> Dict[str, float]:
+        return defaultdict(lambda: self.lr)
+
+
+class IndividualNetworks(_OneLearningRate):
     """A separate copy of the backbone fine-tuned for each task: the paper's
     upper reference point. Storage is T networks; nothing is forgotten.
 
@@ -334,16 +347,8 @@ class IndividualNetworks(TaskAwareStrategy):
 
     model_type = IndividualNetworksModel
 
-    def __init__(self, *, model: IndividualNetworksModel, lr: float = DEFAULT_LR, **kwargs) -> None:
-        _check_positive("lr", lr)
-        self.lr = lr
-        super().__init__(model=model, **kwargs)
 
-    def group_learning_rates(self) -> Dict[str, float]:
-        return {"network": self.lr, "task_parameters": self.lr, "backbone": self.lr}
-
-
-class ClassifierOnly(TaskAwareStrategy):
+class ClassifierOnly(_OneLearningRate):
     """The backbone frozen, batch norm included, and one head trained per
     task: the paper's lower reference point.
 
@@ -353,11 +358,3 @@ class ClassifierOnly(TaskAwareStrategy):
     """
 
     model_type = ClassifierOnlyModel
-
-    def __init__(self, *, model: ClassifierOnlyModel, lr: float = DEFAULT_LR, **kwargs) -> None:
-        _check_positive("lr", lr)
-        self.lr = lr
-        super().__init__(model=model, **kwargs)
-
-    def group_learning_rates(self) -> Dict[str, float]:
-        return {"task_parameters": self.lr, "backbone": self.lr}

@@ -50,3 +50,25 @@ def three_task_stream():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def stacked_inputs(experience):
+    """All inputs of an experience, stacked."""
+    return torch.stack([experience.dataset[i][0] for i in range(len(experience.dataset))])
+
+
+def train_checking_earlier_tasks(strategy, benchmark, after_each=None):
+    """Train ``strategy`` on every experience; after each, the logits of every
+    task trained so far must be bit-identical to those recorded right after
+    that task was trained. Returns the recorded logits."""
+    model, recorded = strategy.model, {}
+    for task, experience in enumerate(benchmark.train_stream):
+        strategy.train(experience)
+        model.eval()
+        with torch.no_grad():
+            for seen in range(task + 1):
+                logits = model(stacked_inputs(benchmark.test_stream[seen]), seen)
+                assert torch.equal(logits, recorded.setdefault(seen, logits)), f"task {seen} changed"
+        if after_each is not None:
+            after_each(task)
+    return recorded

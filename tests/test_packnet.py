@@ -10,11 +10,7 @@ from avalanche.training.plugins import SupervisedPlugin
 from piggyback_avalanche import PackNet, PackNetModel
 from piggyback_avalanche.packnet import MAX_PACKNET_TASKS
 
-from conftest import tiny_conv_net
-
-
-def _test_inputs(experience):
-    return torch.stack([experience.dataset[i][0] for i in range(len(experience.dataset))])
+from conftest import stacked_inputs as _test_inputs, tiny_conv_net, train_checking_earlier_tasks
 
 
 OPTIMIZERS = {
@@ -43,17 +39,9 @@ def test_packnet_never_changes_earlier_tasks(three_task_stream, optimizer):
         plugins=[Recorder()],
         evaluator=None,
     )
-    recorded, owned_weights = {}, {}
-    for task, experience in enumerate(three_task_stream.train_stream):
-        strategy.train(experience)
-        model.eval()
-        with torch.no_grad():
-            for seen in range(task + 1):
-                logits = model(_test_inputs(three_task_stream.test_stream[seen]), seen)
-                if seen in recorded:
-                    assert torch.equal(logits, recorded[seen]), f"task {seen} changed"
-                else:
-                    recorded[seen] = logits
+    owned_weights = {}
+
+    def frozen_weights_unchanged(task):
         for name, layer in model.task_layers.items():
             owned = layer.owner_codes() > 0
             if name in owned_weights:
@@ -61,6 +49,8 @@ def test_packnet_never_changes_earlier_tasks(three_task_stream, optimizer):
                 # Weights frozen earlier are bit-identical.
                 assert torch.equal(layer.weight[before_mask], before)
             owned_weights[name] = (owned, layer.weight[owned].clone())
+
+    train_checking_earlier_tasks(strategy, three_task_stream, after_each=frozen_weights_unchanged)
     assert calls == [0, 1, 2]
     assert model.frozen_tasks == [0, 1, 2]
 

@@ -14,17 +14,13 @@ from piggyback_avalanche import PIGGYBACK_PAPER_SETTINGS, Piggyback, PiggybackMo
 from piggyback_avalanche.layers import TaskNorm
 from piggyback_avalanche.streams import tensor_task_stream
 
-from conftest import synthetic_tasks, tiny_conv_net
+from conftest import synthetic_tasks, stacked_inputs as _test_inputs, tiny_conv_net, train_checking_earlier_tasks
 
 
 def _strategy(model, **kwargs):
     settings = dict(mask_lr=1e-2, lr=1e-2, train_mb_size=16, train_epochs=2, evaluator=None)
     settings.update(kwargs)
     return Piggyback(model=model, **settings)
-
-
-def _test_inputs(experience):
-    return torch.stack([experience.dataset[i][0] for i in range(len(experience.dataset))])
 
 
 def _backbone_tensors(model):
@@ -38,19 +34,8 @@ def _backbone_tensors(model):
 
 def test_training_new_tasks_never_changes_earlier_logits(three_task_stream):
     model = PiggybackModel(tiny_conv_net())
-    strategy = _strategy(model)
-    recorded = {}
-    for task, experience in enumerate(three_task_stream.train_stream):
-        strategy.train(experience)
-        model.eval()
-        with torch.no_grad():
-            for seen in range(task + 1):
-                x = _test_inputs(three_task_stream.test_stream[seen])
-                logits = model(x, seen)
-                if seen in recorded:
-                    assert torch.equal(logits, recorded[seen]), f"task {seen} changed"
-                else:
-                    recorded[seen] = logits
+    recorded = train_checking_earlier_tasks(_strategy(model), three_task_stream)
+    assert sorted(recorded) == [0, 1, 2]
     assert model.frozen_tasks == [0, 1, 2] and model.learning_tasks == []
 
 
