@@ -157,3 +157,20 @@ def test_streams_from_every_benchmark_api(api, name):
     strategy.eval(stream.test_stream)
     assert strategy.model.tasks == [0, 1]
     assert [strategy.model.heads.heads[t].classes for t in ("0", "1")] == [[0, 1, 2], [0, 1, 2]]
+
+
+def test_baselines_may_revisit_a_task_but_not_grow_its_head():
+    from avalanche.benchmarks import benchmark_from_datasets, with_classes_timeline
+    from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as dataset
+
+    tasks = synthetic_tasks([[0, 1], [0, 1, 2], [0, 1], [0, 5]], shape=(16,), seed=6)
+    labels = [0, 1, 0, 0]  # task 0 comes back, the last time with a new class
+    train = [dataset(x, y, task_labels=t) for (x, y, _, _), t in zip(tasks, labels)]
+    stream = with_classes_timeline(with_task_labels(benchmark_from_datasets(train=train)))
+    strategy = make_strategy("naive", _mlp(), train_epochs=1, evaluator=None)
+    for experience in stream.train_stream[:3]:
+        strategy.train(experience)
+    assert strategy.model.tasks == [0, 1]
+    with pytest.raises(ValueError, match=r"Task 0 comes back with classes \[5\].*it has \[0, 1\]"):
+        strategy.train(stream.train_stream[3])
