@@ -400,7 +400,8 @@ def _heatmap(matrix: List[List[float]]):
     for r, row in enumerate(matrix):
         for c, value in enumerate(row):
             if not math.isnan(value):
-                axes.text(c, r, f"{100 * value:.0f}", ha="center", va="center", fontsize=7, color="w")
+                color = "black" if value > 0.6 else "white"  # readable on viridis
+                axes.text(c, r, f"{100 * value:.0f}", ha="center", va="center", fontsize=7, color=color)
     axes.set_xlabel("evaluated experience")
     axes.set_ylabel("trained up to experience")
     axes.set_xticks(range(size))

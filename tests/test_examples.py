@@ -41,3 +41,22 @@ def test_demo_reports_zero_forgetting_for_piggyback_only():
     assert table.splitlines()[2].startswith("| piggyback | ")
     assert "| 0.0 |" in table.splitlines()[2]
     assert len(logged) == 3
+
+
+def test_tensorboard_example_writes_one_run_per_strategy(tmp_path):
+    import json
+
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "compare_in_tensorboard.py"),
+         "--log-dir", str(tmp_path), "--epochs", "1"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert f"tensorboard --logdir {tmp_path}" in completed.stdout
+    for name in ("piggyback", "packnet", "naive"):
+        assert list((tmp_path / name).glob("events.out.tfevents.*")), name
+        rows = json.loads((tmp_path / f"{name}.json").read_text())
+        forgetting = [r["value"] for r in rows if r["name"] == "StreamForgetting/eval_phase/test_stream"]
+        assert len(forgetting) == 5
+        if name != "naive":
+            assert forgetting[-1] == 0.0
