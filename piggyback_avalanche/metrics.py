@@ -9,7 +9,6 @@ factory, in the style of Avalanche's ``evaluation/metrics/disk_usage.py``.
 import math
 from typing import Any, Dict, Iterable, List, Optional, Set
 
-import torch
 from torch import Tensor, nn
 
 from avalanche.evaluation import Metric, PluginMetric
@@ -61,15 +60,16 @@ def network_bytes(model: MultiHeadModel, task: int) -> int:
     """Bytes of one plain network for ``task``: the backbone's layers and
     normalization once, with that task's head; T individual networks cost the
     sum of this over the tasks."""
-    heads_prefix = f"backbone.{model._classifier_name}.heads."
     head = model.heads.heads[str(task)]
-    body = 0
-    for name, module in model.backbone.named_modules():
-        if isinstance(module, TaskWeightLayer):
-            body += sum(p.nbytes for p in (module.weight, module.bias) if p is not None)
-        elif isinstance(module, TaskNorm):
-            body += sum(t.nbytes for t in module.base.state_dict().values())
-    if not isinstance(model, TaskAwareModel):
+    if isinstance(model, TaskAwareModel):
+        body = 0
+        for module in model.backbone.modules():
+            if isinstance(module, TaskWeightLayer):
+                body += sum(p.nbytes for p in (module.weight, module.bias) if p is not None)
+            elif isinstance(module, TaskNorm):
+                body += sum(t.nbytes for t in module.base.state_dict().values())
+    else:
+        heads_prefix = f"backbone.{model._classifier_name}.heads."
         body = sum(
             t.nbytes for k, t in model.state_dict().items() if not k.startswith(heads_prefix)
         )

@@ -8,7 +8,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
