@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from piggyback_avalanche.runner import main, run_benchmark
+
+
+def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
+    config = {"train_epochs": 1, "train_mb_size": 64, "lr": 1e-3, "mask_lr": 3e-4}
+    logged = []
+    kwargs = dict(stream="digits", backbone="mlp", seeds=[0, 1], out_dir=tmp_path, config=config, log=logged.append)
+    first = run_benchmark(strategies=["piggyback", "naive"], **kwargs)
+    assert logged == [f"{s}, seed {k}: training" for s in ("piggyback", "naive") for k in (0, 1)]
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert table[0].startswith("| strategy | task 0 | task 1 | task 2 | task 3 | task 4 | avg accuracy (%)")
+    assert table[2].startswith("| piggyback |") and "| 0.0 ± 0.0 |" in table[2]
+    assert list(tmp_path.glob("tensorboard/piggyback/seed1/events.out.tfevents.*"))
+    summary = json.loads((tmp_path / "results.json").read_text())["naive"]["summary"]
+    assert summary["average_forgetting"][0] > 0.05  # fine-tuning forgets
+    runs = first["piggyback"]["runs"]
+    assert summary and len(runs) == 2 and runs[0]["accuracy"] != runs[1]["accuracy"]
+
+    logged.clear()
+    again = run_benchmark(strategies=["piggyback", "naive", "classifier_only"], **kwargs)
+    assert logged[:4] == [f"{s}, seed {k}: already done ({tmp_path}/runs/{s}/seed{k}.json)"
+                          for s in ("piggyback", "naive") for k in (0, 1)]
+    assert logged[4:] == ["classifier_only, seed 0: training", "classifier_only, seed 1: training"]
+    assert again["piggyback"]["runs"] == runs
+
+    logged.clear()
+    run_benchmark(strategies=["naive"], **{**kwargs, "config": {**config, "lr": 2e-3}})
+    assert logged == ["naive, seed 0: training", "naive, seed 1: training"]  # settings changed
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--stream", "cifar"], "unknown stream 'cifar'; choose from \\['digits'\\]"),
+        (["--backbone", "vgg"], "unknown backbone 'vgg'; choose from \\['mlp', 'small_cnn'\\]"),
+        (["--strategies", "piggyback", "pnn"], "unknown strategies \\['pnn'\\]; choose from \\['agem'"),
+        (["--device", "cuda"], "no CUDA device is available here; use --device cpu"),
+        (["--device", "toaster"], "is not a device"),
+        (["--epochs", "0"], "--epochs and --mb-size must be at least 1"),
+        (["--config", "missing.json"], "no such file"),
+    ],
+)
+def test_bad_arguments_name_the_valid_choices(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_config_file_presets_and_flags_override_them(tmp_path, capsys):
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps({"strategies": ["classifier_only"], "epochs": 1, "backbone": "mlp", "seeds": [3]}))
+    main(["--config", str(preset), "--out", str(tmp_path / "out"), "--mb-size", "128"])
+    out = capsys.readouterr().out
+    assert "| classifier_only |" in out and f"tensorboard --logdir {tmp_path / 'out' / 'tensorboard'}" in out
+    assert (tmp_path / "out" / "runs" / "classifier_only" / "seed3.json").exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"epoch": 1}))
+    with pytest.raises(SystemExit):
+        main(["--config", str(bad)])
+    assert "unknown keys ['epoch']" in capsys.readouterr().err
