@@ -31,6 +31,7 @@ __all__ = [
     "mask_sparsity_metrics",
     "AccuracyMatrixPluginMetric",
     "accuracy_matrix_metrics",
+    "accuracy_matrix_figure",
 ]
 
 
@@ -379,7 +380,7 @@ class AccuracyMatrixPluginMetric(PluginMetric[List[List[float]]]):
         self.rows[trained] = row
         return [
             MetricValue(
-                self, "AccuracyMatrix/eval_phase/test_stream", _heatmap(self.result()),
+                self, "AccuracyMatrix/eval_phase/test_stream", accuracy_matrix_figure(self.result()),
                 strategy.clock.train_iterations,
             )
         ]
@@ -388,7 +389,10 @@ class AccuracyMatrixPluginMetric(PluginMetric[List[List[float]]]):
         return "AccuracyMatrix"
 
 
-def _heatmap(matrix: List[List[float]]):
+def accuracy_matrix_figure(matrix: List[List[float]]):
+    """A heatmap of an accuracy matrix (rows: trained up to experience;
+    columns: evaluated experience; NaN cells left blank), as a matplotlib
+    figure."""
     import matplotlib
 
     matplotlib.use("Agg")

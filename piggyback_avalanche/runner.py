@@ -25,7 +25,7 @@ from avalanche.training.plugins import SupervisedPlugin
 
 from piggyback_avalanche.backbones import small_cnn
 from piggyback_avalanche.evaluation import _write_atomically, default_evaluator
-from piggyback_avalanche.metrics import ModelSize, network_bytes
+from piggyback_avalanche.metrics import ModelSize, accuracy_matrix_figure, network_bytes
 from piggyback_avalanche.registry import available_strategies, make_strategy
 from piggyback_avalanche.streams import digits_task_stream
 
@@ -86,6 +86,10 @@ def train_and_evaluate(
     accuracy = per_task("Top1_Acc_Exp", n)
     size = ModelSize()
     size.update(strategy)
+    matrix = next(m for m in evaluator.metrics if str(m) == "AccuracyMatrix").result()
+    # None, not NaN, for experiences not evaluated yet: results are saved as JSON.
+    matrix = [[None if math.isnan(v) else v for v in row] for row in matrix]
+    sizes = evaluator.get_all_metrics()["ModelSize_Bytes/train_phase/train_stream"][1]
     model = strategy.model
     one_network = network_bytes(model, model.tasks[0]) if hasattr(model, "heads") else math.nan
     return {
@@ -98,6 +102,8 @@ def train_and_evaluate(
         "train_seconds": seconds,
         "seconds_per_epoch": _mean(timer.seconds),
         "epochs": len(timer.seconds),
+        "accuracy_matrix": matrix,
+        "model_bytes_per_experience": sizes,
     }
 
 
@@ -174,6 +180,7 @@ def run_benchmark(
             runs.append(result)
         results[name] = {"runs": runs, "summary": _summary(runs)}
     _write_tables(results, out_dir)
+    write_plots(results, out_dir / "plots")
     return results
 
 
@@ -256,6 +263,47 @@ def _write_tables(results: Dict[str, Dict[str, Any]], out_dir: Path) -> None:
     _write_atomically(out_dir / "results.json", lambda f: json.dump(results, f, indent=1))
 
 
+def write_plots(results: Dict[str, Dict[str, Any]], plot_dir: Path) -> List[Path]:
+    """Matplotlib plots of the first seed's runs: the accuracy matrix of each
+    strategy, average accuracy as tasks arrive, and model size against the
+    number of tasks, as PNG files.
+
+    :return: the files written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, result in results.items():
+        matrix = [[math.nan if v is None else v for v in row] for row in result["runs"][0]["accuracy_matrix"]]
+        figure = accuracy_matrix_figure(matrix)
+        figure.axes[0].set_title(name)
+        written.append(plot_dir / f"accuracy_matrix_{name}.png")
+        figure.savefig(written[-1], dpi=100)
+        plt.close(figure)
+    for filename, ylabel, series in (
+        ("average_accuracy.png", "average accuracy on tasks so far",
+         lambda r: [_mean([v for v in row if v is not None]) for row in r["accuracy_matrix"]]),
+        ("model_size.png", "stored MB", lambda r: [b / 1e6 for b in r["model_bytes_per_experience"]]),
+    ):
+        figure, axes = plt.subplots(figsize=(5, 3.5))
+        for name, result in results.items():
+            values = series(result["runs"][0])
+            axes.plot(range(1, len(values) + 1), values, marker="o", label=name)
+        axes.set_xticks(range(1, len(values) + 1))
+        axes.set_xlabel("tasks trained")
+        axes.set_ylabel(ylabel)
+        axes.legend(fontsize=7)
+        figure.tight_layout()
+        written.append(plot_dir / filename)
+        figure.savefig(written[-1], dpi=100)
+        plt.close(figure)
+    return written
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="piggyback-bench", description=__doc__.split("\n\n")[0],
@@ -330,7 +378,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     )
     print()
     print(format_markdown(results))
-    print(f"\nTables: {args.out}/results.md, .csv, .json")
+    print(f"\nTables: {args.out}/results.md, .csv, .json; plots: {args.out / 'plots'}")
     print(f"TensorBoard: tensorboard --logdir {args.out / 'tensorboard'}")
 
 

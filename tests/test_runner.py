@@ -15,6 +15,17 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
     assert table[0].startswith("| strategy | task 0 | task 1 | task 2 | task 3 | task 4 | avg accuracy (%)")
     assert table[2].startswith("| piggyback |") and "| 0.0 ± 0.0 |" in table[2]
     assert list(tmp_path.glob("tensorboard/piggyback/seed1/events.out.tfevents.*"))
+    plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert plots == [
+        "accuracy_matrix_naive.png", "accuracy_matrix_piggyback.png", "average_accuracy.png", "model_size.png"
+    ]
+    piggyback_run = first["piggyback"]["runs"][0]
+    # Zero forgetting: every column of the accuracy matrix is constant.
+    matrix = piggyback_run["accuracy_matrix"]
+    assert len(matrix) == 5 and all(matrix[r][c] == matrix[c][c] for r in range(5) for c in range(r + 1))
+    assert matrix[0][1:] == [None] * 4
+    sizes = piggyback_run["model_bytes_per_experience"]
+    assert len(sizes) == 5 and len({b - a for a, b in zip(sizes[1:], sizes[2:])}) == 1
     summary = json.loads((tmp_path / "results.json").read_text())["naive"]["summary"]
     assert summary["average_forgetting"][0] > 0.05  # fine-tuning forgets
     runs = first["piggyback"]["runs"]
