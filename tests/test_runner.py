@@ -2,7 +2,9 @@ import json
 
 import pytest
 
-from piggyback_avalanche.runner import main, run_benchmark
+import torch
+
+from piggyback_avalanche.runner import BACKBONES, main, run_benchmark
 
 
 def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
@@ -46,12 +48,12 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--stream", "cifar"], "unknown stream 'cifar'; choose from \\['digits'\\]"),
+        (["--stream", "cifar"], "unknown stream 'cifar'; choose from \\['digits', 'mnist_transfer'\\]"),
         (["--backbone", "vgg"], "unknown backbone 'vgg'; choose from \\['mlp', 'small_cnn'\\]"),
         (["--strategies", "piggyback", "pnn"], "unknown strategies \\['pnn'\\]; choose from \\['agem'"),
         (["--device", "cuda"], "no CUDA device is available here; use --device cpu"),
         (["--device", "toaster"], "is not a device"),
-        (["--epochs", "0"], "--epochs and --mb-size must be at least 1"),
+        (["--epochs", "0"], "--epochs, --pretrain-epochs and --mb-size must be at least 1"),
         (["--config", "missing.json"], "no such file"),
     ],
 )
@@ -74,3 +76,27 @@ def test_config_file_presets_and_flags_override_them(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--config", str(bad)])
     assert "unknown keys ['epoch']" in capsys.readouterr().err
+
+
+def test_streams_with_a_source_task_get_a_pretrained_cached_backbone(tmp_path):
+    from piggyback_avalanche.streams import mnist_transfer_stream
+
+    (source_x, source_y), benchmark = mnist_transfer_stream(seed=0)
+    assert source_x.shape == (2500, 1, 16, 16) and source_y.bincount().tolist() == [250] * 10
+    assert [len(e.dataset) for e in benchmark.train_stream] == [1750] * 4 + [1257]
+    config = {"train_epochs": 1, "train_mb_size": 128, "lr": 1e-3}
+    logged = []
+    kwargs = dict(stream="mnist_transfer", backbone="mlp", seeds=[0], out_dir=tmp_path, config=config,
+                  pretrain_epochs=1, log=logged.append)
+    first = run_benchmark(strategies=["classifier_only"], **kwargs)
+    assert logged == ["classifier_only, seed 0: training",
+                      "pretraining mlp on the source task of mnist_transfer (1 epochs)"]
+    cached = torch.load(tmp_path / "pretrained" / "mnist_transfer-mlp-seed0-epochs1.pt", weights_only=True)
+    torch.manual_seed(0)
+    untrained = BACKBONES["mlp"]((1, 16, 16)).state_dict()
+    assert cached.keys() == untrained.keys()
+    assert not torch.equal(cached["1.weight"], untrained["1.weight"])  # it was trained
+    assert len(first["classifier_only"]["runs"][0]["accuracy"]) == 5
+    logged.clear()
+    run_benchmark(strategies=["naive"], **kwargs)
+    assert logged == ["naive, seed 0: training"]  # the cached backbone is reused
