@@ -412,6 +412,13 @@ class TaskNorm(nn.Module):
         """The layer that ``task`` uses."""
         return self.tasks[task] if self.per_task else self.base
 
+    def learning_norms(self) -> List[nn.Module]:
+        """The layers that train now: the learning tasks' copies, or the
+        shared one while the task that trains the backbone learns."""
+        if self.per_task:
+            return [self.tasks[t] for t in sorted(self.task_state.learning & set(self.tasks.keys()))]
+        return [self.base] if self.task_state.backbone_task in self.task_state.learning else []
+
     def forward(self, input: Tensor) -> Tensor:
         task = self.task_state.key()
         norm = self.norm_for(task)

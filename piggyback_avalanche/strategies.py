@@ -76,6 +76,10 @@ class TaskAwareStrategy(SupervisedTemplate):
     :param lr_decay_factor: the factor of the step schedule.
     :param optimizer_factory: builds the optimizer from the parameter groups;
         defaults to ``torch.optim.Adam``.
+    :param recalibrate_norm_statistics: before freezing, re-estimate the
+        learning tasks' batch-norm running statistics with one pass over the
+        experience's training data (eval transforms) through the final
+        layers; see :meth:`TaskAwareModel.recalibrate_norm_statistics`.
     :param base_kwargs: Avalanche's usual arguments, passed to
         ``SupervisedTemplate`` (``criterion``, ``train_mb_size``,
         ``train_epochs``, ``eval_mb_size``, ``device``, ``plugins``,
@@ -91,6 +95,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         lr_decay_epochs: Sequence[int] = (),
         lr_decay_factor: float = 0.1,
         optimizer_factory: Optional[OptimizerFactory] = None,
+        recalibrate_norm_statistics: bool = False,
         criterion: Module = CrossEntropyLoss(),
         train_mb_size: int = 32,
         train_epochs: int = 30,
@@ -116,6 +121,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         self.lr_decay_epochs = decay_epochs
         self.lr_decay_factor = lr_decay_factor
         self.optimizer_factory: OptimizerFactory = optimizer_factory or torch.optim.Adam
+        self.recalibrate_norm_statistics = recalibrate_norm_statistics
         self.lr_scheduler: Optional[MultiStepLR] = None
         super().__init__(
             model=model,
@@ -161,10 +167,26 @@ class TaskAwareStrategy(SupervisedTemplate):
         super()._after_training_epoch(**kwargs)
 
     def _after_training_exp(self, **kwargs) -> None:
+        if self.recalibrate_norm_statistics:
+            self._recalibrate_norm_statistics()
         # Freeze before the plugins run, so metrics see the final state.
         for task in self.model.learning_tasks:
             self.model.freeze_task(task)
         super()._after_training_exp(**kwargs)
+
+
+    def _recalibrate_norm_statistics(self) -> None:
+        dataset = self.experience.dataset.eval()
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=self.train_mb_size,
+            shuffle=True,  # batches of mixed classes, as in training
+            generator=torch.Generator().manual_seed(0),
+            collate_fn=getattr(dataset, "collate_fn", None),
+        )
+        self.model.recalibrate_norm_statistics(
+            (inputs.to(self.device), task_labels.to(self.device)) for inputs, _, task_labels in loader
+        )
 
 
 class Piggyback(TaskAwareStrategy):
@@ -188,6 +210,9 @@ class Piggyback(TaskAwareStrategy):
         pretrained backbone.
     :param backbone_lr: learning rate of the backbone on the first
         experience; defaults to ``lr``.
+    :param recalibrate_norm_statistics: re-estimate the task's batch-norm
+        statistics with its final mask before freezing it (on by default; an
+        addition to the paper, see the README).
     :param kwargs: :class:`TaskAwareStrategy`'s arguments: the step schedule
         (``lr_decay_epochs``, ``lr_decay_factor``), ``optimizer_factory`` and
         Avalanche's usual ones (``criterion``, ``train_mb_size=32``,
@@ -205,6 +230,7 @@ class Piggyback(TaskAwareStrategy):
         lr: float = DEFAULT_LR,
         train_backbone_on_first_experience: bool = False,
         backbone_lr: Optional[float] = None,
+        recalibrate_norm_statistics: bool = True,
         **kwargs,
     ) -> None:
         backbone_lr = lr if backbone_lr is None else backbone_lr
@@ -214,7 +240,7 @@ class Piggyback(TaskAwareStrategy):
         self.lr = lr
         self.backbone_lr = backbone_lr
         self.train_backbone_on_first_experience = train_backbone_on_first_experience
-        super().__init__(model=model, **kwargs)
+        super().__init__(model=model, recalibrate_norm_statistics=recalibrate_norm_statistics, **kwargs)
 
     def group_learning_rates(self) -> Dict[str, float]:
         return {"mask_scores": self.mask_lr, "task_parameters": self.lr, "backbone": self.backbone_lr}

@@ -377,3 +377,46 @@ def test_an_experience_with_two_tasks_trains_both_in_mixed_batches():
         model.eval()
         for x, y, task in ((tx0, ty0, 0), (tx1, ty1, 1)):
             assert (model(x, task).argmax(1) == y).float().mean() > 0.8
+
+
+def _first_layer_output_mean(model, experience, task):
+    layer = model.masked_layers["0"]
+    x = _test_inputs(experience)
+    out = nn.functional.conv2d(x, layer.weight * layer.mask(str(task)), layer.bias, padding=1)
+    return out.mean(dim=(0, 2, 3))
+
+
+@pytest.mark.parametrize("recalibrate", [True, False])
+def test_batch_norm_statistics_are_recalibrated_with_the_final_mask(three_task_stream, recalibrate):
+    model = PiggybackModel(tiny_conv_net())
+    strategy = _strategy(model, recalibrate_norm_statistics=recalibrate)
+    experience = three_task_stream.train_stream[0]
+    strategy.train(experience)
+    norm = model.backbone[1].tasks["0"]
+    expected = _first_layer_output_mean(model, experience, 0)
+    # 48 samples in batches of 16: the average of the batch means is the mean.
+    matches = torch.allclose(norm.running_mean, expected, atol=1e-5)
+    assert matches == recalibrate
+    assert norm.momentum == 0.1
+    assert int(norm.num_batches_tracked) == (3 if recalibrate else 2 * 3)
+
+
+def test_recalibration_touches_only_learning_tasks_and_keeps_statistics_on_error(three_task_stream):
+    model = PiggybackModel(tiny_conv_net())
+    strategy = _strategy(model)
+    strategy.train(three_task_stream.train_stream[0])
+    model.add_task(1, classes=[0, 1, 2])
+    model.eval()
+    norms = [m for m in model.modules() if isinstance(m, TaskNorm)]
+    before = [copy.deepcopy(n.state_dict()) for n in norms]
+    with pytest.raises(ValueError, match="No batches"):
+        model.recalibrate_norm_statistics([])
+    after_error = [n.state_dict() for n in norms]
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(before, after_error) for k in a)
+    x = _test_inputs(three_task_stream.test_stream[1])
+    assert model.recalibrate_norm_statistics([(x[:12], torch.ones(12, dtype=torch.long))]) == 12
+    for norm, state in zip(norms, before):
+        assert all(torch.equal(v, state[k]) for k, v in norm.state_dict().items() if k.startswith("tasks.0."))
+        assert int(norm.tasks["1"].num_batches_tracked) == 1
+        assert norm.tasks["1"].momentum == 0.1
+    assert not model.training
