@@ -34,7 +34,7 @@ def main() -> None:
             # Its train_epochs include the post-pruning one; ours add it.
             settings["train_epochs"] = args.epochs + 1
         torch.manual_seed(args.seed)
-        results[name] = train_and_evaluate(name, benchmark, BACKBONES["mlp"]((1, 8, 8)), **settings)
+        results[name] = train_and_evaluate(name, benchmark, BACKBONES["mlp"]((1, 8, 8), False), **settings)
         print(f"{name}: {results[name]}", flush=True)
     naive = results.get("naive", {}).get("seconds_per_epoch")
     print(f"\nDigits stream, 5 tasks, MLP 64-256-256-10, {args.epochs} epochs, seed {args.seed}")

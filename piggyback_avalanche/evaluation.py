@@ -4,8 +4,6 @@ loggers a researcher reads (progress bars, TensorBoard, CSV and JSON files)."""
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -18,6 +16,7 @@ from avalanche.evaluation.metrics import (
 from avalanche.logging import BaseLogger, InteractiveLogger, TensorboardLogger
 from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 
+from piggyback_avalanche.files import write_atomically
 from piggyback_avalanche.metrics import (
     accuracy_matrix_metrics,
     mask_sparsity_metrics,
@@ -27,20 +26,6 @@ from piggyback_avalanche.metrics import (
 __all__ = ["MetricsFileLogger", "default_evaluator"]
 
 PathLike = Union[str, Path]
-
-
-def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename, so a
-    reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", newline="") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 class MetricsFileLogger(BaseLogger, SupervisedPlugin):
@@ -62,6 +47,14 @@ class MetricsFileLogger(BaseLogger, SupervisedPlugin):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             self.rows.append({"name": name, "x": int(x_plot), "value": float(value)})
 
+    def state_dict(self) -> List[Dict[str, Any]]:
+        """The rows logged so far, for a checkpoint."""
+        return [dict(row) for row in self.rows]
+
+    def load_state_dict(self, rows: List[Dict[str, Any]]) -> None:
+        """Continue after the rows of a checkpoint."""
+        self.rows = [dict(row) for row in rows]
+
     def flush(self) -> None:
         """Write the files now."""
         if self.csv_path:
@@ -71,9 +64,9 @@ class MetricsFileLogger(BaseLogger, SupervisedPlugin):
                 writer.writeheader()
                 writer.writerows(self.rows)
 
-            _write_atomically(self.csv_path, write_csv)
+            write_atomically(self.csv_path, write_csv)
         if self.json_path:
-            _write_atomically(self.json_path, lambda file: json.dump(self.rows, file, indent=1))
+            write_atomically(self.json_path, lambda file: json.dump(self.rows, file, indent=1))
 
     def after_training_exp(self, strategy, *args, **kwargs) -> None:
         self.flush()

@@ -301,7 +301,7 @@ class MaskSparsityPluginMetric(_AfterTrainingExp):
                 for layer, fraction in fractions.items():
                     values.append(self._emit(label, f"/Task{task:03d}/{layer}", fraction, strategy))
         latest = trained[-1]
-        values.append(self._emit("MaskSparsityChart", f"/Task{latest:03d}", _bar_chart(result[latest]), strategy))
+        values.append(self._emit("MaskSparsityChart", f"/Task{latest:03d}", _rendered(_bar_chart(result[latest])), strategy))
         return values
 
     def after_training_epoch(self, strategy: Any) -> List[MetricValue]:
@@ -318,6 +318,18 @@ class MaskSparsityPluginMetric(_AfterTrainingExp):
                         self._emit("MaskScores", f"/Task{task:03d}/{name}", scores[::step].cpu(), strategy)
                     )
         return values
+
+
+def _rendered(figure):
+    """The figure as a PIL image, and the figure closed: loggers that never
+    draw it (all but TensorBoard) would otherwise keep it open forever."""
+    from matplotlib import pyplot as plt
+    from PIL import Image
+
+    figure.canvas.draw()
+    image = Image.frombuffer("RGBA", figure.canvas.get_width_height(), figure.canvas.buffer_rgba()).convert("RGB")
+    plt.close(figure)
+    return image
 
 
 def _bar_chart(fractions: Dict[str, Dict[str, float]]):
@@ -380,7 +392,7 @@ class AccuracyMatrixPluginMetric(PluginMetric[List[List[float]]]):
         self.rows[trained] = row
         return [
             MetricValue(
-                self, "AccuracyMatrix/eval_phase/test_stream", accuracy_matrix_figure(self.result()),
+                self, "AccuracyMatrix/eval_phase/test_stream", _rendered(accuracy_matrix_figure(self.result())),
                 strategy.clock.train_iterations,
             )
         ]

@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import json
 import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -24,38 +23,66 @@ from tqdm.auto import tqdm
 
 from avalanche.training.plugins import SupervisedPlugin
 
-from piggyback_avalanche.backbones import small_cnn
-from piggyback_avalanche.evaluation import _write_atomically, default_evaluator
-from piggyback_avalanche.metrics import ModelSize, accuracy_matrix_figure, network_bytes
+from piggyback_avalanche.backbones import BACKBONES, WeightsUnavailableError
+from piggyback_avalanche.checkpoint import load_checkpoint, save_checkpoint, supports_checkpoint
+from piggyback_avalanche.dataset_streams import (
+    CLASSIC_STREAMS,
+    FINE_GRAINED_TASKS,
+    DatasetUnavailableError,
+    classic_task_stream,
+    fine_grained_stream,
+)
+from piggyback_avalanche.evaluation import default_evaluator
+from piggyback_avalanche.files import write_atomically
+from piggyback_avalanche.metrics import ModelSize, network_bytes
 from piggyback_avalanche.registry import available_strategies, make_strategy
+from piggyback_avalanche.report import (
+    check_targets,
+    format_markdown,
+    format_target_checks,
+    published_comparison,
+    read_targets,
+    summarize,
+    write_plots,
+    write_tables,
+)
 from piggyback_avalanche.streams import SourceTask, digits_task_stream, mnist_transfer_stream
 
 __all__ = ["STREAMS", "BACKBONES", "EpochTimer", "train_and_evaluate", "run_benchmark", "main"]
 
-STREAMS: Dict[str, Callable[[int], Tuple[Optional[SourceTask], Any]]] = {
-    "mnist_transfer": lambda seed: mnist_transfer_stream(seed=seed),
-    "digits": lambda seed: (None, digits_task_stream(seed=seed)),
-}
-"""Stream names and their builders: ``builder(seed) -> (source task or None,
+StreamBuilder = Callable[..., Tuple[Optional[SourceTask], Any]]
+"""``builder(seed=, data_root=, crop_size=) -> (source task or None,
 benchmark)``. With a source task the runner pretrains the backbone on it."""
 
 
-def _mlp(input_shape: Sequence[int]) -> nn.Module:
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(math.prod(input_shape), 256),
-        nn.ReLU(),
-        nn.Linear(256, 256),
-        nn.ReLU(),
-        nn.Linear(256, 10),
-    )
+def _no_data_root(build: Callable[[int], Tuple[Optional[SourceTask], Any]]) -> StreamBuilder:
+    return lambda *, seed, data_root, crop_size: build(seed)
 
 
-BACKBONES: Dict[str, Callable[[Sequence[int]], nn.Module]] = {
-    "small_cnn": lambda input_shape: small_cnn(in_channels=input_shape[0]),
-    "mlp": _mlp,
+def _classic(name: str) -> StreamBuilder:
+    return lambda *, seed, data_root, crop_size: (None, classic_task_stream(name, data_root=data_root, seed=seed))
+
+
+def _fine_grained(*, seed: int, data_root: Optional[Path], crop_size: int) -> Tuple[None, Any]:
+    if data_root is None:
+        raise DatasetUnavailableError(
+            "The fine_grained stream needs --data-root DIR: the folder that holds (or will "
+            f"download) {', '.join(FINE_GRAINED_TASKS)}."
+        )
+    return None, fine_grained_stream(data_root=data_root, crop_size=crop_size)
+
+
+STREAMS: Dict[str, StreamBuilder] = {
+    "mnist_transfer": _no_data_root(lambda seed: mnist_transfer_stream(seed=seed)),
+    "digits": _no_data_root(lambda seed: (None, digits_task_stream(seed=seed))),
+    **{name: _classic(name) for name in CLASSIC_STREAMS},
+    "fine_grained": _fine_grained,
 }
-"""Backbone names and their builders (``builder(input_shape) -> network``)."""
+"""Stream names and their builders (see :data:`StreamBuilder`): the offline
+streams, Avalanche's classic benchmarks and the paper's fine-grained tasks."""
+
+OFFLINE_STREAMS = ("mnist_transfer", "digits")
+"""Streams built from data that installed packages ship."""
 
 
 def pretrain(
@@ -80,14 +107,15 @@ def pretrain(
 
 def _backbone(
     name: str, stream: str, source: Optional[SourceTask], input_shape: Sequence[int], *,
-    seed: int, cache_dir: Path, pretrain_epochs: int, lr: float, mb_size: int, device: str,
-    log: Callable[[str], None],
+    pretrained: bool, seed: int, cache_dir: Path, pretrain_epochs: int, lr: float, mb_size: int,
+    device: str, log: Callable[[str], None],
 ) -> nn.Module:
-    """A fresh backbone; pretrained on the source task if the stream has one,
-    from a cache under ``cache_dir`` after the first time."""
+    """A fresh backbone: with published weights if ``pretrained``; else
+    pretrained on the source task if the stream has one, from a cache under
+    ``cache_dir`` after the first time."""
     torch.manual_seed(seed)
-    backbone = BACKBONES[name](input_shape)
-    if source is None:
+    backbone = BACKBONES[name](input_shape, pretrained)
+    if source is None or pretrained:
         return backbone
     path = cache_dir / f"{stream}-{name}-seed{seed}-epochs{pretrain_epochs}.pt"
     if path.exists():
@@ -95,20 +123,25 @@ def _backbone(
         return backbone
     log(f"pretraining {name} on the source task of {stream} ({pretrain_epochs} epochs)")
     pretrain(backbone, source, epochs=pretrain_epochs, lr=lr, mb_size=mb_size, device=device, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    torch.save(backbone.state_dict(), temporary)
-    temporary.replace(path)
+    write_atomically(path, lambda f: torch.save(backbone.state_dict(), f), binary=True)
     return backbone
 
 
 def train_and_evaluate(
-    name: str, benchmark: Any, backbone: nn.Module, *, log_dir: Optional[Path] = None, **config: Any
+    name: str, benchmark: Any, backbone: nn.Module, *, log_dir: Optional[Path] = None,
+    progress: Optional[str] = None, checkpoint: Optional[Path] = None, **config: Any
 ) -> Dict[str, Any]:
     """Train a registered strategy on every experience (``joint``: on the
     whole stream at once), evaluating the experiences seen so far after each,
     and summarise.
 
+    :param log_dir: TensorBoard folder of this run.
+    :param progress: label of a progress bar over the experiences; none if
+        ``None``.
+    :param checkpoint: a file to save to after every experience and to
+        resume from, for strategies that support it
+        (:func:`~piggyback_avalanche.checkpoint.supports_checkpoint`); others
+        start over. Training time then counts this process only.
     :return: per-task final accuracy, average accuracy, average forgetting
         and BWT (over all but the last task), model size (bytes and × one
         network), training seconds, seconds per epoch and epochs run.
@@ -122,11 +155,19 @@ def train_and_evaluate(
     started = time.perf_counter()
     if name == "joint":
         strategy.train(stream)
-        metrics = strategy.eval(tests)
+        strategy.eval(tests)
     else:
-        for i, experience in enumerate(stream):
+        resumable = checkpoint is not None and supports_checkpoint(strategy)
+        start = load_checkpoint(strategy, checkpoint) if resumable else 0
+        bar = tqdm(stream, desc=progress, unit="task", disable=progress is None, initial=start)
+        for i, experience in enumerate(stream[start:], start):
             strategy.train(experience)
-            metrics = strategy.eval(tests[: i + 1])
+            strategy.eval(tests[: i + 1])
+            if resumable:
+                save_checkpoint(strategy, checkpoint, next_experience=i + 1)
+            bar.update()
+        bar.close()
+    metrics = strategy.evaluator.get_last_metrics()
     seconds = time.perf_counter() - started
     n = len(stream)
 
@@ -193,20 +234,32 @@ def run_benchmark(
     seeds: Sequence[int],
     out_dir: Path,
     config: Dict[str, Any],
+    pretrained: bool = False,
     pretrain_epochs: int = 5,
+    data_root: Optional[Path] = None,
+    crop_size: int = 224,
     log: Callable[[str], None] = print,
 ) -> Dict[str, Dict[str, Any]]:
     """Run every (strategy, seed), reusing runs already saved under
-    ``out_dir/runs`` with the same settings, and write the results table.
+    ``out_dir/runs`` with the same settings, and write the results tables
+    (:mod:`~piggyback_avalanche.report`) and plots.
 
+    :param stream: a key of :data:`STREAMS`.
+    :param backbone: a key of :data:`~piggyback_avalanche.backbones.BACKBONES`.
     :param config: Avalanche and strategy arguments for every strategy
         (``train_epochs``, ``train_mb_size``, ``lr``, ``mask_lr``, ``device``...);
         arguments a strategy does not take are dropped for it (``mask_lr``
         only reaches Piggyback).
+    :param pretrained: start from the backbone's published weights.
     :param pretrain_epochs: epochs of pretraining on the stream's source
-        task; streams without one have no pretrained backbone, so Piggyback
-        trains the backbone on the first experience instead.
+        task, if it has one and the backbone is not ``pretrained``. Without
+        either, Piggyback trains the backbone on the first experience.
+    :param data_root: where downloaded streams keep their data.
+    :param crop_size: image side of the fine-grained stream.
     :return: ``{strategy: {"runs": [result per seed], "summary": {...}}}``.
+    :raises DatasetUnavailableError: if the stream's data is missing and
+        cannot be downloaded.
+    :raises WeightsUnavailableError: likewise for pretrained weights.
     """
     results: Dict[str, Dict[str, Any]] = {}
     built: Dict[int, Tuple[Optional[SourceTask], Any]] = {}
@@ -214,12 +267,14 @@ def run_benchmark(
         runs = []
         for seed in seeds:
             if seed not in built:
-                built[seed] = STREAMS[stream](seed)
+                built[seed] = STREAMS[stream](seed=seed, data_root=data_root, crop_size=crop_size)
             source, benchmark = built[seed]
-            settings = _strategy_settings(name, config, train_backbone_first=source is None)
+            pretrains = source is not None and not pretrained
+            settings = _strategy_settings(name, config, train_backbone_first=source is None and not pretrained)
             key = _run_key(
-                stream=stream, backbone=backbone, strategy=name, seed=seed,
-                pretrain_epochs=pretrain_epochs if source is not None else 0, **settings,
+                stream=stream, backbone=backbone, strategy=name, seed=seed, pretrained=pretrained,
+                pretrain_epochs=pretrain_epochs if pretrains else 0,
+                crop_size=crop_size if stream == "fine_grained" else None, **settings,
             )
             path = out_dir / "runs" / name / f"seed{seed}.json"
             saved = json.loads(path.read_text()) if path.exists() else {}
@@ -230,27 +285,36 @@ def run_benchmark(
             log(f"{name}, seed {seed}: training")
             network = _backbone(
                 backbone, stream, source, benchmark.train_stream[0].dataset[0][0].shape,
-                seed=seed, cache_dir=out_dir / "pretrained", pretrain_epochs=pretrain_epochs,
-                lr=config.get("lr", 1e-3), mb_size=config.get("train_mb_size", 32),
-                device=config.get("device", "cpu"), log=log,
+                pretrained=pretrained, seed=seed, cache_dir=out_dir / "pretrained",
+                pretrain_epochs=pretrain_epochs, lr=config.get("lr", 1e-3),
+                mb_size=config.get("train_mb_size", 32), device=config.get("device", "cpu"), log=log,
             )
             torch.manual_seed(seed)
+            checkpoint = out_dir / "checkpoints" / name / f"seed{seed}-{key}.ckpt"
             result = train_and_evaluate(
-                name, benchmark, network, log_dir=out_dir / "tensorboard" / name / f"seed{seed}", **settings
+                name, benchmark, network, log_dir=out_dir / "tensorboard" / name / f"seed{seed}",
+                progress=f"{name}, seed {seed}", checkpoint=checkpoint, **settings,
             )
-            _write_atomically(path, lambda f: json.dump({"key": key, "result": result}, f, indent=1))
+            write_atomically(path, lambda f: json.dump({"key": key, "result": result}, f, indent=1))
+            checkpoint.unlink(missing_ok=True)  # the result file is the record now
             runs.append(result)
-        results[name] = {"runs": runs, "summary": _summary(runs)}
-    _write_tables(results, out_dir)
+        results[name] = {"runs": runs, "summary": summarize(runs)}
+    extra = published_comparison(results, backbone=backbone) if stream == "fine_grained" else ""
+    write_tables(results, out_dir, extra=extra)
     write_plots(results, out_dir / "plots")
     return results
 
 
+TASK_AWARE_STRATEGIES = (*PIGGYBACK_STRATEGIES, "packnet", "individual", "classifier_only")
+
 _STRATEGY_ONLY = {
     "mask_lr": PIGGYBACK_STRATEGIES,
+    "lr_decay_epochs": TASK_AWARE_STRATEGIES,
     "prune_ratio": ("packnet", "packnet_avalanche"),
     "post_prune_epochs": ("packnet", "packnet_avalanche"),
+    "post_prune_lr": ("packnet",),
 }
+"""Arguments that only some strategies take."""
 
 
 def _strategy_settings(name: str, config: Dict[str, Any], train_backbone_first: bool) -> Dict[str, Any]:
@@ -260,129 +324,33 @@ def _strategy_settings(name: str, config: Dict[str, Any], train_backbone_first: 
     return settings
 
 
-def _summary(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
-    def mean_std(values: List[float]) -> List[float]:
-        return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
-
-    keys = ("average_accuracy", "average_forgetting", "bwt", "model_bytes", "networks", "train_seconds")
-    summary = {k: mean_std([r[k] for r in runs]) for k in keys}
-    summary["accuracy"] = [mean_std(list(task)) for task in zip(*(r["accuracy"] for r in runs))]
-    return summary
-
-
-COLUMNS = ["avg accuracy (%)", "avg forgetting (points)", "BWT (points)", "size (MB)", "× one network", "train time (s)"]
-
-
-def _rows(results: Dict[str, Dict[str, Any]]) -> List[Dict[str, str]]:
-    def pm(values: List[float], scale: float = 100.0, digits: int = 1) -> str:
-        mean, std = values
-        return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
-
-    rows = []
-    for name, result in results.items():
-        s = result["summary"]
-        row = {"strategy": name}
-        row.update({f"task {t}": pm(v) for t, v in enumerate(s["accuracy"])})
-        row.update(
-            zip(
-                COLUMNS,
-                [
-                    pm(s["average_accuracy"]),
-                    pm(s["average_forgetting"]),
-                    pm(s["bwt"]),
-                    pm(s["model_bytes"], 1e-6, 2),
-                    pm(s["networks"], 1.0, 2),
-                    pm(s["train_seconds"], 1.0, 0),
-                ],
-            )
-        )
-        rows.append(row)
-    return rows
-
-
-def format_markdown(results: Dict[str, Dict[str, Any]]) -> str:
-    """The results table in Markdown: per-task final accuracy, averages,
-    size and time, mean ± std over seeds."""
-    rows = _rows(results)
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _write_tables(results: Dict[str, Dict[str, Any]], out_dir: Path) -> None:
-    import csv
-
-    rows = _rows(results)
-    _write_atomically(out_dir / "results.md", lambda f: f.write(format_markdown(results) + "\n"))
-
-    def write_csv(file):
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-    _write_atomically(out_dir / "results.csv", write_csv)
-    _write_atomically(out_dir / "results.json", lambda f: json.dump(results, f, indent=1))
-
-
-def write_plots(results: Dict[str, Dict[str, Any]], plot_dir: Path) -> List[Path]:
-    """Matplotlib plots of the first seed's runs: the accuracy matrix of each
-    strategy, average accuracy as tasks arrive, and model size against the
-    number of tasks, as PNG files.
-
-    :return: the files written.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, result in results.items():
-        matrix = [[math.nan if v is None else v for v in row] for row in result["runs"][0]["accuracy_matrix"]]
-        figure = accuracy_matrix_figure(matrix)
-        figure.axes[0].set_title(name)
-        written.append(plot_dir / f"accuracy_matrix_{name}.png")
-        figure.savefig(written[-1], dpi=100)
-        plt.close(figure)
-    for filename, ylabel, series in (
-        ("average_accuracy.png", "average accuracy on tasks so far",
-         lambda r: [_mean([v for v in row if v is not None]) for row in r["accuracy_matrix"]]),
-        ("model_size.png", "stored MB", lambda r: [b / 1e6 for b in r["model_bytes_per_experience"]]),
-    ):
-        figure, axes = plt.subplots(figsize=(5, 3.5))
-        for name, result in results.items():
-            values = series(result["runs"][0])
-            axes.plot(range(1, len(values) + 1), values, marker="o", label=name)
-        axes.set_xticks(range(1, len(values) + 1))
-        axes.set_xlabel("tasks trained")
-        axes.set_ylabel(ylabel)
-        axes.legend(fontsize=7)
-        figure.tight_layout()
-        written.append(plot_dir / filename)
-        figure.savefig(written[-1], dpi=100)
-        plt.close(figure)
-    return written
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="piggyback-bench", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, help="a JSON file of preset values; flags override them")
-    parser.add_argument("--stream", default="mnist_transfer", help=f"one of {sorted(STREAMS)}")
-    parser.add_argument("--backbone", default="small_cnn", help=f"one of {sorted(BACKBONES)}")
-    parser.add_argument("--strategies", nargs="+", default=["piggyback", "packnet", "individual", "classifier_only", "naive"])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--pretrain-epochs", type=int, default=5, help="on the stream's source task, if any")
-    parser.add_argument("--mb-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--mask-lr", type=float, default=3e-4)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    add = parser.add_argument
+    add("--config", type=Path, help="a JSON file of preset values (see benchmarks/configs); flags override them")
+    add("--stream", default="mnist_transfer", help=f"one of {sorted(STREAMS)}")
+    add("--data-root", type=Path, help="folder of the downloaded streams' data (default: Avalanche's)")
+    add("--crop-size", type=int, default=224, help="image side of the fine_grained stream")
+    add("--backbone", default="small_cnn", help=f"one of {sorted(BACKBONES)}")
+    add("--pretrained", action="store_true", help="start from the torchvision backbone's ImageNet weights")
+    add("--pretrain-epochs", type=int, default=5, help="on the stream's source task, if any")
+    add("--strategies", nargs="+", default=["piggyback", "packnet", "individual", "classifier_only", "naive"])
+    add("--epochs", type=int, default=5)
+    add("--mb-size", type=int, default=32)
+    add("--lr", type=float, default=1e-3, help="heads, normalization, and whole networks")
+    add("--mask-lr", type=float, default=3e-4, help="Piggyback's mask scores")
+    add("--lr-decay-epochs", type=int, nargs="*", default=[], help="epochs after which rates drop 10x")
+    add("--prune-ratio", type=float, default=0.5, help="PackNet: share of free weights released per task")
+    add("--post-prune-epochs", type=int, default=1, help="PackNet: retraining epochs after pruning")
+    add("--post-prune-lr", type=float, help="PackNet: learning rate after pruning (default: --lr)")
+    add("--seeds", type=int, nargs="+", default=[0])
+    add("--device", default="cpu")
+    add("--out", type=Path, default=Path("runs/bench"))
+    add("--check-targets", type=Path, metavar="CSV",
+        help="compare the results with this targets file (benchmarks/targets.csv) and exit 1 if any falls short")
     return parser
 
 
@@ -415,36 +383,66 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error(f"--device {args.device!r} is not a device: {error}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available here; use --device cpu")
-    if args.epochs < 1 or args.mb_size < 1 or args.pretrain_epochs < 1:
-        parser.error("--epochs, --pretrain-epochs and --mb-size must be at least 1")
+    if min(args.epochs, args.mb_size, args.pretrain_epochs, args.crop_size) < 1:
+        parser.error("--epochs, --pretrain-epochs, --mb-size and --crop-size must be at least 1")
+    if args.data_root is not None and not args.data_root.is_dir():
+        parser.error(f"--data-root {args.data_root}: no such folder; create it (datasets download into it)")
+    if args.check_targets is not None:
+        try:
+            args.targets = read_targets(args.check_targets)
+        except (OSError, ValueError) as error:
+            parser.error(f"--check-targets: {error}")
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point (``piggyback-bench`` or
-    ``python -m piggyback_avalanche.runner``)."""
+    ``python -m piggyback_avalanche.runner``).
+
+    :return: the exit status: 0, or 1 if a result falls short of its target.
+    """
     args = _parse(argv)
     config = {
         "train_epochs": args.epochs,
         "train_mb_size": args.mb_size,
         "lr": args.lr,
         "mask_lr": args.mask_lr,
+        "prune_ratio": args.prune_ratio,
+        "post_prune_epochs": args.post_prune_epochs,
         "device": args.device,
     }
-    results = run_benchmark(
-        stream=args.stream,
-        backbone=args.backbone,
-        strategies=args.strategies,
-        seeds=args.seeds,
-        out_dir=args.out,
-        config=config,
-        pretrain_epochs=args.pretrain_epochs,
-    )
+    if args.lr_decay_epochs:
+        config["lr_decay_epochs"] = tuple(args.lr_decay_epochs)
+    if args.post_prune_lr is not None:
+        config["post_prune_lr"] = args.post_prune_lr
+    try:
+        results = run_benchmark(
+            stream=args.stream, backbone=args.backbone, strategies=args.strategies, seeds=args.seeds,
+            out_dir=args.out, config=config, pretrained=args.pretrained, pretrain_epochs=args.pretrain_epochs,
+            data_root=args.data_root, crop_size=args.crop_size,
+        )
+    except (DatasetUnavailableError, WeightsUnavailableError, ValueError) as error:
+        _parser().exit(2, f"piggyback-bench: error: {error}\n")
     print()
     print(format_markdown(results))
+    if args.stream == "fine_grained":
+        print("\n" + published_comparison(results, backbone=args.backbone))
     print(f"\nTables: {args.out}/results.md, .csv, .json; plots: {args.out / 'plots'}")
     print(f"TensorBoard: tensorboard --logdir {args.out / 'tensorboard'}")
+    if args.check_targets is None:
+        return 0
+    checks = check_targets(results, args.targets, stream=args.stream, backbone=args.backbone)
+    if not checks:
+        print(f"\n{args.check_targets} has no targets for {args.stream} with {args.backbone}.")
+        return 0
+    print(f"\nTargets ({args.check_targets}):\n{format_target_checks(checks)}")
+    short = [c for c in checks if not c.passed]
+    if short:
+        print(f"{len(short)} of {len(checks)} results fall short of their targets.")
+        return 1
+    print(f"All {len(checks)} results meet their targets.")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

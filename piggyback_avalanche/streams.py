@@ -1,7 +1,7 @@
 """Offline task-incremental streams built from data that installed packages
 ship, so that everything runs on a machine without internet access."""
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -15,6 +15,8 @@ from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dat
 __all__ = [
     "DIGITS_TRANSFORMS",
     "digits_task_stream",
+    "task_stream",
+    "classes_as_lists",
     "tensor_task_stream",
     "SourceTask",
     "mnist_transfer_stream",
@@ -38,30 +40,46 @@ DIGITS_TRANSFORMS: Dict[str, Callable[[Tensor], Tensor]] = {
 """Input transformations that make a new task from scikit-learn's digits."""
 
 
-def tensor_task_stream(
-    tasks: Sequence[Tuple[Tensor, Tensor, Tensor, Tensor]],
-) -> CLScenario:
+def task_stream(train: Sequence[Any], test: Sequence[Any]) -> CLScenario:
     """A task-incremental benchmark with one experience per task, task label
-    ``i`` for the ``i``-th task.
+    ``i`` for the ``i``-th pair of datasets.
 
-    :param tasks: ``(train_x, train_y, test_x, test_y)`` per task.
+    :param train: the tasks' training sets (Avalanche classification datasets
+        with task labels).
+    :param test: the tasks' test sets, in the same order.
     :return: a benchmark with ``train_stream`` and ``test_stream``; each
         experience has ``task_label``, ``task_labels`` and
         ``classes_in_this_experience``.
+    """
+    benchmark = with_classes_timeline(with_task_labels(benchmark_from_datasets(train=train, test=test)))
+    return classes_as_lists(benchmark)
+
+
+def classes_as_lists(benchmark: Any) -> Any:
+    """Turn every experience's ``classes_in_this_experience`` into a sorted
+    list, in place: Avalanche's ``MultiHeadClassifier`` indexes with it,
+    which fails on the set that its new benchmark API gives.
+
+    :return: ``benchmark``.
+    """
+    for stream in benchmark.streams.values():
+        for experience in stream:
+            experience.classes_in_this_experience = sorted(experience.classes_in_this_experience)
+    return benchmark
+
+
+def tensor_task_stream(
+    tasks: Sequence[Tuple[Tensor, Tensor, Tensor, Tensor]],
+) -> CLScenario:
+    """:func:`task_stream` from tensors.
+
+    :param tasks: ``(train_x, train_y, test_x, test_y)`` per task.
     """
     train, test = [], []
     for task, (train_x, train_y, test_x, test_y) in enumerate(tasks):
         train.append(_make_taskaware_tensor_classification_dataset(train_x, train_y, task_labels=task))
         test.append(_make_taskaware_tensor_classification_dataset(test_x, test_y, task_labels=task))
-    benchmark = with_classes_timeline(
-        with_task_labels(benchmark_from_datasets(train=train, test=test))
-    )
-    # Avalanche's MultiHeadClassifier indexes with this attribute, which
-    # fails on the set that with_classes_timeline gives.
-    for stream in benchmark.streams.values():
-        for experience in stream:
-            experience.classes_in_this_experience = sorted(experience.classes_in_this_experience)
-    return benchmark
+    return task_stream(train, test)
 
 
 def digits_task_stream(

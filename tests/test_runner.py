@@ -48,12 +48,17 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--stream", "cifar"], "unknown stream 'cifar'; choose from \\['digits', 'mnist_transfer'\\]"),
-        (["--backbone", "vgg"], "unknown backbone 'vgg'; choose from \\['mlp', 'small_cnn'\\]"),
+        (["--stream", "cifar"], "unknown stream 'cifar'; choose from \\['digits', 'fine_grained', 'mnist_transfer', "
+                                "'permuted_mnist', 'split_cifar100', 'split_cub200', 'split_mnist', 'split_tiny_imagenet'\\]"),
+        (["--backbone", "vgg"], "unknown backbone 'vgg'; choose from \\['densenet121', 'mlp', 'resnet18', 'resnet50', "
+                                "'small_cnn', 'vgg16', 'vgg16_bn'\\]"),
+        (["--data-root", "/nonexistent"], "--data-root /nonexistent: no such folder"),
+        (["--crop-size", "0"], "--crop-size must be at least 1"),
+        (["--check-targets", "missing.csv"], "--check-targets: .*No such file"),
         (["--strategies", "piggyback", "pnn"], "unknown strategies \\['pnn'\\]; choose from \\['agem'"),
         (["--device", "cuda"], "no CUDA device is available here; use --device cpu"),
         (["--device", "toaster"], "is not a device"),
-        (["--epochs", "0"], "--epochs, --pretrain-epochs and --mb-size must be at least 1"),
+        (["--epochs", "0"], "--epochs, --pretrain-epochs, --mb-size and --crop-size must be at least 1"),
         (["--config", "missing.json"], "no such file"),
     ],
 )
@@ -93,10 +98,49 @@ def test_streams_with_a_source_task_get_a_pretrained_cached_backbone(tmp_path):
                       "pretraining mlp on the source task of mnist_transfer (1 epochs)"]
     cached = torch.load(tmp_path / "pretrained" / "mnist_transfer-mlp-seed0-epochs1.pt", weights_only=True)
     torch.manual_seed(0)
-    untrained = BACKBONES["mlp"]((1, 16, 16)).state_dict()
+    untrained = BACKBONES["mlp"]((1, 16, 16), False).state_dict()
     assert cached.keys() == untrained.keys()
     assert not torch.equal(cached["1.weight"], untrained["1.weight"])  # it was trained
     assert len(first["classifier_only"]["runs"][0]["accuracy"]) == 5
     logged.clear()
     run_benchmark(strategies=["naive"], **kwargs)
     assert logged == ["naive, seed 0: training"]  # the cached backbone is reused
+
+
+def test_an_interrupted_strategy_resumes_from_its_last_finished_experience(tmp_path):
+    from avalanche.training.plugins import SupervisedPlugin
+
+    from piggyback_avalanche.runner import train_and_evaluate
+    from piggyback_avalanche.streams import digits_task_stream
+
+    class Trained(SupervisedPlugin):
+        """Records the experiences trained; interrupts one like Ctrl-C."""
+
+        def __init__(self, interrupt_at=None):
+            super().__init__()
+            self.experiences, self.interrupt_at = [], interrupt_at
+
+        def before_training_exp(self, strategy, **kwargs):
+            self.experiences.append(strategy.experience.current_experience)
+            if strategy.experience.current_experience == self.interrupt_at:
+                raise KeyboardInterrupt
+
+    benchmark = digits_task_stream(seed=0)
+    backbone = BACKBONES["mlp"]((1, 8, 8), False)
+    settings = dict(train_epochs=1, train_mb_size=64, train_backbone_on_first_experience=True)
+    checkpoint = tmp_path / "run.ckpt"
+
+    def run(plugin, **kwargs):
+        torch.manual_seed(0)
+        return train_and_evaluate("piggyback", benchmark, backbone, plugins=[plugin], **settings, **kwargs)
+
+    reference = run(Trained())
+    interrupted = Trained(interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        run(interrupted, checkpoint=checkpoint)
+    assert interrupted.experiences == [0, 1, 2]
+    resumed_plugin = Trained()
+    resumed = run(resumed_plugin, checkpoint=checkpoint)
+    assert resumed_plugin.experiences == [2, 3, 4]
+    for key in ("accuracy", "accuracy_matrix", "model_bytes_per_experience", "average_forgetting", "bwt"):
+        assert resumed[key] == reference[key], key
