@@ -96,7 +96,7 @@ def pretrain(
     generator = torch.Generator().manual_seed(seed)
     backbone.to(device).train()
     optimizer = torch.optim.Adam(backbone.parameters(), lr=lr)
-    for _ in tqdm(range(epochs), desc="pretraining", unit="epoch", leave=False):
+    for _ in tqdm(range(epochs), desc="pretraining", unit="epoch", leave=False, disable=None):
         for batch in torch.randperm(len(labels), generator=generator).split(mb_size):
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(backbone(images[batch].to(device)), labels[batch].to(device))
@@ -159,7 +159,7 @@ def train_and_evaluate(
     else:
         resumable = checkpoint is not None and supports_checkpoint(strategy)
         start = load_checkpoint(strategy, checkpoint) if resumable else 0
-        bar = tqdm(stream, desc=progress, unit="task", disable=progress is None, initial=start)
+        bar = tqdm(stream, desc=progress, unit="task", disable=True if progress is None else None, initial=start)  # None: only on a terminal
         for i, experience in enumerate(stream[start:], start):
             strategy.train(experience)
             strategy.eval(tests[: i + 1])

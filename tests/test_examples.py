@@ -60,3 +60,44 @@ def test_tensorboard_example_writes_one_run_per_strategy(tmp_path):
         assert len(forgetting) == 5
         if name != "naive":
             assert forgetting[-1] == 0.0
+
+
+def _run_example(name, *args):
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *map(str, args)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return completed.stdout
+
+
+def test_torchvision_resnet_example_learns_two_tasks():
+    out = _run_example("torchvision_resnet.py", "--epochs", 1, "--tasks", 2)
+    accuracies = [float(a) for a in re.findall(r"task \d: accuracy ([0-9.]+)", out)]
+    assert len(accuracies) == 2 and min(accuracies) > 0.6, out
+    # ResNet-18 plus one 1-bit mask and a task's batch norm and head: just over half of two networks.
+    ratio = float(re.search(r"MB for 2 tasks, ([0-9.]+) of 2 separate networks", out).group(1))
+    assert 0.5 < ratio < 0.54, out
+
+
+def _table_rows(out):
+    return {line.split(" | ")[0].strip("| "): line.split(" | ") for line in out.splitlines() if line.startswith("| ")}
+
+
+def test_compare_example_tables_every_strategy(tmp_path):
+    rows = _table_rows(_run_example("compare_strategies.py", "--epochs", 1, "--out", tmp_path))
+    assert {"piggyback", "packnet", "individual", "naive", "ewc", "lwf"} <= set(rows)
+    forgetting = {name: float(row[-5].split(" ± ")[0]) for name, row in rows.items() if name != "strategy"}
+    assert forgetting["piggyback"] == forgetting["packnet"] == forgetting["individual"] == 0.0
+    assert forgetting["naive"] > 5.0
+    assert (tmp_path / "plots" / "model_size.png").exists()
+
+
+def test_registry_example_runs_the_registered_strategies(tmp_path):
+    import json
+
+    rows = _table_rows(_run_example("register_your_strategy.py", "--epochs", 1, "--pretrain-epochs", 1, "--out", tmp_path))
+    assert {"piggyback", "piggyback_shared_bn", "piggyback_sgd"} <= set(rows)
+    results = json.loads((tmp_path / "results.json").read_text())
+    accuracies = {name: r["summary"]["average_accuracy"][0] for name, r in results.items()}
+    assert len(set(accuracies.values())) == 3  # three different strategies ran

@@ -144,3 +144,66 @@ def test_an_interrupted_strategy_resumes_from_its_last_finished_experience(tmp_p
     assert resumed_plugin.experiences == [2, 3, 4]
     for key in ("accuracy", "accuracy_matrix", "model_bytes_per_experience", "average_forgetting", "bwt"):
         assert resumed[key] == reference[key], key
+
+
+def _write_targets(path, rows):
+    header = "stream,backbone,strategy,metric,value,tolerance,note\n"
+    path.write_text(header + "".join(row + "\n" for row in rows))
+    return path
+
+
+def test_check_targets_exits_non_zero_when_a_result_falls_short(tmp_path, capsys):
+    argv = ["--stream", "digits", "--backbone", "mlp", "--strategies", "classifier_only", "--epochs", "1",
+            "--out", str(tmp_path / "out")]
+    reachable = _write_targets(tmp_path / "ok.csv", [
+        "digits,mlp,classifier_only,average_accuracy,20,1,",
+        "digits,mlp,classifier_only,average_forgetting,0,0,",
+        "digits,mlp,classifier_only,task0_error,80,0,",
+        "digits,small_cnn,classifier_only,average_accuracy,100,0,other backbone: not checked",
+    ])
+    assert main([*argv, "--check-targets", str(reachable)]) == 0
+    out = capsys.readouterr().out
+    assert "All 3 results meet their targets." in out
+    measured = json.loads((tmp_path / "out" / "results.json").read_text())["classifier_only"]["summary"]
+    accuracy = 100 * measured["average_accuracy"][0]
+    just_out_of_reach = _write_targets(tmp_path / "short.csv", [
+        f"digits,mlp,classifier_only,average_accuracy,{accuracy + 1.01},1,",
+        f"digits,mlp,classifier_only,average_accuracy,{accuracy + 0.99},1,",
+    ])
+    assert main([*argv, "--check-targets", str(just_out_of_reach)]) == 1
+    out = capsys.readouterr().out
+    assert "1 of 2 results fall short of their targets." in out
+    assert out.count("FALLS SHORT") == 1 and out.count("| ok |") == 1
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("digits,mlp,naive,top5,1,1,", "line 2: unknown metric 'top5'"),
+        ("digits,mlp,naive,average_accuracy,high,1,", "line 2: could not convert string to float: 'high'"),
+    ],
+)
+def test_malformed_targets_name_the_line(tmp_path, row, message, capsys):
+    path = _write_targets(tmp_path / "bad.csv", [row])
+    with pytest.raises(SystemExit):
+        main(["--check-targets", str(path)])
+    assert message in capsys.readouterr().err
+
+
+def test_the_shipped_targets_and_presets_are_valid():
+    from pathlib import Path
+
+    from piggyback_avalanche.report import read_targets
+    from piggyback_avalanche.runner import _parse
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    targets = read_targets(root / "targets.csv")
+    offline = {(t.strategy, t.metric) for t in targets if t.stream == "mnist_transfer"}
+    for strategy in ("piggyback", "packnet", "individual", "classifier_only"):
+        assert (strategy, "average_accuracy") in offline and (strategy, "average_forgetting") in offline
+    paper = {(t.backbone, t.metric): t.value for t in targets if t.stream == "fine_grained"}
+    assert paper[("resnet50", "task0_error")] == 18.23 and paper[("vgg16", "task2_error")] == 6.93
+    for config in sorted((root / "configs").glob("*.json")):
+        args = _parse(["--config", str(config)])
+        assert args.stream and args.strategies, config
+    assert _parse(["--config", str(root / "configs" / "paper_resnet50.json")]).lr_decay_epochs == [15]
