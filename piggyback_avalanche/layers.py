@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from piggyback_avalanche.masks import (
     MaskKind,
     pack_mask,
+    packed_mask_bytes,
     unpack_mask,
 )
 
@@ -191,12 +192,21 @@ class TaskWeightLayer:
         self._caches.clear()
         return super()._apply(fn, recurse)  # type: ignore[misc]
 
+    def _task_tensor_shape(self, store: str) -> Optional[Tuple[int, ...]]:
+        """The shape every task's tensor in the store ``store`` must have;
+        ``None`` if it may vary. A state dict with another shape is then
+        refused as a size mismatch instead of being taken as it is."""
+        return None
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name, store in self._modules.items():  # type: ignore[attr-defined]
             if isinstance(store, TaskTensorDict):
+                shape = self._task_tensor_shape(name)
                 for task in _task_keys(state_dict, f"{prefix}{name}.") - set(store.keys()):
                     incoming = state_dict[f"{prefix}{name}.{task}"]
-                    store.add(task, torch.empty_like(incoming, device=self.weight.device))
+                    store.add(task, torch.empty(
+                        incoming.shape if shape is None else shape, dtype=incoming.dtype, device=self.weight.device
+                    ))
         self._caches.clear()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
@@ -254,6 +264,11 @@ class MaskedLayer(TaskWeightLayer):
         self.scores = TaskTensorDict(trainable=True)
         self.packed_masks = TaskTensorDict(trainable=False)
         self._set_weight_trainable(False)
+
+    def _task_tensor_shape(self, store: str) -> Optional[Tuple[int, ...]]:
+        if store == "packed_masks":
+            return (packed_mask_bytes(self.weight.numel(), self.mask_kind.bits),)
+        return tuple(self.weight.shape)
 
     # --- tasks -----------------------------------------------------------
 

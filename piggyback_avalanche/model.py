@@ -9,7 +9,8 @@ through its own task.
 import copy
 import math
 import operator
-from typing import Any, Dict, Iterable, List, Sequence, Set, Tuple, Type, Union
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -568,6 +569,46 @@ class PiggybackModel(TaskAwareModel):
     def masked_layers(self) -> Dict[str, MaskedLayer]:
         """The masked layers by qualified name."""
         return self.task_layers
+
+    # --- task files ------------------------------------------------------------
+
+    def save_task(self, path: Union[str, Path], task: int) -> None:
+        """Write one frozen task (its packed masks, normalization and head,
+        with the mask settings, a format version and the backbone's
+        fingerprint) to ``path``, atomically. See
+        :mod:`~piggyback_avalanche.task_files`."""
+        self.save_tasks(path, [task])
+
+    def save_tasks(self, path: Union[str, Path], tasks: Optional[Iterable[int]] = None) -> None:
+        """Write ``tasks`` (all frozen tasks by default) to one task file."""
+        from piggyback_avalanche.task_files import save_tasks
+
+        save_tasks(self, path, tasks)
+
+    def load_task(self, path: Union[str, Path], task: int, *, as_task: Optional[int] = None) -> int:
+        """Add ``task`` from a task file as a frozen task, under the label
+        ``as_task`` (default: the same). The model is unchanged on error.
+
+        :return: the task's label in this model.
+        :raises TaskFileError: for a file that is truncated, corrupt, of
+            another version, from another backbone or mask setting, or
+            that does not fit the layers, and for a label already taken.
+        """
+        rename = None if as_task is None else {task: as_task}
+        return self.load_tasks(path, [task], rename=rename)[0]
+
+    def load_tasks(
+        self, path: Union[str, Path], tasks: Optional[Iterable[int]] = None, *,
+        rename: Optional[Dict[int, int]] = None,
+    ) -> List[int]:
+        """Add ``tasks`` (all of the file's by default) from a task file;
+        ``rename`` maps the file's labels to this model's.
+
+        :return: the labels added.
+        """
+        from piggyback_avalanche.task_files import load_tasks
+
+        return load_tasks(self, path, tasks, rename=rename)
 
     def _learning_tasks_in(self, state_dict: Dict[str, Tensor], prefix: str) -> Set[str]:
         # Tasks with scores in the state dict are being learned.

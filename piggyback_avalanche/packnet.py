@@ -10,7 +10,7 @@ mixed-task mini-batches and user plugins.
 """
 
 import math
-from typing import Dict, List, Optional, Sequence, Set, Union
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +64,9 @@ class PackNetLayer(TaskWeightLayer):
         self.register_buffer("task_order", torch.zeros(0, dtype=torch.long, device=self.weight.device))
         self.register_buffer("packed_owners", torch.zeros(0, dtype=torch.uint8, device=self.weight.device))
         self._set_weight_trainable(False)
+
+    def _task_tensor_shape(self, store: str) -> Optional[Tuple[int, ...]]:
+        return tuple(self.weight.shape)
 
     # --- owners ----------------------------------------------------------
 

@@ -7,7 +7,7 @@ Piggyback so that every method shares heads, normalization and routing.
   one trained head per task (the lower bound).
 """
 
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
@@ -37,6 +37,9 @@ class CopiedLayer(TaskWeightLayer):
         self.learning_biases = TaskTensorDict(trainable=True)
         self.frozen_biases = TaskTensorDict(trainable=False)
         self._set_weight_trainable(False)
+
+    def _task_tensor_shape(self, store: str) -> Optional[Tuple[int, ...]]:
+        return tuple((self.weight if store.endswith("weights") else self.bias).shape)
 
     def add_task(self, task: str) -> None:
         """Copy the backbone's weight and bias for ``task``."""

@@ -1,0 +1,140 @@
+"""Task files: export and import of finished tasks, and every way a file can
+fail to fit the model."""
+
+import copy
+
+import pytest
+import torch
+
+from piggyback_avalanche import Piggyback, PiggybackModel
+from piggyback_avalanche.task_files import TaskFileError, backbone_fingerprint
+
+from conftest import stacked_inputs, tiny_conv_net
+
+
+@pytest.fixture
+def trained(three_task_stream):
+    """A backbone, and a model on it with three frozen tasks."""
+    torch.manual_seed(0)
+    backbone = tiny_conv_net()
+    model = PiggybackModel(backbone)
+    strategy = Piggyback(model=model, mask_lr=1e-2, lr=1e-2, train_mb_size=16, train_epochs=2, evaluator=None)
+    for experience in three_task_stream.train_stream:
+        strategy.train(experience)
+    return backbone, model.eval()
+
+
+def _logits(model, stream, task, as_task=None):
+    with torch.no_grad():
+        return model.eval()(stacked_inputs(stream.test_stream[task]), task if as_task is None else as_task)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(model, state):
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+
+
+def test_round_trip_gives_bit_identical_logits(trained, three_task_stream, tmp_path):
+    backbone, model = trained
+    model.save_tasks(tmp_path / "all.tasks")
+    model.save_task(tmp_path / "one.tasks", 2)
+    fresh = PiggybackModel(backbone)
+    assert fresh.load_tasks(tmp_path / "all.tasks") == [0, 1, 2]
+    assert fresh.frozen_tasks == [0, 1, 2] and fresh.learning_tasks == []
+    for task in range(3):
+        assert torch.equal(_logits(fresh, three_task_stream, task), _logits(model, three_task_stream, task))
+    other = PiggybackModel(backbone)
+    assert other.load_task(tmp_path / "one.tasks", 2, as_task=7) == 7
+    assert other.tasks == [7]
+    assert torch.equal(_logits(other, three_task_stream, 2, as_task=7), _logits(model, three_task_stream, 2))
+
+
+def test_a_task_file_holds_packed_masks_norms_and_head_only(trained, tmp_path):
+    _, model = trained
+    model.save_task(tmp_path / "one.tasks", 1)
+    payload = torch.load(tmp_path / "one.tasks", weights_only=True)
+    assert payload["version"] == 1 and payload["settings"]["threshold_fn"] == "binarizer"
+    entries = payload["tasks"][1]
+    masks = {k: v for k, v in entries.items() if ".packed_masks." in k}
+    # One bit per weight: 6*1*3*3, 8*6*3*3 and 16*32 weights.
+    assert {k: v.numel() for k, v in masks.items()} == {
+        "backbone.0.packed_masks.1": 7, "backbone.3.packed_masks.1": 54, "backbone.8.packed_masks.1": 64}
+    assert all(v.dtype == torch.uint8 for v in masks.values())
+    assert not [k for k in entries if not any(f".{c}.1" in k for c in ("packed_masks", "tasks", "heads"))]
+    weights = sum(v.numel() for k, v in model.state_dict().items() if k.endswith(".weight") and ".tasks." not in k
+                  and ".heads." not in k and ".base." not in k)
+    assert sum(v.numel() * v.element_size() for v in masks.values()) == sum((n + 7) // 8 for n in (54, 432, 512))
+    assert weights == 54 + 432 + 512
+
+
+def test_loading_checks_everything_first_and_leaves_the_model_unchanged(trained, tmp_path):
+    backbone, model = trained
+    path = tmp_path / "all.tasks"
+    model.save_tasks(path)
+    target = PiggybackModel(backbone)
+    target.add_task(5, classes=[0, 1])
+    before = _state(target)
+
+    cases = []
+    truncated = tmp_path / "truncated.tasks"
+    truncated.write_bytes(path.read_bytes()[:-100])
+    cases.append((truncated, {}, "truncated, corrupt or not a task file"))
+    garbage = tmp_path / "garbage.tasks"
+    garbage.write_bytes(b"\x00" * 1000)
+    cases.append((garbage, {}, "truncated, corrupt or not a task file"))
+    payload = torch.load(path, weights_only=True)
+    for name, change, message in (
+        ("version", {"version": 2}, "of version 2; this version of piggyback-avalanche reads version 1"),
+        ("ternary", {"settings": {**payload["settings"], "threshold_fn": "ternarizer"}},
+         "other settings \\(threshold_fn: file 'ternarizer', model 'binarizer'\\)"),
+        ("shape", {"tasks": {0: {**payload["tasks"][0], "backbone.3.packed_masks.0": torch.zeros(3, dtype=torch.uint8)}}},
+         "do not fit this model's layers"),
+    ):
+        torch.save({**payload, **change}, tmp_path / f"{name}.tasks")
+        cases.append((tmp_path / f"{name}.tasks", {}, message))
+    cases.append((tmp_path / "missing.tasks", {}, "No task file at"))
+    cases.append((path, {"tasks": [4]}, "has no task\\(s\\) \\[4\\]; it holds tasks \\[0, 1, 2\\]"))
+    for file, kwargs, message in cases:
+        with pytest.raises(TaskFileError, match=message):
+            target.load_tasks(file, **kwargs)
+        assert _same(target, before), file
+
+    other_backbone = copy.deepcopy(backbone)
+    with torch.no_grad():
+        other_backbone[0].weight[0, 0, 0, 0] += 1e-6  # one weight, barely changed
+    elsewhere = PiggybackModel(other_backbone)
+    with pytest.raises(TaskFileError, match="learned on another backbone"):
+        elsewhere.load_tasks(path)
+    assert elsewhere.tasks == []
+    target.load_task(path, 0, as_task=3)
+    before = _state(target)
+    with pytest.raises(TaskFileError, match="Task label\\(s\\) \\[3\\] already exist.*rename="):
+        target.load_task(path, 1, as_task=3)
+    assert _same(target, before)
+
+
+def test_only_frozen_tasks_are_saved_and_writes_are_atomic(trained, tmp_path):
+    backbone, model = trained
+    path = tmp_path / "all.tasks"
+    model.save_tasks(path)
+    original = path.read_bytes()
+    model.add_task(9, classes=[0, 1])
+    with pytest.raises(TaskFileError, match="\\[9\\] still being learned"):
+        model.save_task(path, 9)
+    with pytest.raises(TaskFileError, match="\\[4\\] unknown"):
+        model.save_task(path, 4)
+    assert path.read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir()] == ["all.tasks"]
+
+
+def test_fingerprint_covers_shared_tensors_only(trained):
+    backbone, model = trained
+    fingerprint = backbone_fingerprint(model)
+    assert fingerprint == backbone_fingerprint(PiggybackModel(backbone))  # tasks do not count
+    with torch.no_grad():
+        model.backbone[1].base.running_var[0] += 1
+    assert backbone_fingerprint(model) != fingerprint
