@@ -58,6 +58,11 @@ def experience_task_classes(experience: CLExperience) -> Dict[int, List[int]]:
             "or with_task_labels(bm)."
         )
     tasks = sorted({int(t) for t in task_labels})
+    if dataset is not None and len(dataset) == 0:
+        raise ValueError(
+            f"Experience {getattr(experience, 'current_experience', '?')} (task(s) {tasks}) holds no samples: "
+            "every experience needs at least one labelled sample per task. Drop it from the stream."
+        )
     classes = getattr(experience, "classes_in_this_experience", None)
     if len(tasks) == 1 and classes is not None:
         found = {tasks[0]: sorted(int(c) for c in classes)}
@@ -241,6 +246,12 @@ class MultiHeadModel(MultiTaskModule):
         :param task_labels: one task label for the whole batch, one per
             sample, or ``None`` for a dict of every task's logits.
         """
+        expected = next(self.backbone.parameters()).device
+        if x.device != expected:
+            raise ValueError(
+                f"The input is on {x.device} but the model is on {expected}; move one of them: "
+                f"x.to({str(expected)!r}), or model.to(x.device) (strategies: device=...)."
+            )
         if task_labels is None:
             return self.forward_all_tasks(x)
         if isinstance(task_labels, Tensor) and task_labels.dim() > 0:

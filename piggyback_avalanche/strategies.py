@@ -2,7 +2,7 @@
 
 import math
 from collections import defaultdict
-from typing import Callable, Dict, List, Optional, Sequence, Type, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Type, Union
 
 import torch
 from torch.nn import CrossEntropyLoss, Module
@@ -29,6 +29,8 @@ __all__ = [
     "DEFAULT_MASK_LR",
     "DEFAULT_LR",
     "OptimizerFactory",
+    "NonFiniteLossError",
+    "TaskOutOfMemoryError",
 ]
 
 DEFAULT_MASK_LR = 3e-4
@@ -51,6 +53,21 @@ PIGGYBACK_PAPER_SETTINGS: Dict[str, object] = {
 """The paper's training settings (Mallya et al., 2018, Sec. 4), for
 ``Piggyback(model=..., **PIGGYBACK_PAPER_SETTINGS)``. They assume 30 epochs over
 thousands of images per task; the constructor's defaults suit short runs."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class TaskOutOfMemoryError(RuntimeError):
+    """The device ran out of memory while a task trained."""
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    # CUDA raises torch.OutOfMemoryError; the CPU allocator a RuntimeError.
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -147,7 +164,56 @@ class TaskAwareStrategy(SupervisedTemplate):
     def check_model_and_optimizer(self, **kwargs) -> None:
         # Every experience adds a task and starts a fresh optimizer over it.
         self.model = self.model_adaptation()
+        if self.is_training:
+            self._check_labels_fit_heads()
         self.make_optimizer(**kwargs)
+
+    def _check_labels_fit_heads(self) -> None:
+        """Refuse an experience whose samples carry class labels that its
+        task's head lacks, before any step: the loss would be infinite (or,
+        on CUDA, a device-side assert)."""
+        dataset = self.experience.dataset
+        targets = torch.as_tensor(list(dataset.targets))
+        tasks = torch.as_tensor(list(dataset.targets_task_labels))
+        for task in torch.unique(tasks).tolist():
+            head = self.model.heads.heads[str(task)]
+            extra = sorted(set(torch.unique(targets[tasks == task]).tolist()) - set(head.classes))
+            if extra:
+                raise ValueError(
+                    f"Experience {self.experience.current_experience}: task {task} has samples labelled "
+                    f"{extra}, but its head has classes {head.classes} (from the experience's "
+                    "classes_in_this_experience). Make that attribute list every label of the experience."
+                )
+
+    def train(self, experiences, eval_streams=None, **kwargs):
+        """Avalanche's ``train``, after checking that every experience has
+        task labels and samples; an out-of-memory error is re-raised as
+        :class:`TaskOutOfMemoryError`, with what to change."""
+        for experience in experiences if isinstance(experiences, Iterable) else [experiences]:
+            experience_task_classes(experience)  # raises, naming the problem
+        try:
+            return super().train(experiences, eval_streams, **kwargs)
+        except (RuntimeError, torch.OutOfMemoryError) as error:
+            if not _is_out_of_memory(error):
+                raise
+            experience = getattr(self.experience, "current_experience", "?")
+            raise TaskOutOfMemoryError(
+                f"Out of memory while training experience {experience} with train_mb_size="
+                f"{self.train_mb_size}: {str(error).splitlines()[0]} Lower train_mb_size (or eval_mb_size), "
+                "then resume: load_checkpoint() restores the last completed experience, and train() "
+                "again continues this one."
+            ) from error
+
+    def backward(self) -> None:
+        if not torch.isfinite(self.loss):
+            raise NonFiniteLossError(
+                f"The loss is {self.loss.item()} at experience {self.experience.current_experience} "
+                f"(tasks {self.model.learning_tasks}), epoch {self.clock.train_exp_epochs}, iteration "
+                f"{self.clock.train_epoch_iterations} of the epoch. Nothing was frozen or saved, so the last "
+                "checkpoint is intact. Check the inputs for NaN or infinite values, or lower the learning "
+                "rates, then resume from the checkpoint."
+            )
+        super().backward()
 
     def make_optimizer(self, **kwargs) -> None:
         """A fresh optimizer over the learning tasks' parameters only."""

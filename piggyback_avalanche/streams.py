@@ -77,6 +77,9 @@ def tensor_task_stream(
     """
     train, test = [], []
     for task, (train_x, train_y, test_x, test_y) in enumerate(tasks):
+        if not len(train_y) or not len(test_y):
+            raise ValueError(f"Task {task} has {len(train_y)} training and {len(test_y)} test samples; "
+                             "every task needs both.")
         train.append(_make_taskaware_tensor_classification_dataset(train_x, train_y, task_labels=task))
         test.append(_make_taskaware_tensor_classification_dataset(test_x, test_y, task_labels=task))
     return task_stream(train, test)
