@@ -18,7 +18,6 @@ experience and ends with the same metrics as an uninterrupted run.
 """
 
 import copy
-import io
 import pickle
 import random
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Dict, Union
 import numpy as np
 import torch
 
-from piggyback_avalanche.files import write_atomically
+from piggyback_avalanche.files import read_saved, write_atomically
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "supports_checkpoint", "save_checkpoint", "load_checkpoint"]
 
@@ -133,13 +132,10 @@ def load_checkpoint(strategy: Any, path: PathLike) -> int:
     path = Path(path)
     if not path.exists():
         return 0
-    try:
-        state = torch.load(io.BytesIO(path.read_bytes()), weights_only=False, map_location="cpu")
-    except Exception as error:
-        raise CheckpointError(
-            f"Cannot read checkpoint {path} ({type(error).__name__}: {error}); it is truncated or "
-            "not a checkpoint. Delete it to start over."
-        ) from error
+    # Not weights_only: the metrics' state is pickled Python objects. Load
+    # only checkpoints you wrote.
+    state = read_saved(path, weights_only=False, error=CheckpointError, what="checkpoint",
+                       remedy="Delete it to start over.")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(

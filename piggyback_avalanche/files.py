@@ -1,11 +1,14 @@
 """Files that are never half-written."""
 
+import io
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Union
+from typing import IO, Any, Callable, Type, Union
 
-__all__ = ["write_atomically"]
+import torch
+
+__all__ = ["write_atomically", "read_saved"]
 
 
 def write_atomically(path: Union[str, Path], write: Callable[[IO[Any]], Any], *, binary: bool = False) -> None:
@@ -29,3 +32,23 @@ def write_atomically(path: Union[str, Path], write: Callable[[IO[Any]], Any], *,
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def read_saved(
+    path: Union[str, Path], *, weights_only: bool, error: Type[Exception], what: str, remedy: str
+) -> Any:
+    """``torch.load`` a file this package wrote, onto the CPU, answering a
+    missing or unreadable file with ``error`` naming it.
+
+    :param weights_only: torch's safe loading (tensors and plain containers).
+    :param what: what the file is, for the messages ("task file").
+    :param remedy: what to do about an unreadable file.
+    """
+    try:
+        return torch.load(io.BytesIO(Path(path).read_bytes()), weights_only=weights_only, map_location="cpu")
+    except FileNotFoundError:
+        raise error(f"No {what} at {path}.") from None
+    except Exception as exc:
+        raise error(
+            f"Cannot read {what} {path} ({type(exc).__name__}): it is truncated, corrupt or not a {what}. {remedy}"
+        ) from exc

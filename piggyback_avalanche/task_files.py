@@ -10,7 +10,6 @@ changing anything, and writing is atomic.
 
 import copy
 import hashlib
-import io
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
@@ -18,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from piggyback_avalanche.files import write_atomically
+from piggyback_avalanche.files import read_saved, write_atomically
 
 __all__ = ["TASK_FILE_FORMAT", "TASK_FILE_VERSION", "TaskFileError", "backbone_fingerprint", "save_tasks", "load_tasks"]
 
@@ -92,15 +91,8 @@ def save_tasks(model: Any, path: PathLike, tasks: Optional[Iterable[int]] = None
 
 
 def _read(path: Path) -> Dict[str, Any]:
-    try:
-        payload = torch.load(io.BytesIO(path.read_bytes()), weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise TaskFileError(f"No task file at {path}.") from None
-    except Exception as error:
-        raise TaskFileError(
-            f"Cannot read task file {path} ({type(error).__name__}): it is truncated, corrupt or not a task "
-            "file. Copy it again from its source."
-        ) from error
+    payload = read_saved(path, weights_only=True, error=TaskFileError, what="task file",
+                         remedy="Copy it again from its source.")
     if not isinstance(payload, dict) or payload.get("format") != TASK_FILE_FORMAT:
         raise TaskFileError(f"{path} is not a {TASK_FILE_FORMAT}.")
     if payload.get("version") != TASK_FILE_VERSION:
