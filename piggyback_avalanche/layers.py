@@ -323,7 +323,7 @@ class MaskedLayer(TaskWeightLayer):
         """The weight of the current task: ``weight * mask``."""
         task = self.task_state.key()
         if task in self.scores:
-            return self.weight * self.mask_kind.apply(self.scores[task], self.threshold)
+            return self.mask_kind.masked_weight(self.weight, self.scores[task], self.threshold)
         if task == self.task_state.backbone_task:
             return self.weight
         if task not in self.packed_masks:

@@ -9,7 +9,7 @@ scores' gradient is the gradient w.r.t. the masked weight times ``W``.
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -20,6 +20,7 @@ __all__ = [
     "get_mask_kind",
     "binarize",
     "ternarize",
+    "binary_masked_weight",
     "pack_codes",
     "unpack_codes",
     "pack_mask",
@@ -46,6 +47,37 @@ class _Ternarizer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_mask: Tensor) -> Tuple[Tensor, None]:
         return grad_mask, None
+
+
+class _BinaryMaskedWeight(torch.autograd.Function):
+    """``weight * binarize(scores)`` in one pass, without a float mask: the
+    forward selects, the backward multiplies once."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, scores: Tensor, threshold: float) -> Tensor:
+        keep = scores > threshold
+        ctx.save_for_backward(weight, keep if ctx.needs_input_grad[0] else None)
+        return torch.where(keep, weight, weight.new_zeros(()))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], None]:
+        weight, keep = ctx.saved_tensors
+        grad_weight = grad * keep if ctx.needs_input_grad[0] else None
+        grad_scores = grad * weight if ctx.needs_input_grad[1] else None  # straight through the threshold
+        return grad_weight, grad_scores, None
+
+
+def binary_masked_weight(weight: Tensor, scores: Tensor, threshold: float) -> Tensor:
+    """``weight * binarize(scores, threshold)``, computed in one pass.
+
+    :return: ``weight`` where ``scores > threshold``, else 0; the scores'
+        gradient is the output's gradient times ``weight``.
+    """
+    return _BinaryMaskedWeight.apply(weight, scores, threshold)
+
+
+def _mask_times_weight(apply: Callable[[Tensor, float], Tensor]) -> Callable[[Tensor, Tensor, float], Tensor]:
+    return lambda weight, scores, threshold: weight * apply(scores, threshold)
 
 
 def binarize(scores: Tensor, threshold: float) -> Tensor:
@@ -81,16 +113,19 @@ class MaskKind:
     :param apply: ``apply(scores, threshold) -> mask`` with straight-through
         gradients.
     :param bits: storage bits per weight of a frozen mask.
+    :param masked_weight: ``masked_weight(weight, scores, threshold) ->
+        weight * apply(scores, threshold)``, the training forward's hot path.
     """
 
     name: str
     apply: Callable[[Tensor, float], Tensor]
     bits: int
+    masked_weight: Callable[[Tensor, Tensor, float], Tensor]
 
 
 MASK_KINDS: Dict[str, MaskKind] = {
-    "binarizer": MaskKind("binarizer", binarize, bits=1),
-    "ternarizer": MaskKind("ternarizer", ternarize, bits=2),
+    "binarizer": MaskKind("binarizer", binarize, bits=1, masked_weight=binary_masked_weight),
+    "ternarizer": MaskKind("ternarizer", ternarize, bits=2, masked_weight=_mask_times_weight(ternarize)),
 }
 
 # A stored code is the mask value modulo 3, so -1 is stored as 2. The unused

@@ -70,6 +70,14 @@ def _is_out_of_memory(error: BaseException) -> bool:
     )
 
 
+def _adam(param_groups: List[Dict]) -> Optimizer:
+    """Adam, fused into one kernel per step where torch supports it for these
+    parameters (several times faster than the default on CPU and GPU)."""
+    params = [p for group in param_groups for p in group["params"]]
+    fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(param_groups, fused=fusable or None)
+
+
 def _check_positive(name: str, value: float) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
@@ -92,7 +100,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         which every learning rate is multiplied by ``lr_decay_factor``.
     :param lr_decay_factor: the factor of the step schedule.
     :param optimizer_factory: builds the optimizer from the parameter groups;
-        defaults to ``torch.optim.Adam``.
+        defaults to ``torch.optim.Adam``, fused where torch supports it.
     :param recalibrate_norm_statistics: before freezing, re-estimate the
         learning tasks' batch-norm running statistics with one pass over the
         experience's training data (eval transforms) through the final
@@ -137,7 +145,7 @@ class TaskAwareStrategy(SupervisedTemplate):
             raise ValueError(f"lr_decay_epochs must be positive epoch counts, got {decay_epochs}.")
         self.lr_decay_epochs = decay_epochs
         self.lr_decay_factor = lr_decay_factor
-        self.optimizer_factory: OptimizerFactory = optimizer_factory or torch.optim.Adam
+        self.optimizer_factory: OptimizerFactory = optimizer_factory or _adam
         self.recalibrate_norm_statistics = recalibrate_norm_statistics
         self.lr_scheduler: Optional[MultiStepLR] = None
         super().__init__(

@@ -91,3 +91,22 @@ def test_codes_of_any_width_round_trip_in_the_fewest_bytes(bits):
     packed = pack_codes(codes, bits=bits)
     assert packed.numel() == -(-77 * bits // 8)
     assert torch.equal(unpack_codes(packed, numel=77, bits=bits), codes)
+
+
+def test_binary_masked_weight_equals_weight_times_binarize_in_values_and_gradients():
+    from piggyback_avalanche.masks import binary_masked_weight, binarize
+
+    torch.manual_seed(0)
+    weight = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    scores = (torch.rand(5, 7, dtype=torch.float64) * 1e-2).requires_grad_()
+    grad = torch.randn(5, 7, dtype=torch.float64)
+    fused = binary_masked_weight(weight, scores, 5e-3)
+    fused.backward(grad)
+    fused_grads = weight.grad.clone(), scores.grad.clone()
+    weight.grad = scores.grad = None
+    reference = weight * binarize(scores, 5e-3)
+    reference.backward(grad)
+    assert torch.equal(fused, reference)
+    assert torch.equal(fused_grads[0], weight.grad) and torch.equal(fused_grads[1], scores.grad)
+    assert torch.equal(fused_grads[1], grad * weight.detach())  # straight through
+    assert 0 < int((scores > 5e-3).sum()) < 35  # both branches taken

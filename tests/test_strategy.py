@@ -135,6 +135,7 @@ def test_optimizer_is_fresh_per_experience_and_holds_only_current_task(three_tas
                                         *model.backbone[4].tasks[task].parameters())},
                     state_empty=len(strategy.optimizer.state) == 0,
                     norm_trains=norm.weight.requires_grad,
+                    fused=strategy.optimizer.defaults["fused"],
                 )
             )
 
@@ -148,6 +149,7 @@ def test_optimizer_is_fresh_per_experience_and_holds_only_current_task(three_tas
     for experience in three_task_stream.train_stream[:2]:
         strategy.train(experience)
     assert seen[0]["optimizer"] is not seen[1]["optimizer"]
+    assert all(record["fused"] for record in seen)  # one kernel per step on CPU and GPU
     for record in seen:
         assert record["groups"] == {"mask_scores", "task_parameters"}
         assert record["scores_exact"] and record["task_parameters_exact"]
