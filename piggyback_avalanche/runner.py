@@ -81,10 +81,6 @@ STREAMS: Dict[str, StreamBuilder] = {
 """Stream names and their builders (see :data:`StreamBuilder`): the offline
 streams, Avalanche's classic benchmarks and the paper's fine-grained tasks."""
 
-OFFLINE_STREAMS = ("mnist_transfer", "digits")
-"""Streams built from data that installed packages ship."""
-
-
 def pretrain(
     backbone: nn.Module, source: SourceTask, *, epochs: int, lr: float, mb_size: int, device: str, seed: int
 ) -> nn.Module:
