@@ -125,3 +125,29 @@ def test_layer_without_selected_task_explains_itself():
     masked, _ = _masked(nn.Linear(2, 2))
     with pytest.raises(RuntimeError, match="No task selected"):
         masked(torch.randn(1, 2))
+
+
+def test_piggyback_model_is_correct_under_torch_compile():
+    """torch.compile (Dynamo tracing and AOT autograd; the aot_eager backend
+    needs no C++ compiler) gives the eager logits and score gradients while a
+    task learns, and the eager logits of a frozen task from its cache."""
+    from conftest import tiny_conv_net
+    from piggyback_avalanche import PiggybackModel
+
+    model = PiggybackModel(tiny_conv_net())
+    model.add_task(0, classes=[0, 1, 2, 3])
+    model.freeze_task(0)
+    model.add_task(1, classes=[0, 1, 2, 3])
+    compiled = torch.compile(model, backend="aot_eager")
+    x = torch.randn(8, 1, 8, 8)
+    scores = model.masked_layers["0"].scores["1"]
+    compiled_logits = compiled(x, 1)
+    compiled_logits.sum().backward()
+    compiled_grad, scores.grad = scores.grad.clone(), None
+    eager_logits = model(x, 1)
+    eager_logits.sum().backward()
+    assert torch.allclose(compiled_logits, eager_logits, atol=1e-6)
+    assert torch.allclose(compiled_grad, scores.grad, atol=1e-6) and compiled_grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(compiled(x, 0), model(x, 0), atol=1e-6)
