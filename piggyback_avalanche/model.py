@@ -500,9 +500,17 @@ class TaskAwareModel(MultiHeadModel):
 
     # --- state dict ------------------------------------------------------------
 
+    learning_store: Optional[str] = None
+    """The per-task store of the layers that holds only tasks still being
+    learned (``None``: a state dict cannot tell learning tasks apart, so
+    loaded tasks count as frozen)."""
+
     def _learning_tasks_in(self, state_dict: Dict[str, Tensor], prefix: str) -> Set[str]:
         """The tasks that a state dict holds as still being learned."""
-        raise NotImplementedError
+        if self.learning_store is None:
+            return set()
+        marker = f".{self.learning_store}."
+        return {k[len(prefix) :].rsplit(".", 1)[1] for k in state_dict if k.startswith(prefix) and marker in k}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The per-task containers below create every task they meet.
@@ -541,6 +549,7 @@ class PiggybackModel(TaskAwareModel):
     """
 
     layer_types = MASKED_LAYER_TYPES
+    learning_store = "scores"
 
     def __init__(
         self,
@@ -621,13 +630,6 @@ class PiggybackModel(TaskAwareModel):
 
         return load_tasks(self, path, tasks, rename=rename)
 
-    def _learning_tasks_in(self, state_dict: Dict[str, Tensor], prefix: str) -> Set[str]:
-        # Tasks with scores in the state dict are being learned.
-        return {
-            k[len(prefix) :].rsplit(".", 1)[1]
-            for k in state_dict
-            if k.startswith(prefix) and ".scores." in k
-        }
 
 
 def _task_key(task: Union[int, Tensor]) -> str:

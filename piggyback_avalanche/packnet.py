@@ -10,7 +10,7 @@ mixed-task mini-batches and user plugins.
 """
 
 import math
-from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -211,6 +211,7 @@ class PackNetModel(TaskAwareModel):
         frozen (the paper's "nobn" setting).
     """
 
+    learning_store = "free_weights"
     layer_types = {
         nn.Conv1d: PackNetConv1d,
         nn.Conv2d: PackNetConv2d,
@@ -257,9 +258,3 @@ class PackNetModel(TaskAwareModel):
             for layer in self.task_layers.values():
                 layer.prune(key, ratio)
 
-    def _learning_tasks_in(self, state_dict: Dict[str, Tensor], prefix: str) -> Set[str]:
-        return {
-            k[len(prefix) :].rsplit(".", 1)[1]
-            for k in state_dict
-            if k.startswith(prefix) and ".free_weights." in k
-        }

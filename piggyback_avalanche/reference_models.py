@@ -134,6 +134,7 @@ class IndividualNetworksModel(TaskAwareModel):
     :param classifier: the ``nn.Linear`` replaced by per-task heads.
     """
 
+    learning_store = "learning_weights"
     layer_types = {
         nn.Conv1d: CopiedConv1d,
         nn.Conv2d: CopiedConv2d,
@@ -144,12 +145,6 @@ class IndividualNetworksModel(TaskAwareModel):
     def __init__(self, backbone: nn.Module, *, classifier: Union[str, nn.Module, None] = None) -> None:
         super().__init__(backbone, classifier=classifier, task_batchnorm=True, layer_settings={})
 
-    def _learning_tasks_in(self, state_dict, prefix):
-        return {
-            k[len(prefix) :].rsplit(".", 1)[1]
-            for k in state_dict
-            if k.startswith(prefix) and ".learning_weights." in k
-        }
 
 
 class ClassifierOnlyModel(TaskAwareModel):
@@ -170,7 +165,3 @@ class ClassifierOnlyModel(TaskAwareModel):
     def __init__(self, backbone: nn.Module, *, classifier: Union[str, nn.Module, None] = None) -> None:
         super().__init__(backbone, classifier=classifier, task_batchnorm=False, layer_settings={})
 
-    def _learning_tasks_in(self, state_dict, prefix):
-        # Only heads are learned; a head being learned cannot be told apart
-        # from a frozen one in a state dict, so loaded tasks count as frozen.
-        return set()
