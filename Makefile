@@ -16,7 +16,7 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/piggyback-bench --config benchmarks/configs/offline_default.json --seeds 0 --out runs/bench
 
 demo: $(VENV)/.installed
-	$(PY) -m piggyback_avalanche.demo
+	$(PY) -m piggyback_avalanche.app.demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

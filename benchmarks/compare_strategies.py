@@ -14,8 +14,8 @@ import argparse
 import torch
 
 from piggyback_avalanche import available_strategies
-from piggyback_avalanche.runner import BACKBONES, PIGGYBACK_STRATEGIES, train_and_evaluate
-from piggyback_avalanche.streams import digits_task_stream
+from piggyback_avalanche.app.runner import BACKBONES, strategy_settings, train_and_evaluate
+from piggyback_avalanche.benchmarks.offline import digits_task_stream
 
 
 def main() -> None:
@@ -27,9 +27,7 @@ def main() -> None:
     benchmark = digits_task_stream(seed=args.seed)
     results = {}
     for name in args.strategies:
-        settings = {"train_epochs": args.epochs}
-        if name in PIGGYBACK_STRATEGIES:
-            settings["train_backbone_on_first_experience"] = True
+        settings = strategy_settings(name, {"train_epochs": args.epochs}, untrained_backbone=True)
         if name == "packnet_avalanche":
             # Its train_epochs include the post-pruning one; ours add it.
             settings["train_epochs"] = args.epochs + 1

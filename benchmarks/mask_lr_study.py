@@ -1,9 +1,10 @@
-"""Which mask learning rate brings Piggyback close to separately fine-tuned
+"""Which mask learning rate brings Piggyback close to separately trained
 networks on short runs?
 
-On the offline digits stream (the backbone trains on the first task, every
-later task is learned as a mask), for each seed: separately fine-tuned
-networks once, then Piggyback at each mask learning rate. Prints the mean
+On the offline digits stream (Piggyback's backbone trains on the first task,
+every later task is learned as a mask), for each seed: separately trained
+networks once (each from the same untrained small CNN), then Piggyback at
+each mask learning rate. Prints the mean
 accuracy over the masked tasks (all but the first), mean and std over seeds.
 
     python benchmarks/mask_lr_study.py --epochs 3 --seeds 0 1 2
@@ -14,12 +15,17 @@ import statistics
 
 import torch
 
-from piggyback_avalanche.demo import TASKS, run_individual_networks, run_piggyback
-from piggyback_avalanche.streams import digits_task_stream
+from piggyback_avalanche.app.backbones import small_cnn
+from piggyback_avalanche.app.demo import TASKS
+from piggyback_avalanche.app.runner import strategy_settings, train_and_evaluate
+from piggyback_avalanche.benchmarks.offline import digits_task_stream
 
 
-def _masked_tasks_mean(result) -> float:
-    accuracy = result["accuracy"][1:]
+def _masked_tasks_mean(benchmark, name: str, seed: int, **config) -> float:
+    """Mean accuracy over all tasks but the first of one run from the seed's backbone."""
+    torch.manual_seed(seed)
+    settings = strategy_settings(name, config, untrained_backbone=True)
+    accuracy = train_and_evaluate(name, benchmark, small_cnn(), **settings)["accuracy"][1:]
     return sum(accuracy) / len(accuracy)
 
 
@@ -35,15 +41,19 @@ def main() -> None:
     scores.update({f"piggyback, mask_lr={m:g}": [] for m in args.mask_lrs})
     for seed in args.seeds:
         benchmark = digits_task_stream(TASKS, seed=seed)
-        result = run_individual_networks(benchmark, epochs=args.epochs, lr=args.lr, seed=seed)
-        scores["individual networks"].append(_masked_tasks_mean(result))
+        config = {"train_epochs": args.epochs, "lr": args.lr}
+        scores["individual networks"].append(_masked_tasks_mean(benchmark, "individual", seed, **config))
         for mask_lr in args.mask_lrs:
-            result = run_piggyback(benchmark, epochs=args.epochs, mask_lr=mask_lr, lr=args.lr, seed=seed)
-            scores[f"piggyback, mask_lr={mask_lr:g}"].append(_masked_tasks_mean(result))
-            print(f"seed {seed}, mask_lr {mask_lr:g}: {100 * scores[f'piggyback, mask_lr={mask_lr:g}'][-1]:.1f}",
-                  flush=True)
-    print(f"\nMean test accuracy (%) over tasks {', '.join(TASKS[1:])}; "
-          f"{args.epochs} epochs, lr {args.lr:g}, seeds {args.seeds}")
+            mean = _masked_tasks_mean(benchmark, "piggyback", seed, mask_lr=mask_lr, **config)
+            scores[f"piggyback, mask_lr={mask_lr:g}"].append(mean)
+            print(
+                f"seed {seed}, mask_lr {mask_lr:g}: {100 * scores[f'piggyback, mask_lr={mask_lr:g}'][-1]:.1f}",
+                flush=True,
+            )
+    print(
+        f"\nMean test accuracy (%) over tasks {', '.join(TASKS[1:])}; "
+        f"{args.epochs} epochs, lr {args.lr:g}, seeds {args.seeds}"
+    )
     print("| method | mean | std |\n|---|---|---|")
     for name, values in scores.items():
         std = statistics.stdev(values) if len(values) > 1 else 0.0

@@ -18,7 +18,7 @@ from piggyback_avalanche import (
     PackNetModel,
     PiggybackModel,
 )
-from piggyback_avalanche.metrics import network_bytes, stored_bytes
+from piggyback_avalanche.evaluation.model_size import stored_bytes
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
                 model.prune(args.prune_ratio)
             model.freeze_task(task)
             sizes.append(stored_bytes(model))
-        individual = sum(network_bytes(model, t) for t in model.tasks)
+        individual = sum(model.network_bytes(t) for t in model.tasks)
         per_task = (sizes[-1] - sizes[0]) / max(1, args.tasks - 1)
         print(
             f"| {name} | {sizes[0] / 1e6:.2f} | {sizes[-1] / 1e6:.2f} | {per_task / 1e6:.3f} "

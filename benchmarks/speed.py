@@ -32,13 +32,16 @@ import torchvision
 from torch import nn
 
 from piggyback_avalanche import PiggybackModel
-from piggyback_avalanche.masks import packed_mask_bytes
-from piggyback_avalanche.metrics import stored_bytes
+from piggyback_avalanche.evaluation.model_size import stored_bytes
+from piggyback_avalanche.task_aware.bit_packing import packed_code_bytes
 
 SETTINGS = {
     "cpu": [("resnet18", 32, 32, None), ("resnet18", 64, 64, None)],
-    "cuda": [("resnet50", 224, 64, torch.bfloat16), ("densenet121", 224, 64, torch.bfloat16),
-             ("resnet18", 224, 32, None)],
+    "cuda": [
+        ("resnet50", 224, 64, torch.bfloat16),
+        ("densenet121", 224, 64, torch.bfloat16),
+        ("resnet18", 224, 32, None),
+    ],
 }
 
 
@@ -74,7 +77,7 @@ def _train_step(model: nn.Module, params: List[nn.Parameter], device: torch.devi
 def _time_interleaved(functions: Dict[str, Callable[[], None]], repeats: int, device: torch.device) -> Dict[str, float]:
     """Median seconds of each function, run in turns after a warm-up."""
     times: Dict[str, List[float]] = {name: [] for name in functions}
-    for name, function in functions.items():
+    for function in functions.values():
         for _ in range(3):
             function()
     for _ in range(repeats):
@@ -140,7 +143,8 @@ def measure(network: str, size: int, batch: int, dtype, device: torch.device, re
             "fine-tuning": lambda step=_train_step(plain.train(), list(plain.parameters()), device, dtype): step(x, y),
             "piggyback": lambda step=_train_step(piggyback.train(), params, device, dtype, task=1): step(x, y),
         },
-        repeats, device,
+        repeats,
+        device,
     )
     plain.eval(), piggyback.eval()
     masked_layers = list(piggyback.masked_layers.values())
@@ -156,9 +160,9 @@ def measure(network: str, size: int, batch: int, dtype, device: torch.device, re
         infer = _time_interleaved(
             {"plain": lambda: plain(x), "cached": lambda: piggyback(x, 0), "uncached": uncached}, repeats, device
         )
-        switch = _time_interleaved(
-            {"switch": lambda: [layer.mask("0") for layer in masked_layers]}, repeats, device
-        )["switch"]
+        switch = _time_interleaved({"switch": lambda: [layer.mask("0") for layer in masked_layers]}, repeats, device)[
+            "switch"
+        ]
     result = {
         "train_ratio": train["piggyback"] / train["fine-tuning"],
         "train_ms_fine_tuning": 1e3 * train["fine-tuning"],
@@ -169,8 +173,10 @@ def measure(network: str, size: int, batch: int, dtype, device: torch.device, re
     }
     if device.type == "cuda":
         peaks = {}
-        for name, model, trainable, task in (("plain", plain, list(plain.parameters()), None),
-                                             ("piggyback", piggyback, params, 1)):
+        for name, model, trainable, task in (
+            ("plain", plain, list(plain.parameters()), None),
+            ("piggyback", piggyback, params, 1),
+        ):
             model.train()
             torch.cuda.reset_peak_memory_stats(device)
             step = _train_step(model, trainable, device, dtype, task)
@@ -193,7 +199,7 @@ def mask_storage(network: str, tasks: int = 100) -> Dict[str, float]:
     model.add_task(0, classes=list(range(10)))
     model.freeze_task(0)
     weights = sum(layer.weight.numel() for layer in model.masked_layers.values())
-    masks = sum(packed_mask_bytes(layer.weight.numel(), 1) for layer in model.masked_layers.values())
+    masks = sum(packed_code_bytes(layer.weight.numel(), 1) for layer in model.masked_layers.values())
     return {
         "masked_weights": weights,
         "bytes_per_task": stored_bytes(model) - base,
@@ -210,22 +216,35 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", {torch.get_num_threads()} threads"))
-    print("| network | input | batch | dtype | train step × | fine-tuning ms | piggyback ms | eval cached × "
-          "| eval uncached × | peak memory × | task switch ms |")
+    print(
+        f"torch {torch.__version__}, device {device}"
+        + (
+            f" ({torch.cuda.get_device_name(device)})"
+            if device.type == "cuda"
+            else f", {torch.get_num_threads()} threads"
+        )
+    )
+    print(
+        "| network | input | batch | dtype | train step × | fine-tuning ms | piggyback ms | eval cached × "
+        "| eval uncached × | peak memory × | task switch ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for network, size, batch, dtype in SETTINGS[device.type]:
         r = measure(network, size, batch, dtype, device, args.repeats)
-        print(f"| {network} | {size} px | {batch} | {str(dtype).replace('torch.', '') if dtype else 'float32'} "
-              f"| {r['train_ratio']:.2f} | {r['train_ms_fine_tuning']:.1f} | {r['train_ms_piggyback']:.1f} "
-              f"| {r['eval_cached_ratio']:.3f} | {r['eval_uncached_ratio']:.2f} | {r['peak_memory_ratio']:.2f} "
-              f"| {r['task_switch_ms']:.1f} |", flush=True)
+        print(
+            f"| {network} | {size} px | {batch} | {str(dtype).replace('torch.', '') if dtype else 'float32'} "
+            f"| {r['train_ratio']:.2f} | {r['train_ms_fine_tuning']:.1f} | {r['train_ms_piggyback']:.1f} "
+            f"| {r['eval_cached_ratio']:.3f} | {r['eval_uncached_ratio']:.2f} | {r['peak_memory_ratio']:.2f} "
+            f"| {r['task_switch_ms']:.1f} |",
+            flush=True,
+        )
     for network in ("resnet18", "resnet50"):
         s = mask_storage(network)
-        print(f"{network}: {s['masked_weights']:,} masked weights; one task adds {s['bytes_per_task']:,} bytes "
-              f"({s['mask_bytes_per_task']:,} of masks); 100 tasks' masks: {s['100_tasks_packed_MB']:.0f} MB at 1 bit, "
-              f"{s['100_tasks_bytes_MB']:.0f} MB as bytes, {s['100_tasks_float_MB']:.0f} MB as floats")
+        print(
+            f"{network}: {s['masked_weights']:,} masked weights; one task adds {s['bytes_per_task']:,} bytes "
+            f"({s['mask_bytes_per_task']:,} of masks); 100 tasks' masks: {s['100_tasks_packed_MB']:.0f} MB at 1 bit, "
+            f"{s['100_tasks_bytes_MB']:.0f} MB as bytes, {s['100_tasks_float_MB']:.0f} MB as floats"
+        )
 
 
 if __name__ == "__main__":

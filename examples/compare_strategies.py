@@ -10,8 +10,8 @@ Finished runs are saved under --out and not recomputed.
 import argparse
 from pathlib import Path
 
-from piggyback_avalanche.report import format_markdown
-from piggyback_avalanche.runner import run_benchmark
+from piggyback_avalanche.app.report import format_markdown
+from piggyback_avalanche.app.runner import run_benchmark
 
 parser = argparse.ArgumentParser(description="Piggyback, PackNet and baselines on the digits stream")
 parser.add_argument("--epochs", type=int, default=3)

@@ -20,17 +20,17 @@ import torch.distributed as dist
 from avalanche.distributed import DistributedHelper
 
 from piggyback_avalanche import make_strategy
-from piggyback_avalanche.backbones import small_cnn
-from piggyback_avalanche.checkpoint import save_checkpoint, supports_checkpoint
-from piggyback_avalanche.distributed import (
+from piggyback_avalanche.app.backbones import small_cnn
+from piggyback_avalanche.benchmarks.offline import digits_task_stream
+from piggyback_avalanche.evaluation import default_evaluator
+from piggyback_avalanche.training.checkpoints import save_experience_checkpoint, supports_experience_checkpoint
+from piggyback_avalanche.training.distributed import (
     DistributedDataParallelPlugin,
     barrier,
     distributed_device,
     init_distributed,
     is_main_process,
 )
-from piggyback_avalanche.evaluation import default_evaluator
-from piggyback_avalanche.streams import digits_task_stream
 
 parser = argparse.ArgumentParser(description="Data-parallel training under torchrun")
 parser.add_argument("--strategies", nargs="+", default=["piggyback", "packnet", "naive"])
@@ -55,7 +55,8 @@ for name in args.strategies:
         interactive=False,
     )
     strategy = make_strategy(
-        name, small_cnn(),
+        name,
+        small_cnn(),
         train_mb_size=args.mb_size // world,  # the same global batch as one process
         train_epochs=args.epochs,
         device=distributed_device(),
@@ -66,16 +67,18 @@ for name in args.strategies:
     for i, experience in enumerate(benchmark.train_stream):
         strategy.train(experience)
         metrics = strategy.eval(benchmark.test_stream[: i + 1])
-        if main and supports_checkpoint(strategy):
-            save_checkpoint(strategy, args.out / f"{name}.ckpt", next_experience=i + 1)
+        if main and supports_experience_checkpoint(strategy):
+            save_experience_checkpoint(strategy, args.out / f"{name}.ckpt", next_experience=i + 1)
         barrier()
     accuracy = [metrics[f"Top1_Acc_Exp/eval_phase/test_stream/Task{t:03d}/Exp{t:03d}"] for t in range(3)]
     results[name] = accuracy
     # Every replica must end with the same model: compare this digest across ranks.
     state = strategy.model.state_dict()
     digest = hashlib.sha256(b"".join(state[k].cpu().numpy().tobytes() for k in sorted(state))).hexdigest()[:16]
-    print(f"rank {rank} of {world}: {name} final accuracy per task {[round(a, 4) for a in accuracy]}, "
-          f"model {digest}", flush=True)
+    print(
+        f"rank {rank} of {world}: {name} final accuracy per task {[round(a, 4) for a in accuracy]}, model {digest}",
+        flush=True,
+    )
 
 if is_main_process():
     (args.out / "results.json").write_text(json.dumps({"world_size": world, "accuracy": results}))

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from piggyback_avalanche import Piggyback, PiggybackModel, register_strategy
-from piggyback_avalanche.report import format_markdown
-from piggyback_avalanche.runner import run_benchmark
+from piggyback_avalanche.app.report import format_markdown
+from piggyback_avalanche.app.runner import run_benchmark
 
 
 @register_strategy("piggyback_shared_bn")

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from piggyback_avalanche import Piggyback, PiggybackModel
-from piggyback_avalanche.backbones import small_cnn
-from piggyback_avalanche.checkpoint import load_checkpoint, save_checkpoint
+from piggyback_avalanche.app.backbones import small_cnn
+from piggyback_avalanche.benchmarks.offline import digits_task_stream
 from piggyback_avalanche.evaluation import default_evaluator
-from piggyback_avalanche.streams import digits_task_stream
+from piggyback_avalanche.training.checkpoints import load_experience_checkpoint, save_experience_checkpoint
 
 parser = argparse.ArgumentParser(description="Piggyback with a checkpoint after every experience")
 parser.add_argument("--checkpoint", type=Path, default=Path("runs/resume/run.ckpt"))
@@ -38,14 +38,14 @@ strategy = Piggyback(
     evaluator=evaluator,
 )
 
-start = load_checkpoint(strategy, args.checkpoint)  # 0 if there is none yet
+start = load_experience_checkpoint(strategy, args.checkpoint)  # 0 if there is none yet
 if start:
     print(f"resuming after experience {start - 1} from {args.checkpoint}", flush=True)
 for i, experience in enumerate(benchmark.train_stream[start:], start):
     print(f"training experience {i}", flush=True)
     strategy.train(experience)
     strategy.eval(benchmark.test_stream[: i + 1])
-    save_checkpoint(strategy, args.checkpoint, next_experience=i + 1)
+    save_experience_checkpoint(strategy, args.checkpoint, next_experience=i + 1)
 
 matrix = next(m for m in evaluator.metrics if str(m) == "AccuracyMatrix").result()
 print("accuracy matrix (row: after training task i):")

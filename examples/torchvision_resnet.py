@@ -17,8 +17,9 @@ import torchvision
 from sklearn.datasets import load_digits
 
 from piggyback_avalanche import Piggyback, PiggybackModel
+from piggyback_avalanche.benchmarks.offline import DIGITS_TRANSFORMS
+from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 from piggyback_avalanche.evaluation import default_evaluator
-from piggyback_avalanche.streams import DIGITS_TRANSFORMS, tensor_task_stream
 
 parser = argparse.ArgumentParser(description="Piggyback on a torchvision ResNet-18")
 parser.add_argument("--pretrained", action="store_true", help="ImageNet weights (downloads once)")

@@ -1,20 +1,36 @@
 """Piggyback (Mallya, Davis & Lazebnik, ECCV 2018) for Avalanche: one learned
-binary mask per task over a frozen backbone."""
+binary mask per task over a frozen backbone, next to PackNet, the paper's
+reference points and Avalanche's baselines.
 
-from piggyback_avalanche.layers import TaskNorm
-from piggyback_avalanche.masks import binarize, ternarize
-from piggyback_avalanche.model import PiggybackModel
-from piggyback_avalanche.packnet import PackNetModel
-from piggyback_avalanche.reference_models import ClassifierOnlyModel, IndividualNetworksModel
-from piggyback_avalanche.registry import available_strategies, make_strategy, register_strategy
-from piggyback_avalanche.strategies import (
-    PACKNET_PAPER_SETTINGS,
+The library: :mod:`~piggyback_avalanche.task_aware` (the machinery every
+method shares), :mod:`~piggyback_avalanche.methods` (one package per method),
+:mod:`~piggyback_avalanche.training`, :mod:`~piggyback_avalanche.evaluation`
+and :mod:`~piggyback_avalanche.benchmarks`. The command line lives in
+:mod:`~piggyback_avalanche.app`, which the library never imports.
+"""
+
+import torch
+
+from piggyback_avalanche._requirements import check_torch_version
+
+check_torch_version(torch.__version__)
+
+from piggyback_avalanche.methods.packnet import PACKNET_PAPER_SETTINGS, PackNet, PackNetModel  # noqa: E402
+from piggyback_avalanche.methods.piggyback import (  # noqa: E402
     PIGGYBACK_PAPER_SETTINGS,
-    ClassifierOnly,
-    IndividualNetworks,
-    PackNet,
     Piggyback,
+    PiggybackModel,
+    binarize,
+    ternarize,
 )
+from piggyback_avalanche.methods.reference import (  # noqa: E402
+    ClassifierOnly,
+    ClassifierOnlyModel,
+    IndividualNetworks,
+    IndividualNetworksModel,
+)
+from piggyback_avalanche.task_aware import TaskNorm  # noqa: E402
+from piggyback_avalanche.training.registry import available_strategies, make_strategy, register_strategy  # noqa: E402
 
 __all__ = [
     "PiggybackModel",
@@ -35,4 +51,4 @@ __all__ = [
     "ternarize",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

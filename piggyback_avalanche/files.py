@@ -1,14 +1,17 @@
-"""Files that are never half-written."""
+"""Files that are never half-written, and reading them back without
+touching anything until they are known to fit."""
 
+import copy
 import io
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Type, Union
+from typing import IO, Any, Callable, Dict, Type, Union
 
 import torch
+from torch import nn
 
-__all__ = ["write_atomically", "read_saved"]
+__all__ = ["write_atomically", "read_saved", "refuse_unless_loadable"]
 
 
 def write_atomically(path: Union[str, Path], write: Callable[[IO[Any]], Any], *, binary: bool = False) -> None:
@@ -24,7 +27,8 @@ def write_atomically(path: Union[str, Path], write: Callable[[IO[Any]], Any], *,
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"newline": ""})) as file:
+        file: IO[Any] = os.fdopen(handle, "wb") if binary else os.fdopen(handle, "w", newline="")
+        with file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
@@ -34,9 +38,7 @@ def write_atomically(path: Union[str, Path], write: Callable[[IO[Any]], Any], *,
         raise
 
 
-def read_saved(
-    path: Union[str, Path], *, weights_only: bool, error: Type[Exception], what: str, remedy: str
-) -> Any:
+def read_saved(path: Union[str, Path], *, weights_only: bool, error: Type[Exception], what: str, remedy: str) -> Any:
     """``torch.load`` a file this package wrote, onto the CPU, answering a
     missing or unreadable file with ``error`` naming it.
 
@@ -52,3 +54,16 @@ def read_saved(
         raise error(
             f"Cannot read {what} {path} ({type(exc).__name__}): it is truncated, corrupt or not a {what}. {remedy}"
         ) from exc
+
+
+def refuse_unless_loadable(model: nn.Module, state: Dict[str, Any], *, error: Type[Exception], message: str) -> None:
+    """Load ``state`` into a copy of ``model``, so that a mismatch fails
+    before the model itself is touched.
+
+    :param error: raised on a mismatch, from the loading error.
+    :param message: its message; ``{cause}`` is replaced by the loading error.
+    """
+    try:
+        copy.deepcopy(model).load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as cause:
+        raise error(message.format(cause=cause)) from cause

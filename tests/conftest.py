@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from piggyback_avalanche.streams import tensor_task_stream
+from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 
 warnings.filterwarnings("ignore", message=".*QP solver.*")
 

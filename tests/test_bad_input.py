@@ -4,16 +4,15 @@ fix, and nothing trained or saved is lost."""
 
 import pytest
 import torch
+from conftest import stacked_inputs, synthetic_tasks, tiny_conv_net
 
 from avalanche.training.plugins import SupervisedPlugin
 
 from piggyback_avalanche import Piggyback, PiggybackModel
-from piggyback_avalanche.checkpoint import load_checkpoint, save_checkpoint
+from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 from piggyback_avalanche.evaluation import default_evaluator
-from piggyback_avalanche.strategies import NonFiniteLossError, TaskOutOfMemoryError
-from piggyback_avalanche.streams import tensor_task_stream
-
-from conftest import stacked_inputs, synthetic_tasks, tiny_conv_net
+from piggyback_avalanche.task_aware.strategy import NonFiniteLossError, TaskOutOfMemoryError
+from piggyback_avalanche.training.checkpoints import load_experience_checkpoint, save_experience_checkpoint
 
 
 def _strategy(**kwargs):
@@ -22,11 +21,14 @@ def _strategy(**kwargs):
     return Piggyback(model=PiggybackModel(tiny_conv_net()), **{**settings, **kwargs})
 
 
-@pytest.mark.parametrize("label, message", [
-    (torch.tensor(1.5), "A task label must be one integer"),
-    ("first", "non-negative int, got 'first'"),
-    (torch.tensor([0, 1]), "A task label must be one integer"),
-])
+@pytest.mark.parametrize(
+    "label, message",
+    [
+        (torch.tensor(1.5), "A task label must be one integer"),
+        ("first", "non-negative int, got 'first'"),
+        (torch.tensor([0, 1]), "A task label must be one integer"),
+    ],
+)
 def test_non_integer_task_labels(three_task_stream, label, message):
     strategy = _strategy()
     strategy.train(three_task_stream.train_stream[0])
@@ -80,13 +82,16 @@ def test_a_non_finite_loss_stops_with_where_and_keeps_the_checkpoint(tmp_path):
     strategy = _strategy()
     strategy.train(benchmark.train_stream[0])
     path = tmp_path / "run.ckpt"
-    save_checkpoint(strategy, path, next_experience=1)
+    save_experience_checkpoint(strategy, path, next_experience=1)
     saved = path.read_bytes()
     x = stacked_inputs(benchmark.test_stream[0])
     with torch.no_grad():
         before = strategy.model.eval()(x, 0)
-    with pytest.raises(NonFiniteLossError, match="The loss is nan at experience 1 \\(tasks \\[1\\]\\), epoch 0, "
-                                                 "iteration 0 of the epoch.*last checkpoint is intact"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match="The loss is nan at experience 1 \\(tasks \\[1\\]\\), epoch 0, "
+        "iteration 0 of the epoch.*last checkpoint is intact",
+    ):
         strategy.train(benchmark.train_stream[1])
     assert path.read_bytes() == saved
     with torch.no_grad():
@@ -103,11 +108,11 @@ def test_out_of_memory_suggests_a_smaller_batch_and_the_run_resumes(three_task_s
     train = three_task_stream.train_stream
     strategy = _strategy(plugins=[_AllocateTooMuch()])
     strategy.train(train[0])
-    save_checkpoint(strategy, tmp_path / "run.ckpt", next_experience=1)
+    save_experience_checkpoint(strategy, tmp_path / "run.ckpt", next_experience=1)
     with pytest.raises(TaskOutOfMemoryError, match="experience 1 with train_mb_size=16.*Lower train_mb_size"):
         strategy.train(train[1])
     resumed = _strategy(train_mb_size=8)
-    assert load_checkpoint(resumed, tmp_path / "run.ckpt") == 1
+    assert load_experience_checkpoint(resumed, tmp_path / "run.ckpt") == 1
     resumed.train(train[1])
     assert resumed.model.frozen_tasks == [0, 1]
 
@@ -118,8 +123,9 @@ def test_the_same_seed_gives_identical_metrics_and_weights_on_cpu(three_task_str
         for i, experience in enumerate(three_task_stream.train_stream):
             strategy.train(experience)
             metrics = strategy.eval(three_task_stream.test_stream[: i + 1])
-        return strategy.model.state_dict(), {k: v for k, v in metrics.items() if isinstance(v, float)
-                                             and not k.startswith("Time")}
+        return strategy.model.state_dict(), {
+            k: v for k, v in metrics.items() if isinstance(v, float) and not k.startswith("Time")
+        }
 
     (state_a, metrics_a), (state_b, metrics_b) = run(), run()
     assert metrics_a == metrics_b and len(metrics_a) > 15

@@ -10,14 +10,14 @@ import torch
 import torchvision
 
 from piggyback_avalanche import Piggyback, PiggybackModel
-from piggyback_avalanche.backbones import BACKBONES, WeightsUnavailableError
-from piggyback_avalanche.dataset_streams import (
+from piggyback_avalanche.app.backbones import BACKBONES, WeightsUnavailableError
+from piggyback_avalanche.app.report import published_comparison, summarize
+from piggyback_avalanche.app.runner import main
+from piggyback_avalanche.benchmarks.datasets import (
     DatasetUnavailableError,
     classic_task_stream,
     fine_grained_stream,
 )
-from piggyback_avalanche.report import published_comparison, summarize
-from piggyback_avalanche.runner import main
 
 
 @pytest.fixture
@@ -44,7 +44,9 @@ def write_mnist(root, *, train_per_class=8, test_per_class=3):
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
             struct.pack(">IIII", 2051, len(labels), 28, 28) + images.numpy().tobytes()
         )
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(labels)) + labels.numpy().tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, len(labels)) + labels.numpy().tobytes()
+        )
     return labels
 
 
@@ -74,8 +76,18 @@ def test_unknown_classic_stream_lists_the_choices():
 
 def test_runner_trains_on_a_local_split_mnist_and_fails_clearly_without_it(tmp_path, no_network, capsys):
     write_mnist(tmp_path / "data")
-    argv = ["--stream", "split_mnist", "--backbone", "mlp", "--strategies", "piggyback", "--epochs", "1",
-            "--out", str(tmp_path / "out")]
+    argv = [
+        "--stream",
+        "split_mnist",
+        "--backbone",
+        "mlp",
+        "--strategies",
+        "piggyback",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert main([*argv, "--data-root", str(tmp_path / "data")]) == 0
     assert "| piggyback |" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
@@ -103,8 +115,11 @@ def test_fine_grained_protocol_on_fake_datasets_trains_piggyback_on_a_resnet():
     assert [e.task_label for e in train] == [0, 1]
     assert [len(e.dataset) for e in train] == [24, 30] and [len(e.dataset) for e in test] == [12, 15]
     image, label, task = train[1].dataset[0]
-    assert image.shape == (3, 32, 32) and task == 1 and label == torchvision.datasets.FakeData(
-        size=30, num_classes=5, image_size=(3, 40, 48))[0][1]
+    assert (
+        image.shape == (3, 32, 32)
+        and task == 1
+        and label == torchvision.datasets.FakeData(size=30, num_classes=5, image_size=(3, 40, 48))[0][1]
+    )
     # Evaluation crops are deterministic; training crops are random.
     assert torch.equal(test[0].dataset[0][0], test[0].dataset[0][0])
     assert not torch.equal(train[0].dataset[0][0], train[0].dataset[0][0])
@@ -118,8 +133,29 @@ def test_fine_grained_protocol_on_fake_datasets_trains_piggyback_on_a_resnet():
 
 def test_published_errors_are_printed_beside_ours():
     run = {"accuracy": [0.8, 0.9, 0.95, 0.7, 0.75]}
-    results = {"piggyback": {"runs": [run], "summary": summarize([{**run, **dict.fromkeys(
-        ("average_accuracy", "average_forgetting", "bwt", "model_bytes", "networks", "train_seconds"), 0.0)}])}}
+    results = {
+        "piggyback": {
+            "runs": [run],
+            "summary": summarize(
+                [
+                    {
+                        **run,
+                        **dict.fromkeys(
+                            (
+                                "average_accuracy",
+                                "average_forgetting",
+                                "bwt",
+                                "model_bytes",
+                                "networks",
+                                "train_seconds",
+                            ),
+                            0.0,
+                        ),
+                    }
+                ]
+            ),
+        }
+    }
     table = published_comparison(results, backbone="resnet50").splitlines()
     assert table[0] == "| task | ours (resnet50), error % | published resnet50, error % |"
     assert table[2] == "| cub200 | 20.00 ± 0.00 | 18.23 |"

@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from piggyback_avalanche.demo import format_table, run_demo
+from piggyback_avalanche.app.demo import format_table, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,10 @@ def test_readme_quickstart_is_the_example_file():
 def test_quickstart_runs_offline_and_learns_every_task():
     completed = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     accuracies = [float(a) for a in re.findall(r"task \d: accuracy ([0-9.]+)", completed.stdout)]
@@ -47,9 +50,18 @@ def test_tensorboard_example_writes_one_run_per_strategy(tmp_path):
     import json
 
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "compare_in_tensorboard.py"),
-         "--log-dir", str(tmp_path), "--epochs", "1"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "compare_in_tensorboard.py"),
+            "--log-dir",
+            str(tmp_path),
+            "--epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert f"tensorboard --logdir {tmp_path}" in completed.stdout
@@ -65,7 +77,10 @@ def test_tensorboard_example_writes_one_run_per_strategy(tmp_path):
 def _run_example(name, *args):
     completed = subprocess.run(
         [sys.executable, str(ROOT / "examples" / name), *map(str, args)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     return completed.stdout
@@ -96,7 +111,9 @@ def test_compare_example_tables_every_strategy(tmp_path):
 def test_registry_example_runs_the_registered_strategies(tmp_path):
     import json
 
-    rows = _table_rows(_run_example("register_your_strategy.py", "--epochs", 1, "--pretrain-epochs", 1, "--out", tmp_path))
+    rows = _table_rows(
+        _run_example("register_your_strategy.py", "--epochs", 1, "--pretrain-epochs", 1, "--out", tmp_path)
+    )
     assert {"piggyback", "piggyback_shared_bn", "piggyback_sgd"} <= set(rows)
     results = json.loads((tmp_path / "results.json").read_text())
     accuracies = {name: r["summary"]["average_accuracy"][0] for name, r in results.items()}

@@ -3,8 +3,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from piggyback_avalanche.layers import MASKED_LAYER_TYPES, TaskState
-from piggyback_avalanche.masks import get_mask_kind
+from piggyback_avalanche.methods.piggyback.layers import MASKED_LAYER_TYPES
+from piggyback_avalanche.methods.piggyback.masks import get_mask_kind
+from piggyback_avalanche.task_aware import TaskState
 
 CONV_CASES = [
     nn.Conv1d(4, 6, 3, padding=2, dilation=2),
@@ -132,6 +133,7 @@ def test_piggyback_model_is_correct_under_torch_compile():
     needs no C++ compiler) gives the eager logits and score gradients while a
     task learns, and the eager logits of a frozen task from its cache."""
     from conftest import tiny_conv_net
+
     from piggyback_avalanche import PiggybackModel
 
     model = PiggybackModel(tiny_conv_net())

@@ -1,16 +1,8 @@
 import pytest
 import torch
 
-from piggyback_avalanche.masks import (
-    binarize,
-    get_mask_kind,
-    pack_codes,
-    pack_mask,
-    packed_mask_bytes,
-    ternarize,
-    unpack_codes,
-    unpack_mask,
-)
+from piggyback_avalanche.methods.piggyback.masks import binarize, get_mask_kind, pack_mask, ternarize, unpack_mask
+from piggyback_avalanche.task_aware.bit_packing import pack_codes, packed_code_bytes, unpack_codes
 
 TAU = 5e-3
 
@@ -55,7 +47,7 @@ def test_binary_pack_round_trip_and_size(numel):
     mask = (torch.rand(numel) > 0.5).float().view(-1)
     packed = pack_mask(mask, bits=1)
     assert packed.dtype == torch.uint8
-    assert packed.numel() == -(-numel // 8) == packed_mask_bytes(numel, 1)
+    assert packed.numel() == -(-numel // 8) == packed_code_bytes(numel, 1)
     assert torch.equal(unpack_mask(packed, shape=mask.shape, bits=1), mask)
 
 
@@ -71,9 +63,7 @@ def test_known_bit_layout():
     # Little-endian within a byte: element i is bit i.
     mask = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 1, 1])
     assert pack_mask(mask, bits=1).tolist() == [0b10000001, 0b00000001]
-    assert pack_mask(torch.tensor([-1.0, 1.0, 0.0, -1.0]), bits=2).tolist() == [
-        2 | (1 << 2) | (0 << 4) | (2 << 6)
-    ]
+    assert pack_mask(torch.tensor([-1.0, 1.0, 0.0, -1.0]), bits=2).tolist() == [2 | (1 << 2) | (0 << 4) | (2 << 6)]
 
 
 def test_bad_inputs_raise():
@@ -94,7 +84,7 @@ def test_codes_of_any_width_round_trip_in_the_fewest_bytes(bits):
 
 
 def test_binary_masked_weight_equals_weight_times_binarize_in_values_and_gradients():
-    from piggyback_avalanche.masks import binary_masked_weight, binarize
+    from piggyback_avalanche.methods.piggyback.masks import binarize, binary_masked_weight
 
     torch.manual_seed(0)
     weight = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)

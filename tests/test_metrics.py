@@ -8,17 +8,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import synthetic_tasks, tiny_conv_net
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from piggyback_avalanche import PiggybackModel, make_strategy
+from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 from piggyback_avalanche.evaluation import default_evaluator
-from piggyback_avalanche.masks import unpack_mask
-from piggyback_avalanche.metrics import MaskSparsity, ModelSize
-from piggyback_avalanche.streams import tensor_task_stream
-
-from conftest import synthetic_tasks, tiny_conv_net
+from piggyback_avalanche.evaluation.model_size import ModelSize
+from piggyback_avalanche.methods.piggyback.mask_sparsity import MaskSparsity
+from piggyback_avalanche.methods.piggyback.masks import unpack_mask
 
 TWO_TASKS = [[0, 1], [0, 1, 2]]
 
@@ -105,7 +104,11 @@ def test_sparsity_equals_the_stored_masks():
         mask = unpack_mask(model.state_dict()[f"backbone.{name}.packed_masks.1"], shape=layer.weight.shape, bits=2)
         assert result[1]["zeros"][name] == (mask == 0).sum().item() / mask.numel()
         assert result[1]["negatives"][name] == (mask == -1).sum().item() / mask.numel()
-        zeros, negatives, total = zeros + (mask == 0).sum().item(), negatives + (mask == -1).sum().item(), total + mask.numel()
+        zeros, negatives, total = (
+            zeros + (mask == 0).sum().item(),
+            negatives + (mask == -1).sum().item(),
+            total + mask.numel(),
+        )
     assert result[1]["zeros"]["overall"] == zeros / total and 0 < zeros / total < 1
     assert result[1]["negatives"]["overall"] == negatives / total
 
@@ -177,7 +180,8 @@ def test_a_real_tensorboard_server_shows_the_scalars(tmp_path):
     tensorboard = Path(sys.executable).with_name("tensorboard")
     server = subprocess.Popen(
         [str(tensorboard), "--logdir", str(tmp_path / "tb"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline, tags = time.monotonic() + 90, {}

@@ -1,11 +1,11 @@
 import pytest
 import torch
+from conftest import tiny_conv_net
 from torch import nn
 
 from piggyback_avalanche import PiggybackModel
-from piggyback_avalanche.layers import MaskedConv2d, MaskedLinear, TaskHeads, TaskNorm
-
-from conftest import tiny_conv_net
+from piggyback_avalanche.methods.piggyback.layers import MaskedConv2d, MaskedLinear
+from piggyback_avalanche.task_aware import TaskHeads, TaskNorm
 
 
 def _model_with_tasks(classes_per_task, **kwargs):

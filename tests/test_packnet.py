@@ -3,15 +3,14 @@ import math
 
 import pytest
 import torch
+from conftest import stacked_inputs as _test_inputs
+from conftest import tiny_conv_net, train_checking_earlier_tasks
 from torch import nn
 
 from avalanche.training.plugins import SupervisedPlugin
 
 from piggyback_avalanche import PackNet, PackNetModel
-from piggyback_avalanche.packnet import MAX_PACKNET_TASKS
-
-from conftest import stacked_inputs as _test_inputs, tiny_conv_net, train_checking_earlier_tasks
-
+from piggyback_avalanche.methods.packnet import MAX_PACKNET_TASKS
 
 OPTIMIZERS = {
     "sgd_momentum_weight_decay": functools.partial(torch.optim.SGD, momentum=0.9, weight_decay=5e-2),
@@ -58,8 +57,12 @@ def test_packnet_never_changes_earlier_tasks(three_task_stream, optimizer):
 def test_prune_ratios_per_task_and_owner_storage(three_task_stream):
     model = PackNetModel(tiny_conv_net())
     strategy = PackNet(
-        model=model, prune_ratio=[0.5, 0.75, 0.0], post_prune_epochs=1, train_epochs=1,
-        train_mb_size=16, evaluator=None,
+        model=model,
+        prune_ratio=[0.5, 0.75, 0.0],
+        post_prune_epochs=1,
+        train_epochs=1,
+        train_mb_size=16,
+        evaluator=None,
     )
     initial_bias = model.task_layers["0"].bias.clone()
     strategy.train(three_task_stream.train_stream[0])
@@ -114,7 +117,7 @@ def test_too_many_tasks_and_bad_settings_raise():
     assert model.task_layers["0"].packed_owners.numel() == 16  # 16 weights at 8 bits
     with pytest.raises(ValueError, match="at most 255 tasks"):
         model.add_task(MAX_PACKNET_TASKS, classes=[0, 1])
-    with pytest.raises(ValueError, match=r"prune_ratio values must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"prune_ratio must be in \[0, 1\)"):
         PackNet(model=PackNetModel(tiny_conv_net()), prune_ratio=1.0)
     with pytest.raises(ValueError, match="post_prune_epochs must be an int of at least 0"):
         PackNet(model=PackNetModel(tiny_conv_net()), post_prune_epochs=-1)
@@ -128,8 +131,11 @@ def test_too_many_tasks_and_bad_settings_raise():
 
 def test_prune_ratio_list_too_short_says_so(three_task_stream):
     strategy = PackNet(
-        model=PackNetModel(tiny_conv_net()), prune_ratio=[0.5], train_epochs=1,
-        post_prune_epochs=0, evaluator=None,
+        model=PackNetModel(tiny_conv_net()),
+        prune_ratio=[0.5],
+        train_epochs=1,
+        post_prune_epochs=0,
+        evaluator=None,
     )
     strategy.train(three_task_stream.train_stream[0])
     with pytest.raises(ValueError, match="lists 1 ratios but this is task number 2"):

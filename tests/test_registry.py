@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import synthetic_tasks, tiny_conv_net, train_checking_earlier_tasks
 from torch import nn
 
 from avalanche.evaluation.metrics import accuracy_metrics
@@ -7,13 +8,24 @@ from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from piggyback_avalanche import available_strategies, make_strategy, register_strategy
-from piggyback_avalanche.streams import tensor_task_stream
-
-from conftest import synthetic_tasks, tiny_conv_net, train_checking_earlier_tasks
+from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 
 ALL = [
-    "agem", "classifier_only", "cumulative", "ewc", "individual", "joint", "lwf", "mas",
-    "naive", "packnet", "packnet_avalanche", "piggyback", "piggyback_ternary", "replay", "si",
+    "agem",
+    "classifier_only",
+    "cumulative",
+    "ewc",
+    "individual",
+    "joint",
+    "lwf",
+    "mas",
+    "naive",
+    "packnet",
+    "packnet_avalanche",
+    "piggyback",
+    "piggyback_ternary",
+    "replay",
+    "si",
 ]
 
 
@@ -55,7 +67,8 @@ def test_every_strategy_trains_two_experiences_and_evaluates(name):
     metrics = strategy.eval(stream.test_stream[:2])
     first = metrics["Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000"]
     second = metrics["Top1_Acc_Exp/eval_phase/test_stream/Task001/Exp001"]
-    assert first > 0.5 and 0.0 <= second <= 1.0  # 3 classes: chance is 1/3
+    # 3 classes: chance is 1/3 (8 of 24 test samples); every strategy learns both tasks above it.
+    assert first > 0.5 and second > 0.4, (first, second)
     # The caller's backbone is copied, never trained.
     assert all(torch.equal(a, b) for a, b in zip(before, backbone.parameters()))
 
@@ -113,7 +126,7 @@ def test_users_can_register_their_own():
         strategy = make_strategy("test_naive_sgd", _mlp(), evaluator=None)
         assert isinstance(strategy.optimizer, torch.optim.SGD)
     finally:
-        from piggyback_avalanche import registry
+        from piggyback_avalanche.training import registry
 
         del registry._REGISTRY["test_naive_sgd"]
 

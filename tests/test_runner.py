@@ -1,10 +1,9 @@
 import json
 
 import pytest
-
 import torch
 
-from piggyback_avalanche.runner import BACKBONES, main, run_benchmark
+from piggyback_avalanche.app.runner import BACKBONES, main, run_benchmark
 
 
 def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
@@ -19,7 +18,10 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
     assert list(tmp_path.glob("tensorboard/piggyback/seed1/events.out.tfevents.*"))
     plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert plots == [
-        "accuracy_matrix_naive.png", "accuracy_matrix_piggyback.png", "average_accuracy.png", "model_size.png"
+        "accuracy_matrix_naive.png",
+        "accuracy_matrix_piggyback.png",
+        "average_accuracy.png",
+        "model_size.png",
     ]
     piggyback_run = first["piggyback"]["runs"][0]
     # Zero forgetting: every column of the accuracy matrix is constant.
@@ -35,8 +37,11 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
 
     logged.clear()
     again = run_benchmark(strategies=["piggyback", "naive", "classifier_only"], **kwargs)
-    assert logged[:4] == [f"{s}, seed {k}: already done ({tmp_path}/runs/{s}/seed{k}.json)"
-                          for s in ("piggyback", "naive") for k in (0, 1)]
+    assert logged[:4] == [
+        f"{s}, seed {k}: already done ({tmp_path}/runs/{s}/seed{k}.json)"
+        for s in ("piggyback", "naive")
+        for k in (0, 1)
+    ]
     assert logged[4:] == ["classifier_only, seed 0: training", "classifier_only, seed 1: training"]
     assert again["piggyback"]["runs"] == runs
 
@@ -48,15 +53,22 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--stream", "cifar"], "unknown stream 'cifar'; choose from \\['digits', 'fine_grained', 'mnist_transfer', "
-                                "'permuted_mnist', 'split_cifar100', 'split_cub200', 'split_mnist', 'split_tiny_imagenet'\\]"),
-        (["--backbone", "vgg"], "unknown backbone 'vgg'; choose from \\['densenet121', 'mlp', 'resnet18', 'resnet50', "
-                                "'small_cnn', 'vgg16', 'vgg16_bn'\\]"),
+        (
+            ["--stream", "cifar"],
+            "unknown stream 'cifar'; choose from \\['digits', 'fine_grained', 'mnist_transfer', "
+            "'permuted_mnist', 'split_cifar100', 'split_cub200', 'split_mnist', 'split_tiny_imagenet'\\]",
+        ),
+        (
+            ["--backbone", "vgg"],
+            "unknown backbone 'vgg'; choose from \\['densenet121', 'mlp', 'resnet18', 'resnet50', "
+            "'small_cnn', 'vgg16', 'vgg16_bn'\\]",
+        ),
         (["--data-root", "/nonexistent"], "--data-root /nonexistent: no such folder"),
         (["--crop-size", "0"], "--crop-size must be at least 1"),
         (["--check-targets", "missing.csv"], "--check-targets: .*No such file"),
         (["--strategies", "piggyback", "pnn"], "unknown strategies \\['pnn'\\]; choose from \\['agem'"),
-        (["--device", "cuda"], "no CUDA device is available here; use --device cpu"),
+        # No machine has 100 GPUs, so this holds with or without CUDA.
+        (["--device", "cuda:99"], "--device cuda:99: this machine has \\d+ CUDA device\\(s\\); use --device cpu"),
         (["--device", "toaster"], "is not a device"),
         (["--epochs", "0"], "--epochs, --pretrain-epochs, --mb-size and --crop-size must be at least 1"),
         (["--config", "missing.json"], "no such file"),
@@ -84,18 +96,27 @@ def test_config_file_presets_and_flags_override_them(tmp_path, capsys):
 
 
 def test_streams_with_a_source_task_get_a_pretrained_cached_backbone(tmp_path):
-    from piggyback_avalanche.streams import mnist_transfer_stream
+    from piggyback_avalanche.benchmarks.offline import mnist_transfer_stream
 
     (source_x, source_y), benchmark = mnist_transfer_stream(seed=0)
     assert source_x.shape == (2500, 1, 16, 16) and source_y.bincount().tolist() == [250] * 10
     assert [len(e.dataset) for e in benchmark.train_stream] == [1750] * 4 + [1257]
     config = {"train_epochs": 1, "train_mb_size": 128, "lr": 1e-3}
     logged = []
-    kwargs = dict(stream="mnist_transfer", backbone="mlp", seeds=[0], out_dir=tmp_path, config=config,
-                  pretrain_epochs=1, log=logged.append)
+    kwargs = dict(
+        stream="mnist_transfer",
+        backbone="mlp",
+        seeds=[0],
+        out_dir=tmp_path,
+        config=config,
+        pretrain_epochs=1,
+        log=logged.append,
+    )
     first = run_benchmark(strategies=["classifier_only"], **kwargs)
-    assert logged == ["classifier_only, seed 0: training",
-                      "pretraining mlp on the source task of mnist_transfer (1 epochs)"]
+    assert logged == [
+        "classifier_only, seed 0: training",
+        "pretraining mlp on the source task of mnist_transfer (1 epochs)",
+    ]
     cached = torch.load(tmp_path / "pretrained" / "mnist_transfer-mlp-seed0-epochs1.pt", weights_only=True)
     torch.manual_seed(0)
     untrained = BACKBONES["mlp"]((1, 16, 16), False).state_dict()
@@ -110,8 +131,8 @@ def test_streams_with_a_source_task_get_a_pretrained_cached_backbone(tmp_path):
 def test_an_interrupted_strategy_resumes_from_its_last_finished_experience(tmp_path):
     from avalanche.training.plugins import SupervisedPlugin
 
-    from piggyback_avalanche.runner import train_and_evaluate
-    from piggyback_avalanche.streams import digits_task_stream
+    from piggyback_avalanche.app.runner import train_and_evaluate
+    from piggyback_avalanche.benchmarks.offline import digits_task_stream
 
     class Trained(SupervisedPlugin):
         """Records the experiences trained; interrupts one like Ctrl-C."""
@@ -153,23 +174,39 @@ def _write_targets(path, rows):
 
 
 def test_check_targets_exits_non_zero_when_a_result_falls_short(tmp_path, capsys):
-    argv = ["--stream", "digits", "--backbone", "mlp", "--strategies", "classifier_only", "--epochs", "1",
-            "--out", str(tmp_path / "out")]
-    reachable = _write_targets(tmp_path / "ok.csv", [
-        "digits,mlp,classifier_only,average_accuracy,20,1,",
-        "digits,mlp,classifier_only,average_forgetting,0,0,",
-        "digits,mlp,classifier_only,task0_error,80,0,",
-        "digits,small_cnn,classifier_only,average_accuracy,100,0,other backbone: not checked",
-    ])
+    argv = [
+        "--stream",
+        "digits",
+        "--backbone",
+        "mlp",
+        "--strategies",
+        "classifier_only",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    reachable = _write_targets(
+        tmp_path / "ok.csv",
+        [
+            "digits,mlp,classifier_only,average_accuracy,20,1,",
+            "digits,mlp,classifier_only,average_forgetting,0,0,",
+            "digits,mlp,classifier_only,task0_error,80,0,",
+            "digits,small_cnn,classifier_only,average_accuracy,100,0,other backbone: not checked",
+        ],
+    )
     assert main([*argv, "--check-targets", str(reachable)]) == 0
     out = capsys.readouterr().out
     assert "All 3 results meet their targets." in out
     measured = json.loads((tmp_path / "out" / "results.json").read_text())["classifier_only"]["summary"]
     accuracy = 100 * measured["average_accuracy"][0]
-    just_out_of_reach = _write_targets(tmp_path / "short.csv", [
-        f"digits,mlp,classifier_only,average_accuracy,{accuracy + 1.01},1,",
-        f"digits,mlp,classifier_only,average_accuracy,{accuracy + 0.99},1,",
-    ])
+    just_out_of_reach = _write_targets(
+        tmp_path / "short.csv",
+        [
+            f"digits,mlp,classifier_only,average_accuracy,{accuracy + 1.01},1,",
+            f"digits,mlp,classifier_only,average_accuracy,{accuracy + 0.99},1,",
+        ],
+    )
     assert main([*argv, "--check-targets", str(just_out_of_reach)]) == 1
     out = capsys.readouterr().out
     assert "1 of 2 results fall short of their targets." in out
@@ -193,8 +230,8 @@ def test_malformed_targets_name_the_line(tmp_path, row, message, capsys):
 def test_the_shipped_targets_and_presets_are_valid():
     from pathlib import Path
 
-    from piggyback_avalanche.report import read_targets
-    from piggyback_avalanche.runner import _parse
+    from piggyback_avalanche.app.report import read_targets
+    from piggyback_avalanche.app.runner import _parse
 
     root = Path(__file__).resolve().parents[1] / "benchmarks"
     targets = read_targets(root / "targets.csv")

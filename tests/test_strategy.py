@@ -3,6 +3,8 @@ import copy
 import pytest
 import torch
 import torchvision
+from conftest import stacked_inputs as _test_inputs
+from conftest import synthetic_tasks, tiny_conv_net, train_checking_earlier_tasks
 from torch import nn
 
 from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
@@ -11,10 +13,8 @@ from avalanche.models import SimpleMLP
 from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 
 from piggyback_avalanche import PIGGYBACK_PAPER_SETTINGS, Piggyback, PiggybackModel
-from piggyback_avalanche.layers import TaskNorm
-from piggyback_avalanche.streams import tensor_task_stream
-
-from conftest import synthetic_tasks, stacked_inputs as _test_inputs, tiny_conv_net, train_checking_earlier_tasks
+from piggyback_avalanche.benchmarks.streams import tensor_task_stream
+from piggyback_avalanche.task_aware import TaskNorm
 
 
 def _strategy(model, **kwargs):
@@ -62,9 +62,7 @@ def test_train_backbone_on_first_experience_then_frozen(three_task_stream):
     after_first = _backbone_tensors(model)
     assert not torch.equal(initial["backbone.0.weight"], after_first["backbone.0.weight"])
     # Later tasks start from the first task's batch norm.
-    assert torch.equal(
-        model.backbone[1].base.running_mean, model.backbone[1].tasks["0"].running_mean
-    )
+    assert torch.equal(model.backbone[1].base.running_mean, model.backbone[1].tasks["0"].running_mean)
     assert model.masked_layers["0"].mask("0").eq(1).all()
     x = _test_inputs(three_task_stream.test_stream[0])
     with torch.no_grad():
@@ -131,8 +129,14 @@ def test_optimizer_is_fresh_per_experience_and_holds_only_current_task(three_tas
                     groups=set(groups),
                     scores_exact=trained["mask_scores"] == scores,
                     task_parameters_exact=trained["task_parameters"]
-                    == {id(p) for p in (*head.parameters(), *model.backbone[1].tasks[task].parameters(),
-                                        *model.backbone[4].tasks[task].parameters())},
+                    == {
+                        id(p)
+                        for p in (
+                            *head.parameters(),
+                            *model.backbone[1].tasks[task].parameters(),
+                            *model.backbone[4].tasks[task].parameters(),
+                        )
+                    },
                     state_empty=len(strategy.optimizer.state) == 0,
                     norm_trains=norm.weight.requires_grad,
                     fused=strategy.optimizer.defaults["fused"],
@@ -143,9 +147,7 @@ def test_optimizer_is_fresh_per_experience_and_holds_only_current_task(three_tas
             seen[-1]["lrs"] = {g["name"]: g["lr"] for g in strategy.optimizer.param_groups}
 
     model = PiggybackModel(tiny_conv_net())
-    strategy = _strategy(
-        model, mask_lr=3e-3, lr=2e-3, train_epochs=3, lr_decay_epochs=[2], plugins=[OptimizerProbe()]
-    )
+    strategy = _strategy(model, mask_lr=3e-3, lr=2e-3, train_epochs=3, lr_decay_epochs=[2], plugins=[OptimizerProbe()])
     for experience in three_task_stream.train_stream[:2]:
         strategy.train(experience)
     assert seen[0]["optimizer"] is not seen[1]["optimizer"]
@@ -279,8 +281,9 @@ def test_avalanche_simple_mlp_trains_one_experience():
 def test_every_avalanche_logger_receives_the_metrics(three_task_stream, tmp_path, capsys):
     # WandBLogger is left out: Avalanche 0.6 calls wandb.util.generate_id,
     # which wandb removed (README, "Known limits").
-    from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger
 
     text_path = tmp_path / "text.log"
     with open(text_path, "w") as text_file:

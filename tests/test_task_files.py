@@ -5,11 +5,10 @@ import copy
 
 import pytest
 import torch
+from conftest import stacked_inputs, tiny_conv_net
 
 from piggyback_avalanche import Piggyback, PiggybackModel
-from piggyback_avalanche.task_files import TaskFileError, backbone_fingerprint
-
-from conftest import stacked_inputs, tiny_conv_net
+from piggyback_avalanche.methods.piggyback.task_files import TaskFileError, backbone_fingerprint
 
 
 @pytest.fixture
@@ -62,11 +61,17 @@ def test_a_task_file_holds_packed_masks_norms_and_head_only(trained, tmp_path):
     masks = {k: v for k, v in entries.items() if ".packed_masks." in k}
     # One bit per weight: 6*1*3*3, 8*6*3*3 and 16*32 weights.
     assert {k: v.numel() for k, v in masks.items()} == {
-        "backbone.0.packed_masks.1": 7, "backbone.3.packed_masks.1": 54, "backbone.8.packed_masks.1": 64}
+        "backbone.0.packed_masks.1": 7,
+        "backbone.3.packed_masks.1": 54,
+        "backbone.8.packed_masks.1": 64,
+    }
     assert all(v.dtype == torch.uint8 for v in masks.values())
     assert not [k for k in entries if not any(f".{c}.1" in k for c in ("packed_masks", "tasks", "heads"))]
-    weights = sum(v.numel() for k, v in model.state_dict().items() if k.endswith(".weight") and ".tasks." not in k
-                  and ".heads." not in k and ".base." not in k)
+    weights = sum(
+        v.numel()
+        for k, v in model.state_dict().items()
+        if k.endswith(".weight") and ".tasks." not in k and ".heads." not in k and ".base." not in k
+    )
     assert sum(v.numel() * v.element_size() for v in masks.values()) == sum((n + 7) // 8 for n in (54, 432, 512))
     assert weights == 54 + 432 + 512
 
@@ -89,10 +94,16 @@ def test_loading_checks_everything_first_and_leaves_the_model_unchanged(trained,
     payload = torch.load(path, weights_only=True)
     for name, change, message in (
         ("version", {"version": 2}, "of version 2; this version of piggyback-avalanche reads version 1"),
-        ("ternary", {"settings": {**payload["settings"], "threshold_fn": "ternarizer"}},
-         "other settings \\(threshold_fn: file 'ternarizer', model 'binarizer'\\)"),
-        ("shape", {"tasks": {0: {**payload["tasks"][0], "backbone.3.packed_masks.0": torch.zeros(3, dtype=torch.uint8)}}},
-         "do not fit this model's layers"),
+        (
+            "ternary",
+            {"settings": {**payload["settings"], "threshold_fn": "ternarizer"}},
+            "other settings \\(threshold_fn: file 'ternarizer', model 'binarizer'\\)",
+        ),
+        (
+            "shape",
+            {"tasks": {0: {**payload["tasks"][0], "backbone.3.packed_masks.0": torch.zeros(3, dtype=torch.uint8)}}},
+            "do not fit this model's layers",
+        ),
     ):
         torch.save({**payload, **change}, tmp_path / f"{name}.tasks")
         cases.append((tmp_path / f"{name}.tasks", {}, message))
@@ -129,6 +140,49 @@ def test_only_frozen_tasks_are_saved_and_writes_are_atomic(trained, tmp_path):
         model.save_task(path, 4)
     assert path.read_bytes() == original
     assert [p.name for p in tmp_path.iterdir()] == ["all.tasks"]
+
+
+def test_a_write_cut_off_midway_leaves_the_old_file_whole(trained, tmp_path):
+    """A real interrupted write: a process whose file-size limit stops
+    torch.save halfway through the new file (EFBIG), over an existing one."""
+    import resource  # noqa: F401  (POSIX only, like the limit the child sets)
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    backbone, model = trained
+    inputs, target = tmp_path / "inputs", tmp_path / "target"
+    inputs.mkdir()
+    target.mkdir()
+    torch.save(backbone.state_dict(), inputs / "backbone.pt")
+    model.save_tasks(inputs / "all.tasks")
+    model.save_task(inputs / "one.tasks", 0)
+    path = target / "tasks.file"
+    model.save_tasks(path)
+    original = path.read_bytes()
+    limit = (inputs / "one.tasks").stat().st_size // 2  # the new file is cut off at half its size
+    script = f"""
+import resource, signal, sys, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import tiny_conv_net
+from piggyback_avalanche import PiggybackModel
+backbone = tiny_conv_net()
+backbone.load_state_dict(torch.load(sys.argv[1], weights_only=True))
+model = PiggybackModel(backbone)
+model.load_tasks(sys.argv[2])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+model.save_task(sys.argv[3], 0)
+"""
+    completed = subprocess.run(
+        [sys.executable, "-c", script, str(inputs / "backbone.pt"), str(inputs / "all.tasks"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode != 0 and "File too large" in completed.stderr, completed.stderr[-2000:]
+    assert path.read_bytes() == original
+    assert [p.name for p in target.iterdir()] == ["tasks.file"]  # no temporary file left behind
 
 
 def test_fingerprint_covers_shared_tensors_only(trained):

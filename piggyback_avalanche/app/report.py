@@ -1,0 +1,302 @@
+"""The results report: tables (Markdown, CSV, JSON), plots, the paper's
+published figures beside ours, and the check against expected results
+(``benchmarks/targets.csv``).
+
+Results are ``{strategy: {"runs": [one result per seed], "summary": ...}}``,
+as :func:`~piggyback_avalanche.app.runner.run_benchmark` returns them.
+"""
+
+import csv
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from matplotlib.figure import Figure
+
+from piggyback_avalanche.app.published import PAPER_TASK_NAMES, PUBLISHED_ERRORS
+from piggyback_avalanche.benchmarks.datasets import FINE_GRAINED_TASKS
+from piggyback_avalanche.evaluation.figures import accuracy_matrix_figure
+from piggyback_avalanche.files import write_atomically
+
+__all__ = [
+    "markdown_table",
+    "summarize",
+    "format_markdown",
+    "write_tables",
+    "write_plots",
+    "published_comparison",
+    "Target",
+    "TargetCheck",
+    "read_targets",
+    "check_targets",
+    "format_target_checks",
+]
+
+Results = Dict[str, Dict[str, Any]]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table: the header, its rule, one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Mean and standard deviation over seeds of every figure of
+    :func:`~piggyback_avalanche.app.runner.train_and_evaluate`'s results, as
+    ``[mean, std]`` pairs (``accuracy``: one pair per task)."""
+
+    def mean_std(values: List[float]) -> List[float]:
+        return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+
+    keys = ("average_accuracy", "average_forgetting", "bwt", "model_bytes", "networks", "train_seconds")
+    summary: Dict[str, Any] = {k: mean_std([r[k] for r in runs]) for k in keys}
+    summary["accuracy"] = [mean_std(list(task)) for task in zip(*(r["accuracy"] for r in runs))]
+    return summary
+
+
+COLUMNS = [
+    "avg accuracy (%)",
+    "avg forgetting (points)",
+    "BWT (points)",
+    "size (MB)",
+    "× one network",
+    "train time (s)",
+]
+
+
+def _rows(results: Dict[str, Dict[str, Any]]) -> List[Dict[str, str]]:
+    def pm(values: List[float], scale: float = 100.0, digits: int = 1) -> str:
+        mean, std = values
+        return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+    rows = []
+    for name, result in results.items():
+        s = result["summary"]
+        row = {"strategy": name}
+        row.update({f"task {t}": pm(v) for t, v in enumerate(s["accuracy"])})
+        row.update(
+            zip(
+                COLUMNS,
+                [
+                    pm(s["average_accuracy"]),
+                    pm(s["average_forgetting"]),
+                    pm(s["bwt"]),
+                    pm(s["model_bytes"], 1e-6, 2),
+                    pm(s["networks"], 1.0, 2),
+                    pm(s["train_seconds"], 1.0, 0),
+                ],
+            )
+        )
+        rows.append(row)
+    return rows
+
+
+def format_markdown(results: Dict[str, Dict[str, Any]]) -> str:
+    """The results table in Markdown: per-task final accuracy, averages,
+    size and time, mean ± std over seeds."""
+    rows = _rows(results)
+    header = list(rows[0])
+    return markdown_table(header, [[row[h] for h in header] for row in rows])
+
+
+def write_tables(results: Dict[str, Dict[str, Any]], out_dir: Path, *, extra: str = "") -> None:
+    """``results.md`` (the Markdown table, then ``extra``), ``results.csv``
+    and ``results.json`` in ``out_dir``."""
+    rows = _rows(results)
+    write_atomically(out_dir / "results.md", lambda f: f.write(format_markdown(results) + "\n" + extra))
+
+    def write_csv(file: IO[str]) -> None:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    write_atomically(out_dir / "results.csv", write_csv)
+    write_atomically(out_dir / "results.json", lambda f: json.dump(results, f, indent=1))
+
+
+def write_plots(results: Dict[str, Dict[str, Any]], plot_dir: Path) -> List[Path]:
+    """Matplotlib plots of the first seed's runs: the accuracy matrix of each
+    strategy, average accuracy as tasks arrive, and model size against the
+    number of tasks, as PNG files.
+
+    :return: the files written.
+    """
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, result in results.items():
+        matrix = [[math.nan if v is None else v for v in row] for row in result["runs"][0]["accuracy_matrix"]]
+        figure = accuracy_matrix_figure(matrix)
+        figure.axes[0].set_title(name)
+        written.append(plot_dir / f"accuracy_matrix_{name}.png")
+        figure.savefig(written[-1], dpi=100)
+    series_plots: Sequence[Tuple[str, str, Callable[[Dict[str, Any]], List[float]]]] = (
+        (
+            "average_accuracy.png",
+            "average accuracy on tasks so far",
+            lambda r: [statistics.fmean([v for v in row if v is not None]) for row in r["accuracy_matrix"]],
+        ),
+        ("model_size.png", "stored MB", lambda r: [b / 1e6 for b in r["model_bytes_per_experience"]]),
+    )
+    for filename, ylabel, series in series_plots:
+        figure = Figure(figsize=(5, 3.5))
+        axes = figure.subplots()
+        for name, result in results.items():
+            values = series(result["runs"][0])
+            axes.plot(range(1, len(values) + 1), values, marker="o", label=name)
+        axes.set_xticks(range(1, len(values) + 1))
+        axes.set_xlabel("tasks trained")
+        axes.set_ylabel(ylabel)
+        axes.legend(fontsize=7)
+        figure.tight_layout()
+        written.append(plot_dir / filename)
+        figure.savefig(written[-1], dpi=100)
+    return written
+
+
+def published_comparison(results: Results, *, backbone: str, tasks: Sequence[str] = FINE_GRAINED_TASKS) -> str:
+    """A Markdown table of Piggyback's test errors on the fine-grained tasks
+    beside those published in the original repository for ``backbone``
+    (both backbones if it is neither ResNet-50 nor VGG-16). Where our task is
+    a stand-in (FGVC-Aircraft for WikiArt, DTD for Sketch), the row says so.
+
+    :return: the table, or ``""`` without Piggyback results.
+    """
+    if "piggyback" not in results:
+        return ""
+    published = {backbone: PUBLISHED_ERRORS[backbone]} if backbone in PUBLISHED_ERRORS else PUBLISHED_ERRORS
+    keys = list(PUBLISHED_ERRORS["resnet50"])
+    header = ["task", f"ours ({backbone}), error %"] + [f"published {b}, error %" for b in published]
+    rows = []
+    for position, (task, (mean, std)) in enumerate(zip(tasks, results["piggyback"]["summary"]["accuracy"])):
+        paper_name = PAPER_TASK_NAMES[position] if position < len(keys) else "-"
+        stand_in = position < len(keys) and keys[position] != task
+        label = f"{task} (in place of {paper_name})" if stand_in else task
+        row = [label, f"{100 * (1 - mean):.2f} ± {100 * std:.2f}"]
+        row += [f"{errors[keys[position]]:.2f}" if position < len(keys) else "-" for errors in published.values()]
+        rows.append(row)
+    return markdown_table(header, rows) + "\n"
+
+
+LOWER_IS_BETTER = ("average_forgetting", "networks", "_error")
+"""Metrics (or metric suffixes) where a larger value falls short."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One expected result: ``value`` within ``tolerance`` for ``metric`` of
+    ``strategy`` on ``stream`` with ``backbone``.
+
+    Metrics: ``average_accuracy`` and ``average_forgetting`` (percentage
+    points), ``networks`` (stored size in networks), ``task<i>_accuracy`` and
+    ``task<i>_error`` (%, task ``i`` after the whole stream).
+    """
+
+    stream: str
+    backbone: str
+    strategy: str
+    metric: str
+    value: float
+    tolerance: float
+    note: str = ""
+
+    @property
+    def lower_is_better(self) -> bool:
+        return any(self.metric == m or self.metric.endswith(m) for m in LOWER_IS_BETTER)
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """A target and what the run measured."""
+
+    target: Target
+    measured: float
+
+    @property
+    def passed(self) -> bool:
+        t = self.target
+        shortfall = self.measured - t.value if t.lower_is_better else t.value - self.measured
+        return shortfall <= t.tolerance
+
+
+_TARGET_COLUMNS = ["stream", "backbone", "strategy", "metric", "value", "tolerance", "note"]
+
+
+def read_targets(path: Path) -> List[Target]:
+    """The targets of a CSV file with the columns stream, backbone,
+    strategy, metric, value, tolerance and note.
+
+    :raises ValueError: naming the file and line of a malformed row.
+    """
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        if reader.fieldnames != _TARGET_COLUMNS:
+            raise ValueError(f"{path}: the header must be {','.join(_TARGET_COLUMNS)}, got {reader.fieldnames}.")
+        targets = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                targets.append(
+                    Target(
+                        stream=row["stream"],
+                        backbone=row["backbone"],
+                        strategy=row["strategy"],
+                        metric=row["metric"],
+                        value=float(row["value"]),
+                        tolerance=float(row["tolerance"]),
+                        note=row["note"] or "",
+                    )
+                )
+                _parse_metric(targets[-1].metric)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{path}, line {line}: {error}") from error
+    return targets
+
+
+def _parse_metric(metric: str) -> Tuple[str, Optional[int]]:
+    """``(kind, task index or None)`` of a target's metric name."""
+    if metric in ("average_accuracy", "average_forgetting", "networks"):
+        return metric, None
+    match = re.fullmatch(r"task(\d+)_(accuracy|error)", metric)
+    if match is None:
+        raise ValueError(
+            f"unknown metric {metric!r}; use average_accuracy, average_forgetting, networks, "
+            "task<i>_accuracy or task<i>_error"
+        )
+    return match.group(2), int(match.group(1))
+
+
+def _metric_value(summary: Dict[str, Any], metric: str) -> float:
+    kind, task = _parse_metric(metric)
+    if task is None:
+        return summary[kind][0] * (1 if kind == "networks" else 100)
+    if task >= len(summary["accuracy"]):
+        raise ValueError(f"target {metric} names task {task}, but the stream has {len(summary['accuracy'])} tasks")
+    accuracy = 100 * summary["accuracy"][task][0]
+    return accuracy if kind == "accuracy" else 100 - accuracy
+
+
+def check_targets(results: Results, targets: Sequence[Target], *, stream: str, backbone: str) -> List[TargetCheck]:
+    """The targets for this stream and backbone whose strategy ran, each with
+    the measured mean over seeds."""
+    return [
+        TargetCheck(t, _metric_value(results[t.strategy]["summary"], t.metric))
+        for t in targets
+        if t.stream == stream and t.backbone == backbone and t.strategy in results
+    ]
+
+
+def format_target_checks(checks: Sequence[TargetCheck]) -> str:
+    """A Markdown table of the checks, one line each, failures marked."""
+    rows = []
+    for check in checks:
+        t = check.target
+        bound = "≤" if t.lower_is_better else "≥"
+        verdict = "ok" if check.passed else "FALLS SHORT"
+        rows.append(
+            [t.strategy, t.metric, f"{check.measured:.2f}", f"{bound} {t.value:g}", f"{t.tolerance:g}", verdict]
+        )
+    return markdown_table(["strategy", "metric", "measured", "target", "tolerance", "result"], rows)

@@ -1,0 +1,506 @@
+"""The benchmark runner: several registered strategies, one stream, one
+backbone, several seeds; one TensorBoard run per strategy and seed, and a
+results table in Markdown, CSV and JSON.
+
+    piggyback-bench --stream digits --backbone small_cnn \\
+        --strategies piggyback packnet individual naive --epochs 5 --seeds 0 1 --out runs/digits
+
+Finished (strategy, seed) runs are saved as they end and are not recomputed
+when the same command runs again.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from avalanche.training.plugins import SupervisedPlugin
+
+from piggyback_avalanche.app.backbones import BACKBONES, WeightsUnavailableError
+from piggyback_avalanche.app.report import (
+    check_targets,
+    format_markdown,
+    format_target_checks,
+    published_comparison,
+    read_targets,
+    summarize,
+    write_plots,
+    write_tables,
+)
+from piggyback_avalanche.benchmarks.datasets import (
+    CLASSIC_STREAMS,
+    FINE_GRAINED_TASKS,
+    DatasetUnavailableError,
+    classic_task_stream,
+    fine_grained_stream,
+)
+from piggyback_avalanche.benchmarks.offline import SourceTask, digits_task_stream, mnist_transfer_stream
+from piggyback_avalanche.evaluation.evaluator import default_evaluator
+from piggyback_avalanche.evaluation.model_size import ModelSize
+from piggyback_avalanche.files import write_atomically
+from piggyback_avalanche.methods.packnet import DEFAULT_POST_PRUNE_EPOCHS, DEFAULT_PRUNE_RATIO
+from piggyback_avalanche.methods.piggyback import DEFAULT_MASK_LR
+from piggyback_avalanche.task_aware import MultiHeadModel
+from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, DEFAULT_TRAIN_EPOCHS, DEFAULT_TRAIN_MB_SIZE
+from piggyback_avalanche.training.checkpoints import (
+    load_experience_checkpoint,
+    save_experience_checkpoint,
+    supports_experience_checkpoint,
+)
+from piggyback_avalanche.training.registry import available_strategies, make_strategy, registered_strategy
+
+__all__ = ["STREAMS", "BACKBONES", "EpochTimer", "strategy_settings", "train_and_evaluate", "run_benchmark", "main"]
+
+StreamBuilder = Callable[..., Tuple[Optional[SourceTask], Any]]
+"""``builder(seed=, data_root=, crop_size=) -> (source task or None,
+benchmark)``. With a source task the runner pretrains the backbone on it."""
+
+
+def _no_data_root(build: Callable[[int], Tuple[Optional[SourceTask], Any]]) -> StreamBuilder:
+    return lambda *, seed, data_root, crop_size: build(seed)
+
+
+def _classic(name: str) -> StreamBuilder:
+    return lambda *, seed, data_root, crop_size: (None, classic_task_stream(name, data_root=data_root, seed=seed))
+
+
+def _fine_grained(*, seed: int, data_root: Optional[Path], crop_size: int) -> Tuple[None, Any]:
+    if data_root is None:
+        raise DatasetUnavailableError(
+            "The fine_grained stream needs --data-root DIR: the folder that holds (or will "
+            f"download) {', '.join(FINE_GRAINED_TASKS)}."
+        )
+    return None, fine_grained_stream(data_root=data_root, crop_size=crop_size)
+
+
+STREAMS: Dict[str, StreamBuilder] = {
+    "mnist_transfer": _no_data_root(lambda seed: mnist_transfer_stream(seed=seed)),
+    "digits": _no_data_root(lambda seed: (None, digits_task_stream(seed=seed))),
+    **{name: _classic(name) for name in CLASSIC_STREAMS},
+    "fine_grained": _fine_grained,
+}
+"""Stream names and their builders (see :data:`StreamBuilder`): the offline
+streams, Avalanche's classic benchmarks and the paper's fine-grained tasks."""
+
+
+def pretrain(
+    backbone: nn.Module, source: SourceTask, *, epochs: int, lr: float, mb_size: int, device: str, seed: int
+) -> nn.Module:
+    """Train ``backbone`` on the source task with Adam, in place.
+
+    :return: the backbone, in eval mode.
+    """
+    images, labels = source
+    generator = torch.Generator().manual_seed(seed)
+    backbone.to(device).train()
+    optimizer = torch.optim.Adam(backbone.parameters(), lr=lr)
+    for _ in tqdm(range(epochs), desc="pretraining", unit="epoch", leave=False, disable=None):
+        for batch in torch.randperm(len(labels), generator=generator).split(mb_size):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(backbone(images[batch].to(device)), labels[batch].to(device))
+            loss.backward()
+            optimizer.step()
+    return backbone.cpu().eval()
+
+
+def _backbone(
+    name: str,
+    stream: str,
+    source: Optional[SourceTask],
+    input_shape: Sequence[int],
+    *,
+    pretrained: bool,
+    seed: int,
+    cache_dir: Path,
+    pretrain_epochs: int,
+    lr: float,
+    mb_size: int,
+    device: str,
+    log: Callable[[str], None],
+) -> nn.Module:
+    """A fresh backbone: with published weights if ``pretrained``; else
+    pretrained on the source task if the stream has one, from a cache under
+    ``cache_dir`` after the first time."""
+    torch.manual_seed(seed)
+    backbone = BACKBONES[name](input_shape, pretrained)
+    if source is None or pretrained:
+        return backbone
+    path = cache_dir / f"{stream}-{name}-seed{seed}-epochs{pretrain_epochs}.pt"
+    if path.exists():
+        backbone.load_state_dict(torch.load(path, weights_only=True))
+        return backbone
+    log(f"pretraining {name} on the source task of {stream} ({pretrain_epochs} epochs)")
+    pretrain(backbone, source, epochs=pretrain_epochs, lr=lr, mb_size=mb_size, device=device, seed=seed)
+    write_atomically(path, lambda f: torch.save(backbone.state_dict(), f), binary=True)
+    return backbone
+
+
+def train_and_evaluate(
+    name: str,
+    benchmark: Any,
+    backbone: nn.Module,
+    *,
+    log_dir: Optional[Path] = None,
+    progress: Optional[str] = None,
+    checkpoint: Optional[Path] = None,
+    **config: Any,
+) -> Dict[str, Any]:
+    """Train a registered strategy on every experience (``joint``: on the
+    whole stream at once), evaluating the experiences seen so far after each,
+    and summarise.
+
+    :param name: a registered strategy; one that trains on the whole stream
+        at once (joint training) is evaluated once, after it.
+    :param log_dir: TensorBoard folder of this run.
+    :param progress: label of a progress bar over the experiences; none if
+        ``None``.
+    :param checkpoint: a file to save to after every experience and to
+        resume from, for strategies that support it
+        (:func:`~piggyback_avalanche.training.checkpoints.supports_experience_checkpoint`); others
+        start over. Training time then counts this process only.
+    :return: per-task final accuracy, average accuracy, average forgetting
+        and BWT (over all but the last task), model size (bytes and × one
+        network), training seconds, seconds per epoch and epochs run.
+    """
+    timer = EpochTimer()
+    evaluator = default_evaluator(tb_dir=log_dir, interactive=False)
+    strategy = make_strategy(name, backbone, evaluator=evaluator, plugins=[timer, *config.pop("plugins", [])], **config)
+    stream, tests = benchmark.train_stream, benchmark.test_stream
+    started = time.perf_counter()
+    if registered_strategy(name).trains_on_whole_stream:
+        strategy.train(stream)
+        strategy.eval(tests)
+    else:
+        resume_from = checkpoint if supports_experience_checkpoint(strategy) else None
+        start = load_experience_checkpoint(strategy, resume_from) if resume_from is not None else 0
+        bar = tqdm(
+            stream, desc=progress, unit="task", disable=True if progress is None else None, initial=start
+        )  # None: only on a terminal
+        for i, experience in enumerate(stream[start:], start):
+            strategy.train(experience)
+            strategy.eval(tests[: i + 1])
+            if resume_from is not None:
+                save_experience_checkpoint(strategy, resume_from, next_experience=i + 1)
+            bar.update()
+        bar.close()
+    metrics = strategy.evaluator.get_last_metrics()
+    seconds = time.perf_counter() - started
+    n = len(stream)
+
+    def per_task(prefix: str, tasks: int) -> List[float]:
+        return [metrics.get(f"{prefix}/eval_phase/test_stream/Task{t:03d}/Exp{t:03d}", 0.0) for t in range(tasks)]
+
+    accuracy = per_task("Top1_Acc_Exp", n)
+    size = ModelSize()
+    size.update(strategy)
+    matrix = next(m for m in evaluator.metrics if str(m) == "AccuracyMatrix").result()
+    # None, not NaN, for experiences not evaluated yet: results are saved as JSON.
+    matrix = [[None if math.isnan(v) else v for v in row] for row in matrix]
+    sizes = evaluator.get_all_metrics()["ModelSize_Bytes/train_phase/train_stream"][1]
+    model = strategy.model
+    one_network = model.network_bytes(model.tasks[0]) if isinstance(model, MultiHeadModel) else math.nan
+    return {
+        "accuracy": accuracy,
+        "average_accuracy": sum(accuracy) / n,
+        "average_forgetting": _mean(per_task("ExperienceForgetting", n - 1)),
+        "bwt": _mean(per_task("ExperienceBWT", n - 1)),
+        "model_bytes": size.result()["bytes"],
+        "networks": size.result()["bytes"] / one_network,
+        "train_seconds": seconds,
+        "seconds_per_epoch": _mean(timer.seconds),
+        "epochs": len(timer.seconds),
+        "accuracy_matrix": matrix,
+        "model_bytes_per_experience": sizes,
+    }
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+class EpochTimer(SupervisedPlugin):
+    """Wall-clock seconds of every training epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: List[float] = []
+        self._started = 0.0
+
+    def before_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._started = time.perf_counter()
+
+    def after_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self.seconds.append(time.perf_counter() - self._started)
+
+
+def _run_key(**settings: Any) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_benchmark(
+    *,
+    stream: str,
+    backbone: str,
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    out_dir: Path,
+    config: Dict[str, Any],
+    pretrained: bool = False,
+    pretrain_epochs: int = 5,
+    data_root: Optional[Path] = None,
+    crop_size: int = 224,
+    log: Callable[[str], None] = print,
+) -> Dict[str, Dict[str, Any]]:
+    """Run every (strategy, seed), reusing runs already saved under
+    ``out_dir/runs`` with the same settings, and write the results tables
+    (:mod:`~piggyback_avalanche.app.report`) and plots.
+
+    :param stream: a key of :data:`STREAMS`.
+    :param backbone: a key of :data:`~piggyback_avalanche.app.backbones.BACKBONES`.
+    :param config: Avalanche and strategy arguments for every strategy
+        (``train_epochs``, ``train_mb_size``, ``lr``, ``mask_lr``, ``device``...);
+        arguments a strategy does not take are dropped for it (``mask_lr``
+        only reaches Piggyback).
+    :param pretrained: start from the backbone's published weights.
+    :param pretrain_epochs: epochs of pretraining on the stream's source
+        task, if it has one and the backbone is not ``pretrained``. Without
+        either, Piggyback trains the backbone on the first experience.
+    :param data_root: where downloaded streams keep their data.
+    :param crop_size: image side of the fine-grained stream.
+    :return: ``{strategy: {"runs": [result per seed], "summary": {...}}}``.
+    :raises DatasetUnavailableError: if the stream's data is missing and
+        cannot be downloaded.
+    :raises WeightsUnavailableError: likewise for pretrained weights.
+    """
+    results: Dict[str, Dict[str, Any]] = {}
+    built: Dict[int, Tuple[Optional[SourceTask], Any]] = {}
+    for name in strategies:
+        runs = []
+        for seed in seeds:
+            if seed not in built:
+                built[seed] = STREAMS[stream](seed=seed, data_root=data_root, crop_size=crop_size)
+            source, benchmark = built[seed]
+            pretrains = source is not None and not pretrained
+            settings = strategy_settings(name, config, untrained_backbone=source is None and not pretrained)
+            key = _run_key(
+                stream=stream,
+                backbone=backbone,
+                strategy=name,
+                seed=seed,
+                pretrained=pretrained,
+                pretrain_epochs=pretrain_epochs if pretrains else 0,
+                crop_size=crop_size if stream == "fine_grained" else None,
+                **settings,
+            )
+            path = out_dir / "runs" / name / f"seed{seed}.json"
+            saved = json.loads(path.read_text()) if path.exists() else {}
+            if saved.get("key") == key:
+                log(f"{name}, seed {seed}: already done ({path})")
+                runs.append(saved["result"])
+                continue
+            log(f"{name}, seed {seed}: training")
+            network = _backbone(
+                backbone,
+                stream,
+                source,
+                benchmark.train_stream[0].dataset[0][0].shape,
+                pretrained=pretrained,
+                seed=seed,
+                cache_dir=out_dir / "pretrained",
+                pretrain_epochs=pretrain_epochs,
+                lr=config.get("lr", DEFAULT_LR),
+                mb_size=config.get("train_mb_size", DEFAULT_TRAIN_MB_SIZE),
+                device=config.get("device", "cpu"),
+                log=log,
+            )
+            torch.manual_seed(seed)
+            checkpoint = out_dir / "checkpoints" / name / f"seed{seed}-{key}.ckpt"
+            result = train_and_evaluate(
+                name,
+                benchmark,
+                network,
+                log_dir=out_dir / "tensorboard" / name / f"seed{seed}",
+                progress=f"{name}, seed {seed}",
+                checkpoint=checkpoint,
+                **settings,
+            )
+            _write_json(path, {"key": key, "result": result})
+            checkpoint.unlink(missing_ok=True)  # the result file is the record now
+            runs.append(result)
+        results[name] = {"runs": runs, "summary": summarize(runs)}
+    extra = published_comparison(results, backbone=backbone) if stream == "fine_grained" else ""
+    write_tables(results, out_dir, extra=extra)
+    write_plots(results, out_dir / "plots")
+    return results
+
+
+def _write_json(path: Path, content: Any) -> None:
+    write_atomically(path, lambda file: json.dump(content, file, indent=1))
+
+
+def strategy_settings(name: str, config: Dict[str, Any], *, untrained_backbone: bool) -> Dict[str, Any]:
+    """The entries of ``config`` that strategy ``name`` takes, and, on a
+    stream without a pretrained backbone, its setting that trains the
+    backbone on the first experience (if it has one)."""
+    registered = registered_strategy(name)
+    settings = registered.accepted(config)
+    if untrained_backbone and registered.untrained_backbone_setting is not None:
+        settings[registered.untrained_backbone_setting] = True
+    return settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="piggyback-bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--config", type=Path, help="a JSON file of preset values (see benchmarks/configs); flags override them")
+    add("--stream", default="mnist_transfer", help=f"one of {sorted(STREAMS)}")
+    add("--data-root", type=Path, help="folder of the downloaded streams' data (default: Avalanche's)")
+    add("--crop-size", type=int, default=224, help="image side of the fine_grained stream")
+    add("--backbone", default="small_cnn", help=f"one of {sorted(BACKBONES)}")
+    add("--pretrained", action="store_true", help="start from the torchvision backbone's ImageNet weights")
+    add("--pretrain-epochs", type=int, default=5, help="on the stream's source task, if any")
+    add("--strategies", nargs="+", default=["piggyback", "packnet", "individual", "classifier_only", "naive"])
+    add("--epochs", type=int, default=DEFAULT_TRAIN_EPOCHS)
+    add("--mb-size", type=int, default=DEFAULT_TRAIN_MB_SIZE)
+    add("--lr", type=float, default=DEFAULT_LR, help="heads, normalization, and whole networks")
+    add("--mask-lr", type=float, default=DEFAULT_MASK_LR, help="Piggyback's mask scores")
+    add("--lr-decay-epochs", type=int, nargs="*", default=[], help="epochs after which rates drop 10x")
+    add(
+        "--prune-ratio",
+        type=float,
+        default=DEFAULT_PRUNE_RATIO,
+        help="PackNet: share of free weights released per task",
+    )
+    add(
+        "--post-prune-epochs",
+        type=int,
+        default=DEFAULT_POST_PRUNE_EPOCHS,
+        help="PackNet: retraining epochs after pruning",
+    )
+    add("--post-prune-lr", type=float, help="PackNet: learning rate after pruning (default: --lr)")
+    add("--seeds", type=int, nargs="+", default=[0])
+    add("--device", default="cpu")
+    add("--out", type=Path, default=Path("runs/bench"))
+    add(
+        "--check-targets",
+        type=Path,
+        metavar="CSV",
+        help="compare the results with this targets file (benchmarks/targets.csv) and exit 1 if any falls short",
+    )
+    return parser
+
+
+def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.config is not None:
+        if not args.config.is_file():
+            parser.error(f"--config {args.config}: no such file")
+        try:
+            preset = json.loads(args.config.read_text())
+        except json.JSONDecodeError as error:
+            parser.error(f"--config {args.config} is not valid JSON: {error}")
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(preset) - known)
+        if unknown:
+            parser.error(
+                f"--config {args.config} has unknown keys {unknown}; known: {sorted(known - {'help', 'config'})}"
+            )
+        parser.set_defaults(**preset)
+        args = parser.parse_args(argv)
+    if args.stream not in STREAMS:
+        parser.error(f"unknown stream {args.stream!r}; choose from {sorted(STREAMS)}")
+    if args.backbone not in BACKBONES:
+        parser.error(f"unknown backbone {args.backbone!r}; choose from {sorted(BACKBONES)}")
+    unknown = [s for s in args.strategies if s not in available_strategies()]
+    if unknown:
+        parser.error(f"unknown strategies {unknown}; choose from {available_strategies()}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device {args.device!r} is not a device: {error}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            parser.error(f"--device {args.device}: this machine has {count} CUDA device(s); use --device cpu")
+    if min(args.epochs, args.mb_size, args.pretrain_epochs, args.crop_size) < 1:
+        parser.error("--epochs, --pretrain-epochs, --mb-size and --crop-size must be at least 1")
+    if args.data_root is not None and not args.data_root.is_dir():
+        parser.error(f"--data-root {args.data_root}: no such folder; create it (datasets download into it)")
+    if args.check_targets is not None:
+        try:
+            args.targets = read_targets(args.check_targets)
+        except (OSError, ValueError) as error:
+            parser.error(f"--check-targets: {error}")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point (``piggyback-bench`` or
+    ``python -m piggyback_avalanche.app.runner``).
+
+    :return: the exit status: 0, or 1 if a result falls short of its target.
+    """
+    args = _parse(argv)
+    config = {
+        "train_epochs": args.epochs,
+        "train_mb_size": args.mb_size,
+        "lr": args.lr,
+        "mask_lr": args.mask_lr,
+        "prune_ratio": args.prune_ratio,
+        "post_prune_epochs": args.post_prune_epochs,
+        "device": args.device,
+    }
+    if args.lr_decay_epochs:
+        config["lr_decay_epochs"] = tuple(args.lr_decay_epochs)
+    if args.post_prune_lr is not None:
+        config["post_prune_lr"] = args.post_prune_lr
+    try:
+        results = run_benchmark(
+            stream=args.stream,
+            backbone=args.backbone,
+            strategies=args.strategies,
+            seeds=args.seeds,
+            out_dir=args.out,
+            config=config,
+            pretrained=args.pretrained,
+            pretrain_epochs=args.pretrain_epochs,
+            data_root=args.data_root,
+            crop_size=args.crop_size,
+        )
+    except (DatasetUnavailableError, WeightsUnavailableError, ValueError) as error:
+        _parser().exit(2, f"piggyback-bench: error: {error}\n")
+    print()
+    print(format_markdown(results))
+    if args.stream == "fine_grained":
+        print("\n" + published_comparison(results, backbone=args.backbone))
+    print(f"\nTables: {args.out}/results.md, .csv, .json; plots: {args.out / 'plots'}")
+    print(f"TensorBoard: tensorboard --logdir {args.out / 'tensorboard'}")
+    if args.check_targets is None:
+        return 0
+    checks = check_targets(results, args.targets, stream=args.stream, backbone=args.backbone)
+    if not checks:
+        print(f"\n{args.check_targets} has no targets for {args.stream} with {args.backbone}.")
+        return 0
+    print(f"\nTargets ({args.check_targets}):\n{format_target_checks(checks)}")
+    short = [c for c in checks if not c.passed]
+    if short:
+        print(f"{len(short)} of {len(checks)} results fall short of their targets.")
+        return 1
+    print(f"All {len(checks)} results meet their targets.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""The accuracy matrix as an image after each evaluation.
+
+Unlike Avalanche's ``AccuracyMatrixPluginMetric``, which computes the matrix
+itself, this one draws the matrix from the per-experience accuracies that
+``accuracy_metrics(experience=True)`` reports in the same evaluator.
+"""
+
+import math
+from typing import Any, Dict, List
+
+from avalanche.evaluation import PluginMetric
+from avalanche.evaluation.metric_results import MetricValue
+
+from piggyback_avalanche.evaluation.figures import accuracy_matrix_figure, rendered
+
+__all__ = ["AccuracyMatrixImagePluginMetric", "accuracy_matrix_image_metrics"]
+
+
+class AccuracyMatrixImagePluginMetric(PluginMetric[List[List[float]]]):
+    """After each evaluation, the accuracy matrix as an image,
+    ``AccuracyMatrix/eval_phase/test_stream``: row i holds the accuracy on
+    each evaluated experience after training experience i. It reads the
+    per-experience accuracies of ``accuracy_metrics(experience=True)``, which
+    must be in the same evaluator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: Dict[int, Dict[int, float]] = {}
+
+    def reset(self) -> None:
+        self.rows = {}
+
+    def result(self) -> List[List[float]]:
+        """The matrix, NaN where an experience was not evaluated."""
+        columns = 1 + max((c for row in self.rows.values() for c in row), default=-1)
+        return [[self.rows[r].get(c, math.nan) for c in range(columns)] for r in sorted(self.rows)]
+
+    def after_eval(self, strategy: Any) -> List[MetricValue]:
+        trained = strategy.clock.train_exp_counter - 1
+        if trained < 0:
+            return []
+        prefix = "Top1_Acc_Exp/eval_phase/test_stream/"
+        row = {
+            int(name.rsplit("/Exp", 1)[1]): value
+            for name, value in strategy.evaluator.get_last_metrics().items()
+            if name.startswith(prefix)
+        }
+        if not row:
+            return []
+        self.rows[trained] = row
+        return [
+            MetricValue(
+                self,
+                "AccuracyMatrix/eval_phase/test_stream",
+                rendered(accuracy_matrix_figure(self.result())),
+                strategy.clock.train_iterations,
+            )
+        ]
+
+    def __str__(self) -> str:
+        return "AccuracyMatrix"
+
+
+def accuracy_matrix_image_metrics() -> List[PluginMetric]:
+    """The accuracy-matrix image metric, for an ``EvaluationPlugin``."""
+    return [AccuracyMatrixImagePluginMetric()]

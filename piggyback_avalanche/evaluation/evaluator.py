@@ -1,0 +1,111 @@
+"""One evaluator for every strategy: Avalanche's accuracy, forgetting, BWT and
+timing, this package's model size, mask sparsity and accuracy matrix, and the
+loggers a researcher reads (progress bars, TensorBoard, CSV and JSON files)."""
+
+import csv
+import json
+from pathlib import Path
+from typing import IO, Any, Dict, List, Optional, Union
+
+from avalanche.evaluation.metrics import (
+    accuracy_metrics,
+    bwt_metrics,
+    forgetting_metrics,
+    timing_metrics,
+)
+from avalanche.logging import BaseLogger, InteractiveLogger, TensorboardLogger
+from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
+
+from piggyback_avalanche.evaluation.accuracy_matrix_image import accuracy_matrix_image_metrics
+from piggyback_avalanche.evaluation.model_size import model_size_metrics
+from piggyback_avalanche.files import write_atomically
+from piggyback_avalanche.methods.piggyback.mask_sparsity import mask_sparsity_metrics
+
+__all__ = ["MetricsFileLogger", "default_evaluator"]
+
+PathLike = Union[str, Path]
+
+
+class MetricsFileLogger(BaseLogger, SupervisedPlugin):
+    """Every numeric metric value, as rows ``name, x, value`` in a CSV file
+    and a JSON list, rewritten after each training experience and each
+    evaluation.
+
+    :param csv_path: where the CSV goes (``None``: no CSV).
+    :param json_path: where the JSON goes (``None``: no JSON).
+    """
+
+    def __init__(self, *, csv_path: Optional[PathLike] = None, json_path: Optional[PathLike] = None) -> None:
+        super().__init__()
+        self.csv_path = Path(csv_path) if csv_path else None
+        self.json_path = Path(json_path) if json_path else None
+        self.rows: List[Dict[str, Any]] = []
+
+    def log_single_metric(self, name: str, value: Any, x_plot: int) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            self.rows.append({"name": name, "x": int(x_plot), "value": float(value)})
+
+    def state_dict(self) -> List[Dict[str, Any]]:
+        """The rows logged so far, for a checkpoint."""
+        return [dict(row) for row in self.rows]
+
+    def load_state_dict(self, rows: List[Dict[str, Any]]) -> None:
+        """Continue after the rows of a checkpoint."""
+        self.rows = [dict(row) for row in rows]
+
+    def flush(self) -> None:
+        """Write the files now."""
+        if self.csv_path:
+
+            def write_csv(file: IO[str]) -> None:
+                writer = csv.DictWriter(file, fieldnames=["name", "x", "value"])
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+            write_atomically(self.csv_path, write_csv)
+        if self.json_path:
+            write_atomically(self.json_path, lambda file: json.dump(self.rows, file, indent=1))
+
+    def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self.flush()
+
+    def after_eval(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self.flush()
+
+
+def default_evaluator(
+    *,
+    tb_dir: Optional[PathLike] = None,
+    csv_dir: Optional[PathLike] = None,
+    json_path: Optional[PathLike] = None,
+    interactive: bool = True,
+) -> EvaluationPlugin:
+    """An ``EvaluationPlugin`` with everything this package reports.
+
+    Metrics: accuracy per experience and stream, forgetting and BWT per
+    experience and stream, model size, mask sparsity (Piggyback), the accuracy
+    matrix image, and epoch/experience timing.
+
+    :param tb_dir: a TensorBoard log directory (``None``: no TensorBoard).
+    :param csv_dir: a directory for ``metrics.csv`` with every numeric value.
+    :param json_path: a JSON file with every numeric value.
+    :param interactive: progress bars and a text summary on stdout.
+    """
+    loggers: List[BaseLogger] = []
+    if interactive:
+        loggers.append(InteractiveLogger())
+    if tb_dir is not None:
+        loggers.append(TensorboardLogger(tb_log_dir=tb_dir))
+    if csv_dir is not None or json_path is not None:
+        csv_path = Path(csv_dir) / "metrics.csv" if csv_dir is not None else None
+        loggers.append(MetricsFileLogger(csv_path=csv_path, json_path=json_path))
+    return EvaluationPlugin(
+        accuracy_metrics(experience=True, stream=True),
+        forgetting_metrics(experience=True, stream=True),
+        bwt_metrics(experience=True, stream=True),
+        timing_metrics(epoch=True, experience=True),
+        *model_size_metrics(),
+        *mask_sparsity_metrics(),
+        *accuracy_matrix_image_metrics(),
+        loggers=loggers,
+    )

@@ -1,0 +1,84 @@
+"""PackNet (Mallya & Lazebnik, CVPR 2018): one network, its weights assigned
+to tasks by iterative pruning.
+
+Each task trains the weights that no earlier task owns, prunes a fraction of
+them by magnitude, retrains the rest and then owns them. Task ``t`` computes
+with the weights of every task up to ``t``. Unlike Avalanche's PackNet this
+one handles batch norm (one copy per task), layers without bias, optimizers
+with momentum or weight decay (frozen weights live outside any optimizer),
+mixed-task mini-batches and user plugins.
+"""
+
+from typing import Any, Dict, Optional, Sequence, Union
+
+from torch import nn
+
+from piggyback_avalanche.methods.packnet.layers import PACKNET_LAYER_TYPES, PackNetLayer
+from piggyback_avalanche.task_aware.models import TaskAwareModel
+
+__all__ = ["PackNetModel", "check_prune_ratio"]
+
+
+def check_prune_ratio(ratio: Any) -> None:
+    """Refuse a prune ratio outside ``[0, 1)``.
+
+    :raises ValueError: naming the value.
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise ValueError(f"prune_ratio must be in [0, 1), got {ratio!r}.")
+
+
+class PackNetModel(TaskAwareModel):
+    """PackNet over any backbone, with per-task heads and normalization.
+
+    :param backbone: the network; its convolutions and linear layers are
+        shared out among tasks, its normalization layers copied per task.
+    :param classifier: the ``nn.Linear`` replaced by per-task heads (``None``:
+        the backbone's last ``nn.Linear``).
+    :param task_batchnorm: each task gets its own normalization copy;
+        ``False`` shares the backbone's, trained with the first task and then
+        frozen (the paper's "nobn" setting).
+    """
+
+    layer_types = PACKNET_LAYER_TYPES  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        classifier: Union[str, nn.Module, None] = None,
+        task_batchnorm: bool = True,
+    ) -> None:
+        super().__init__(backbone, classifier=classifier, task_batchnorm=task_batchnorm, layer_settings={})
+
+    def add_task(self, task: int, *, classes: Sequence[int], train_backbone: Optional[bool] = None) -> None:
+        """Add a task to learn. As in the paper, the first task also trains the
+        shared parameters (biases, and the normalization layers with
+        ``task_batchnorm=False``), which later tasks keep frozen.
+
+        :param train_backbone: override that choice.
+        """
+        if self.task_state.learning:
+            raise ValueError(
+                f"PackNet learns one task at a time and task(s) {self.learning_tasks} are "
+                "being learned: give each experience a single task label."
+            )
+        if train_backbone is None:
+            train_backbone = not self.tasks
+        super().add_task(task, classes=classes, train_backbone=train_backbone)
+
+    def prune(self, ratio: float) -> None:
+        """Prune every learning task's weights, layer by layer, by magnitude.
+
+        :param ratio: the share of each layer's free weights to release, in
+            ``[0, 1)``.
+        """
+        check_prune_ratio(ratio)
+        for key in self.task_state.learning:
+            for layer in self.packnet_layers.values():
+                layer.prune(key, ratio)
+
+    @property
+    def packnet_layers(self) -> Dict[str, PackNetLayer]:
+        """The layers whose weights are shared out, by qualified name."""
+        return self.task_layers  # type: ignore[return-value]

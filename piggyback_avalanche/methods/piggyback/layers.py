@@ -1,0 +1,111 @@
+"""Piggyback's layer: the backbone's weight frozen, one learned mask per task."""
+
+from typing import Dict, List, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from piggyback_avalanche.methods.piggyback.masks import MaskKind, pack_mask, unpack_mask
+from piggyback_avalanche.task_aware.bit_packing import packed_code_bytes
+from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer, task_layer_types
+from piggyback_avalanche.task_aware.task_state import TaskTensorDict
+
+__all__ = ["MaskedLayer", "MaskedConv1d", "MaskedConv2d", "MaskedConv3d", "MaskedLinear", "MASKED_LAYER_TYPES"]
+
+
+class MaskedLayer(TaskWeightLayer):
+    """Piggyback's layer: the backbone's ``weight`` and ``bias`` stay frozen.
+
+    Each task being learned owns real-valued ``scores`` shaped like the
+    weight; the forward pass uses ``weight * threshold(scores)``. When the
+    task is frozen only its thresholded mask is kept, bit-packed in
+    ``packed_masks``.
+    """
+
+    def _init_task_weights(  # type: ignore[override]
+        self, *, mask_kind: MaskKind, threshold: float, mask_init: str, mask_scale: float
+    ) -> None:
+        self.mask_kind = mask_kind
+        self.threshold = threshold
+        self.mask_init = mask_init
+        self.mask_scale = mask_scale
+        self.scores = TaskTensorDict(trainable=True, holds="learning", shape=tuple(self.weight.shape))
+        packed = (packed_code_bytes(self.weight.numel(), mask_kind.bits),)
+        self.packed_masks = TaskTensorDict(trainable=False, holds="frozen", shape=packed)
+
+    # --- tasks -----------------------------------------------------------
+
+    def add_task(self, task: str, *, classes: Sequence[int] = ()) -> None:
+        """Start learning ``task``: scores initialised as ``mask_init`` says
+        (``"1s"``: all ``mask_scale``; ``"uniform"``: in ``[-mask_scale,
+        mask_scale]``), or, for the task that trains the backbone, the weight
+        and bias themselves under a mask of ones (frozen by :meth:`freeze_task`).
+        """
+        if task == self.task_state.backbone_task:
+            self._set_weight_trainable(True)
+            return
+        scores = torch.full_like(self.weight, self.mask_scale)
+        if self.mask_init == "uniform":
+            scores.uniform_(-self.mask_scale, self.mask_scale)
+        self.scores.add(task, scores)
+
+    def freeze_task(self, task: str) -> None:
+        """Replace the task's scores by its bit-packed thresholded mask."""
+        if task == self.task_state.backbone_task:
+            mask = torch.ones_like(self.weight)
+            self._set_weight_trainable(False)
+        else:
+            with torch.no_grad():
+                mask = self.mask_kind.apply(self.scores.pop(task), self.threshold)
+        self.packed_masks.add(task, pack_mask(mask, bits=self.mask_kind.bits))
+
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        """``{"mask_scores": [...], "backbone": [...]}``: the scores of the
+        tasks being learned, and the weight and bias while the backbone trains."""
+        return {
+            "mask_scores": [self.scores[t] for t in self.scores.keys()],  # type: ignore[misc]
+            "backbone": [p for p in (self.weight, self.bias) if p is not None and p.requires_grad],
+        }
+
+    def task_state_bytes(self) -> int:
+        return self.packed_masks.nbytes()
+
+    def mask(self, task: str) -> Tensor:
+        """The mask of ``task`` as a tensor shaped like the weight."""
+        if task in self.scores:
+            return self.mask_kind.apply(self.scores[task], self.threshold)
+        if task == self.task_state.backbone_task:
+            return torch.ones_like(self.weight)
+        return unpack_mask(
+            self.packed_masks[task],
+            shape=self.weight.shape,
+            bits=self.mask_kind.bits,
+            dtype=self.weight.dtype,
+        )
+
+    # --- forward ---------------------------------------------------------
+
+    def task_weight(self) -> Tensor:
+        """The weight of the current task: ``weight * mask``."""
+        task = self.task_state.key()
+        if task in self.scores:
+            return self.mask_kind.masked_weight(self.weight, self.scores[task], self.threshold)
+        if task == self.task_state.backbone_task:
+            return self.weight
+        if task not in self.packed_masks:
+            raise KeyError(f"{type(self).__name__} has no mask for task {task!r}.")
+        if self.weight.requires_grad and torch.is_grad_enabled():
+            # The backbone itself trains: the product must stay in the graph.
+            return self.weight * self.mask(task)
+        # _version counts in-place writes, so an optimizer step or a
+        # load_state_dict into the weight or the mask invalidates the cache.
+        key = (task, self.weight._version, self.packed_masks[task]._version)
+        return self._cached("weight", key, lambda: self.weight * self.mask(task))
+
+
+MASKED_LAYER_TYPES = task_layer_types(
+    MaskedLayer, prefix="Masked", doc="with a learned binary or ternary mask per task."
+)
+"""Layer types that get masks, and their masked twins."""
+
+MaskedConv1d, MaskedConv2d, MaskedConv3d, MaskedLinear = MASKED_LAYER_TYPES.values()

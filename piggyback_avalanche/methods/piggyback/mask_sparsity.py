@@ -1,0 +1,111 @@
+"""How sparse each task's masks are, as an Avalanche plugin metric: the
+share of each layer's weights a task's mask drops (or flips), as scalars and
+a per-layer chart, and histograms of the mask scores while a task learns."""
+
+import math
+from typing import Any, Dict, Iterable, List, Optional
+
+from torch import nn
+
+from avalanche.evaluation import Metric, PluginMetric
+from avalanche.evaluation.metric_results import MetricValue
+
+from piggyback_avalanche.evaluation.after_training_exp import AfterTrainingExpPluginMetric
+from piggyback_avalanche.evaluation.figures import bar_chart, rendered
+from piggyback_avalanche.methods.piggyback.model import PiggybackModel
+
+__all__ = ["MaskSparsity", "MaskSparsityPluginMetric", "mask_sparsity_metrics"]
+
+
+class MaskSparsity(Metric[Dict[int, Dict[str, Dict[str, float]]]]):
+    """The standalone mask-sparsity metric of a :class:`PiggybackModel`.
+
+    ``result()`` maps each frozen task to ``{"zeros": {layer: fraction, ...,
+    "overall": fraction}, "negatives": {...}}`` (negatives for the ternary
+    masks only): the share of each layer's weights that the task's mask drops
+    (or flips).
+    """
+
+    def __init__(self) -> None:
+        self._result: Dict[int, Dict[str, Dict[str, float]]] = {}
+
+    def update(self, model: nn.Module, tasks: Optional[Iterable[int]] = None) -> None:
+        """Measure ``tasks`` (default: every frozen task) of ``model``."""
+        if not isinstance(model, PiggybackModel):
+            return
+        ternary = model.mask_kind.bits == 2
+        for task in model.frozen_tasks if tasks is None else tasks:
+            counts: Dict[str, Dict[str, float]] = {"zeros": {}, "negatives": {}} if ternary else {"zeros": {}}
+            totals = {kind: 0 for kind in counts}
+            weights = 0
+            for name, layer in model.masked_layers.items():
+                mask = layer.mask(str(task))
+                found = {"zeros": int((mask == 0).sum()), "negatives": int((mask < 0).sum())}
+                for kind in counts:
+                    counts[kind][name] = found[kind] / mask.numel()
+                    totals[kind] += found[kind]
+                weights += mask.numel()
+            for kind in counts:
+                counts[kind]["overall"] = totals[kind] / weights
+            self._result[int(task)] = counts
+
+    def result(self) -> Dict[int, Dict[str, Dict[str, float]]]:
+        return {t: {k: dict(v) for k, v in c.items()} for t, c in self._result.items()}
+
+    def reset(self) -> None:
+        self._result = {}
+
+
+class MaskSparsityPluginMetric(AfterTrainingExpPluginMetric):
+    """After each training experience, for each task it trained:
+    ``MaskZeros/train_phase/train_stream/TaskTTT/<layer>`` (and
+    ``.../overall``), ``MaskNegatives/...`` for ternary masks, and a per-layer
+    bar chart ``MaskSparsityChart/train_phase/train_stream/TaskTTT``.
+
+    While a task trains it also emits a histogram of each layer's mask scores
+    after every epoch, ``MaskScores/train_phase/train_stream/TaskTTT/<layer>``
+    (at most ``histogram_samples`` scores per layer, sampled evenly).
+    """
+
+    name = "MaskSparsity"
+
+    def __init__(self, *, histogram_samples: int = 10_000) -> None:
+        super().__init__(MaskSparsity())
+        self.histogram_samples = histogram_samples
+
+    def _values(self, strategy: Any) -> List[MetricValue]:
+        model = strategy.model
+        if not isinstance(model, PiggybackModel):
+            return []
+        trained = [int(t) for t in strategy.experience.task_labels]
+        self._metric.update(model, trained)
+        result = self._metric.result()
+        values = []
+        for task in trained:
+            for kind, fractions in result[task].items():
+                label = "MaskZeros" if kind == "zeros" else "MaskNegatives"
+                for layer, fraction in fractions.items():
+                    values.append(self._emit(label, f"/Task{task:03d}/{layer}", fraction, strategy))
+        latest = trained[-1]
+        values.append(
+            self._emit("MaskSparsityChart", f"/Task{latest:03d}", rendered(bar_chart(result[latest])), strategy)
+        )
+        return values
+
+    def after_training_epoch(self, strategy: Any) -> List[MetricValue]:
+        model = strategy.model
+        if not isinstance(model, PiggybackModel):
+            return []
+        values = []
+        for task in model.learning_tasks:
+            for name, layer in model.masked_layers.items():
+                if str(task) in layer.scores:
+                    scores = layer.scores[str(task)].detach().flatten()
+                    step = max(1, math.ceil(scores.numel() / self.histogram_samples))
+                    values.append(self._emit("MaskScores", f"/Task{task:03d}/{name}", scores[::step].cpu(), strategy))
+        return values
+
+
+def mask_sparsity_metrics(*, histogram_samples: int = 10_000) -> List[PluginMetric]:
+    """The mask-sparsity plugin metrics, for an ``EvaluationPlugin``."""
+    return [MaskSparsityPluginMetric(histogram_samples=histogram_samples)]

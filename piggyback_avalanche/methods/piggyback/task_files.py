@@ -1,0 +1,168 @@
+"""Task files: finished Piggyback tasks exported on their own, to share one
+backbone plus small mask files, as the paper's authors distributed theirs.
+
+A task file holds, per task, exactly what the task adds to the backbone: its
+bit-packed masks, its normalization layers and its head; plus the mask
+settings, a format version and a fingerprint of the backbone tensors the
+masks were learned on. Loading checks all of it against the model before
+changing anything, and writing is atomic.
+"""
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Union
+
+import torch
+
+from piggyback_avalanche.files import read_saved, refuse_unless_loadable, write_atomically
+from piggyback_avalanche.task_aware.models import MultiHeadModel
+
+if TYPE_CHECKING:  # the model module imports this one
+    from piggyback_avalanche.methods.piggyback.model import PiggybackModel
+
+__all__ = ["TASK_FILE_FORMAT", "TASK_FILE_VERSION", "TaskFileError", "backbone_fingerprint", "save_tasks", "load_tasks"]
+
+TASK_FILE_FORMAT = "piggyback-avalanche task file"
+TASK_FILE_VERSION = 1
+
+PathLike = Union[str, Path]
+
+
+class TaskFileError(ValueError):
+    """A task file cannot be written, read, or applied to this model."""
+
+
+def backbone_fingerprint(model: MultiHeadModel) -> str:
+    """SHA-256 of the model's shared tensors (the backbone's weights, biases
+    and normalization layers: everything that is no task's own), by name,
+    dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for name in sorted(model.shared_state_keys()):
+        tensor = state[name]
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def _settings(model: "PiggybackModel") -> Dict[str, Any]:
+    return {
+        "model": type(model).__name__,
+        "threshold_fn": model.threshold_fn,
+        "threshold": model.threshold,
+        "task_batchnorm": model.task_batchnorm,
+    }
+
+
+def save_tasks(model: "PiggybackModel", path: PathLike, tasks: Optional[Iterable[int]] = None) -> None:
+    """Write ``tasks`` (all frozen tasks by default) of a Piggyback model to
+    ``path``, atomically.
+
+    :raises TaskFileError: for a task the model does not have, or one still
+        being learned.
+    """
+    tasks = model.frozen_tasks if tasks is None else sorted(int(t) for t in tasks)
+    unknown = [t for t in tasks if t not in model.tasks]
+    learning = [t for t in tasks if t in model.learning_tasks]
+    if unknown or learning or not tasks:
+        raise TaskFileError(
+            f"Cannot save tasks {list(tasks)}: "
+            + (f"{unknown} unknown (the model has {model.tasks})" if unknown else "")
+            + (f"{learning} still being learned; train() freezes a task when its experience ends" if learning else "")
+            + ("no frozen task to save" if not tasks else "")
+            + "."
+        )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "format": TASK_FILE_FORMAT,
+        "version": TASK_FILE_VERSION,
+        "backbone_fingerprint": backbone_fingerprint(model),
+        "settings": _settings(model),
+        "tasks": {task: {k: state[k] for k in model.task_state_keys(task)} for task in tasks},
+    }
+    write_atomically(path, lambda file: torch.save(payload, file), binary=True)
+
+
+def _read(path: Path) -> Dict[str, Any]:
+    payload = read_saved(
+        path, weights_only=True, error=TaskFileError, what="task file", remedy="Copy it again from its source."
+    )
+    if not isinstance(payload, dict) or payload.get("format") != TASK_FILE_FORMAT:
+        raise TaskFileError(f"{path} is not a {TASK_FILE_FORMAT}.")
+    if payload.get("version") != TASK_FILE_VERSION:
+        raise TaskFileError(
+            f"{path} is a task file of version {payload.get('version')!r}; this version of "
+            f"piggyback-avalanche reads version {TASK_FILE_VERSION}. Upgrade the package, or re-export the tasks."
+        )
+    return payload
+
+
+def load_tasks(
+    model: "PiggybackModel",
+    path: PathLike,
+    tasks: Optional[Iterable[int]] = None,
+    *,
+    rename: Optional[Dict[int, int]] = None,
+) -> List[int]:
+    """Add tasks from a task file to a Piggyback model, as frozen tasks.
+
+    Everything is checked first (file integrity and version, backbone
+    fingerprint, mask settings, free task labels, tensor shapes); on any
+    error the model is unchanged.
+
+    :param tasks: the file's tasks to load; all by default.
+    :param rename: ``{task in the file: task label in the model}``.
+    :return: the task labels added to the model.
+    :raises TaskFileError: naming what does not match and what to do.
+    """
+    path = Path(path)
+    payload = _read(path)
+    available = sorted(payload["tasks"])
+    tasks = available if tasks is None else sorted(int(t) for t in tasks)
+    missing = [t for t in tasks if t not in payload["tasks"]]
+    if missing:
+        raise TaskFileError(f"{path} has no task(s) {missing}; it holds tasks {available}.")
+    if payload["backbone_fingerprint"] != backbone_fingerprint(model):
+        raise TaskFileError(
+            f"The tasks in {path} were learned on another backbone (fingerprint "
+            f"{payload['backbone_fingerprint'][:12]}…, this model's is {backbone_fingerprint(model)[:12]}…): "
+            "their masks would select the wrong weights. Build the model on the same pretrained "
+            "backbone (same weights, same first task if it trained the backbone)."
+        )
+    ours = _settings(model)
+    different = {k: (v, ours[k]) for k, v in payload["settings"].items() if ours.get(k) != v}
+    if different:
+        details = ", ".join(f"{k}: file {a!r}, model {b!r}" for k, (a, b) in different.items())
+        raise TaskFileError(f"{path} was saved with other settings ({details}); build the model with the file's.")
+    rename = {t: t for t in tasks} | {int(k): int(v) for k, v in (rename or {}).items() if int(k) in tasks}
+    targets = [rename[t] for t in tasks]
+    taken = [t for t in targets if t in model.tasks]
+    if taken or len(set(targets)) != len(targets):
+        raise TaskFileError(
+            f"Task label(s) {taken or targets} already exist in the model (tasks {model.tasks}); pass "
+            "rename={task in the file: new label} to load them under free labels."
+        )
+    state = model.state_dict()
+    for task in tasks:
+        entries = payload["tasks"][task]
+        expected = model.frozen_task_state_keys(task)
+        if not isinstance(entries, dict) or set(entries) != set(expected):
+            found = sorted(entries) if isinstance(entries, dict) else type(entries).__name__
+            raise TaskFileError(
+                f"Task {task} in {path} does not hold what a frozen task of this model holds (expected "
+                f"{sorted(expected)}, found {found}); it is corrupt, or from another backbone "
+                "architecture or classifier."
+            )
+        # The model lists a task's keys in the same order for every label.
+        for old, new in zip(expected, model.frozen_task_state_keys(rename[task])):
+            state[new] = entries[old]
+    refuse_unless_loadable(
+        model,
+        state,
+        error=TaskFileError,
+        message=f"The tasks in {path} do not fit this model's layers ({{cause}}); build the model from the "
+        "same backbone architecture and classifier as the one that saved them.",
+    )
+    model.load_state_dict(state)
+    return targets

@@ -1,0 +1,46 @@
+"""The paper's reference points, built on the same backbone conversion as
+Piggyback so that every method shares heads, normalization and routing.
+
+- :class:`IndividualNetworksModel`: a separate copy of the backbone per task,
+  all of it fine-tuned (the upper bound; T networks of storage).
+- :class:`ClassifierOnlyModel`: the backbone frozen, batch norm included, and
+  one trained head per task (the lower bound).
+"""
+
+from typing import Union
+
+from torch import nn
+
+from piggyback_avalanche.methods.reference.layers import COPIED_LAYER_TYPES, FROZEN_LAYER_TYPES
+from piggyback_avalanche.task_aware.models import TaskAwareModel
+
+__all__ = ["IndividualNetworksModel", "ClassifierOnlyModel"]
+
+
+class IndividualNetworksModel(TaskAwareModel):
+    """One copy of the backbone per task, all of it trained on that task:
+    the reference of separately fine-tuned networks. Storage is T networks;
+    forgetting is zero since no copy is trained twice.
+
+    :param backbone: the (pretrained) network every copy starts from.
+    :param classifier: the ``nn.Linear`` replaced by per-task heads.
+    """
+
+    layer_types = COPIED_LAYER_TYPES  # type: ignore[assignment]
+
+    def __init__(self, backbone: nn.Module, *, classifier: Union[str, nn.Module, None] = None) -> None:
+        super().__init__(backbone, classifier=classifier, task_batchnorm=True, layer_settings={})
+
+
+class ClassifierOnlyModel(TaskAwareModel):
+    """The backbone frozen, batch norm included, with one trained head per
+    task: the lower reference point.
+
+    :param backbone: the (pretrained) feature extractor.
+    :param classifier: the ``nn.Linear`` replaced by per-task heads.
+    """
+
+    layer_types = FROZEN_LAYER_TYPES  # type: ignore[assignment]
+
+    def __init__(self, backbone: nn.Module, *, classifier: Union[str, nn.Module, None] = None) -> None:
+        super().__init__(backbone, classifier=classifier, task_batchnorm=False, layer_settings={})

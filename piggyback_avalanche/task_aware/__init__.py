@@ -1,0 +1,45 @@
+"""The task machinery every method shares: the task state, task-aware
+layers, per-task normalization and heads, the multi-head and task-aware
+models, and the strategy they train with."""
+
+from piggyback_avalanche.task_aware.experiences import experience_task_classes
+from piggyback_avalanche.task_aware.models import MultiHeadModel, TaskAwareModel
+from piggyback_avalanche.task_aware.strategy import (
+    DEFAULT_EVAL_MB_SIZE,
+    DEFAULT_LR,
+    DEFAULT_TRAIN_EPOCHS,
+    DEFAULT_TRAIN_MB_SIZE,
+    NonFiniteLossError,
+    OptimizerFactory,
+    TaskAwareStrategy,
+    TaskOutOfMemoryError,
+)
+from piggyback_avalanche.task_aware.task_heads import ClassifierHead, TaskHeads
+from piggyback_avalanche.task_aware.task_layers import SUPPORTED_LAYER_TYPES, TaskWeightLayer, task_layer_types
+from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
+from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, TaskTensorDict, task_key
+
+__all__ = [
+    "TaskState",
+    "TaskTensorDict",
+    "TaskModule",
+    "task_key",
+    "TaskWeightLayer",
+    "task_layer_types",
+    "SUPPORTED_LAYER_TYPES",
+    "TaskNorm",
+    "NORM_LAYER_TYPES",
+    "ClassifierHead",
+    "TaskHeads",
+    "MultiHeadModel",
+    "TaskAwareModel",
+    "experience_task_classes",
+    "TaskAwareStrategy",
+    "OptimizerFactory",
+    "NonFiniteLossError",
+    "TaskOutOfMemoryError",
+    "DEFAULT_LR",
+    "DEFAULT_TRAIN_EPOCHS",
+    "DEFAULT_TRAIN_MB_SIZE",
+    "DEFAULT_EVAL_MB_SIZE",
+]

@@ -1,0 +1,500 @@
+"""The models every method shares: a backbone copy with one classifier head
+per task (:class:`MultiHeadModel`), and one whose layers are task-aware too
+(:class:`TaskAwareModel`), which each method specialises with its layer type.
+
+Both are Avalanche :class:`~avalanche.models.MultiTaskModule` s: the
+strategy's model adaptation adds each new task, and ``model(x, task_labels)``
+routes every sample through its own task.
+"""
+
+import copy
+from itertools import chain
+from typing import Any, Dict, Iterable, Iterator, List, Sequence, Set, Tuple, Type, Union
+
+import torch
+from torch import Tensor, nn
+
+from avalanche.benchmarks.scenarios import CLExperience
+from avalanche.models import MultiTaskModule
+
+from piggyback_avalanche.task_aware.experiences import experience_task_classes
+from piggyback_avalanche.task_aware.task_heads import TaskHeads
+from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
+from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
+from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, task_key
+
+__all__ = ["MultiHeadModel", "TaskAwareModel"]
+
+
+def _find_classifier(backbone: nn.Module, classifier: Union[str, nn.Module, None]) -> str:
+    """The qualified name of the backbone's classifier."""
+    if isinstance(classifier, str):
+        try:
+            module = backbone.get_submodule(classifier)
+        except AttributeError:
+            raise ValueError(f"The backbone has no submodule named {classifier!r}.") from None
+        if not isinstance(module, nn.Linear):
+            raise ValueError(
+                f"classifier {classifier!r} is a {type(module).__name__}; it must be an "
+                "nn.Linear, which is replaced by one head per task."
+            )
+        return classifier
+    linears = [name for name, module in backbone.named_modules() if isinstance(module, nn.Linear)]
+    if classifier is not None:
+        named = [name for name, module in backbone.named_modules() if module is classifier]
+        if not named or named[0] not in linears:
+            raise ValueError(
+                "classifier must be an nn.Linear inside the backbone (or its qualified "
+                "name); the given module is not one."
+            )
+        return named[0]
+    if not linears:
+        raise ValueError(
+            "The backbone has no nn.Linear to replace by per-task heads. Pass "
+            "classifier='<qualified name>' of its final nn.Linear."
+        )
+    return linears[-1]
+
+
+def _own_state_bytes(module: nn.Module) -> int:
+    """Bytes of a module's own saved parameters and buffers (not its children's)."""
+    buffers = [b for n, b in module._buffers.items() if n not in module._non_persistent_buffers_set]
+    return sum(t.nbytes for t in chain(module._parameters.values(), buffers) if t is not None)
+
+
+class MultiHeadModel(MultiTaskModule):
+    """A copy of a backbone whose classifier is replaced by one head per task.
+
+    Heads are added by Avalanche's model adaptation (or :meth:`add_task`),
+    sized from the experience's classes whether the stream gives them as a
+    list or a set, or not at all; ``model(x, task_labels)`` routes every
+    sample through its own task, mini-batches may mix tasks. The rest of the
+    backbone is left as it is: this is the multi-head model of the baselines
+    that train the whole network (fine-tuning, EWC, LwF, replay, ...).
+
+    :param backbone: the network to copy.
+    :param classifier: the ``nn.Linear`` replaced by per-task heads, as a
+        module of the backbone or its qualified name; ``None`` picks the
+        backbone's last ``nn.Linear``.
+    """
+
+    # Avalanche's MultiTaskModule bookkeeping, kept up to date here.
+    known_train_tasks_labels: Set[int]
+    max_class_label: int
+
+    def __init__(self, backbone: nn.Module, *, classifier: Union[str, nn.Module, None] = None) -> None:
+        super().__init__()
+        self.task_state = TaskState()
+        self._classifier_name = _find_classifier(backbone, classifier)
+        self.backbone = self._convert(copy.deepcopy(backbone), self._classifier_name)
+
+    # --- building ----------------------------------------------------------
+
+    def _convert(self, backbone: nn.Module, classifier_name: str) -> nn.Module:
+        replaced: Dict[int, nn.Module] = {}
+        for name, module in list(backbone.named_modules(remove_duplicate=False)):
+            if id(module) not in replaced:
+                replaced[id(module)] = self._task_aware(module, is_classifier=name == classifier_name)
+            new = replaced[id(module)]
+            if new is module:
+                continue
+            if not name:
+                return new
+            parent, _, attr = name.rpartition(".")
+            setattr(backbone.get_submodule(parent), attr, new)
+        return backbone
+
+    def _task_aware(self, module: nn.Module, *, is_classifier: bool) -> nn.Module:
+        """What replaces a backbone module (the module itself if nothing)."""
+        if is_classifier:
+            return TaskHeads(module, task_state=self.task_state)  # type: ignore[arg-type]  # the classifier is an nn.Linear
+        return module
+
+    def _named_task_modules(self) -> Iterator[Tuple[str, TaskModule]]:
+        """Every task-aware module, by its state-dict prefix."""
+        for name, module in self.named_modules():
+            if isinstance(module, TaskModule):
+                yield f"{name}.", module
+
+    # --- tasks ---------------------------------------------------------------
+
+    @property
+    def heads(self) -> TaskHeads:
+        """The per-task classifier heads."""
+        return self.backbone.get_submodule(self._classifier_name)  # type: ignore[return-value]
+
+    @property
+    def tasks(self) -> List[int]:
+        """Every task the model knows."""
+        return sorted(int(t) for t in self.heads.heads.keys())
+
+    def add_task(self, task: int, *, classes: Sequence[int]) -> None:
+        """Add the head of a new task.
+
+        :param task: the task label.
+        :param classes: the class labels of the task.
+        :raises ValueError: if the task already exists or has no classes.
+        """
+        key = self._new_task_key(task, classes)
+        self.heads.add_task(key, classes=classes)
+        self._register_task(task, classes)
+
+    def _new_task_key(self, task: int, classes: Sequence[int]) -> str:
+        key = task_key(task)
+        if key in self.heads.heads:
+            raise ValueError(
+                f"Task {task} already exists in this {type(self).__name__} (tasks "
+                f"{self.tasks}); a learned task is never changed. Give the new data "
+                "a new task label."
+            )
+        if not classes or min(int(c) for c in classes) < 0:
+            raise ValueError(f"Task {task} needs non-negative class labels, got {list(classes)}.")
+        return key
+
+    def _register_task(self, task: int, classes: Sequence[int]) -> None:
+        self.known_train_tasks_labels.add(int(task))
+        self.max_class_label = max(self.max_class_label, max(int(c) for c in classes) + 1)
+
+    def adaptation(self, experience: CLExperience) -> None:
+        """Add the experience's new tasks when training; when evaluating,
+        check that the model knows the experience's tasks.
+
+        :raises ValueError: when evaluating a task the model never learned,
+            or training a known task on classes its head does not have.
+        """
+        task_classes = experience_task_classes(experience)
+        if not self.training:
+            unknown = sorted(set(task_classes) - set(self.tasks))
+            if unknown:
+                raise ValueError(self._unknown_tasks_message(unknown))
+            return
+        for task, classes in task_classes.items():
+            if task_key(task) not in self.heads.heads:
+                self.add_task(task, classes=classes)
+            else:
+                self._revisit(task, classes)
+
+    def _revisit(self, task: int, classes: Sequence[int]) -> None:
+        """Train a known task again (as cumulative and joint training do)."""
+        head = self.heads.head(task_key(task))
+        unknown = sorted(set(int(c) for c in classes) - set(head.classes))
+        if unknown:
+            raise ValueError(
+                f"Task {task} comes back with classes {unknown} its head does not "
+                f"have (it has {head.classes}); give classes of a new task a new task label."
+            )
+
+    def _unknown_tasks_message(self, unknown: Sequence[int]) -> str:
+        return (
+            f"Task label(s) {list(unknown)} unknown to this {type(self).__name__}; it "
+            f"knows tasks {self.tasks}. Train an experience with that task label first, "
+            "or evaluate only the experiences trained so far, e.g. "
+            "strategy.eval(test_stream[: i + 1])."
+        )
+
+    # --- what the model stores ----------------------------------------------------
+
+    def task_state_keys(self, task: int) -> List[str]:
+        """The state-dict keys of what ``task`` holds now, in every module."""
+        key = task_key(task)
+        return [prefix + k for prefix, module in self._named_task_modules() for k in module.task_state_keys(key)]
+
+    def frozen_task_state_keys(self, task: int) -> List[str]:
+        """The state-dict keys that a frozen ``task`` holds (whether or not
+        the model has it), in a fixed order."""
+        key = task_key(task)
+        return [prefix + k for prefix, module in self._named_task_modules() for k in module.frozen_task_state_keys(key)]
+
+    def template_state_keys(self) -> List[str]:
+        """State-dict keys that only seed new tasks and that no learned task reads."""
+        return [prefix + k for prefix, module in self._named_task_modules() for k in module.template_state_keys()]
+
+    def shared_state_keys(self) -> List[str]:
+        """State-dict keys of what every task shares: all but the tasks' own."""
+        own = {k for task in self.tasks for k in self.task_state_keys(task)}
+        return [k for k in self.state_dict() if k not in own]
+
+    def stored_bytes(self) -> int:
+        """Bytes of what the model must store to compute every learned task:
+        its state dict at each tensor's own dtype, without the templates that
+        only seed new tasks."""
+        skip = set(self.template_state_keys())
+        return sum(t.nbytes for k, t in self.state_dict().items() if k not in skip)
+
+    def network_bytes(self, task: int) -> int:
+        """Bytes of one plain network for ``task``: the backbone's layers and
+        normalization once, with that task's head; T individual networks
+        cost the sum of this over the tasks."""
+        key = task_key(task)
+
+        def plain(module: nn.Module) -> int:
+            if isinstance(module, TaskModule):
+                return module.plain_bytes(key)
+            return _own_state_bytes(module) + sum(plain(child) for child in module.children())
+
+        return plain(self.backbone)
+
+    # --- forward -------------------------------------------------------------
+
+    def forward(self, x: Tensor, task_labels: Union[int, Tensor, None]) -> Union[Tensor, Dict[int, Tensor]]:
+        """Logits of each sample under its own task.
+
+        Mini-batches may mix tasks; heads of different widths are padded with
+        ``-inf``, which never wins an argmax.
+
+        :param x: the input batch.
+        :param task_labels: one task label for the whole batch, one per
+            sample, or ``None`` for a dict of every task's logits.
+        """
+        expected = next(self.backbone.parameters()).device
+        if x.device != expected:
+            raise ValueError(
+                f"The input is on {x.device} but the model is on {expected}; move one of them: "
+                f"x.to({str(expected)!r}), or model.to(x.device) (strategies: device=...)."
+            )
+        if task_labels is None:
+            return self.forward_all_tasks(x)
+        if isinstance(task_labels, Tensor) and task_labels.dim() > 0:
+            if task_labels.shape[0] != x.shape[0]:
+                raise ValueError(f"Got {task_labels.shape[0]} task labels for {x.shape[0]} samples.")
+            tasks = torch.unique(task_labels).tolist()
+            if len(tasks) > 1:
+                return self._forward_mixed(x, task_labels, tasks)
+            task_labels = tasks[0]
+        return self.forward_single_task(x, task_labels)
+
+    def _forward_mixed(self, x: Tensor, task_labels: Tensor, tasks: List[int]) -> Tensor:
+        rows = [task_labels == t for t in tasks]
+        outputs = [self.forward_single_task(x[r], t) for r, t in zip(rows, tasks)]
+        width = max(o.shape[1] for o in outputs)
+        out = outputs[0].new_full((x.shape[0], width), float("-inf"))
+        for r, o in zip(rows, outputs):
+            out[r, : o.shape[1]] = o
+        return out
+
+    def forward_single_task(self, x: Tensor, task_label: Union[int, Tensor]) -> Tensor:
+        """Logits of ``x`` under one task."""
+        key = task_key(task_label)
+        if key not in self.heads.heads:
+            raise ValueError(self._unknown_tasks_message([int(key)]))
+        with self.task_state.use(key):
+            return self.backbone(x)
+
+    def forward_all_tasks(self, x: Tensor) -> Dict[int, Tensor]:
+        """Logits of ``x`` under every known task."""
+        return {t: self.forward_single_task(x, t) for t in self.tasks}
+
+    # --- state dict ------------------------------------------------------------
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.known_train_tasks_labels = set(self.tasks)
+        self.max_class_label = max([self.heads.head(t).out_features for t in self.heads.heads.keys()], default=0)
+        return result
+
+
+class TaskAwareModel(MultiHeadModel):
+    """A backbone whose layers are task-aware: the machinery that every
+    method shares.
+
+    Besides the heads of :class:`MultiHeadModel`, the backbone's convolutions
+    and linear layers become the method's
+    :class:`~piggyback_avalanche.task_aware.task_layers.TaskWeightLayer`
+    twins (``layer_types``, from
+    :func:`~piggyback_avalanche.task_aware.task_layers.task_layer_types`) and
+    its normalization layers :class:`TaskNorm`. Tasks end with
+    :meth:`freeze_task`, and a frozen task is never trained again.
+
+    :param backbone: the network to copy and convert.
+    :param classifier: the ``nn.Linear`` replaced by per-task heads.
+    :param task_batchnorm: each task learns its own normalization parameters
+        and statistics; ``False`` shares the backbone's.
+    :param layer_settings: passed to every task-aware layer's ``from_module``.
+    """
+
+    layer_types: Dict[Type[nn.Module], Type[TaskWeightLayer]] = {}
+    """Backbone layer types and the task-aware types that replace them."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        classifier: Union[str, nn.Module, None] = None,
+        task_batchnorm: bool = True,
+        layer_settings: Dict[str, Any],
+    ) -> None:
+        self.task_batchnorm = bool(task_batchnorm)
+        self._layer_settings = layer_settings
+        super().__init__(backbone, classifier=classifier)
+
+    # --- building ----------------------------------------------------------
+
+    def _convert(self, backbone: nn.Module, classifier_name: str) -> nn.Module:
+        unsupported = [
+            f"{name or '<backbone>'} ({type(module).__name__})"
+            for name, module in backbone.named_modules()
+            if any(p is not None for p in module._parameters.values())
+            and name != classifier_name
+            and type(module) not in self.layer_types
+            and not isinstance(module, NORM_LAYER_TYPES)
+        ]
+        if unsupported:
+            raise ValueError(
+                f"{type(self).__name__} cannot handle these modules with parameters: "
+                + ", ".join(unsupported)
+                + ". Supported: "
+                + ", ".join(t.__name__ for t in self.layer_types)
+                + " (task-aware weights), "
+                + ", ".join(t.__name__ for t in NORM_LAYER_TYPES)
+                + " (per task). Express them with these layers, or fold them into "
+                "the classifier."
+            )
+        backbone = super()._convert(backbone, classifier_name)
+        if not any(isinstance(m, TaskWeightLayer) for m in backbone.modules()):
+            raise ValueError(
+                "The backbone has no convolution or linear layer besides the "
+                f"classifier, so {type(self).__name__} has nothing to learn per task."
+            )
+        return backbone
+
+    def _task_aware(self, module: nn.Module, *, is_classifier: bool) -> nn.Module:
+        if not is_classifier and type(module) in self.layer_types:
+            return self.layer_types[type(module)].from_module(
+                module, task_state=self.task_state, **self._layer_settings
+            )
+        if not is_classifier and isinstance(module, NORM_LAYER_TYPES):
+            return TaskNorm(module, task_state=self.task_state, per_task=self.task_batchnorm)
+        return super()._task_aware(module, is_classifier=is_classifier)
+
+    # --- tasks ---------------------------------------------------------------
+
+    @property
+    def task_layers(self) -> Dict[str, TaskWeightLayer]:
+        """The task-aware convolution and linear layers by qualified name."""
+        return {n: m for n, m in self.backbone.named_modules() if isinstance(m, TaskWeightLayer)}
+
+    @property
+    def frozen_tasks(self) -> List[int]:
+        """Tasks that are finished and never change again."""
+        return sorted(int(t) for t in self.heads.heads.keys() if t not in self.task_state.learning)
+
+    @property
+    def learning_tasks(self) -> List[int]:
+        """Tasks being learned now."""
+        return sorted(int(t) for t in self.task_state.learning)
+
+    def add_task(self, task: int, *, classes: Sequence[int], train_backbone: bool = False) -> None:
+        """Add a task to learn: its layer state, normalization and head.
+
+        Avalanche's model adaptation calls this for each new task label; call
+        it directly to use the model outside Avalanche.
+
+        :param task: the task label.
+        :param classes: the class labels of the task.
+        :param train_backbone: this task also trains the backbone's shared
+            parameters (what that means is up to the layers: Piggyback trains
+            the weights themselves, PackNet the biases); they freeze with it.
+        :raises ValueError: if the task already exists or has no classes, or
+            another task is training the backbone.
+        """
+        key = self._new_task_key(task, classes)
+        if train_backbone:
+            if self.task_state.backbone_task is not None:
+                raise ValueError(f"Task {self.task_state.backbone_task} is already training the backbone.")
+            self.task_state.backbone_task = key
+        self.task_state.learning.add(key)
+        for _, module in self._named_task_modules():
+            module.add_task(key, classes=classes)
+        self._register_task(task, classes)
+
+    def freeze_task(self, task: int) -> None:
+        """Finish a task: after this its outputs never change."""
+        key = task_key(task)
+        if key not in self.task_state.learning:
+            raise ValueError(f"Task {task} is not being learned; learning: {self.learning_tasks}.")
+        for _, module in self._named_task_modules():
+            module.freeze_task(key)
+        self.task_state.learning.discard(key)
+        if self.task_state.backbone_task == key:
+            self.task_state.backbone_task = None
+
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        """The parameters that learning the current tasks trains, by group:
+        ``"task_parameters"`` (the learning tasks' normalization and heads),
+        ``"backbone"`` (shared parameters while a task trains the backbone)
+        and the task-aware layers' own groups."""
+        groups: Dict[str, List[nn.Parameter]] = {"task_parameters": [], "backbone": []}
+        for _, module in self._named_task_modules():
+            for name, params in module.trainable_parameters().items():
+                groups.setdefault(name, []).extend(params)
+        return groups
+
+    def task_state_bits_per_weight(self) -> float:
+        """Bits of per-task state stored per weight of the task-aware layers,
+        for all frozen tasks together."""
+        layers = self.task_layers.values()
+        return 8.0 * sum(layer.task_state_bytes() for layer in layers) / sum(layer.weight.numel() for layer in layers)
+
+    @torch.no_grad()
+    def recalibrate_norm_statistics(self, batches: Iterable[Tuple[Tensor, Tensor]]) -> int:
+        """Re-estimate the running statistics of the learning tasks' batch
+        norm from ``batches``, as a plain average over them, with the layers
+        as they are now.
+
+        While a task learns, its masks (or weights) change every step, so the
+        running averages that batch norm keeps mix statistics of many
+        different networks; with small datasets the mismatch with the final
+        network can cost tens of accuracy points at evaluation. One pass
+        over the training data with the final layers fixes that. Frozen
+        tasks are not touched.
+
+        :param batches: ``(inputs, task_labels)`` pairs, on the model's device.
+        :return: the number of samples seen.
+        :raises ValueError: if ``batches`` is empty; the statistics are then
+            left as they were.
+        """
+        norms = [
+            norm
+            for _, module in self._named_task_modules()
+            if isinstance(module, TaskNorm)
+            for norm in module.learning_norms()
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats
+        ]
+        saved = [copy.deepcopy(norm.state_dict()) for norm in norms]
+        momenta = [norm.momentum for norm in norms]
+        was_training = self.training
+        samples = 0
+        try:
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None  # a cumulative average
+            self.train()
+            for inputs, task_labels in batches:
+                self(inputs, task_labels)
+                samples += len(inputs)
+            if not samples:
+                raise ValueError("No batches to estimate normalization statistics from.")
+        except BaseException:
+            for norm, state in zip(norms, saved):
+                norm.load_state_dict(state)
+            raise
+        finally:
+            for norm, momentum in zip(norms, momenta):
+                norm.momentum = momentum
+            self.train(was_training)
+        return samples
+
+    def _revisit(self, task: int, classes: Sequence[int]) -> None:
+        if task_key(task) not in self.task_state.learning:
+            raise ValueError(
+                f"Task {task} was already learned and is frozen; a learned task is "
+                "never changed. Give this experience a new task label."
+            )
+
+    # --- state dict ------------------------------------------------------------
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # The task-aware layers below, loaded after this, add the tasks that
+        # their learning stores hold.
+        self.task_state.learning = set()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

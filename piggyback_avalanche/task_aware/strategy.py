@@ -1,0 +1,244 @@
+"""The Avalanche strategy that every method's strategy builds on: each
+experience adds its tasks to a task-aware model, trains only them and
+freezes them when it ends."""
+
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type, Union
+
+import torch
+from torch.nn import CrossEntropyLoss, Module
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import MultiStepLR
+
+from avalanche.core import BasePlugin
+from avalanche.training.plugins.evaluation import EvaluationPlugin, default_evaluator
+from avalanche.training.templates import SupervisedTemplate
+
+from piggyback_avalanche.checks import check_count, check_positive
+from piggyback_avalanche.task_aware.experiences import experience_task_classes
+from piggyback_avalanche.task_aware.models import TaskAwareModel
+
+__all__ = [
+    "TaskAwareStrategy",
+    "DEFAULT_LR",
+    "DEFAULT_TRAIN_EPOCHS",
+    "DEFAULT_TRAIN_MB_SIZE",
+    "DEFAULT_EVAL_MB_SIZE",
+    "OptimizerFactory",
+    "NonFiniteLossError",
+    "TaskOutOfMemoryError",
+]
+
+DEFAULT_LR = 1e-3
+"""Default learning rate of the per-task heads and normalization layers, and
+of whole networks."""
+
+DEFAULT_TRAIN_EPOCHS = 5
+"""Default training epochs per experience, for every strategy (the paper's
+30 are in each method's paper settings)."""
+
+DEFAULT_TRAIN_MB_SIZE = 32
+"""Default training mini-batch size, for every strategy."""
+
+DEFAULT_EVAL_MB_SIZE = 256
+"""Default evaluation mini-batch size, for every strategy."""
+
+OptimizerFactory = Callable[[List[Dict]], Optimizer]
+"""Builds an optimizer from a list of parameter groups (each with its ``lr``)."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class TaskOutOfMemoryError(RuntimeError):
+    """The device ran out of memory while a task trained."""
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    # CUDA raises torch.OutOfMemoryError; the CPU allocator a RuntimeError.
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )
+
+
+def _adam(param_groups: List[Dict]) -> Optimizer:
+    """Adam, fused into one kernel per step where torch supports it for these
+    parameters (several times faster than the default on CPU and GPU)."""
+    params = [p for group in param_groups for p in group["params"]]
+    fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(param_groups, fused=fusable or None)
+
+
+class TaskAwareStrategy(SupervisedTemplate):
+    """What Piggyback and PackNet share: each experience adds its tasks to a
+    :class:`~piggyback_avalanche.task_aware.models.TaskAwareModel`, trains only them with a
+    fresh optimizer (one parameter group per kind, each with its learning
+    rate) and a step schedule, and freezes them when the experience ends,
+    before the plugins' ``after_training_exp``.
+
+    :param model: the task-aware model (``model_type``).
+    :param lr_decay_epochs: epochs (counted within each training phase) after
+        which every learning rate is multiplied by ``lr_decay_factor``.
+    :param lr_decay_factor: the factor of the step schedule.
+    :param optimizer_factory: builds the optimizer from the parameter groups;
+        defaults to ``torch.optim.Adam``, fused where torch supports it.
+    :param recalibrate_norm_statistics: before freezing, re-estimate the
+        learning tasks' batch-norm running statistics with one pass over the
+        experience's training data (eval transforms) through the final
+        layers; see :meth:`TaskAwareModel.recalibrate_norm_statistics`.
+    :param base_kwargs: Avalanche's usual arguments, passed to
+        ``SupervisedTemplate`` (``criterion``, ``train_mb_size``,
+        ``train_epochs``, ``eval_mb_size``, ``device``, ``plugins``,
+        ``evaluator``, ``eval_every``, ...).
+    """
+
+    model_type: Type[TaskAwareModel] = TaskAwareModel
+    model: TaskAwareModel
+    train_epochs: int
+
+    def __init__(
+        self,
+        *,
+        model: TaskAwareModel,
+        lr_decay_epochs: Sequence[int] = (),
+        lr_decay_factor: float = 0.1,
+        optimizer_factory: Optional[OptimizerFactory] = None,
+        recalibrate_norm_statistics: bool = False,
+        criterion: Module = CrossEntropyLoss(),
+        train_mb_size: int = DEFAULT_TRAIN_MB_SIZE,
+        train_epochs: int = DEFAULT_TRAIN_EPOCHS,
+        eval_mb_size: int = DEFAULT_EVAL_MB_SIZE,
+        device: Union[str, torch.device] = "cpu",
+        plugins: Optional[Sequence[BasePlugin]] = None,
+        evaluator: Union[EvaluationPlugin, Callable[[], EvaluationPlugin]] = default_evaluator,
+        eval_every: int = -1,
+        **base_kwargs,
+    ) -> None:
+        name, model_name = type(self).__name__, self.model_type.__name__
+        if not isinstance(model, self.model_type):
+            raise TypeError(
+                f"{name} trains a {model_name}, got {type(model).__name__}. "
+                f"Wrap your network: {name}(model={model_name}(backbone), ...)."
+            )
+        check_positive("lr_decay_factor", lr_decay_factor)
+        check_count("train_mb_size", train_mb_size)
+        check_count("train_epochs", train_epochs)
+        decay_epochs = sorted(int(e) for e in lr_decay_epochs)
+        if any(e < 1 for e in decay_epochs):
+            raise ValueError(f"lr_decay_epochs must be positive epoch counts, got {decay_epochs}.")
+        self.lr_decay_epochs = decay_epochs
+        self.lr_decay_factor = lr_decay_factor
+        self.optimizer_factory: OptimizerFactory = optimizer_factory or _adam
+        self.recalibrate_norm_statistics = recalibrate_norm_statistics
+        self.lr_scheduler: Optional[MultiStepLR] = None
+        super().__init__(
+            model=model,
+            # Built per experience by make_optimizer: before the first task the
+            # model has nothing to train.
+            optimizer=None,
+            criterion=criterion,
+            train_mb_size=train_mb_size,
+            train_epochs=train_epochs,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=plugins,
+            evaluator=evaluator,
+            eval_every=eval_every,
+            **base_kwargs,
+        )
+
+    def group_learning_rates(self) -> Dict[str, float]:
+        """The learning rate of each parameter group of
+        ``model.trainable_parameters()``."""
+        raise NotImplementedError
+
+    def check_model_and_optimizer(self, **kwargs) -> None:
+        # Every experience adds a task and starts a fresh optimizer over it.
+        self.model = self.model_adaptation()
+        if self.is_training:
+            self._check_labels_fit_heads()
+        self.make_optimizer(**kwargs)
+
+    def _check_labels_fit_heads(self) -> None:
+        """Refuse an experience whose samples carry class labels that its
+        task's head lacks, before any step: the loss would be infinite (or,
+        on CUDA, a device-side assert)."""
+        dataset = self.experience.dataset
+        targets = torch.as_tensor(list(dataset.targets))
+        tasks = torch.as_tensor(list(dataset.targets_task_labels))
+        for task in torch.unique(tasks).tolist():
+            head = self.model.heads.head(str(task))
+            extra = sorted(set(torch.unique(targets[tasks == task]).tolist()) - set(head.classes))
+            if extra:
+                raise ValueError(
+                    f"Experience {self.experience.current_experience}: task {task} has samples labelled "
+                    f"{extra}, but its head has classes {head.classes} (from the experience's "
+                    "classes_in_this_experience). Make that attribute list every label of the experience."
+                )
+
+    def train(self, experiences, eval_streams=None, **kwargs):
+        """Avalanche's ``train``, after checking that every experience has
+        task labels and samples; an out-of-memory error is re-raised as
+        :class:`TaskOutOfMemoryError`, with what to change."""
+        for experience in experiences if isinstance(experiences, Iterable) else [experiences]:
+            experience_task_classes(experience)  # raises, naming the problem
+        try:
+            return super().train(experiences, eval_streams, **kwargs)
+        except (RuntimeError, torch.OutOfMemoryError) as error:
+            if not _is_out_of_memory(error):
+                raise
+            experience = getattr(self.experience, "current_experience", "?")
+            raise TaskOutOfMemoryError(
+                f"Out of memory while training experience {experience} with train_mb_size="
+                f"{self.train_mb_size}: {str(error).splitlines()[0]} Lower train_mb_size (or eval_mb_size), "
+                "then resume: load_experience_checkpoint() restores the last completed experience, and train() "
+                "again continues this one."
+            ) from error
+
+    def backward(self) -> None:
+        if not torch.isfinite(self.loss):
+            raise NonFiniteLossError(
+                f"The loss is {self.loss.item()} at experience {self.experience.current_experience} "
+                f"(tasks {self.model.learning_tasks}), epoch {self.clock.train_exp_epochs}, iteration "
+                f"{self.clock.train_epoch_iterations} of the epoch. Nothing was frozen or saved, so the last "
+                "checkpoint is intact. Check the inputs for NaN or infinite values, or lower the learning "
+                "rates, then resume from the checkpoint."
+            )
+        super().backward()
+
+    def make_optimizer(self, **kwargs) -> None:
+        """A fresh optimizer over the learning tasks' parameters only."""
+        lrs = self.group_learning_rates()
+        param_groups = [
+            {"params": params, "lr": lrs[name], "name": name}
+            for name, params in self.model.trainable_parameters().items()
+            if params
+        ]
+        self.optimizer = self.optimizer_factory(param_groups)
+        self.lr_scheduler = MultiStepLR(self.optimizer, milestones=self.lr_decay_epochs, gamma=self.lr_decay_factor)
+
+    def _after_training_epoch(self, **kwargs: Any) -> None:
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        super()._after_training_epoch(**kwargs)
+
+    def _after_training_exp(self, **kwargs) -> None:
+        if self.recalibrate_norm_statistics:
+            self._recalibrate_norm_statistics()
+        # Freeze before the plugins run, so metrics see the final state.
+        for task in self.model.learning_tasks:
+            self.model.freeze_task(task)
+        super()._after_training_exp(**kwargs)
+
+    def _recalibrate_norm_statistics(self) -> None:
+        dataset = self.experience.dataset.eval()
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=self.train_mb_size,
+            shuffle=True,  # batches of mixed classes, as in training
+            generator=torch.Generator().manual_seed(0),
+            collate_fn=getattr(dataset, "collate_fn", None),
+        )
+        self.model.recalibrate_norm_statistics(
+            (inputs.to(self.device), task_labels.to(self.device)) for inputs, _, task_labels in loader
+        )

@@ -1,0 +1,115 @@
+"""Per-task classifier heads, in place of the backbone's classifier."""
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, task_keys_below
+
+__all__ = ["ClassifierHead", "TaskHeads"]
+
+
+class ClassifierHead(nn.Linear):
+    """A task's classifier: one output per class label up to the largest one.
+
+    Outputs of labels the task does not have are ``-inf``, so they never win
+    an argmax and get zero probability.
+
+    :param in_features: feature size.
+    :param classes: the class labels of the task.
+    :param bias: whether the head has a bias.
+    """
+
+    inactive_units: Tensor
+
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        classes: Sequence[int],
+        bias: bool = True,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        labels = sorted(int(c) for c in classes)
+        super().__init__(in_features, labels[-1] + 1, bias=bias, device=device, dtype=dtype)
+        inactive = torch.ones(labels[-1] + 1, dtype=torch.bool, device=device)
+        inactive[labels] = False
+        self.register_buffer("inactive_units", inactive)
+
+    @property
+    def classes(self) -> List[int]:
+        """The class labels this head predicts."""
+        return torch.nonzero(~self.inactive_units).flatten().tolist()
+
+    def forward(self, input: Tensor) -> Tensor:
+        return super().forward(input).masked_fill(self.inactive_units, float("-inf"))
+
+
+class TaskHeads(TaskModule, nn.Module):
+    """One :class:`ClassifierHead` per task, in place of the backbone's
+    classifier.
+
+    :param classifier: the backbone's classifier, whose input size, bias and
+        dtype the heads copy.
+    :param task_state: the owning model's task state.
+    """
+
+    _placement: Tensor
+
+    def __init__(self, classifier: nn.Linear, *, task_state: TaskState) -> None:
+        super().__init__()
+        self.task_state = task_state
+        self.in_features = classifier.in_features
+        self.bias = classifier.bias is not None
+        self.heads = nn.ModuleDict()
+        # Zero-size, not saved: follows the model across devices and dtypes
+        # so that new heads are created where the model lives.
+        self.register_buffer("_placement", classifier.weight.new_empty(0), persistent=False)
+
+    def add_task(self, task: str, *, classes: Sequence[int]) -> None:
+        """Create the head of ``task`` for the given class labels."""
+        self.heads[task] = ClassifierHead(
+            self.in_features,
+            classes=classes,
+            bias=self.bias,
+            device=self._placement.device,
+            dtype=self._placement.dtype,
+        )
+
+    def head(self, task: str) -> ClassifierHead:
+        """The head of ``task``.
+
+        :raises KeyError: if there is none.
+        """
+        return self.heads[task]  # type: ignore[return-value]
+
+    def freeze_task(self, task: str) -> None:
+        """Stop training the head of ``task``."""
+        self.heads[task].requires_grad_(False)
+
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        """``{"task_parameters": [...]}``: the learning tasks' heads."""
+        learning = self.task_state.learning & set(self.heads.keys())
+        return {"task_parameters": [p for t in learning for p in self.heads[t].parameters()]}
+
+    def task_state_keys(self, task: str) -> List[str]:
+        return [f"heads.{task}.{k}" for k in self.heads[task].state_dict()] if task in self.heads else []
+
+    def frozen_task_state_keys(self, task: str) -> List[str]:
+        names = ["weight", "bias", "inactive_units"] if self.bias else ["weight", "inactive_units"]
+        return [f"heads.{task}.{name}" for name in names]
+
+    def plain_bytes(self, task: str) -> int:
+        head = self.head(task)
+        return head.weight.nbytes + (head.bias.nbytes if head.bias is not None else 0)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.heads[self.task_state.key()](input)
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for task in task_keys_below(state_dict, prefix + "heads.") - set(self.heads.keys()):
+            inactive = state_dict[f"{prefix}heads.{task}.inactive_units"]
+            self.add_task(task, classes=torch.nonzero(~inactive).flatten().tolist())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

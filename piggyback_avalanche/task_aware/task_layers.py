@@ -1,0 +1,215 @@
+"""Convolutions and linear layers whose effective weight depends on the task:
+the base that every method's layers build on, and the one factory that makes
+each method's twins of ``nn.Conv1d/2d/3d`` and ``nn.Linear``.
+
+A method writes one class, say ``MaskedLayer(TaskWeightLayer)``, that says
+how a task's weight is made and what a task adds, trains and freezes;
+:func:`task_layer_types` then gives it a twin of every supported torch layer.
+"""
+
+import inspect
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, TaskTensorDict, task_keys_below
+
+__all__ = ["TaskWeightLayer", "task_layer_types", "SUPPORTED_LAYER_TYPES"]
+
+
+def _conv_arguments(module: Any) -> Dict[str, Any]:
+    return dict(
+        in_channels=module.in_channels,
+        out_channels=module.out_channels,
+        kernel_size=module.kernel_size,
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        groups=module.groups,
+        bias=module.bias is not None,
+        padding_mode=module.padding_mode,
+    )
+
+
+def _linear_arguments(module: Any) -> Dict[str, Any]:
+    return dict(in_features=module.in_features, out_features=module.out_features, bias=module.bias is not None)
+
+
+def _conv_forward(layer: Any, input: Tensor) -> Tensor:
+    return layer._conv_forward(input, layer.task_weight(), layer.task_bias())
+
+
+def _linear_forward(layer: Any, input: Tensor) -> Tensor:
+    return F.linear(input, layer.task_weight(), layer.task_bias())
+
+
+_LayerKind = Tuple[Callable[[Any], Dict[str, Any]], Callable[[Any, Tensor], Tensor]]
+
+SUPPORTED_LAYER_TYPES: Dict[Type[nn.Module], _LayerKind] = {
+    nn.Conv1d: (_conv_arguments, _conv_forward),
+    nn.Conv2d: (_conv_arguments, _conv_forward),
+    nn.Conv3d: (_conv_arguments, _conv_forward),
+    nn.Linear: (_linear_arguments, _linear_forward),
+}
+"""The torch layers that get a task-aware twin: their constructor arguments
+(read from an instance) and the forward pass with the task's weight."""
+
+
+class TaskWeightLayer(TaskModule, nn.Module):
+    """A convolution or linear layer whose effective weight depends on the
+    task: the base of every method's layers, mixed with a torch layer by
+    :func:`task_layer_types` (which comes before ``nn.Module`` in the MRO).
+
+    The layer shares the backbone's ``weight`` and ``bias``, which start
+    frozen. A subclass says how a task's weight is made (:meth:`task_weight`)
+    and what a task adds, trains and freezes; the effective weight of a
+    frozen task is cached until the task, the stored tensors, the device or
+    the dtype changes.
+
+    A concrete layer comes from :func:`task_layer_types` and is built like
+    its torch layer plus the subclass's settings::
+
+        layer = MaskedConv2d(3, 8, 3, task_state=TaskState(), mask_kind=..., ...)
+
+    or from an existing layer with :meth:`from_module`.
+    """
+
+    weight: nn.Parameter
+    bias: Optional[nn.Parameter]
+
+    def __init__(self, *args: Any, task_state: TaskState, **kwargs: Any) -> None:
+        settings = {name: kwargs.pop(name) for name in self._setting_names() if name in kwargs}
+        super().__init__(*args, **kwargs)  # the torch layer's
+        self.task_state = task_state
+        self._caches: Dict[str, Tuple[Tuple, Tensor]] = {}
+        self._init_task_weights(**settings)
+        self._set_weight_trainable(False)
+
+    @classmethod
+    def _setting_names(cls) -> List[str]:
+        parameters = inspect.signature(cls._init_task_weights).parameters.values()
+        return [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
+
+    @classmethod
+    def from_module(cls, module: nn.Module, *, task_state: TaskState, **settings: Any) -> "TaskWeightLayer":
+        """Build the task-aware twin of ``module``, sharing its weight and bias.
+
+        :param module: an instance of the torch layer this class twins.
+        :param task_state: the owning model's task state.
+        :param settings: the subclass's settings (see its ``_init_task_weights``).
+        """
+        arguments, _ = SUPPORTED_LAYER_TYPES[cls._torch_type()]
+        # Built on the meta device so that no weight is allocated only to be
+        # replaced by the module's own.
+        layer = cls(**arguments(module), device="meta", dtype=module.weight.dtype, task_state=task_state, **settings)
+        layer.weight = module.weight  # type: ignore[assignment]  # an nn.Parameter: the module is a torch layer
+        layer.bias = module.bias  # type: ignore[assignment]
+        layer._set_weight_trainable(False)
+        # What the layer registered for itself is empty so far: recreate it
+        # where the shared weight lives.
+        device = layer.weight.device
+        for owner in layer.modules():
+            for name, buffer in owner._buffers.items():
+                if buffer is not None and buffer.is_meta:
+                    owner._buffers[name] = torch.empty(buffer.shape, dtype=buffer.dtype, device=device)
+        return layer
+
+    @classmethod
+    def _torch_type(cls) -> Type[nn.Module]:
+        return next(base for base in cls.__mro__ if base in SUPPORTED_LAYER_TYPES)
+
+    def _init_task_weights(self) -> None:
+        """Create the layer's per-task stores; keyword-only arguments are its
+        settings."""
+
+    # --- what a subclass says ----------------------------------------------
+
+    def task_weight(self) -> Tensor:
+        """The weight of the current task."""
+        raise NotImplementedError
+
+    def task_bias(self) -> Optional[Tensor]:
+        """The bias of the current task: the shared one unless a subclass
+        keeps one per task."""
+        return self.bias
+
+    def task_state_bytes(self) -> int:
+        """Bytes this layer stores for its frozen tasks beyond the shared
+        weight (for the bits-per-weight figure)."""
+        return 0
+
+    # --- what the layer says about its state -----------------------------------
+
+    def _stores(self) -> Dict[str, TaskTensorDict]:
+        return {n: m for n, m in self._modules.items() if isinstance(m, TaskTensorDict)}
+
+    def task_state_keys(self, task: str) -> List[str]:
+        return [f"{name}.{task}" for name, store in self._stores().items() if task in store]
+
+    def frozen_task_state_keys(self, task: str) -> List[str]:
+        return [f"{name}.{task}" for name, store in self._stores().items() if store.holds == "frozen"]
+
+    def plain_bytes(self, task: str) -> int:
+        return sum(p.nbytes for p in (self.weight, self.bias) if p is not None)
+
+    # --- shared mechanics ---------------------------------------------------------
+
+    def _set_weight_trainable(self, trainable: bool) -> None:
+        self.weight.requires_grad_(trainable)
+        if self.bias is not None:
+            self.bias.requires_grad_(trainable)
+
+    def _cached(self, name: str, key: Tuple, compute: Callable[[], Tensor]) -> Tensor:
+        """``compute()``, reused while ``key`` stays the same; one entry per
+        ``name``, all dropped when the layer moves or changes dtype."""
+        entry = self._caches.get(name)
+        if entry is None or entry[0] != key:
+            with torch.no_grad():
+                entry = self._caches[name] = (key, compute())
+        return entry[1]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        self._caches.clear()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name, store in self._stores().items():
+            for task in task_keys_below(state_dict, f"{prefix}{name}.") - set(store.keys()):
+                incoming = state_dict[f"{prefix}{name}.{task}"]
+                shape = incoming.shape if store.shape is None else store.shape
+                store.add(task, torch.empty(shape, dtype=incoming.dtype, device=self.weight.device))
+                if store.holds == "learning":
+                    self.task_state.learning.add(task)
+        self._caches.clear()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+Layer = TypeVar("Layer", bound=TaskWeightLayer)
+
+
+def task_layer_types(base: Type[Layer], *, prefix: str, doc: str) -> Dict[Type[nn.Module], Type[Layer]]:
+    """The twins of every supported torch layer (:data:`SUPPORTED_LAYER_TYPES`)
+    for one method's layer class.
+
+    The twins live in ``base``'s module under ``prefix + torch name``
+    (``MaskedConv2d``); assign them there so that they can be imported and
+    pickled by name.
+
+    :param base: the method's :class:`TaskWeightLayer` subclass.
+    :param prefix: the start of the twins' names.
+    :param doc: what the twins are, after ``nn.Conv2d`` in their docstring.
+    :return: ``{torch layer type: twin type}``.
+    """
+    twins: Dict[Type[nn.Module], Type[Layer]] = {}
+    for torch_type, (_, forward) in SUPPORTED_LAYER_TYPES.items():
+        name = prefix + torch_type.__name__
+        namespace = {
+            "__module__": base.__module__,
+            "__qualname__": name,
+            "__doc__": f"``nn.{torch_type.__name__}`` {doc}",
+            "forward": forward,
+        }
+        twins[torch_type] = type(name, (base, torch_type), namespace)
+    return twins

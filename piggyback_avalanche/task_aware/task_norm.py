@@ -1,0 +1,117 @@
+"""Per-task normalization: each task its own copy of the backbone's
+normalization layer (or one frozen layer shared by all)."""
+
+import copy
+from typing import Any, Dict, List, Sequence, Tuple, Type
+
+from torch import Tensor, nn
+
+from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, task_keys_below
+
+__all__ = ["TaskNorm", "NORM_LAYER_TYPES"]
+
+NORM_LAYER_TYPES: Tuple[Type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
+"""Normalization layer types that get per-task parameters."""
+
+
+class TaskNorm(TaskModule, nn.Module):
+    """A normalization layer with its own parameters and statistics per task.
+
+    Each task's copy starts from the backbone's layer (``base``). A copy
+    trains, and updates its running statistics, only while its task is being
+    learned; a frozen task's copy always runs in eval mode.
+
+    With ``per_task=False`` every task shares ``base``, which trains only with
+    the task that trains the backbone (``task_state.backbone_task``) and is
+    frozen otherwise: the fixed-batch-norm ablation of Piggyback and the
+    "nobn" setting of PackNet.
+
+    :param norm: the backbone's normalization layer.
+    :param task_state: the owning model's task state.
+    :param per_task: whether each task gets its own copy.
+    """
+
+    def __init__(self, norm: nn.Module, *, task_state: TaskState, per_task: bool = True) -> None:
+        super().__init__()
+        self.task_state = task_state
+        self.per_task = per_task
+        self.base = norm.requires_grad_(False).eval()
+        self.tasks = nn.ModuleDict()
+
+    def add_task(self, task: str, *, classes: Sequence[int]) -> None:
+        """Give ``task`` its own copy of the base layer, or let it train the
+        shared one if it trains the backbone."""
+        if self.per_task:
+            self.tasks[task] = copy.deepcopy(self.base).requires_grad_(True)
+        elif task == self.task_state.backbone_task:
+            self.base.requires_grad_(True)
+
+    def freeze_task(self, task: str) -> None:
+        """Stop training ``task``'s layer. If the task trained the backbone,
+        its copy becomes the template of later tasks."""
+        if not self.per_task:
+            self.base.requires_grad_(False)
+            return
+        self.tasks[task].requires_grad_(False)
+        if task == self.task_state.backbone_task:
+            self.base.load_state_dict(self.tasks[task].state_dict())
+
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        """``{"task_parameters": [...], "backbone": [...]}``: the learning
+        tasks' copies, and the shared layer while it trains."""
+        learning = self.task_state.learning & set(self.tasks.keys())
+        return {
+            "task_parameters": [p for t in learning for p in self.tasks[t].parameters()],
+            "backbone": [p for p in self.base.parameters() if p.requires_grad],
+        }
+
+    def task_state_keys(self, task: str) -> List[str]:
+        return [f"tasks.{task}.{k}" for k in self.tasks[task].state_dict()] if task in self.tasks else []
+
+    def frozen_task_state_keys(self, task: str) -> List[str]:
+        return [f"tasks.{task}.{k}" for k in self.base.state_dict()] if self.per_task else []
+
+    def template_state_keys(self) -> List[str]:
+        return [f"base.{k}" for k in self.base.state_dict()] if self.per_task else []
+
+    def plain_bytes(self, task: str) -> int:
+        return sum(t.nbytes for t in self.base.state_dict().values())
+
+    def norm_for(self, task: str) -> nn.Module:
+        """The layer that ``task`` uses."""
+        return self.tasks[task] if self.per_task else self.base
+
+    def learning_norms(self) -> List[nn.Module]:
+        """The layers that train now: the learning tasks' copies, or the
+        shared one while the task that trains the backbone learns."""
+        if self.per_task:
+            return [self.tasks[t] for t in sorted(self.task_state.learning & set(self.tasks.keys()))]
+        return [self.base] if self.task_state.backbone_task in self.task_state.learning else []
+
+    def forward(self, input: Tensor) -> Tensor:
+        task = self.task_state.key()
+        norm = self.norm_for(task)
+        if self.per_task:
+            learning = self.training and task in self.task_state.learning
+        else:
+            learning = self.training and task == self.task_state.backbone_task
+        if norm.training != learning:
+            norm.train(learning)
+        return norm(input)
+
+    def train(self, mode: bool = True) -> "TaskNorm":
+        # The layers' modes are set per forward pass.
+        self.training = mode
+        return self
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for task in task_keys_below(state_dict, prefix + "tasks.") - set(self.tasks.keys()):
+            self.tasks[task] = copy.deepcopy(self.base)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

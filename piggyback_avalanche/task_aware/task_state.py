@@ -1,0 +1,168 @@
+"""What every task-aware module of a model shares: the task being computed,
+the tasks being learned, per-task tensor stores, and what each module says
+about the state it keeps.
+
+Tasks are identified inside a model by their string keys (``task_key(label)``),
+the keys under which their tensors appear in the state dict.
+"""
+
+import operator
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Literal, Optional, Sequence, Set, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["TaskState", "TaskTensorDict", "TaskModule", "task_key", "task_keys_below"]
+
+
+class TaskState:
+    """The task a model computes right now, the tasks it is learning, and the
+    learning task (if any) that also trains the backbone's shared parameters.
+
+    One instance is shared by every task-aware module of a model: the model
+    selects the task once per forward pass and every layer reads it, so no
+    per-layer bookkeeping happens on the hot path.
+    """
+
+    def __init__(self) -> None:
+        self.current: Optional[str] = None
+        self.learning: Set[str] = set()
+        self.backbone_task: Optional[str] = None
+
+    @contextmanager
+    def use(self, task: str) -> Iterator[None]:
+        """Run the enclosed forward pass for ``task``."""
+        previous, self.current = self.current, task
+        try:
+            yield
+        finally:
+            self.current = previous
+
+    def key(self) -> str:
+        """The current task's key; raises if no task was selected."""
+        if self.current is None:
+            raise RuntimeError(
+                "No task selected: call the owning model as model(x, task_labels), not a task-aware layer on its own."
+            )
+        return self.current
+
+
+def task_key(task: Union[int, Tensor]) -> str:
+    """The string key of a task label.
+
+    :raises ValueError: for anything but one non-negative integer.
+    """
+    if isinstance(task, Tensor):
+        if task.numel() != 1 or task.dtype.is_floating_point or task.dtype == torch.bool:
+            raise ValueError(f"A task label must be one integer, got {task!r}.")
+        task = int(task.item())
+    try:
+        label = operator.index(task)
+    except TypeError:
+        label = -1
+    if isinstance(task, bool) or label < 0:
+        raise ValueError(f"A task label must be a non-negative int, got {task!r}.")
+    return str(label)
+
+
+def task_keys_below(state_dict: Dict[str, Tensor], prefix: str) -> Set[str]:
+    """The task keys found directly below ``prefix`` in a state dict."""
+    return {k[len(prefix) :].split(".", 1)[0] for k in state_dict if k.startswith(prefix)}
+
+
+TaskRole = Literal["learning", "frozen"]
+
+
+class TaskTensorDict(nn.Module):
+    """One tensor per task, held as parameters (trainable) or as buffers.
+
+    State-dict keys are ``<prefix><task>``.
+
+    :param trainable: hold the tensors as parameters.
+    :param holds: which tasks the store holds: ``"learning"`` ones (they
+        leave it when frozen) or ``"frozen"`` ones; a loaded state dict's
+        learning tasks are those found in ``"learning"`` stores.
+    :param shape: the shape of every task's tensor, ``None`` if it may vary;
+        a state dict with another shape is refused as a size mismatch.
+    """
+
+    def __init__(self, *, trainable: bool, holds: TaskRole, shape: Optional[Tuple[int, ...]] = None) -> None:
+        super().__init__()
+        self.trainable = trainable
+        self.holds = holds
+        self.shape = shape
+
+    def _tensors(self) -> Dict[str, Tensor]:
+        return self._parameters if self.trainable else self._buffers  # type: ignore[return-value]
+
+    def keys(self) -> List[str]:
+        """The task keys, in insertion order."""
+        return list(self._tensors())
+
+    def __contains__(self, task: object) -> bool:
+        return task in self._tensors()
+
+    def __getitem__(self, task: str) -> Tensor:
+        tensor = self._tensors().get(task)
+        if tensor is None:
+            raise KeyError(task)
+        return tensor
+
+    def add(self, task: str, tensor: Tensor) -> None:
+        """Store ``tensor`` for ``task``."""
+        if self.trainable:
+            self.register_parameter(task, nn.Parameter(tensor))
+        else:
+            self.register_buffer(task, tensor)
+
+    def pop(self, task: str) -> Tensor:
+        """Remove and return the tensor of ``task``."""
+        return self._tensors().pop(task)
+
+    def nbytes(self) -> int:
+        """Bytes of every task's tensor."""
+        return sum(t.nbytes for t in self._tensors().values())
+
+
+class TaskModule:
+    """What a task-aware module (a layer, a normalization, the heads) does
+    and says about itself, so that models, metrics and files never branch on
+    its type or parse its state-dict keys.
+
+    State-dict keys in the answers are relative to the module.
+    """
+
+    task_state: TaskState
+
+    def add_task(self, task: str, *, classes: Sequence[int]) -> None:
+        """Start learning ``task``, whose class labels are ``classes``."""
+        raise NotImplementedError
+
+    def freeze_task(self, task: str) -> None:
+        """Finish ``task``: from now on its outputs never change."""
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        """The parameters that learning the current tasks trains, by group."""
+        raise NotImplementedError
+
+    def task_state_keys(self, task: str) -> List[str]:
+        """The state-dict keys of what ``task`` holds here now (none if the
+        module keeps nothing of its own for it)."""
+        raise NotImplementedError
+
+    def frozen_task_state_keys(self, task: str) -> List[str]:
+        """The state-dict keys a frozen ``task`` holds here, whether or not
+        the module has it: what a task file must give for it."""
+        raise NotImplementedError
+
+    def template_state_keys(self) -> List[str]:
+        """State-dict keys that only seed new tasks: no learned task reads
+        them, so they do not count in what the model stores."""
+        return []
+
+    def plain_bytes(self, task: str) -> int:
+        """Bytes of the plain layer this module stands for, as ``task`` alone
+        would need it in a network of its own."""
+        raise NotImplementedError

@@ -1,0 +1,2 @@
+"""Training every strategy: the registry by name, experience checkpoints
+and data-parallel training under ``torchrun``."""

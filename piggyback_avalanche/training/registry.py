@@ -1,0 +1,299 @@
+"""Every strategy by name, on any backbone: ours, the paper's reference
+points and Avalanche's baselines, all task-incremental with one head per task.
+
+>>> from piggyback_avalanche import available_strategies, make_strategy
+>>> strategy = make_strategy("packnet", backbone, train_epochs=5, evaluator=my_evaluator)
+
+Add your own with :func:`register_strategy`.
+"""
+
+import copy
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn import CrossEntropyLoss
+
+from avalanche.models.packnet import PackNetModel as AvalanchePackNetModel
+from avalanche.training import (
+    AGEM,
+    EWC,
+    MAS,
+    Cumulative,
+    JointTraining,
+    LwF,
+    Naive,
+    Replay,
+    SynapticIntelligence,
+)
+from avalanche.training import PackNet as AvalanchePackNet
+from avalanche.training.templates import SupervisedTemplate
+
+from piggyback_avalanche.methods.packnet.model import PackNetModel
+from piggyback_avalanche.methods.packnet.strategy import DEFAULT_POST_PRUNE_EPOCHS, DEFAULT_PRUNE_RATIO, PackNet
+from piggyback_avalanche.methods.piggyback.model import PiggybackModel
+from piggyback_avalanche.methods.piggyback.strategy import Piggyback
+from piggyback_avalanche.methods.reference.models import ClassifierOnlyModel, IndividualNetworksModel
+from piggyback_avalanche.methods.reference.strategies import ClassifierOnly, IndividualNetworks
+from piggyback_avalanche.task_aware.models import MultiHeadModel
+from piggyback_avalanche.task_aware.strategy import (
+    DEFAULT_EVAL_MB_SIZE,
+    DEFAULT_LR,
+    DEFAULT_TRAIN_EPOCHS,
+    DEFAULT_TRAIN_MB_SIZE,
+    OptimizerFactory,
+)
+from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES
+
+__all__ = [
+    "COMMON_DEFAULTS",
+    "StrategyBuilder",
+    "RegisteredStrategy",
+    "register_strategy",
+    "available_strategies",
+    "registered_strategy",
+    "make_strategy",
+]
+
+StrategyBuilder = Callable[..., SupervisedTemplate]
+"""``builder(backbone, **config) -> strategy``."""
+
+COMMON_DEFAULTS: Dict[str, Any] = {
+    "train_mb_size": DEFAULT_TRAIN_MB_SIZE,
+    "train_epochs": DEFAULT_TRAIN_EPOCHS,
+    "eval_mb_size": DEFAULT_EVAL_MB_SIZE,
+}
+"""Avalanche arguments every registered strategy gets unless the caller
+gives them, so that strategies compare on equal terms."""
+
+
+@dataclass(frozen=True)
+class RegisteredStrategy:
+    """A registered strategy, and what a caller such as the benchmark runner
+    needs to know of it without knowing its type.
+
+    :param name: the registered name.
+    :param build: ``build(backbone, **config) -> strategy``.
+    :param description: one line for listings.
+    :param settings: the configuration keys the builder takes; ``None``: any.
+    :param untrained_backbone_setting: a boolean keyword that makes the
+        strategy train the backbone itself on the first experience, for
+        streams without a pretrained backbone (``None``: it has none).
+    :param trains_on_whole_stream: ``train()`` takes the whole stream at once
+        (joint training) instead of one experience at a time.
+    """
+
+    name: str
+    build: StrategyBuilder
+    description: str
+    settings: Optional[FrozenSet[str]]
+    untrained_backbone_setting: Optional[str] = None
+    trains_on_whole_stream: bool = False
+
+    def accepted(self, config: Dict[str, Any]) -> Dict[str, Any]:
+        """The entries of ``config`` the builder takes."""
+        return {k: v for k, v in config.items() if self.settings is None or k in self.settings}
+
+
+_REGISTRY: Dict[str, RegisteredStrategy] = {}
+
+
+def _keywords(function: Callable[..., Any]) -> Tuple[FrozenSet[str], bool]:
+    """The named parameters of ``function``, and whether it takes ``**kwargs``."""
+    parameters = inspect.signature(function).parameters.values()
+    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return frozenset(named - {"self", "model", "backbone"}), any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _own_settings(cls: type) -> FrozenSet[str]:
+    """The keywords of a class's own constructor."""
+    return _keywords(vars(cls)["__init__"])[0]
+
+
+def _constructor_settings(cls: type) -> FrozenSet[str]:
+    """Every keyword a class's constructor takes, through its bases' ``**kwargs``."""
+    return frozenset().union(*(_keywords(vars(c)["__init__"])[0] for c in cls.__mro__ if "__init__" in vars(c)))
+
+
+def register_strategy(
+    name: str,
+    *,
+    description: Optional[str] = None,
+    settings: Optional[Iterable[str]] = None,
+    untrained_backbone_setting: Optional[str] = None,
+    trains_on_whole_stream: bool = False,
+) -> Callable[[StrategyBuilder], StrategyBuilder]:
+    """Register a strategy builder under ``name``, with what callers need to
+    know of it (see :class:`RegisteredStrategy`).
+
+    The builder is called as ``builder(backbone, **config)``, where config
+    holds the caller's arguments on top of :data:`COMMON_DEFAULTS`, and
+    returns an Avalanche strategy. It must not change ``backbone``.
+
+    :param description: defaults to the first line of the builder's docstring.
+    :param settings: the configuration keys the builder takes; by default the
+        named parameters of its signature, or any key if it takes ``**config``.
+    :raises ValueError: if the name is taken.
+    """
+
+    def decorator(builder: StrategyBuilder) -> StrategyBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"A strategy named {name!r} is already registered.")
+        named, open_ended = _keywords(builder)
+        _REGISTRY[name] = RegisteredStrategy(
+            name=name,
+            build=builder,
+            description=description or (builder.__doc__ or name).strip().splitlines()[0],
+            settings=frozenset(settings) if settings is not None else (None if open_ended else named),
+            untrained_backbone_setting=untrained_backbone_setting,
+            trains_on_whole_stream=trains_on_whole_stream,
+        )
+        return builder
+
+    return decorator
+
+
+def available_strategies() -> List[str]:
+    """The registered strategy names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def registered_strategy(name: str) -> RegisteredStrategy:
+    """What the registry knows of the strategy ``name``.
+
+    :raises ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"Unknown strategy {name!r}. Available: {', '.join(available_strategies())}. "
+            "Register your own with @register_strategy(name)."
+        )
+    return _REGISTRY[name]
+
+
+def make_strategy(name: str, backbone: nn.Module, **config: Any) -> SupervisedTemplate:
+    """Build a registered strategy on ``backbone`` (which is copied, never
+    changed).
+
+    :param name: one of :func:`available_strategies`.
+    :param backbone: the network; its last ``nn.Linear`` (or ``classifier=``)
+        becomes one head per task.
+    :param config: Avalanche's usual arguments (``train_mb_size``,
+        ``train_epochs``, ``eval_mb_size``, ``device``, ``plugins``,
+        ``evaluator``, ...) and the strategy's own (``lr``, ``mask_lr``,
+        ``prune_ratio``, ``ewc_lambda``, ...).
+    :raises ValueError: for an unknown name, listing the known ones.
+    """
+    return registered_strategy(name).build(backbone, **{**COMMON_DEFAULTS, **config})
+
+
+def _split(config: Dict[str, Any], model_class: type) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The model's keyword arguments, and the rest for the strategy."""
+    model_keys = _own_settings(model_class)
+    model_config = {k: v for k, v in config.items() if k in model_keys}
+    return model_config, {k: v for k, v in config.items() if k not in model_keys}
+
+
+def _register_ours(name: str, strategy_class: type, model_class: type, **defaults: Any) -> None:
+    def build(backbone: nn.Module, **config: Any) -> SupervisedTemplate:
+        model_config, strategy_config = _split({**defaults, **config}, model_class)
+        return strategy_class(model=model_class(backbone, **model_config), **strategy_config)
+
+    build.__doc__ = f"{strategy_class.__name__} on a {model_class.__name__}."
+    register_strategy(
+        name,
+        # The strategy builds its own optimizer; the model takes only its own arguments.
+        settings=(_constructor_settings(strategy_class) - {"optimizer"}) | _own_settings(model_class),
+        untrained_backbone_setting="train_backbone_on_first_experience" if strategy_class is Piggyback else None,
+    )(build)
+
+
+_register_ours("piggyback", Piggyback, PiggybackModel)
+_register_ours("piggyback_ternary", Piggyback, PiggybackModel, threshold_fn="ternarizer", mask_init="uniform")
+_register_ours("packnet", PackNet, PackNetModel)
+_register_ours("individual", IndividualNetworks, IndividualNetworksModel)
+_register_ours("classifier_only", ClassifierOnly, ClassifierOnlyModel)
+
+
+def _optimizer(model: nn.Module, lr: float, factory: Optional[OptimizerFactory]) -> torch.optim.Optimizer:
+    return (factory or torch.optim.Adam)([{"params": list(model.parameters()), "lr": lr}])
+
+
+def _register_avalanche(
+    name: str, strategy_class: type, *, trains_on_whole_stream: bool = False, **defaults: Any
+) -> None:
+    """Register an Avalanche baseline that trains the whole network, with
+    one head per task (:class:`MultiHeadModel`) and Adam at ``lr``."""
+
+    def build(
+        backbone: nn.Module,
+        *,
+        lr: float = DEFAULT_LR,
+        classifier: Any = None,
+        optimizer_factory: Optional[OptimizerFactory] = None,
+        criterion: nn.Module = CrossEntropyLoss(),
+        **config: Any,
+    ) -> SupervisedTemplate:
+        model = MultiHeadModel(backbone, classifier=classifier)
+        return strategy_class(
+            model=model,
+            optimizer=_optimizer(model, lr, optimizer_factory),
+            criterion=criterion,
+            **{**defaults, **config},
+        )
+
+    build.__doc__ = f"Avalanche's {strategy_class.__name__} with one head per task."
+    register_strategy(
+        name,
+        settings=_keywords(build)[0] | _constructor_settings(strategy_class),
+        trains_on_whole_stream=trains_on_whole_stream,
+    )(build)
+
+
+_register_avalanche("naive", Naive)
+_register_avalanche("ewc", EWC, ewc_lambda=100.0)
+_register_avalanche("si", SynapticIntelligence, si_lambda=1.0)
+_register_avalanche("lwf", LwF, alpha=1.0, temperature=2.0)
+_register_avalanche("mas", MAS, lambda_reg=1.0)
+_register_avalanche("replay", Replay, mem_size=200)
+_register_avalanche("agem", AGEM, patterns_per_exp=64, sample_size=64)
+_register_avalanche("joint", JointTraining, trains_on_whole_stream=True)
+_register_avalanche("cumulative", Cumulative)
+
+
+@register_strategy(
+    "packnet_avalanche", settings=_constructor_settings(AvalanchePackNet) | {"lr", "prune_ratio", "optimizer_factory"}
+)
+def _packnet_avalanche(
+    backbone: nn.Module,
+    *,
+    lr: float = DEFAULT_LR,
+    prune_ratio: float = DEFAULT_PRUNE_RATIO,
+    post_prune_epochs: int = DEFAULT_POST_PRUNE_EPOCHS,
+    optimizer_factory: Optional[OptimizerFactory] = None,
+    plugins: Optional[List[Any]] = None,
+    **config: Any,
+) -> SupervisedTemplate:
+    """Avalanche 0.6's own PackNet, as a cross-check on MLP backbones. Its
+    network keeps the backbone's single classifier for every task."""
+    norms = [type(m).__name__ for m in backbone.modules() if isinstance(m, NORM_LAYER_TYPES)]
+    if norms:
+        raise ValueError(
+            f"packnet_avalanche cannot take a backbone with {sorted(set(norms))}: Avalanche's "
+            "PackNet rejects normalization layers. Use 'packnet', which handles them."
+        )
+    model = AvalanchePackNetModel(copy.deepcopy(backbone))
+    strategy = AvalanchePackNet(
+        model=model,
+        optimizer=_optimizer(model, lr, optimizer_factory),
+        prune_proportion=prune_ratio,
+        post_prune_epochs=post_prune_epochs,
+        **config,
+    )
+    # Avalanche nests the user's plugin list inside its own, so it never calls
+    # them; put them back as plugins, ahead of the evaluator and clock.
+    strategy.plugins = [p for p in strategy.plugins if p is not None and not isinstance(p, list)]
+    strategy.plugins[1:1] = list(plugins or [])
+    return strategy
