@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bench demo test clean
+.PHONY: bench demo test test-fast lint clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,18 @@ bench: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m piggyback_avalanche.app.demo
 
-test: $(VENV)/.installed
+# Style and types, then every test (what CI runs).
+test: lint
 	$(PY) -m pytest -q
+
+# The developer's loop: style, types and the tests not marked slow.
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -7,9 +7,10 @@ fixed-BN ablation) and Piggyback trained with SGD instead of Adam.
 
     python examples/register_your_strategy.py --epochs 3
 
-The runner trains the backbone on the first task only for the built-in
-Piggyback names; register on streams with a source task (pretrained backbone),
-or pass train_backbone_on_first_experience=True in your builder.
+A registration can say what the runner needs to know: which settings the
+builder takes (by default any, since these take **config) and which of them
+trains the backbone on the first experience when the stream has no pretrained
+network (here Piggyback's own).
 """
 
 import argparse
@@ -23,13 +24,13 @@ from piggyback_avalanche.app.report import format_markdown
 from piggyback_avalanche.app.runner import run_benchmark
 
 
-@register_strategy("piggyback_shared_bn")
+@register_strategy("piggyback_shared_bn", untrained_backbone_setting="train_backbone_on_first_experience")
 def piggyback_shared_bn(backbone: torch.nn.Module, **config) -> Piggyback:
     """Piggyback whose tasks share the batch norm of the first one."""
     return Piggyback(model=PiggybackModel(backbone, task_batchnorm=False), **config)
 
 
-@register_strategy("piggyback_sgd")
+@register_strategy("piggyback_sgd", untrained_backbone_setting="train_backbone_on_first_experience")
 def piggyback_sgd(backbone: torch.nn.Module, **config) -> Piggyback:
     """Piggyback with SGD and momentum; the learning rates are per parameter group."""
     config.setdefault("mask_lr", 0.1)

@@ -49,6 +49,7 @@ def _run(checkpoint, results, *, kill_during=None):
     return lines
 
 
+@pytest.mark.slow
 def test_a_run_killed_during_experience_3_resumes_to_the_same_accuracy_matrix(tmp_path):
     uninterrupted = _run(tmp_path / "a.ckpt", tmp_path / "a.json")
     assert [line for line in uninterrupted if line.startswith("training")] == [

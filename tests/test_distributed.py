@@ -18,7 +18,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+# Example scripts and torchrun jobs run as real processes.
+pytestmark = pytest.mark.slow
 EXAMPLE = ROOT / "examples" / "distributed_training.py"
 LINE = re.compile(r"rank (\d) of (\d): (\w+) final accuracy per task \[([0-9., ]+)\], model ([0-9a-f]{16})")
 

@@ -3,9 +3,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from piggyback_avalanche.app.demo import format_table, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Example scripts and torchrun jobs run as real processes.
+pytestmark = pytest.mark.slow
 
 
 def test_readme_quickstart_is_the_example_file():

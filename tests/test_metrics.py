@@ -174,6 +174,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_real_tensorboard_server_shows_the_scalars(tmp_path):
     _run_with_tensorboard(tmp_path / "tb", tmp_path / "files")
     port = _free_port()

@@ -1,0 +1,236 @@
+"""The shape of the package: what imports what, what a new method needs,
+and library code that leaves the user's global state alone."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import pytest
+import torch
+from conftest import synthetic_tasks
+from torch import Tensor, nn
+
+from piggyback_avalanche import make_strategy, register_strategy
+from piggyback_avalanche.app.runner import strategy_settings, train_and_evaluate
+from piggyback_avalanche.benchmarks.streams import tensor_task_stream
+from piggyback_avalanche.evaluation.model_size import ModelSize
+from piggyback_avalanche.methods.piggyback.layers import MaskedConv2d
+from piggyback_avalanche.methods.piggyback.masks import get_mask_kind
+from piggyback_avalanche.task_aware import TaskAwareModel, TaskAwareStrategy, TaskState, TaskWeightLayer
+from piggyback_avalanche.task_aware.task_layers import task_layer_types
+from piggyback_avalanche.task_aware.task_state import TaskTensorDict
+from piggyback_avalanche.training import registry
+
+PACKAGE = Path(__file__).resolve().parents[1] / "piggyback_avalanche"
+
+
+def _imports(path: Path) -> List[str]:
+    """The piggyback_avalanche modules a file imports, anywhere in it."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+    return [name for name in found if name.startswith("piggyback_avalanche")]
+
+
+def _modules(under: str) -> Dict[str, List[str]]:
+    return {str(p.relative_to(PACKAGE)): _imports(p) for p in sorted((PACKAGE / under).rglob("*.py"))}
+
+
+def test_the_library_never_imports_the_application():
+    library = {str(p.relative_to(PACKAGE)): _imports(p) for p in PACKAGE.rglob("*.py") if "app" not in p.parts}
+    assert len(library) > 30
+    offending = {f: [m for m in ms if m.startswith("piggyback_avalanche.app")] for f, ms in library.items()}
+    assert not {f: ms for f, ms in offending.items() if ms}
+
+
+def test_the_shared_machinery_knows_no_method_and_methods_know_no_other_method():
+    shared = _modules("task_aware")
+    assert not {
+        f: ms
+        for f, ms in shared.items()
+        if any(not m.startswith("piggyback_avalanche.task_aware") and m != "piggyback_avalanche.checks" for m in ms)
+    }
+    for method in ("piggyback", "packnet", "reference"):
+        for file, imported in _modules(f"methods/{method}").items():
+            others = [
+                m
+                for m in imported
+                if m.startswith("piggyback_avalanche.methods.")
+                and not m.startswith(f"piggyback_avalanche.methods.{method}")
+            ]
+            assert not others, (file, others)
+
+
+@pytest.mark.parametrize("version", ["2.4.1", "2.1.0+cu121", "1.13.1"])
+def test_an_older_torch_is_refused_at_import_with_the_fix(version):
+    from piggyback_avalanche._requirements import check_torch_version
+
+    with pytest.raises(
+        ImportError, match=rf"needs torch>=2\.5, but torch {version.replace('+', '.')} is installed.*pip install"
+    ):
+        check_torch_version(version)
+
+
+@pytest.mark.parametrize("version", ["2.5.0", "2.14.1+cpu", "3.0.0", torch.__version__])
+def test_current_torch_versions_pass(version):
+    from piggyback_avalanche._requirements import check_torch_version
+
+    check_torch_version(version)
+
+
+def test_a_masked_layer_built_directly_moves_and_matches_one_built_from_a_module():
+    torch.manual_seed(0)
+    settings = dict(mask_kind=get_mask_kind("binarizer"), threshold=5e-3, mask_init="1s", mask_scale=1e-2)
+    state = TaskState()
+    direct = MaskedConv2d(2, 3, 3, padding=1, task_state=state, **settings)
+    assert not direct.weight.requires_grad  # the shared weight starts frozen
+    direct.add_task("0")
+    with torch.no_grad():
+        direct.scores["0"][0].fill_(-1.0)  # drop the first output channel's weights
+    direct.freeze_task("0")
+    x = torch.randn(4, 2, 5, 5)
+    with state.use("0"):
+        before = direct(x)
+        moved = direct.to(torch.float64)  # used to fail: no cache on a layer built directly
+        after = moved(x.double())
+    assert torch.allclose(before.double(), after, atol=1e-6)
+    assert torch.equal(before[:, 0], torch.zeros_like(before[:, 0]) + direct.bias[0].float())
+    twin = MaskedConv2d.from_module(nn.Conv2d(2, 3, 3, padding=1), task_state=TaskState(), **settings)
+    assert type(twin) is MaskedConv2d and twin.padding == (1, 1) and not twin.weight.requires_grad
+
+
+def test_figures_leave_the_users_matplotlib_backend_and_figures_alone(tmp_path):
+    """Metrics and the report draw off screen without switching a notebook
+    user's backend or leaving figures open in pyplot."""
+    script = f"""
+import sys
+import matplotlib
+matplotlib.use("svg")
+from matplotlib import pyplot as plt
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import torch
+from conftest import synthetic_tasks, tiny_conv_net
+from piggyback_avalanche import make_strategy
+from piggyback_avalanche.app.report import summarize, write_plots
+from piggyback_avalanche.benchmarks.streams import tensor_task_stream
+from piggyback_avalanche.evaluation import default_evaluator
+stream = tensor_task_stream(synthetic_tasks([[0, 1], [0, 1]]))
+strategy = make_strategy("piggyback", tiny_conv_net(), train_epochs=1, evaluator=default_evaluator(interactive=False))
+for i, experience in enumerate(stream.train_stream):
+    strategy.train(experience)
+    strategy.eval(stream.test_stream[: i + 1])
+run = {{"accuracy_matrix": [[0.5, None], [0.5, 0.5]], "model_bytes_per_experience": [1.0, 2.0]}}
+write_plots({{"piggyback": {{"runs": [run], "summary": {{}}}}}}, __import__("pathlib").Path({str(tmp_path)!r}))
+print(matplotlib.get_backend(), len(plt.get_fignums()))
+"""
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.split()[-2:] == ["svg", "0"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "accuracy_matrix_piggyback.png",
+        "average_accuracy.png",
+        "model_size.png",
+    ]
+
+
+class ScaledLayer(TaskWeightLayer):
+    """A method the package does not know: each task learns one scale per
+    output unit over the frozen weight."""
+
+    def _init_task_weights(self) -> None:
+        shape = (self.weight.shape[0],) + (1,) * (self.weight.dim() - 1)
+        self.learning_scales = TaskTensorDict(trainable=True, holds="learning", shape=shape)
+        self.frozen_scales = TaskTensorDict(trainable=False, holds="frozen", shape=shape)
+
+    def add_task(self, task: str, *, classes: Sequence[int] = ()) -> None:
+        self.learning_scales.add(task, torch.ones(self.learning_scales.shape, dtype=self.weight.dtype))
+
+    def freeze_task(self, task: str) -> None:
+        self.frozen_scales.add(task, self.learning_scales.pop(task).detach())
+
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        return {"scales": [self.learning_scales[t] for t in self.learning_scales.keys()]}  # type: ignore[misc]
+
+    def task_state_bytes(self) -> int:
+        return self.frozen_scales.nbytes()
+
+    def task_weight(self) -> Tensor:
+        task = self.task_state.key()
+        scales = self.learning_scales if task in self.learning_scales else self.frozen_scales
+        return self.weight * scales[task]
+
+
+SCALED_LAYER_TYPES = task_layer_types(ScaledLayer, prefix="Scaled", doc="with a scale per output unit and task.")
+
+
+class ScaledModel(TaskAwareModel):
+    layer_types = SCALED_LAYER_TYPES  # type: ignore[assignment]
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__(backbone, task_batchnorm=True, layer_settings={})
+
+
+class Scaled(TaskAwareStrategy):
+    model_type = ScaledModel
+
+    def group_learning_rates(self) -> Dict[str, float]:
+        return {"scales": 1e-2, "task_parameters": 1e-2, "backbone": 1e-2}
+
+
+def test_a_new_method_needs_no_edit_in_metrics_task_files_or_the_runner():
+    @register_strategy(
+        "test_scaled", settings={"train_epochs", "train_mb_size", "evaluator", "plugins", "eval_mb_size"}
+    )
+    def build(backbone: nn.Module, **config) -> Scaled:
+        """A scale per output unit and task."""
+        return Scaled(model=ScaledModel(backbone), **config)
+
+    try:
+        backbone = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        config = {"train_epochs": 1, "lr": 1e-3, "mask_lr": 1e-3}
+        settings = strategy_settings("test_scaled", config, untrained_backbone=True)
+        assert settings == {"train_epochs": 1}  # what it does not take is dropped, nothing is added
+        stream = tensor_task_stream(synthetic_tasks([[0, 1], [0, 1, 2]], shape=(4,)))
+        result = train_and_evaluate("test_scaled", stream, backbone, **settings)
+        assert len(result["accuracy"]) == 2 and result["average_forgetting"] == 0.0
+        strategy = make_strategy("test_scaled", backbone, train_epochs=1, evaluator=None)
+        for experience in stream.train_stream:
+            strategy.train(experience)
+        size = ModelSize()
+        size.update(strategy)
+        # Layer 0: 12 weights + 3 biases (60 bytes) once, and 3 scales (12 bytes) per task;
+        # heads of 2 and 3 units on 3 features: 6+2 floats + 2 bools, 9+3 floats + 3 bools.
+        assert size.result()["bytes"] == 60 + 2 * 12 + (32 + 2) + (48 + 3)
+        assert size.result()["bits_per_weight_per_task"] == 8 * 24 / 12 / 2
+        model = strategy.model
+        assert model.frozen_task_state_keys(0) == [
+            "backbone.0.frozen_scales.0",
+            "backbone.2.heads.0.weight",
+            "backbone.2.heads.0.bias",
+            "backbone.2.heads.0.inactive_units",
+        ]
+        assert sorted(model.shared_state_keys()) == ["backbone.0.bias", "backbone.0.weight"]
+    finally:
+        del registry._REGISTRY["test_scaled"]
+
+
+def test_registration_carries_what_the_runner_needs():
+    piggyback = registry.registered_strategy("piggyback")
+    assert piggyback.untrained_backbone_setting == "train_backbone_on_first_experience"
+    assert strategy_settings("piggyback", {"mask_lr": 1e-3, "prune_ratio": 0.5}, untrained_backbone=True) == {
+        "mask_lr": 1e-3,
+        "train_backbone_on_first_experience": True,
+    }
+    assert strategy_settings("packnet", {"mask_lr": 1e-3, "prune_ratio": 0.5}, untrained_backbone=True) == {
+        "prune_ratio": 0.5
+    }
+    assert registry.registered_strategy("joint").trains_on_whole_stream
+    assert not registry.registered_strategy("naive").trains_on_whole_stream
+    assert strategy_settings("naive", {"lr": 1e-2, "lr_decay_epochs": (2,)}, untrained_backbone=False) == {"lr": 1e-2}
+    with pytest.raises(ValueError, match="Unknown strategy 'nope'. Available: agem"):
+        registry.registered_strategy("nope")
