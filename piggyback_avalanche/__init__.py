@@ -9,11 +9,19 @@ and :mod:`~piggyback_avalanche.benchmarks`. The command line lives in
 :mod:`~piggyback_avalanche.app`, which the library never imports.
 """
 
+import warnings
+
 import torch
 
 from piggyback_avalanche._requirements import check_torch_version
 
 check_torch_version(torch.__version__)
+
+with warnings.catch_warnings():
+    # Avalanche's GEM imports qpsolvers, which warns when no solver is
+    # installed; no strategy here uses GEM, so the warning is only noise.
+    warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
+    import avalanche.training  # noqa: F401, E402
 
 from piggyback_avalanche.methods.packnet import PACKNET_PAPER_SETTINGS, PackNet, PackNetModel  # noqa: E402
 from piggyback_avalanche.methods.piggyback import (  # noqa: E402

@@ -198,11 +198,13 @@ def test_user_plugins_and_evaluator_run(three_task_stream, tmp_path):
     assert "Top1_Acc_Stream/eval_phase/test_stream" in log_path.read_text()
 
 
-def test_evaluating_an_untrained_task_says_what_to_do(three_task_stream):
-    strategy = _strategy(PiggybackModel(tiny_conv_net()))
+def test_calling_the_model_on_a_task_it_never_saw_says_what_to_do(three_task_stream):
+    model = PiggybackModel(tiny_conv_net())
+    strategy = _strategy(model)
     strategy.train(three_task_stream.train_stream[0])
-    with pytest.raises(ValueError, match=r"\[1\] unknown.*knows tasks \[0\].*test_stream\[: i \+ 1\]"):
-        strategy.eval(three_task_stream.test_stream)
+    x = _test_inputs(three_task_stream.test_stream[0])
+    with pytest.raises(ValueError, match=r"\[7\] unknown.*knows tasks \[0\].*test_stream\[: i \+ 1\]"):
+        model.eval()(x, 7)
 
 
 def test_retraining_a_frozen_task_is_refused(three_task_stream):

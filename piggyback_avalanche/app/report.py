@@ -69,51 +69,64 @@ COLUMNS = [
 ]
 
 
-def _rows(results: Dict[str, Dict[str, Any]]) -> List[Dict[str, str]]:
-    def pm(values: List[float], scale: float = 100.0, digits: int = 1) -> str:
-        mean, std = values
-        return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+Cell = Tuple[float, float, int]
+"""A table cell: mean and standard deviation over seeds (in the column's
+unit), and the digits to print."""
 
-    rows = []
+
+def _cells(results: Dict[str, Dict[str, Any]]) -> List[Tuple[str, int, Dict[str, Cell]]]:
+    """Per strategy: its name, its number of seeds, and its cells by column."""
+    table = []
     for name, result in results.items():
         s = result["summary"]
-        row = {"strategy": name}
-        row.update({f"task {t}": pm(v) for t, v in enumerate(s["accuracy"])})
-        row.update(
+
+        def cell(values: List[float], scale: float = 100.0, digits: int = 1) -> Cell:
+            return scale * values[0], scale * values[1], digits
+
+        cells = {f"task {t}": cell(v) for t, v in enumerate(s["accuracy"])}
+        cells.update(
             zip(
                 COLUMNS,
                 [
-                    pm(s["average_accuracy"]),
-                    pm(s["average_forgetting"]),
-                    pm(s["bwt"]),
-                    pm(s["model_bytes"], 1e-6, 2),
-                    pm(s["networks"], 1.0, 2),
-                    pm(s["train_seconds"], 1.0, 0),
+                    cell(s["average_accuracy"]),
+                    cell(s["average_forgetting"]),
+                    cell(s["bwt"]),
+                    cell(s["model_bytes"], 1e-6, 2),
+                    cell(s["networks"], 1.0, 2),
+                    cell(s["train_seconds"], 1.0, 0),
                 ],
             )
         )
-        rows.append(row)
-    return rows
+        table.append((name, len(result["runs"]), cells))
+    return table
 
 
 def format_markdown(results: Dict[str, Dict[str, Any]]) -> str:
     """The results table in Markdown: per-task final accuracy, averages,
-    size and time, mean ± std over seeds."""
-    rows = _rows(results)
-    header = list(rows[0])
-    return markdown_table(header, [[row[h] for h in header] for row in rows])
+    size and time, mean ± std over seeds (the mean alone for one seed)."""
+    table = _cells(results)
+    header = ["strategy", *table[0][2]]
+    rows = []
+    for name, seeds, cells in table:
+        shown = [f"{m:.{d}f} ± {s:.{d}f}" if seeds > 1 else f"{m:.{d}f}" for m, s, d in cells.values()]
+        rows.append([name, *shown])
+    return markdown_table(header, rows)
 
 
 def write_tables(results: Dict[str, Dict[str, Any]], out_dir: Path, *, extra: str = "") -> None:
     """``results.md`` (the Markdown table, then ``extra``), ``results.csv``
-    and ``results.json`` in ``out_dir``."""
-    rows = _rows(results)
+    and ``results.json`` in ``out_dir``. The CSV holds numbers: each column's
+    mean, and its standard deviation over seeds in ``<column> std``."""
+    table = _cells(results)
     write_atomically(out_dir / "results.md", lambda f: f.write(format_markdown(results) + "\n" + extra))
 
     def write_csv(file: IO[str]) -> None:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        writer = csv.writer(file)
+        columns = list(table[0][2])
+        writer.writerow(["strategy", "seeds", *(h for c in columns for h in (c, f"{c} std"))])
+        for name, seeds, cells in table:
+            numbers = (round(v, d) for m, s, d in cells.values() for v in (m, s))
+            writer.writerow([name, seeds, *numbers])
 
     write_atomically(out_dir / "results.csv", write_csv)
     write_atomically(out_dir / "results.json", lambda f: json.dump(results, f, indent=1))

@@ -42,10 +42,12 @@ from piggyback_avalanche.benchmarks.datasets import (
     fine_grained_stream,
 )
 from piggyback_avalanche.benchmarks.offline import SourceTask, digits_task_stream, mnist_transfer_stream
+from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.evaluation.evaluator import default_evaluator
 from piggyback_avalanche.evaluation.model_size import ModelSize
 from piggyback_avalanche.files import write_atomically
 from piggyback_avalanche.methods.packnet import DEFAULT_POST_PRUNE_EPOCHS, DEFAULT_PRUNE_RATIO
+from piggyback_avalanche.methods.packnet.model import check_prune_ratio
 from piggyback_avalanche.methods.piggyback import DEFAULT_MASK_LR
 from piggyback_avalanche.task_aware import MultiHeadModel
 from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, DEFAULT_TRAIN_EPOCHS, DEFAULT_TRAIN_MB_SIZE
@@ -370,9 +372,14 @@ def _parser() -> argparse.ArgumentParser:
     add("--backbone", default="small_cnn", help=f"one of {sorted(BACKBONES)}")
     add("--pretrained", action="store_true", help="start from the torchvision backbone's ImageNet weights")
     add("--pretrain-epochs", type=int, default=5, help="on the stream's source task, if any")
-    add("--strategies", nargs="+", default=["piggyback", "packnet", "individual", "classifier_only", "naive"])
-    add("--epochs", type=int, default=DEFAULT_TRAIN_EPOCHS)
-    add("--mb-size", type=int, default=DEFAULT_TRAIN_MB_SIZE)
+    add(
+        "--strategies",
+        nargs="+",
+        default=["piggyback", "packnet", "individual", "classifier_only", "naive"],
+        help=f"registered strategies to compare, from {available_strategies()}",
+    )
+    add("--epochs", type=int, default=DEFAULT_TRAIN_EPOCHS, help="training epochs per experience")
+    add("--mb-size", type=int, default=DEFAULT_TRAIN_MB_SIZE, help="training mini-batch size")
     add("--lr", type=float, default=DEFAULT_LR, help="heads, normalization, and whole networks")
     add("--mask-lr", type=float, default=DEFAULT_MASK_LR, help="Piggyback's mask scores")
     add("--lr-decay-epochs", type=int, nargs="*", default=[], help="epochs after which rates drop 10x")
@@ -389,9 +396,9 @@ def _parser() -> argparse.ArgumentParser:
         help="PackNet: retraining epochs after pruning",
     )
     add("--post-prune-lr", type=float, help="PackNet: learning rate after pruning (default: --lr)")
-    add("--seeds", type=int, nargs="+", default=[0])
-    add("--device", default="cpu")
-    add("--out", type=Path, default=Path("runs/bench"))
+    add("--seeds", type=int, nargs="+", default=[0], help="one run per seed, each a different int")
+    add("--device", default="cpu", help="where to train: cpu, cuda, cuda:1, ...")
+    add("--out", type=Path, default=Path("runs/bench"), help="output folder: tables, plots, TensorBoard runs")
     add(
         "--check-targets",
         type=Path,
@@ -399,6 +406,35 @@ def _parser() -> argparse.ArgumentParser:
         help="compare the results with this targets file (benchmarks/targets.csv) and exit 1 if any falls short",
     )
     return parser
+
+
+def _fits(kind: Any, value: Any) -> bool:
+    """Whether a JSON value is what an argument of type ``kind`` takes."""
+    if isinstance(value, bool):
+        return False
+    if kind is int:
+        return isinstance(value, int)
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, str)  # str and Path arguments
+
+
+def _check_preset_types(parser: argparse.ArgumentParser, preset: Dict[str, Any], path: Path) -> None:
+    """Refuse a preset value of the wrong type, as the flag would."""
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in preset.items():
+        action = actions[key]
+        kind = getattr(action.type, "__name__", "str")
+        if isinstance(action, argparse._StoreTrueAction):
+            fits, expected = isinstance(value, bool), "true or false"
+        elif action.nargs in ("+", "*"):
+            fits = isinstance(value, list) and (bool(value) or action.nargs == "*")
+            fits = fits and all(_fits(action.type, item) for item in value)
+            expected = f"a {'non-empty ' if action.nargs == '+' else ''}list of {kind} values"
+        else:
+            fits, expected = _fits(action.type, value), f"one {kind} value"
+        if not fits:
+            parser.error(f"--config {path}: {key!r} must be {expected}, got {json.dumps(value)}")
 
 
 def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -417,6 +453,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
             parser.error(
                 f"--config {args.config} has unknown keys {unknown}; known: {sorted(known - {'help', 'config'})}"
             )
+        _check_preset_types(parser, preset, args.config)
         parser.set_defaults(**preset)
         args = parser.parse_args(argv)
     if args.stream not in STREAMS:
@@ -436,6 +473,21 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
             parser.error(f"--device {args.device}: this machine has {count} CUDA device(s); use --device cpu")
     if min(args.epochs, args.mb_size, args.pretrain_epochs, args.crop_size) < 1:
         parser.error("--epochs, --pretrain-epochs, --mb-size and --crop-size must be at least 1")
+    rates = {"--lr": args.lr, "--mask-lr": args.mask_lr, "--post-prune-lr": args.post_prune_lr}
+    for flag, value in rates.items():
+        if value is not None:
+            try:
+                check_positive(flag, value)
+            except ValueError as error:
+                parser.error(str(error))
+    try:
+        check_prune_ratio(args.prune_ratio)
+    except ValueError as error:
+        parser.error(f"--prune-ratio: {error}")
+    if args.post_prune_epochs < 0 or any(e < 1 for e in args.lr_decay_epochs):
+        parser.error("--post-prune-epochs must be at least 0 and every --lr-decay-epochs value at least 1")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds {args.seeds} repeats a seed; give each seed once")
     if args.data_root is not None and not args.data_root.is_dir():
         parser.error(f"--data-root {args.data_root}: no such folder; create it (datasets download into it)")
     if args.check_targets is not None:

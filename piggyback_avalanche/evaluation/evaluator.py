@@ -21,7 +21,7 @@ from piggyback_avalanche.evaluation.model_size import model_size_metrics
 from piggyback_avalanche.files import write_atomically
 from piggyback_avalanche.methods.piggyback.mask_sparsity import mask_sparsity_metrics
 
-__all__ = ["MetricsFileLogger", "default_evaluator"]
+__all__ = ["MetricsFileLogger", "ExperienceAxisTensorboardLogger", "default_evaluator"]
 
 PathLike = Union[str, Path]
 
@@ -73,6 +73,24 @@ class MetricsFileLogger(BaseLogger, SupervisedPlugin):
         self.flush()
 
 
+class ExperienceAxisTensorboardLogger(TensorboardLogger):
+    """Avalanche's TensorBoard logger, which logs every value against the
+    training iteration, plus every numeric stream-level evaluation metric
+    again against the number of experiences trained, under
+    ``ExperiencesTrained/<metric name>``. Strategies run different numbers
+    of iterations per experience (PackNet retrains after pruning), so only
+    this axis lines their runs up task by task.
+    """
+
+    def after_eval(self, strategy: Any, metric_values: List[Any]) -> None:
+        for value in metric_values:
+            stream_level = "/eval_phase/" in value.name and "/Exp" not in value.name
+            if stream_level and isinstance(value.value, (int, float)) and not isinstance(value.value, bool):
+                self.writer.add_scalar(
+                    f"ExperiencesTrained/{value.name}", value.value, global_step=strategy.clock.train_exp_counter
+                )
+
+
 def default_evaluator(
     *,
     tb_dir: Optional[PathLike] = None,
@@ -86,7 +104,8 @@ def default_evaluator(
     experience and stream, model size, mask sparsity (Piggyback), the accuracy
     matrix image, and epoch/experience timing.
 
-    :param tb_dir: a TensorBoard log directory (``None``: no TensorBoard).
+    :param tb_dir: a TensorBoard log directory (``None``: no TensorBoard),
+        written by :class:`ExperienceAxisTensorboardLogger`.
     :param csv_dir: a directory for ``metrics.csv`` with every numeric value.
     :param json_path: a JSON file with every numeric value.
     :param interactive: progress bars and a text summary on stdout.
@@ -95,7 +114,7 @@ def default_evaluator(
     if interactive:
         loggers.append(InteractiveLogger())
     if tb_dir is not None:
-        loggers.append(TensorboardLogger(tb_log_dir=tb_dir))
+        loggers.append(ExperienceAxisTensorboardLogger(tb_log_dir=tb_dir))
     if csv_dir is not None or json_path is not None:
         csv_path = Path(csv_dir) / "metrics.csv" if csv_dir is not None else None
         loggers.append(MetricsFileLogger(csv_path=csv_path, json_path=json_path))

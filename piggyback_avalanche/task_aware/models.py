@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from avalanche.benchmarks.scenarios import CLExperience
-from avalanche.models import MultiTaskModule
+from avalanche.models import DynamicModule, MultiTaskModule
 
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.task_heads import TaskHeads
@@ -24,6 +24,37 @@ from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
 from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, task_key
 
 __all__ = ["MultiHeadModel", "TaskAwareModel"]
+
+
+def _refuse_avalanche_dynamic_modules(backbone: nn.Module, model_name: str) -> None:
+    """Avalanche's multi-task and dynamic models route tasks themselves and
+    take task labels in ``forward``: the per-task heads would fight them."""
+    dynamic = [
+        f"{name or '<backbone>'} ({type(m).__name__})"
+        for name, m in backbone.named_modules()
+        if isinstance(m, DynamicModule)
+    ]
+    if dynamic:
+        raise ValueError(
+            f"The backbone holds Avalanche multi-task or dynamic modules: {', '.join(dynamic)}. "
+            f"{model_name} makes its own heads, one per task, so give it the single-head network: "
+            "SimpleMLP(...) instead of MTSimpleMLP(...), the model you passed to as_multitask(), or "
+            "your network with an nn.Linear in place of IncrementalClassifier / MultiHeadClassifier."
+        )
+
+
+def _output_linear(backbone: nn.Module) -> Union[str, None]:
+    """The qualified name of the ``nn.Linear`` whose output is the backbone's
+    output, found by tracing its forward pass; ``None`` if it cannot be traced."""
+    try:
+        graph = torch.fx.symbolic_trace(backbone).graph
+    except Exception:  # dynamic control flow and the like: torch.fx cannot follow it
+        return None
+    output = next(node for node in graph.nodes if node.op == "output").args[0]
+    if isinstance(output, torch.fx.Node) and output.op == "call_module":
+        if isinstance(backbone.get_submodule(str(output.target)), nn.Linear):
+            return str(output.target)
+    return ""
 
 
 def _find_classifier(backbone: nn.Module, classifier: Union[str, nn.Module, None]) -> str:
@@ -53,7 +84,20 @@ def _find_classifier(backbone: nn.Module, classifier: Union[str, nn.Module, None
             "The backbone has no nn.Linear to replace by per-task heads. Pass "
             "classifier='<qualified name>' of its final nn.Linear."
         )
-    return linears[-1]
+    found = _output_linear(backbone)
+    if found:
+        return found
+    if found is None and len(linears) == 1:
+        return linears[0]
+    why = (
+        "its forward pass cannot be traced with torch.fx"
+        if found is None
+        else "its output is not the output of an nn.Linear (it is transformed after it, or a tuple)"
+    )
+    raise ValueError(
+        f"Cannot tell which nn.Linear is the backbone's classifier: {why}, and it has "
+        f"{len(linears)} nn.Linear layers ({', '.join(linears)}). Pass classifier='<qualified name>'."
+    )
 
 
 def _own_state_bytes(module: nn.Module) -> int:
@@ -74,8 +118,11 @@ class MultiHeadModel(MultiTaskModule):
 
     :param backbone: the network to copy.
     :param classifier: the ``nn.Linear`` replaced by per-task heads, as a
-        module of the backbone or its qualified name; ``None`` picks the
-        backbone's last ``nn.Linear``.
+        module of the backbone or its qualified name; ``None`` finds the
+        ``nn.Linear`` whose output is the backbone's output (by tracing its
+        forward pass with ``torch.fx``), and refuses when that is ambiguous.
+    :raises ValueError: for a backbone that holds Avalanche's multi-task or
+        dynamic modules (its own heads would fight the per-task heads).
     """
 
     # Avalanche's MultiTaskModule bookkeeping, kept up to date here.
@@ -84,7 +131,10 @@ class MultiHeadModel(MultiTaskModule):
 
     def __init__(self, backbone: nn.Module, *, classifier: Union[str, nn.Module, None] = None) -> None:
         super().__init__()
+        _refuse_avalanche_dynamic_modules(backbone, type(self).__name__)
         self.task_state = TaskState()
+        # Classes of experiences evaluated before their task was learned (not saved).
+        self._untrained_task_classes: Dict[int, List[int]] = {}
         self._classifier_name = _find_classifier(backbone, classifier)
         self.backbone = self._convert(copy.deepcopy(backbone), self._classifier_name)
 
@@ -156,17 +206,19 @@ class MultiHeadModel(MultiTaskModule):
         self.max_class_label = max(self.max_class_label, max(int(c) for c in classes) + 1)
 
     def adaptation(self, experience: CLExperience) -> None:
-        """Add the experience's new tasks when training; when evaluating,
-        check that the model knows the experience's tasks.
+        """Add the experience's new tasks when training. When evaluating, a
+        task not learned yet is computed as the model stands before learning
+        it (the shared layers, an untrained head over the experience's
+        classes), and the model is left as it is.
 
-        :raises ValueError: when evaluating a task the model never learned,
-            or training a known task on classes its head does not have.
+        :raises ValueError: when training a known task on classes its head
+            does not have.
         """
         task_classes = experience_task_classes(experience)
         if not self.training:
-            unknown = sorted(set(task_classes) - set(self.tasks))
-            if unknown:
-                raise ValueError(self._unknown_tasks_message(unknown))
+            for task, classes in task_classes.items():
+                if task_key(task) not in self.heads.heads:
+                    self._untrained_task_classes[task] = list(classes)
             return
         for task, classes in task_classes.items():
             if task_key(task) not in self.heads.heads:
@@ -234,6 +286,28 @@ class MultiHeadModel(MultiTaskModule):
 
         return plain(self.backbone)
 
+    # --- deployment -------------------------------------------------------------
+
+    def export_task(self, task: int) -> nn.Module:
+        """One task as a plain ``nn.Module`` for deployment: the backbone's
+        structure with plain torch layers, the task's effective weights (for
+        Piggyback, the mask folded in), its normalization and its head. It
+        takes inputs only, with no task label, so ``torch.jit.trace``,
+        ``torch.jit.script``, ``torch.export`` and ONNX export take it as it is.
+
+        :raises ValueError: for a task the model does not have, or one still
+            being learned.
+        """
+        key = task_key(task)
+        if key not in self.heads.heads:
+            raise ValueError(self._unknown_tasks_message([int(key)]))
+        if key in self.task_state.learning:
+            raise ValueError(f"Task {task} is still being learned; export it once train() has frozen it.")
+        # Deep-copy the backbone with every task-aware module replaced by its
+        # plain twin for this task: the memo hands the twin to the copy.
+        memo: Dict[int, Any] = {id(module): module.plain_module(key) for _, module in self._named_task_modules()}
+        return copy.deepcopy(self.backbone, memo).eval()
+
     # --- forward -------------------------------------------------------------
 
     def forward(self, x: Tensor, task_labels: Union[int, Tensor, None]) -> Union[Tensor, Dict[int, Tensor]]:
@@ -246,6 +320,12 @@ class MultiHeadModel(MultiTaskModule):
         :param task_labels: one task label for the whole batch, one per
             sample, or ``None`` for a dict of every task's logits.
         """
+        if torch.jit.is_tracing():
+            raise RuntimeError(
+                f"Tracing a {type(self).__name__} would bake the traced task into the graph and answer "
+                "every later call with it. Deploy one task as a plain module instead: "
+                "torch.jit.trace(model.export_task(task), x)."
+            )
         expected = next(self.backbone.parameters()).device
         if x.device != expected:
             raise ValueError(
@@ -276,7 +356,11 @@ class MultiHeadModel(MultiTaskModule):
         """Logits of ``x`` under one task."""
         key = task_key(task_label)
         if key not in self.heads.heads:
-            raise ValueError(self._unknown_tasks_message([int(key)]))
+            classes = self._untrained_task_classes.get(int(key))
+            if classes is None or self.training:
+                raise ValueError(self._unknown_tasks_message([int(key)]))
+            with self.task_state.use_untrained(key, classes):
+                return self.backbone(x)
         with self.task_state.use(key):
             return self.backbone(x)
 

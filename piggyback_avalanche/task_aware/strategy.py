@@ -10,6 +10,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import MultiStepLR
 
 from avalanche.core import BasePlugin
+from avalanche.training.plugins import EWCPlugin, LRSchedulerPlugin, MASPlugin, SynapticIntelligencePlugin
 from avalanche.training.plugins.evaluation import EvaluationPlugin, default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 
@@ -44,6 +45,53 @@ DEFAULT_EVAL_MB_SIZE = 256
 
 OptimizerFactory = Callable[[List[Dict]], Optimizer]
 """Builds an optimizer from a list of parameter groups (each with its ``lr``)."""
+
+
+_REGULARIZATION_PLUGINS = (EWCPlugin, SynapticIntelligencePlugin, MASPlugin)
+
+
+def _refuse_plugins(strategy_name: str, plugins: Sequence[BasePlugin]) -> None:
+    """Refuse plugins that cannot act on a strategy that trains each task
+    with its own fresh optimizer and never trains a learned task again."""
+    for plugin in plugins:
+        if isinstance(plugin, LRSchedulerPlugin):
+            raise ValueError(
+                f"LRSchedulerPlugin cannot work with {strategy_name}: it builds a fresh optimizer for each "
+                "experience, over that experience's task only, so a scheduler built on another optimizer "
+                "would change nothing. Use lr_decay_epochs=(...) and lr_decay_factor=... (a step schedule "
+                "within each experience), or optimizer_factory=... for another optimizer."
+            )
+        if isinstance(plugin, _REGULARIZATION_PLUGINS):
+            raise ValueError(
+                f"{type(plugin).__name__} penalises changes to weights that earlier tasks used, but "
+                f"{strategy_name} never trains a learned task's parameters again (its forgetting is zero "
+                "by construction), so there is nothing for it to act on. Drop the plugin; to compare with "
+                f"{type(plugin).__name__.replace('Plugin', '')} itself, use make_strategy('ewc' | 'si' | 'mas', backbone)."
+            )
+
+
+def _refuse_shared_task_labels(strategy_name: str, experience: Any) -> None:
+    """Refuse a stream whose experiences share task labels (a
+    class-incremental stream) before its first experience trains: a task is
+    learned once, in one experience."""
+    stream = getattr(experience, "origin_stream", None)
+    if stream is None:
+        return
+    labels = set(experience.task_labels)
+    sharing = [
+        other.current_experience
+        for other in stream
+        if other.current_experience != experience.current_experience and labels & set(other.task_labels)
+    ]
+    if sharing:
+        raise ValueError(
+            f"Experience {experience.current_experience} shares task label(s) {sorted(labels)} with "
+            f"experience(s) {sharing} of its stream: a class-incremental stream (such as "
+            "nc_benchmark(..., task_labels=False), or SplitMNIST without return_task_id=True). "
+            f"{strategy_name} learns each task once, in one experience, and needs one task label per "
+            "experience: use nc_benchmark(..., task_labels=True), return_task_id=True, or "
+            "avalanche.benchmarks.scenarios.task_aware.task_incremental_benchmark(bm)."
+        )
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -120,6 +168,7 @@ class TaskAwareStrategy(SupervisedTemplate):
                 f"{name} trains a {model_name}, got {type(model).__name__}. "
                 f"Wrap your network: {name}(model={model_name}(backbone), ...)."
             )
+        _refuse_plugins(name, plugins or [])
         check_positive("lr_decay_factor", lr_decay_factor)
         check_count("train_mb_size", train_mb_size)
         check_count("train_epochs", train_epochs)
@@ -181,7 +230,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         task labels and samples; an out-of-memory error is re-raised as
         :class:`TaskOutOfMemoryError`, with what to change."""
         for experience in experiences if isinstance(experiences, Iterable) else [experiences]:
-            experience_task_classes(experience)  # raises, naming the problem
+            self.refuse_before_training(experience)
         try:
             return super().train(experiences, eval_streams, **kwargs)
         except (RuntimeError, torch.OutOfMemoryError) as error:
@@ -194,6 +243,12 @@ class TaskAwareStrategy(SupervisedTemplate):
                 "then resume: load_experience_checkpoint() restores the last completed experience, and train() "
                 "again continues this one."
             ) from error
+
+    def refuse_before_training(self, experience: Any) -> None:
+        """Raise, naming the problem and the fix, if ``experience`` cannot be
+        trained; called for every experience before ``train`` does any work."""
+        experience_task_classes(experience)
+        _refuse_shared_task_labels(type(self).__name__, experience)
 
     def backward(self) -> None:
         if not torch.isfinite(self.loss):

@@ -1,8 +1,10 @@
 """Per-task classifier heads, in place of the backbone's classifier."""
 
+import copy
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, task_keys_below
@@ -22,6 +24,7 @@ class ClassifierHead(nn.Linear):
     """
 
     inactive_units: Tensor
+    __jit_unused_properties__ = ["classes"]  # Python-side bookkeeping, not for scripted models
 
     def __init__(
         self,
@@ -44,7 +47,7 @@ class ClassifierHead(nn.Linear):
         return torch.nonzero(~self.inactive_units).flatten().tolist()
 
     def forward(self, input: Tensor) -> Tensor:
-        return super().forward(input).masked_fill(self.inactive_units, float("-inf"))
+        return F.linear(input, self.weight, self.bias).masked_fill(self.inactive_units, float("-inf"))
 
 
 class TaskHeads(TaskModule, nn.Module):
@@ -105,7 +108,16 @@ class TaskHeads(TaskModule, nn.Module):
         head = self.head(task)
         return head.weight.nbytes + (head.bias.nbytes if head.bias is not None else 0)
 
+    def plain_module(self, task: str) -> nn.Module:
+        return copy.deepcopy(self.head(task)).requires_grad_(False)
+
     def forward(self, input: Tensor) -> Tensor:
+        classes = self.task_state.untrained_classes
+        if classes is not None:
+            # An untrained head knows nothing: equal logits for its classes.
+            logits = input.new_full((input.shape[0], max(classes) + 1), float("-inf"))
+            logits[:, list(classes)] = 0.0
+            return logits
         return self.heads[self.task_state.key()](input)
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:

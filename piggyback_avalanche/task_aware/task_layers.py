@@ -38,11 +38,11 @@ def _linear_arguments(module: Any) -> Dict[str, Any]:
 
 
 def _conv_forward(layer: Any, input: Tensor) -> Tensor:
-    return layer._conv_forward(input, layer.task_weight(), layer.task_bias())
+    return layer._conv_forward(input, *layer.current_weight_and_bias())
 
 
 def _linear_forward(layer: Any, input: Tensor) -> Tensor:
-    return F.linear(input, layer.task_weight(), layer.task_bias())
+    return F.linear(input, *layer.current_weight_and_bias())
 
 
 _LayerKind = Tuple[Callable[[Any], Dict[str, Any]], Callable[[Any, Tensor], Tensor]]
@@ -140,6 +140,14 @@ class TaskWeightLayer(TaskModule, nn.Module):
         weight (for the bits-per-weight figure)."""
         return 0
 
+    def current_weight_and_bias(self) -> Tuple[Tensor, Optional[Tensor]]:
+        """The weight and bias the current task computes with: the shared
+        ones for a task the model has not learned (as it stands before
+        learning it), else the task's own."""
+        if self.task_state.untrained:
+            return self.weight, self.bias
+        return self.task_weight(), self.task_bias()
+
     # --- what the layer says about its state -----------------------------------
 
     def _stores(self) -> Dict[str, TaskTensorDict]:
@@ -153,6 +161,18 @@ class TaskWeightLayer(TaskModule, nn.Module):
 
     def plain_bytes(self, task: str) -> int:
         return sum(p.nbytes for p in (self.weight, self.bias) if p is not None)
+
+    def plain_module(self, task: str) -> nn.Module:
+        """The torch layer with ``task``'s effective weight and bias folded in."""
+        torch_type = self._torch_type()
+        arguments, _ = SUPPORTED_LAYER_TYPES[torch_type]
+        layer = torch_type(**arguments(self), device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad(), self.task_state.use(task):
+            weight, bias = self.current_weight_and_bias()
+            layer.weight = nn.Parameter(weight.clone(), requires_grad=False)
+            if bias is not None:
+                layer.bias = nn.Parameter(bias.clone(), requires_grad=False)
+        return layer
 
     # --- shared mechanics ---------------------------------------------------------
 
@@ -171,8 +191,13 @@ class TaskWeightLayer(TaskModule, nn.Module):
         return entry[1]
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
-        self._caches.clear()
-        return super()._apply(fn, recurse)
+        # Avalanche moves the model to its device before every evaluation: a
+        # move to where the weight already is keeps the frozen tasks' weights.
+        before = (self.weight.device, self.weight.dtype, self.weight.data_ptr())
+        result = super()._apply(fn, recurse)
+        if (self.weight.device, self.weight.dtype, self.weight.data_ptr()) != before:
+            self._caches.clear()
+        return result
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         for name, store in self._stores().items():

@@ -84,6 +84,9 @@ class TaskNorm(TaskModule, nn.Module):
     def plain_bytes(self, task: str) -> int:
         return sum(t.nbytes for t in self.base.state_dict().values())
 
+    def plain_module(self, task: str) -> nn.Module:
+        return copy.deepcopy(self.norm_for(task)).requires_grad_(False).eval()
+
     def norm_for(self, task: str) -> nn.Module:
         """The layer that ``task`` uses."""
         return self.tasks[task] if self.per_task else self.base
@@ -97,6 +100,8 @@ class TaskNorm(TaskModule, nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         task = self.task_state.key()
+        if self.task_state.untrained:
+            return self.base.eval()(input)
         norm = self.norm_for(task)
         if self.per_task:
             learning = self.training and task in self.task_state.learning

@@ -29,6 +29,7 @@ class TaskState:
         self.current: Optional[str] = None
         self.learning: Set[str] = set()
         self.backbone_task: Optional[str] = None
+        self.untrained_classes: Optional[Tuple[int, ...]] = None
 
     @contextmanager
     def use(self, task: str) -> Iterator[None]:
@@ -38,6 +39,24 @@ class TaskState:
             yield
         finally:
             self.current = previous
+
+    @contextmanager
+    def use_untrained(self, task: str, classes: Sequence[int]) -> Iterator[None]:
+        """Run the enclosed forward pass for ``task``, which the model has
+        not learned, as the model stands before learning it: every layer
+        with the shared weights, the backbone's normalization, and an
+        untrained head that gives ``classes`` equal logits."""
+        previous = self.current, self.untrained_classes
+        self.current, self.untrained_classes = task, tuple(int(c) for c in classes)
+        try:
+            yield
+        finally:
+            self.current, self.untrained_classes = previous
+
+    @property
+    def untrained(self) -> bool:
+        """Whether the current task is one the model has not learned."""
+        return self.untrained_classes is not None
 
     def key(self) -> str:
         """The current task's key; raises if no task was selected."""
@@ -165,4 +184,9 @@ class TaskModule:
     def plain_bytes(self, task: str) -> int:
         """Bytes of the plain layer this module stands for, as ``task`` alone
         would need it in a network of its own."""
+        raise NotImplementedError
+
+    def plain_module(self, task: str) -> nn.Module:
+        """A plain torch module that computes what this module computes for
+        the frozen ``task``, owning copies of its tensors (for deployment)."""
         raise NotImplementedError

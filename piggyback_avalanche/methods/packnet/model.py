@@ -34,7 +34,7 @@ class PackNetModel(TaskAwareModel):
     :param backbone: the network; its convolutions and linear layers are
         shared out among tasks, its normalization layers copied per task.
     :param classifier: the ``nn.Linear`` replaced by per-task heads (``None``:
-        the backbone's last ``nn.Linear``).
+        the ``nn.Linear`` whose output is the backbone's output).
     :param task_batchnorm: each task gets its own normalization copy;
         ``False`` shares the backbone's, trained with the first task and then
         frozen (the paper's "nobn" setting).

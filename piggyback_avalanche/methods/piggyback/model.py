@@ -32,8 +32,9 @@ class PiggybackModel(TaskAwareModel):
         ``nn.BatchNorm1d/2d/3d``, ``nn.SyncBatchNorm``, ``nn.LayerNorm``,
         ``nn.GroupNorm`` (per task).
     :param classifier: the ``nn.Linear`` replaced by per-task heads, as a
-        module of the backbone or its qualified name; ``None`` picks the
-        backbone's last ``nn.Linear``.
+        module of the backbone or its qualified name; ``None``: the
+        ``nn.Linear`` whose output is the backbone's output (see
+        :class:`~piggyback_avalanche.task_aware.models.MultiHeadModel`).
     :param threshold_fn: ``"binarizer"`` (masks in {0, 1}, 1 bit per weight)
         or ``"ternarizer"`` (masks in {-1, 0, 1}, 2 bits per weight).
     :param mask_init: ``"1s"``: every score starts at ``mask_scale``, so each

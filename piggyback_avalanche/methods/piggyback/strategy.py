@@ -84,6 +84,17 @@ class Piggyback(TaskAwareStrategy):
     def group_learning_rates(self) -> Dict[str, float]:
         return {"mask_scores": self.mask_lr, "task_parameters": self.lr, "backbone": self.backbone_lr}
 
+    def refuse_before_training(self, experience: Any) -> None:
+        super().refuse_before_training(experience)
+        tasks = sorted(experience_task_classes(experience))
+        if self.train_backbone_on_first_experience and not self.model.tasks and len(tasks) > 1:
+            raise ValueError(
+                f"train_backbone_on_first_experience=True trains the backbone with the first experience's "
+                f"task, but experience {experience.current_experience} holds tasks {tasks}. Give the first "
+                "experience a single task label, or start from a pretrained backbone with "
+                "train_backbone_on_first_experience=False."
+            )
+
     def model_adaptation(self, model: Optional[Module] = None) -> Module:
         """Add the experience's new tasks to the model (Avalanche's adaptation),
         training the backbone itself on the first one if asked to."""
