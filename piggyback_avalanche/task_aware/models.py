@@ -310,7 +310,7 @@ class MultiHeadModel(MultiTaskModule):
 
     # --- forward -------------------------------------------------------------
 
-    def forward(self, x: Tensor, task_labels: Union[int, Tensor, None]) -> Union[Tensor, Dict[int, Tensor]]:
+    def forward(self, x: Tensor, task_labels: Union[int, Tensor, None] = None) -> Union[Tensor, Dict[int, Tensor]]:
         """Logits of each sample under its own task.
 
         Mini-batches may mix tasks; heads of different widths are padded with
@@ -318,7 +318,8 @@ class MultiHeadModel(MultiTaskModule):
 
         :param x: the input batch.
         :param task_labels: one task label for the whole batch, one per
-            sample, or ``None`` for a dict of every task's logits.
+            sample, or ``None`` (as ``model(x)`` in Avalanche's MAC metric)
+            for a dict of every learned task's logits.
         """
         if torch.jit.is_tracing():
             raise RuntimeError(
