@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bench demo test test-fast lint clean
+.PHONY: bench demo test test-fast lint package-check clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 # The main job: Piggyback against PackNet and the baselines on the offline
 # default stream (seed 0; the figures in BENCHMARKS.md use --seeds 0 1 2).
 bench: $(VENV)/.installed
-	$(VENV)/bin/piggyback-bench --config benchmarks/configs/offline_default.json --seeds 0 --out runs/bench
+	$(VENV)/bin/piggyback-bench --config offline_default --seeds 0 --out runs/bench
 
 demo: $(VENV)/.installed
 	$(PY) -m piggyback_avalanche.app.demo
@@ -30,6 +30,10 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# The wheel and sdist as a user installs them, run from outside the clone (CI runs it).
+package-check: $(VENV)/.installed
+	bash .ci/package-check
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -71,7 +71,7 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
         (["--device", "cuda:99"], "--device cuda:99: this machine has \\d+ CUDA device\\(s\\); use --device cpu"),
         (["--device", "toaster"], "is not a device"),
         (["--epochs", "0"], "--epochs, --pretrain-epochs, --mb-size and --crop-size must be at least 1"),
-        (["--config", "missing.json"], "no such file"),
+        (["--config", "missing.json"], "missing.json: no such file, and no shipped preset"),
     ],
 )
 def test_bad_arguments_name_the_valid_choices(argv, message, capsys):
@@ -227,20 +227,32 @@ def test_malformed_targets_name_the_line(tmp_path, row, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_the_shipped_targets_and_presets_are_valid():
-    from pathlib import Path
-
+def test_the_shipped_targets_and_presets_are_valid_and_selectable_by_name(tmp_path, capsys):
     from piggyback_avalanche.app.report import read_targets
     from piggyback_avalanche.app.runner import _parse
+    from piggyback_avalanche.app.shipped import shipped_presets, shipped_targets_path
 
-    root = Path(__file__).resolve().parents[1] / "benchmarks"
-    targets = read_targets(root / "targets.csv")
+    targets = read_targets(shipped_targets_path())
     offline = {(t.strategy, t.metric) for t in targets if t.stream == "mnist_transfer"}
     for strategy in ("piggyback", "packnet", "individual", "classifier_only"):
         assert (strategy, "average_accuracy") in offline and (strategy, "average_forgetting") in offline
     paper = {(t.backbone, t.metric): t.value for t in targets if t.stream == "fine_grained"}
     assert paper[("resnet50", "task0_error")] == 18.23 and paper[("vgg16", "task2_error")] == 6.93
-    for config in sorted((root / "configs").glob("*.json")):
-        args = _parse(["--config", str(config)])
-        assert args.stream and args.strategies, config
-    assert _parse(["--config", str(root / "configs" / "paper_resnet50.json")]).lr_decay_epochs == [15]
+    assert sorted(shipped_presets()) == ["offline_default", "paper_resnet50", "paper_vgg16", "split_cifar100"]
+    for name in shipped_presets():
+        args = _parse(["--config", name])
+        assert args.stream == shipped_presets()[name]["stream"] and args.strategies, name
+    assert _parse(["--config", "paper_resnet50"]).lr_decay_epochs == [15]
+    assert _parse(["--config", "offline_default", "--check-targets"]).targets == targets
+    # A file of the user's still works, and wins over a shipped name.
+    own = tmp_path / "offline_default"
+    own.write_text(json.dumps({"stream": "digits", "seeds": [4]}))
+    assert _parse(["--config", str(own)]).seeds == [4]
+    with pytest.raises(SystemExit):
+        _parse(["--config", "nonexistent_preset"])
+    assert "no shipped preset of that name; shipped: ['offline_default'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--list-configs"])
+    assert exit_info.value.code == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in listed] == sorted(shipped_presets())

@@ -1,6 +1,6 @@
 """The results report: tables (Markdown, CSV, JSON), plots, the paper's
 published figures beside ours, and the check against expected results
-(``benchmarks/targets.csv``).
+(the shipped ``targets.csv``, or the user's).
 
 Results are ``{strategy: {"runs": [one result per seed], "summary": ...}}``,
 as :func:`~piggyback_avalanche.app.runner.run_benchmark` returns them.

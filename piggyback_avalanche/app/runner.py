@@ -34,6 +34,7 @@ from piggyback_avalanche.app.report import (
     write_plots,
     write_tables,
 )
+from piggyback_avalanche.app.shipped import SHIPPED_TARGETS, read_preset, shipped_presets, shipped_targets_path
 from piggyback_avalanche.benchmarks.datasets import (
     CLASSIC_STREAMS,
     FINE_GRAINED_TASKS,
@@ -365,7 +366,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
-    add("--config", type=Path, help="a JSON file of preset values (see benchmarks/configs); flags override them")
+    add(
+        "--config",
+        help="a shipped preset by name (see --list-configs) or a JSON file of preset values; flags override them",
+    )
+    add("--list-configs", action="store_true", help="list the shipped presets and exit")
     add("--stream", default="mnist_transfer", help=f"one of {sorted(STREAMS)}")
     add("--data-root", type=Path, help="folder of the downloaded streams' data (default: Avalanche's)")
     add("--crop-size", type=int, default=224, help="image side of the fine_grained stream")
@@ -401,9 +406,10 @@ def _parser() -> argparse.ArgumentParser:
     add("--out", type=Path, default=Path("runs/bench"), help="output folder: tables, plots, TensorBoard runs")
     add(
         "--check-targets",
-        type=Path,
+        nargs="?",
+        const=SHIPPED_TARGETS,
         metavar="CSV",
-        help="compare the results with this targets file (benchmarks/targets.csv) and exit 1 if any falls short",
+        help="compare the results with a targets file (without CSV: the shipped targets) and exit 1 if any falls short",
     )
     return parser
 
@@ -419,7 +425,7 @@ def _fits(kind: Any, value: Any) -> bool:
     return isinstance(value, str)  # str and Path arguments
 
 
-def _check_preset_types(parser: argparse.ArgumentParser, preset: Dict[str, Any], path: Path) -> None:
+def _check_preset_types(parser: argparse.ArgumentParser, preset: Dict[str, Any], path: str) -> None:
     """Refuse a preset value of the wrong type, as the flag would."""
     actions = {action.dest: action for action in parser._actions}
     for key, value in preset.items():
@@ -440,20 +446,30 @@ def _check_preset_types(parser: argparse.ArgumentParser, preset: Dict[str, Any],
 def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.list_configs:
+        for name, values in shipped_presets().items():
+            print(
+                f"{name}: {values.get('stream')} stream, {values.get('backbone')}, strategies {values.get('strategies')}"
+            )
+        parser.exit(0)
     if args.config is not None:
-        if not args.config.is_file():
-            parser.error(f"--config {args.config}: no such file")
         try:
-            preset = json.loads(args.config.read_text())
+            label, text = read_preset(args.config)
+        except ValueError as error:
+            parser.error(f"--config {error}")
+        try:
+            preset = json.loads(text)
         except json.JSONDecodeError as error:
-            parser.error(f"--config {args.config} is not valid JSON: {error}")
+            parser.error(f"--config {label} is not valid JSON: {error}")
+        if not isinstance(preset, dict):
+            parser.error(f"--config {label} must hold a JSON object of preset values")
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(preset) - known)
         if unknown:
             parser.error(
-                f"--config {args.config} has unknown keys {unknown}; known: {sorted(known - {'help', 'config'})}"
+                f"--config {label} has unknown keys {unknown}; known: {sorted(known - {'help', 'config', 'list_configs'})}"
             )
-        _check_preset_types(parser, preset, args.config)
+        _check_preset_types(parser, preset, label)
         parser.set_defaults(**preset)
         args = parser.parse_args(argv)
     if args.stream not in STREAMS:
@@ -491,8 +507,10 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if args.data_root is not None and not args.data_root.is_dir():
         parser.error(f"--data-root {args.data_root}: no such folder; create it (datasets download into it)")
     if args.check_targets is not None:
+        if args.check_targets == SHIPPED_TARGETS:
+            args.check_targets = shipped_targets_path()
         try:
-            args.targets = read_targets(args.check_targets)
+            args.targets = read_targets(Path(args.check_targets))
         except (OSError, ValueError) as error:
             parser.error(f"--check-targets: {error}")
     return args
