@@ -4,6 +4,7 @@ touching anything until they are known to fit."""
 import copy
 import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Type, Union
@@ -11,7 +12,49 @@ from typing import IO, Any, Callable, Dict, Type, Union
 import torch
 from torch import nn
 
-__all__ = ["write_atomically", "read_saved", "refuse_unless_loadable"]
+__all__ = ["write_atomically", "NotARegularFileError", "read_saved", "refuse_unless_loadable"]
+
+
+class NotARegularFileError(OSError):
+    """A save's target exists and is not a regular file (a folder, a device,
+    a pipe or a socket): replacing it would destroy it."""
+
+
+def _kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _target(path: Path) -> Path:
+    """Where a write to ``path`` lands: through a symbolic link to the file
+    it names (as most tools do, so the link stays a link); a target that
+    exists must be a regular file."""
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if target.exists() and not target.is_file():
+        raise NotARegularFileError(
+            f"Cannot save to {path}: it is {_kind(target)}"
+            + (f" ({target}, through a symbolic link)" if target != path else "")
+            + ", and a save replaces its target. Give the path of a regular file."
+        )
+    return target
+
+
+def _new_file_mode(target: Path) -> int:
+    """An existing file's mode, or what the user's umask gives a new file."""
+    if target.exists():
+        return stat.S_IMODE(target.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_atomically(path: Union[str, Path], write: Callable[[IO[Any]], Any], *, binary: bool = False) -> None:
@@ -19,20 +62,28 @@ def write_atomically(path: Union[str, Path], write: Callable[[IO[Any]], Any], *,
     disk, then renamed over it: a reader, or a run killed at any moment,
     sees either the old file or the whole new one.
 
+    A symbolic link is written through (the file it names is replaced, the
+    link stays); a new file gets the mode the user's umask gives, a replaced
+    one keeps its mode.
+
     :param path: the file to write; its folder is created if needed.
     :param write: called with the open temporary file.
     :param binary: open the file in binary mode.
+    :raises NotARegularFileError: if ``path`` (or what it links to) exists
+        and is not a regular file; nothing is written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    target = _target(Path(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    mode = _new_file_mode(target)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
+        os.fchmod(handle, mode)
         file: IO[Any] = os.fdopen(handle, "wb") if binary else os.fdopen(handle, "w", newline="")
         with file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
+        os.replace(temporary, target)
     except BaseException:
         os.unlink(temporary)
         raise
