@@ -12,7 +12,11 @@ from piggyback_avalanche import Piggyback, PiggybackModel
 from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 from piggyback_avalanche.evaluation import default_evaluator
 from piggyback_avalanche.task_aware.strategy import NonFiniteLossError, TaskOutOfMemoryError
-from piggyback_avalanche.training.checkpoints import load_experience_checkpoint, save_experience_checkpoint
+from piggyback_avalanche.training.checkpoints import (
+    CheckpointError,
+    load_experience_checkpoint,
+    save_experience_checkpoint,
+)
 
 
 def _strategy(**kwargs):
@@ -109,10 +113,16 @@ def test_out_of_memory_suggests_a_smaller_batch_and_the_run_resumes(three_task_s
     strategy = _strategy(plugins=[_AllocateTooMuch()])
     strategy.train(train[0])
     save_experience_checkpoint(strategy, tmp_path / "run.ckpt", next_experience=1)
-    with pytest.raises(TaskOutOfMemoryError, match="experience 1 with train_mb_size=16.*Lower train_mb_size"):
+    with pytest.raises(
+        TaskOutOfMemoryError,
+        match="experience 1 with train_mb_size=16.*Lower train_mb_size.*accept_changed_settings=\\{'train_mb_size'\\}",
+    ):
         strategy.train(train[1])
     resumed = _strategy(train_mb_size=8)
-    assert load_experience_checkpoint(resumed, tmp_path / "run.ckpt") == 1
+    with pytest.raises(CheckpointError, match="other strategy settings \\(train_mb_size: checkpoint 16, now 8\\)"):
+        load_experience_checkpoint(resumed, tmp_path / "run.ckpt")
+    # As the message says: resume with the smaller batch, accepting that change.
+    assert load_experience_checkpoint(resumed, tmp_path / "run.ckpt", accept_changed_settings={"train_mb_size"}) == 1
     resumed.train(train[1])
     assert resumed.model.frozen_tasks == [0, 1]
 

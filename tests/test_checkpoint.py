@@ -142,7 +142,7 @@ def test_bad_checkpoints_are_refused_and_leave_the_strategy_unchanged(three_task
 
     state = torch.load(path, weights_only=False)
     for change, message in (
-        ({"format": 99}, "has format 99; this version reads format 1"),
+        ({"format": 99}, "has format 99; this version reads format 2"),
         ({"strategy": "PackNet"}, "is of a PackNet, not of this Piggyback"),
     ):
         torch.save({**state, **change}, tmp_path / "changed.ckpt")
@@ -168,3 +168,117 @@ def test_checkpoints_of_other_strategies_or_mid_task_are_refused(three_task_stre
     with pytest.raises(CheckpointError, match="still being learned"):
         save_experience_checkpoint(strategy, tmp_path / "x.ckpt", next_experience=0)
     assert not (tmp_path / "x.ckpt").exists()
+
+
+class _Payload:
+    """Pickled, it would run ``touch <marker>`` when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _saved_state(three_task_stream, tmp_path):
+    strategy = _strategy()
+    strategy.train(three_task_stream.train_stream[0])
+    path = tmp_path / "run.ckpt"
+    save_experience_checkpoint(strategy, path, next_experience=1)
+    return path, torch.load(path, weights_only=True)
+
+
+def _unchanged(strategy):
+    before = {k: v.clone() for k, v in strategy.model.state_dict().items()}
+    clock = dict(vars(strategy.clock))
+    return lambda: (
+        strategy.model.state_dict().keys() == before.keys()
+        and all(torch.equal(strategy.model.state_dict()[k], before[k]) for k in before)
+        and dict(vars(strategy.clock)) == clock
+    )
+
+
+@pytest.mark.parametrize("where", ["metrics", "metric_results", "rng", "model_state"])
+def test_a_checkpoint_with_a_code_payload_runs_nothing_and_changes_nothing(three_task_stream, tmp_path, where):
+    path, state = _saved_state(three_task_stream, tmp_path)
+    marker = tmp_path / "pwned"
+    if where == "model_state":
+        state[where]["backbone.0.weight"] = _Payload(marker)
+    else:
+        state[where] = _Payload(marker)
+    torch.save(state, tmp_path / "evil.ckpt")  # a real pickle that would create the marker file
+    target = _strategy()
+    unchanged = _unchanged(target)
+    with pytest.raises(CheckpointError, match="evil.ckpt.*never loaded"):
+        load_experience_checkpoint(target, tmp_path / "evil.ckpt")
+    assert not marker.exists() and unchanged()
+
+
+def test_a_code_payload_in_the_runners_checkpoint_folder_runs_nothing(tmp_path):
+    from piggyback_avalanche.app.runner import BACKBONES, train_and_evaluate
+    from piggyback_avalanche.benchmarks.offline import digits_task_stream
+
+    marker = tmp_path / "pwned"
+    checkpoint = tmp_path / "checkpoints" / "piggyback" / "seed0-key.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"format": 2, "metrics": _Payload(marker)}, checkpoint)
+    with pytest.raises(CheckpointError, match="seed0-key.ckpt.*never loaded.*Delete it"):
+        train_and_evaluate("piggyback", digits_task_stream(), BACKBONES["mlp"]((1, 8, 8), False), checkpoint=checkpoint)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.pop("clock"), "incomplete or malformed \\(KeyError\\('clock'\\)\\)"),
+        (lambda s: s["clock"].update(items=[]), "another training clock"),
+        (lambda s: s["rng"].pop("numpy"), "incomplete or malformed"),
+        (
+            lambda s: s["metrics"].__setitem__(0, {"__plain__": "object", "class": "subprocess:Popen", "state": {}}),
+            "subprocess:Popen is not a class of Avalanche or piggyback_avalanche",
+        ),
+        (lambda s: s.update(next_experience=-1), "no valid next experience"),
+    ],
+)
+def test_an_internally_wrong_checkpoint_is_refused_before_anything_changes(
+    three_task_stream, tmp_path, change, message
+):
+    path, state = _saved_state(three_task_stream, tmp_path)
+    change(state)
+    torch.save(state, tmp_path / "wrong.ckpt")
+    target = _strategy()
+    unchanged = _unchanged(target)
+    with pytest.raises(CheckpointError, match=message):
+        load_experience_checkpoint(target, tmp_path / "wrong.ckpt")
+    assert unchanged()
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (dict(strategy=dict(train_mb_size=8)), "strategy settings \\(train_mb_size: checkpoint 16, now 8\\)"),
+        (dict(strategy=dict(mask_lr=1e-2)), "learning_rates: checkpoint"),
+        (dict(model=dict(threshold=1e-3)), "model settings \\(threshold: checkpoint 0.005, now 0.001\\)"),
+        (dict(model=dict(mask_scale=2e-2)), "model settings \\(mask_scale"),
+        (dict(model=dict(mask_init="uniform")), "model settings \\(mask_init: checkpoint '1s', now 'uniform'\\)"),
+    ],
+)
+def test_resuming_with_other_settings_names_the_setting(three_task_stream, tmp_path, build, message):
+    path, _ = _saved_state(three_task_stream, tmp_path)
+    torch.manual_seed(0)
+    target = Piggyback(
+        model=PiggybackModel(tiny_conv_net(), **build.get("model", {})),
+        evaluator=default_evaluator(interactive=False),
+        **{"train_epochs": 1, "train_mb_size": 16, **build.get("strategy", {})},
+    )
+    with pytest.raises(CheckpointError, match=message + ".*accept_changed_settings"):
+        load_experience_checkpoint(target, path)
+
+
+def test_resuming_past_the_end_of_the_stream_says_so(three_task_stream, tmp_path):
+    path, _ = _saved_state(three_task_stream, tmp_path)
+    with pytest.raises(CheckpointError, match="continues at experience 1, but the stream has 0 experiences"):
+        load_experience_checkpoint(_strategy(), path, stream_length=0)
+    assert load_experience_checkpoint(_strategy(), path, stream_length=1) == 1

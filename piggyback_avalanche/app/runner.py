@@ -53,6 +53,7 @@ from piggyback_avalanche.methods.piggyback import DEFAULT_MASK_LR
 from piggyback_avalanche.task_aware import MultiHeadModel
 from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, DEFAULT_TRAIN_EPOCHS, DEFAULT_TRAIN_MB_SIZE
 from piggyback_avalanche.training.checkpoints import (
+    CheckpointError,
     load_experience_checkpoint,
     save_experience_checkpoint,
     supports_experience_checkpoint,
@@ -182,7 +183,7 @@ def train_and_evaluate(
         strategy.eval(tests)
     else:
         resume_from = checkpoint if supports_experience_checkpoint(strategy) else None
-        start = load_experience_checkpoint(strategy, resume_from) if resume_from is not None else 0
+        start = 0 if resume_from is None else load_experience_checkpoint(strategy, resume_from, stream_length=len(stream))
         bar = tqdm(
             stream, desc=progress, unit="task", disable=True if progress is None else None, initial=start
         )  # None: only on a terminal
@@ -549,7 +550,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             data_root=args.data_root,
             crop_size=args.crop_size,
         )
-    except (DatasetUnavailableError, WeightsUnavailableError, ValueError) as error:
+    except (DatasetUnavailableError, WeightsUnavailableError, CheckpointError, ValueError) as error:
         _parser().exit(2, f"piggyback-bench: error: {error}\n")
     print()
     print(format_markdown(results))

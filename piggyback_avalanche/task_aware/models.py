@@ -514,6 +514,12 @@ class TaskAwareModel(MultiHeadModel):
                 groups.setdefault(name, []).extend(params)
         return groups
 
+    def settings(self) -> Dict[str, Any]:
+        """What the model was built with, as plain values: a checkpoint is
+        refused by a model whose settings differ."""
+        plain = {k: v for k, v in self._layer_settings.items() if isinstance(v, (bool, int, float, str))}
+        return {"model": type(self).__name__, "task_batchnorm": self.task_batchnorm, **plain}
+
     def task_state_bits_per_weight(self) -> float:
         """Bits of per-task state stored per weight of the task-aware layers,
         for all frozen tasks together."""

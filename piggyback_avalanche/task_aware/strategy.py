@@ -201,6 +201,19 @@ class TaskAwareStrategy(SupervisedTemplate):
         ``model.trainable_parameters()``."""
         raise NotImplementedError
 
+    def settings(self) -> Dict[str, Any]:
+        """What the strategy trains with, as plain values: a checkpoint is
+        refused by a strategy whose settings differ."""
+        return {
+            "strategy": type(self).__name__,
+            "train_mb_size": self.train_mb_size,
+            "train_epochs": self.train_epochs,
+            "lr_decay_epochs": list(self.lr_decay_epochs),
+            "lr_decay_factor": self.lr_decay_factor,
+            "recalibrate_norm_statistics": self.recalibrate_norm_statistics,
+            "learning_rates": dict(sorted(self.group_learning_rates().items())),
+        }
+
     def check_model_and_optimizer(self, **kwargs) -> None:
         # Every experience adds a task and starts a fresh optimizer over it.
         self.model = self.model_adaptation()
@@ -240,8 +253,8 @@ class TaskAwareStrategy(SupervisedTemplate):
             raise TaskOutOfMemoryError(
                 f"Out of memory while training experience {experience} with train_mb_size="
                 f"{self.train_mb_size}: {str(error).splitlines()[0]} Lower train_mb_size (or eval_mb_size), "
-                "then resume: load_experience_checkpoint() restores the last completed experience, and train() "
-                "again continues this one."
+                "then resume: load_experience_checkpoint(strategy, path, accept_changed_settings={'train_mb_size'}) "
+                "restores the last completed experience, and train() again continues this one."
             ) from error
 
     def refuse_before_training(self, experience: Any) -> None:

@@ -18,16 +18,16 @@ experience and ends with the same metrics as an uninterrupted run.
         save_experience_checkpoint(strategy, "run.ckpt", next_experience=i + 1)
 """
 
-import pickle
 import random
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Iterable, Optional, Set, Union
 
 import numpy as np
 import torch
 
 from piggyback_avalanche.files import read_saved, refuse_unless_loadable, write_atomically
 from piggyback_avalanche.task_aware.strategy import TaskAwareStrategy
+from piggyback_avalanche.training.plain_state import PlainStateError, from_plain, to_plain
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -37,8 +37,9 @@ __all__ = [
     "load_experience_checkpoint",
 ]
 
-CHECKPOINT_FORMAT = 1
-"""Version of the checkpoint layout; loading refuses other versions."""
+CHECKPOINT_FORMAT = 2
+"""Version of the checkpoint layout; loading refuses other versions (1:
+pickled metric state, no longer read)."""
 
 PathLike = Union[str, Path]
 
@@ -64,11 +65,12 @@ def _check_supported(strategy: Any) -> None:
 
 
 def _rng_state() -> Dict[str, Any]:
+    state: Any = np.random.get_state()  # the legacy tuple form
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": [str(state[0]), torch.from_numpy(state[1].copy()), int(state[2]), int(state[3]), float(state[4])],
+        "python": to_plain(random.getstate()),
     }
 
 
@@ -76,8 +78,9 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy(), position, has_gauss, gauss))
+    random.setstate(from_plain(state["python"]))
 
 
 def _stateful_loggers(strategy: Any) -> list:
@@ -87,6 +90,10 @@ def _stateful_loggers(strategy: Any) -> list:
 def save_experience_checkpoint(strategy: Any, path: PathLike, *, next_experience: int) -> None:
     """Save ``strategy``'s state between two experiences, atomically: the
     file is either the previous checkpoint or the complete new one.
+
+    Everything is stored as tensors, numbers and strings (see
+    :mod:`~piggyback_avalanche.training.plain_state`), so loading it runs no
+    code of the file's choosing.
 
     :param strategy: one of this package's strategies, not inside
         ``train`` or ``eval``.
@@ -102,57 +109,123 @@ def save_experience_checkpoint(strategy: Any, path: PathLike, *, next_experience
             f"Tasks {strategy.model.learning_tasks} are still being learned; save a checkpoint "
             "between experiences, after train() has returned."
         )
+    evaluator = strategy.evaluator
+    try:
+        plain = {
+            "metrics": [to_plain(vars(metric)) for metric in evaluator.metrics],
+            "metric_results": to_plain((dict(evaluator.all_metric_results), dict(evaluator.last_metric_results))),
+            "loggers": [to_plain(logger.state_dict()) for logger in _stateful_loggers(strategy)],
+            "clock": to_plain(dict(vars(strategy.clock))),
+        }
+    except PlainStateError as error:
+        raise CheckpointError(f"Cannot checkpoint this evaluator's state: {error}.") from error
     state = {
         "format": CHECKPOINT_FORMAT,
         "strategy": type(strategy).__name__,
         "model": type(strategy.model).__name__,
+        "settings": {"strategy": strategy.settings(), "model": strategy.model.settings()},
+        "metric_names": [type(m).__name__ for m in evaluator.metrics],
         "next_experience": int(next_experience),
         "model_state": strategy.model.state_dict(),
-        "clock": dict(vars(strategy.clock)),
-        # Metric objects are plain Python state (dicts of floats); the
-        # loggers are rebuilt by the caller and get their rows back.
-        "metrics": pickle.dumps(strategy.evaluator.metrics),
-        "metric_results": pickle.dumps(
-            (dict(strategy.evaluator.all_metric_results), dict(strategy.evaluator.last_metric_results))
-        ),
-        "loggers": [logger.state_dict() for logger in _stateful_loggers(strategy)],
+        **plain,
         "rng": _rng_state(),
     }
     write_atomically(path, lambda file: torch.save(state, file), binary=True)
 
 
-def load_experience_checkpoint(strategy: Any, path: PathLike) -> int:
+def load_experience_checkpoint(
+    strategy: Any,
+    path: PathLike,
+    *,
+    stream_length: Optional[int] = None,
+    accept_changed_settings: Iterable[str] = (),
+) -> int:
     """Restore a checkpoint into a freshly built ``strategy`` (same class,
-    same kind of model on the same backbone, same metrics and loggers).
+    same settings, same kind of model on the same backbone, same metrics and
+    loggers).
 
-    Everything is read and checked before anything is changed: on error the
-    strategy is as it was.
+    The file is read with ``torch.load(weights_only=True)``: it may hold
+    tensors, numbers and strings only, and objects are rebuilt only from
+    Avalanche's and this package's classes. Everything is read and checked
+    before anything is changed: on error the strategy is as it was.
 
+    :param stream_length: the number of experiences of the stream to resume;
+        a checkpoint that continues beyond it is refused.
+    :param accept_changed_settings: settings allowed to differ from the
+        checkpoint's, such as ``{"train_mb_size"}`` after running out of
+        memory; any other difference is refused, naming the setting.
     :return: the index of the first experience still to train; ``0`` if
         ``path`` does not exist.
-    :raises CheckpointError: if the file is unreadable, of another format,
-        or from another strategy, model or metric set.
+    :raises CheckpointError: if the file is unreadable, holds anything but
+        plain data, is of another format, or from another strategy, model,
+        setting or metric set, or continues beyond the stream.
     """
     _check_supported(strategy)
     path = Path(path)
     if not path.exists():
         return 0
-    # Not weights_only: the metrics' state is pickled Python objects. Load
-    # only checkpoints you wrote.
     state = read_saved(
-        path, weights_only=False, error=CheckpointError, what="checkpoint", remedy="Delete it to start over."
+        path,
+        weights_only=True,
+        error=CheckpointError,
+        what="checkpoint",
+        remedy="It may also hold objects other than tensors, numbers and strings, which are never loaded. "
+        "Delete it to start over.",
     )
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"Checkpoint {path} has format {found!r}; this version reads format {CHECKPOINT_FORMAT}.")
+        raise CheckpointError(
+            f"Checkpoint {path} has format {found!r}; this version reads format {CHECKPOINT_FORMAT}. "
+            "Delete it to start over."
+        )
+    try:
+        restored = _decode(strategy, state, path, set(accept_changed_settings))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"Checkpoint {path} is incomplete or malformed ({error!r}); delete it to start over."
+        ) from error
+    if stream_length is not None and restored["next_experience"] > stream_length:
+        raise CheckpointError(
+            f"Checkpoint {path} continues at experience {restored['next_experience']}, but the stream has "
+            f"{stream_length} experiences: it is from a longer stream. Delete it, or resume on that stream."
+        )
+    # Everything fits: only now is the strategy touched.
+    strategy.model.load_state_dict(state["model_state"])
+    for metric, saved in zip(strategy.evaluator.metrics, restored["metrics"]):
+        metric.__dict__.update(saved)
+    all_results, last_results = restored["metric_results"]
+    strategy.evaluator.all_metric_results.clear()
+    strategy.evaluator.all_metric_results.update(all_results)
+    strategy.evaluator.last_metric_results = last_results
+    for logger, rows in zip(_stateful_loggers(strategy), restored["loggers"]):
+        logger.load_state_dict(rows)
+    vars(strategy.clock).update(restored["clock"])
+    _set_rng_state(state["rng"])
+    return restored["next_experience"]
+
+
+def _decode(strategy: Any, state: Dict[str, Any], path: Path, accepted: Set[str]) -> Dict[str, Any]:
+    """Everything a checkpoint restores, decoded and checked against
+    ``strategy``; raises before anything is changed."""
     for key, expected in (("strategy", type(strategy).__name__), ("model", type(strategy.model).__name__)):
         if state[key] != expected:
             raise CheckpointError(f"Checkpoint {path} is of a {state[key]}, not of this {expected}.")
-    metrics = pickle.loads(state["metrics"])
-    ours = strategy.evaluator.metrics
-    if [type(m).__name__ for m in metrics] != [type(m).__name__ for m in ours]:
+    ours = {"strategy": strategy.settings(), "model": strategy.model.settings()}
+    for part in ("strategy", "model"):
+        saved = state["settings"][part]
+        keys = (set(saved) | set(ours[part])) - accepted
+        different = sorted(k for k in keys if saved.get(k) != ours[part].get(k))
+        if different:
+            details = ", ".join(f"{k}: checkpoint {saved.get(k)!r}, now {ours[part].get(k)!r}" for k in different)
+            raise CheckpointError(
+                f"Checkpoint {path} was saved with other {part} settings ({details}); build the {part} with "
+                "the interrupted run's settings, pass accept_changed_settings={...} for a deliberate change, "
+                "or delete the checkpoint to start over."
+            )
+    metrics = strategy.evaluator.metrics
+    if state["metric_names"] != [type(m).__name__ for m in metrics]:
         raise CheckpointError(
-            f"Checkpoint {path} was saved with other metrics ({[str(m) for m in metrics]}); build the "
+            f"Checkpoint {path} was saved with other metrics ({state['metric_names']}); build the "
             "evaluator with the same metrics as the interrupted run."
         )
     loggers = _stateful_loggers(strategy)
@@ -161,6 +234,23 @@ def load_experience_checkpoint(strategy: Any, path: PathLike) -> int:
             f"Checkpoint {path} holds {len(state['loggers'])} file loggers' rows, the evaluator has "
             f"{len(loggers)}; build it with the same loggers as the interrupted run."
         )
+    try:
+        decoded = {
+            "metrics": [from_plain(m) for m in state["metrics"]],
+            "metric_results": from_plain(state["metric_results"]),
+            "loggers": [from_plain(rows) for rows in state["loggers"]],
+            "clock": from_plain(state["clock"]),
+        }
+    except PlainStateError as error:
+        raise CheckpointError(f"Checkpoint {path} holds state this package does not rebuild: {error}.") from error
+    if set(decoded["clock"]) != set(vars(strategy.clock)):
+        raise CheckpointError(f"Checkpoint {path} holds another training clock ({sorted(decoded['clock'])}).")
+    if not all(isinstance(m, dict) for m in decoded["metrics"]) or len(decoded["metric_results"]) != 2:
+        raise CheckpointError(f"Checkpoint {path} holds malformed metric state.")
+    if not isinstance(state["next_experience"], int) or state["next_experience"] < 0:
+        raise CheckpointError(f"Checkpoint {path} names no valid next experience.")
+    for name in ("torch", "cuda", "numpy", "python"):
+        state["rng"][name]  # noqa: B018 - a KeyError names what is missing
     refuse_unless_loadable(
         strategy.model,
         state["model_state"],
@@ -168,15 +258,4 @@ def load_experience_checkpoint(strategy: Any, path: PathLike) -> int:
         message=f"Checkpoint {path} does not fit this model ({{cause}}); build the strategy on the same "
         "backbone and model settings as the interrupted run.",
     )
-    strategy.model.load_state_dict(state["model_state"])
-    for metric, saved in zip(ours, metrics):
-        metric.__dict__.update(saved.__dict__)
-    all_results, last_results = pickle.loads(state["metric_results"])
-    strategy.evaluator.all_metric_results.clear()
-    strategy.evaluator.all_metric_results.update(all_results)
-    strategy.evaluator.last_metric_results = last_results
-    for logger, rows in zip(loggers, state["loggers"]):
-        logger.load_state_dict(rows)
-    vars(strategy.clock).update(state["clock"])
-    _set_rng_state(state["rng"])
-    return state["next_experience"]
+    return {**decoded, "next_experience": state["next_experience"]}

@@ -88,6 +88,16 @@ class PackNet(TaskAwareStrategy):
     def group_learning_rates(self) -> Dict[str, float]:
         return {"weights": self._phase_lr, "task_parameters": self._phase_lr, "backbone": self._phase_lr}
 
+    def settings(self) -> Dict[str, Any]:
+        ratio = self.prune_ratio
+        return {
+            **super().settings(),
+            # A function cannot be compared; its name at least must match.
+            "prune_ratio": getattr(ratio, "__qualname__", "?") if callable(ratio) else ratio,
+            "post_prune_epochs": self.post_prune_epochs,
+            "post_prune_lr": self.post_prune_lr,
+        }
+
     def ratio_for(self, position: int) -> float:
         """The prune ratio of the task at ``position`` in the stream."""
         if callable(self.prune_ratio):

@@ -1,7 +1,7 @@
 """PiggybackModel: any backbone, one binary (or ternary) mask per task."""
 
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 from torch import nn
 
@@ -78,6 +78,9 @@ class PiggybackModel(TaskAwareModel):
                 mask_scale=self.mask_scale,
             ),
         )
+
+    def settings(self) -> Dict[str, Any]:
+        return {**super().settings(), "threshold_fn": self.threshold_fn}
 
     @property
     def threshold_fn(self) -> str:

@@ -84,6 +84,9 @@ class Piggyback(TaskAwareStrategy):
     def group_learning_rates(self) -> Dict[str, float]:
         return {"mask_scores": self.mask_lr, "task_parameters": self.lr, "backbone": self.backbone_lr}
 
+    def settings(self) -> Dict[str, Any]:
+        return {**super().settings(), "train_backbone_on_first_experience": self.train_backbone_on_first_experience}
+
     def refuse_before_training(self, experience: Any) -> None:
         super().refuse_before_training(experience)
         tasks = sorted(experience_task_classes(experience))
