@@ -208,12 +208,12 @@ def test_a_new_method_needs_no_edit_in_metrics_task_files_or_the_runner():
         assert size.result()["bytes"] == 60 + 2 * 12 + (32 + 2) + (48 + 3)
         assert size.result()["bits_per_weight_per_task"] == 8 * 24 / 12 / 2
         model = strategy.model
-        assert model.frozen_task_state_keys(0) == [
-            "backbone.0.frozen_scales.0",
-            "backbone.2.heads.0.weight",
-            "backbone.2.heads.0.bias",
-            "backbone.2.heads.0.inactive_units",
-        ]
+        assert model.frozen_task_state_schema(0) == {
+            "backbone.0.frozen_scales.0": torch.float32,
+            "backbone.2.heads.0.weight": torch.float32,
+            "backbone.2.heads.0.bias": torch.float32,
+            "backbone.2.heads.0.inactive_units": torch.bool,
+        }
         assert sorted(model.shared_state_keys()) == ["backbone.0.bias", "backbone.0.weight"]
     finally:
         del registry._REGISTRY["test_scaled"]

@@ -5,9 +5,11 @@ import copy
 
 import pytest
 import torch
-from conftest import stacked_inputs, tiny_conv_net
+from conftest import stacked_inputs, synthetic_tasks, tiny_conv_net
+from torch import nn
 
 from piggyback_avalanche import Piggyback, PiggybackModel
+from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 from piggyback_avalanche.methods.piggyback.task_files import TaskFileError, backbone_fingerprint
 
 
@@ -192,3 +194,111 @@ def test_fingerprint_covers_shared_tensors_only(trained):
     with torch.no_grad():
         model.backbone[1].base.running_var[0] += 1
     assert backbone_fingerprint(model) != fingerprint
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m, p: m.load_tasks(p, [2], rename={2: -1}), "rename: A task label must be a non-negative int, got -1"),
+        (lambda m, p: m.load_task(p, 2, as_task=True), "A task label must be a non-negative int, got True"),
+        (lambda m, p: m.load_tasks(p, 0), "tasks must be a list of task labels, got 0; for one task use load_task"),
+        (lambda m, p: m.load_tasks(p, [0, 0]), "tasks lists task\\(s\\) \\[0\\] more than once"),
+        (
+            lambda m, p: m.load_tasks(p, [0, 1], rename={0: 5, 1: 5}),
+            "rename gives several tasks the label\\(s\\) \\[5\\]",
+        ),
+    ],
+)
+def test_bad_labels_are_named_before_the_file_is_read(trained, tmp_path, call, message):
+    backbone, model = trained
+    model.save_tasks(tmp_path / "all.tasks")
+    fresh = PiggybackModel(backbone)
+    state = _state(fresh)
+    with pytest.raises(TaskFileError, match=message):
+        call(fresh, tmp_path / "all.tasks")
+    assert _same(fresh, state) and fresh.tasks == []
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda t: t.pop("backbone.10.heads.1.weight"), "does not hold what a frozen task of this model holds"),
+        (lambda t: t.pop("backbone.0.packed_masks.1"), "does not hold what a frozen task"),
+        (lambda t: t.pop("backbone.1.tasks.1.running_var"), "does not hold what a frozen task"),
+        (
+            lambda t: t.update({"backbone.0.packed_masks.1": t["backbone.0.packed_masks.1"].float()}),
+            "wrong type \\(backbone.0.packed_masks.1: torch.float32, not torch.uint8\\)",
+        ),
+        (
+            lambda t: t.update({"backbone.10.heads.1.inactive_units": t["backbone.10.heads.1.inactive_units"].int()}),
+            "backbone.10.heads.1.inactive_units: torch.int32, not torch.bool",
+        ),
+    ],
+)
+def test_a_task_with_a_part_missing_or_of_the_wrong_type_is_refused(trained, tmp_path, damage, message):
+    backbone, model = trained
+    model.save_task(tmp_path / "one.tasks", 1)
+    payload = torch.load(tmp_path / "one.tasks", weights_only=True)
+    damage(payload["tasks"][1])
+    torch.save(payload, tmp_path / "damaged.tasks")
+    fresh = PiggybackModel(backbone)
+    state = _state(fresh)
+    with pytest.raises(TaskFileError, match=message):
+        fresh.load_tasks(tmp_path / "damaged.tasks")
+    assert _same(fresh, state) and fresh.tasks == []
+
+
+def test_a_float64_file_into_a_float32_model_names_the_dtype(trained, tmp_path):
+    backbone, model = trained
+    copy.deepcopy(model).double().save_tasks(tmp_path / "double.tasks")
+    with pytest.raises(
+        TaskFileError, match="other settings \\(dtype: file 'torch.float64', model 'torch.float32'\\).*model.to"
+    ):
+        PiggybackModel(backbone).load_tasks(tmp_path / "double.tasks")
+
+
+class _WithHeads(nn.Module):
+    """A backbone with a submodule named ``heads`` of its own (as detection
+    and multi-task code has), used in forward before the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads = nn.ModuleDict({"a": nn.Linear(64, 16)})
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.heads["a"](x.flatten(1))))
+
+
+def test_a_backbone_with_its_own_heads_is_fingerprinted_and_loaded_by_what_is_shared(three_task_stream, tmp_path):
+    torch.manual_seed(0)
+    backbone, other = _WithHeads(), _WithHeads()
+    other.load_state_dict(backbone.state_dict())
+    with torch.no_grad():
+        other.heads["a"].weight.add_(1)  # differs only inside the submodule named heads
+    model = PiggybackModel(backbone)
+    strategy = Piggyback(model=model, mask_lr=1e-2, lr=1e-2, train_epochs=1, evaluator=None)
+    strategy.train(three_task_stream.train_stream[0])
+    assert "backbone.heads.a.weight" in model.shared_state_keys()
+    assert backbone_fingerprint(PiggybackModel(other)) != backbone_fingerprint(model)
+    model.save_tasks(tmp_path / "t.tasks")
+    with pytest.raises(TaskFileError, match="another backbone"):
+        PiggybackModel(other).load_tasks(tmp_path / "t.tasks")
+    same = PiggybackModel(backbone)
+    shared = {k: same.state_dict()[k].clone() for k in same.shared_state_keys()}
+    assert same.load_task(tmp_path / "t.tasks", 0, as_task=3) == 3
+    assert all(torch.equal(same.state_dict()[k], v) for k, v in shared.items())  # no shared tensor written
+    x = stacked_inputs(three_task_stream.test_stream[0])
+    with torch.no_grad():
+        assert torch.equal(same.eval()(x, 3), model.eval()(x, 0))
+
+
+def test_evaluating_labels_outside_a_tasks_head_names_them(three_task_stream):
+    model = PiggybackModel(tiny_conv_net())
+    strategy = Piggyback(model=model, train_epochs=1, evaluator=None)
+    strategy.train(three_task_stream.train_stream[0])  # task 0: classes 0, 1
+    task_one_as_zero = tensor_task_stream(synthetic_tasks([[0, 1, 2]]))  # task 0 again, with class 2
+    with pytest.raises(
+        ValueError, match="task 0 has samples labelled \\[2\\], but the task was learned with classes \\[0, 1\\]"
+    ):
+        strategy.eval(task_one_as_zero.test_stream)

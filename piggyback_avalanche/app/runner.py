@@ -183,7 +183,9 @@ def train_and_evaluate(
         strategy.eval(tests)
     else:
         resume_from = checkpoint if supports_experience_checkpoint(strategy) else None
-        start = 0 if resume_from is None else load_experience_checkpoint(strategy, resume_from, stream_length=len(stream))
+        start = (
+            0 if resume_from is None else load_experience_checkpoint(strategy, resume_from, stream_length=len(stream))
+        )
         bar = tqdm(
             stream, desc=progress, unit="task", disable=True if progress is None else None, initial=start
         )  # None: only on a terminal

@@ -251,11 +251,15 @@ class MultiHeadModel(MultiTaskModule):
         key = task_key(task)
         return [prefix + k for prefix, module in self._named_task_modules() for k in module.task_state_keys(key)]
 
-    def frozen_task_state_keys(self, task: int) -> List[str]:
+    def frozen_task_state_schema(self, task: int) -> Dict[str, torch.dtype]:
         """The state-dict keys that a frozen ``task`` holds (whether or not
-        the model has it), in a fixed order."""
+        the model has it), with their dtypes, in a fixed order."""
         key = task_key(task)
-        return [prefix + k for prefix, module in self._named_task_modules() for k in module.frozen_task_state_keys(key)]
+        return {
+            prefix + k: dtype
+            for prefix, module in self._named_task_modules()
+            for k, dtype in module.frozen_task_state_schema(key).items()
+        }
 
     def template_state_keys(self) -> List[str]:
         """State-dict keys that only seed new tasks and that no learned task reads."""

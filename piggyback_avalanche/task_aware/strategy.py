@@ -229,14 +229,31 @@ class TaskAwareStrategy(SupervisedTemplate):
         targets = torch.as_tensor(list(dataset.targets))
         tasks = torch.as_tensor(list(dataset.targets_task_labels))
         for task in torch.unique(tasks).tolist():
+            if str(task) not in self.model.heads.heads:
+                continue  # evaluated before it is learned: an untrained head over the experience's classes
             head = self.model.heads.head(str(task))
             extra = sorted(set(torch.unique(targets[tasks == task]).tolist()) - set(head.classes))
-            if extra:
+            if extra and self.is_training:
                 raise ValueError(
                     f"Experience {self.experience.current_experience}: task {task} has samples labelled "
                     f"{extra}, but its head has classes {head.classes} (from the experience's "
                     "classes_in_this_experience). Make that attribute list every label of the experience."
                 )
+            if extra:
+                raise ValueError(
+                    f"Evaluating experience {self.experience.current_experience}: task {task} has samples "
+                    f"labelled {extra}, but the task was learned with classes {head.classes}; its head cannot "
+                    "predict the others. Evaluate each task on data of the classes it was trained on."
+                )
+
+    def model_adaptation(self, model: Optional[Module] = None) -> Any:  # Avalanche's is untyped
+        """Avalanche's adaptation; when evaluating, it also refuses samples of
+        classes the task's head does not have, naming them (instead of an
+        index error inside the loss)."""
+        adapted = super().model_adaptation(model)
+        if not self.is_training:
+            self._check_labels_fit_heads()
+        return adapted
 
     def train(self, experiences, eval_streams=None, **kwargs):
         """Avalanche's ``train``, after checking that every experience has

@@ -100,9 +100,12 @@ class TaskHeads(TaskModule, nn.Module):
     def task_state_keys(self, task: str) -> List[str]:
         return [f"heads.{task}.{k}" for k in self.heads[task].state_dict()] if task in self.heads else []
 
-    def frozen_task_state_keys(self, task: str) -> List[str]:
-        names = ["weight", "bias", "inactive_units"] if self.bias else ["weight", "inactive_units"]
-        return [f"heads.{task}.{name}" for name in names]
+    def frozen_task_state_schema(self, task: str) -> Dict[str, torch.dtype]:
+        schema = {f"heads.{task}.weight": self._placement.dtype}
+        if self.bias:
+            schema[f"heads.{task}.bias"] = self._placement.dtype
+        schema[f"heads.{task}.inactive_units"] = torch.bool
+        return schema
 
     def plain_bytes(self, task: str) -> int:
         head = self.head(task)

@@ -156,8 +156,12 @@ class TaskWeightLayer(TaskModule, nn.Module):
     def task_state_keys(self, task: str) -> List[str]:
         return [f"{name}.{task}" for name, store in self._stores().items() if task in store]
 
-    def frozen_task_state_keys(self, task: str) -> List[str]:
-        return [f"{name}.{task}" for name, store in self._stores().items() if store.holds == "frozen"]
+    def frozen_task_state_schema(self, task: str) -> Dict[str, torch.dtype]:
+        return {
+            f"{name}.{task}": store.dtype or self.weight.dtype
+            for name, store in self._stores().items()
+            if store.holds == "frozen"
+        }
 
     def plain_bytes(self, task: str) -> int:
         return sum(p.nbytes for p in (self.weight, self.bias) if p is not None)

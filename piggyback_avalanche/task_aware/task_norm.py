@@ -4,6 +4,7 @@ normalization layer (or one frozen layer shared by all)."""
 import copy
 from typing import Any, Dict, List, Sequence, Tuple, Type
 
+import torch
 from torch import Tensor, nn
 
 from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, task_keys_below
@@ -75,8 +76,10 @@ class TaskNorm(TaskModule, nn.Module):
     def task_state_keys(self, task: str) -> List[str]:
         return [f"tasks.{task}.{k}" for k in self.tasks[task].state_dict()] if task in self.tasks else []
 
-    def frozen_task_state_keys(self, task: str) -> List[str]:
-        return [f"tasks.{task}.{k}" for k in self.base.state_dict()] if self.per_task else []
+    def frozen_task_state_schema(self, task: str) -> Dict[str, torch.dtype]:
+        if not self.per_task:
+            return {}
+        return {f"tasks.{task}.{k}": v.dtype for k, v in self.base.state_dict().items()}
 
     def template_state_keys(self) -> List[str]:
         return [f"base.{k}" for k in self.base.state_dict()] if self.per_task else []

@@ -104,13 +104,24 @@ class TaskTensorDict(nn.Module):
         learning tasks are those found in ``"learning"`` stores.
     :param shape: the shape of every task's tensor, ``None`` if it may vary;
         a state dict with another shape is refused as a size mismatch.
+    :param dtype: the dtype of every task's tensor when it does not follow
+        the model's (bit-packed masks are ``uint8``); ``None``: the layer's
+        weight dtype.
     """
 
-    def __init__(self, *, trainable: bool, holds: TaskRole, shape: Optional[Tuple[int, ...]] = None) -> None:
+    def __init__(
+        self,
+        *,
+        trainable: bool,
+        holds: TaskRole,
+        shape: Optional[Tuple[int, ...]] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
         super().__init__()
         self.trainable = trainable
         self.holds = holds
         self.shape = shape
+        self.dtype = dtype
 
     def _tensors(self) -> Dict[str, Tensor]:
         return self._parameters if self.trainable else self._buffers  # type: ignore[return-value]
@@ -171,9 +182,10 @@ class TaskModule:
         module keeps nothing of its own for it)."""
         raise NotImplementedError
 
-    def frozen_task_state_keys(self, task: str) -> List[str]:
-        """The state-dict keys a frozen ``task`` holds here, whether or not
-        the module has it: what a task file must give for it."""
+    def frozen_task_state_schema(self, task: str) -> Dict[str, torch.dtype]:
+        """The state-dict keys a frozen ``task`` holds here, with their
+        dtypes, whether or not the module has it: what a task file must give
+        for it, in a fixed order."""
         raise NotImplementedError
 
     def template_state_keys(self) -> List[str]:

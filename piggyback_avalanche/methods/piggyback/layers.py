@@ -31,7 +31,7 @@ class MaskedLayer(TaskWeightLayer):
         self.mask_scale = mask_scale
         self.scores = TaskTensorDict(trainable=True, holds="learning", shape=tuple(self.weight.shape))
         packed = (packed_code_bytes(self.weight.numel(), mask_kind.bits),)
-        self.packed_masks = TaskTensorDict(trainable=False, holds="frozen", shape=packed)
+        self.packed_masks = TaskTensorDict(trainable=False, holds="frozen", shape=packed, dtype=torch.uint8)
 
     # --- tasks -----------------------------------------------------------
 

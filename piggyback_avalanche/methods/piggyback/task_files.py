@@ -16,6 +16,7 @@ import torch
 
 from piggyback_avalanche.files import read_saved, refuse_unless_loadable, write_atomically
 from piggyback_avalanche.task_aware.models import MultiHeadModel
+from piggyback_avalanche.task_aware.task_state import task_key
 
 if TYPE_CHECKING:  # the model module imports this one
     from piggyback_avalanche.methods.piggyback.model import PiggybackModel
@@ -52,7 +53,27 @@ def _settings(model: "PiggybackModel") -> Dict[str, Any]:
         "threshold_fn": model.threshold_fn,
         "threshold": model.threshold,
         "task_batchnorm": model.task_batchnorm,
+        # Files written before the dtype was recorded lack it, and are not checked for it.
+        "dtype": str(next(model.parameters()).dtype),
     }
+
+
+def _labels(value: Any, what: str, *, unique: bool = True) -> List[int]:
+    """Task labels given as an iterable of ints, checked, in order."""
+    if isinstance(value, (int, str)) or not isinstance(value, Iterable):
+        raise TaskFileError(
+            f"{what} must be a list of task labels, got {value!r}; for one task use load_task(path, task)."
+        )
+    labels = []
+    for item in value:
+        try:
+            labels.append(int(task_key(item)))
+        except ValueError as error:
+            raise TaskFileError(f"{what}: {error}") from None
+    repeated = sorted({t for t in labels if labels.count(t) > 1})
+    if repeated and unique:
+        raise TaskFileError(f"{what} lists task(s) {repeated} more than once; give each task once.")
+    return labels
 
 
 def save_tasks(model: "PiggybackModel", path: PathLike, tasks: Optional[Iterable[int]] = None) -> None:
@@ -117,12 +138,27 @@ def load_tasks(
     :raises TaskFileError: naming what does not match and what to do.
     """
     path = Path(path)
+    tasks = None if tasks is None else sorted(_labels(tasks, "tasks"))
+    if rename is not None and not isinstance(rename, dict):
+        raise TaskFileError(f"rename must be a dict {{task in the file: new label}}, got {rename!r}.")
+    renamed = dict(
+        zip(
+            _labels(list((rename or {}).keys()), "rename"),
+            _labels(list((rename or {}).values()), "rename", unique=False),
+        )
+    )
     payload = _read(path)
     available = sorted(payload["tasks"])
-    tasks = available if tasks is None else sorted(int(t) for t in tasks)
+    tasks = available if tasks is None else tasks
     missing = [t for t in tasks if t not in payload["tasks"]]
     if missing:
         raise TaskFileError(f"{path} has no task(s) {missing}; it holds tasks {available}.")
+    ours = _settings(model)
+    different = {k: (v, ours.get(k)) for k, v in payload["settings"].items() if ours.get(k) != v}
+    if different:
+        details = ", ".join(f"{k}: file {a!r}, model {b!r}" for k, (a, b) in different.items())
+        hint = " (model.to(dtype) converts the model)" if "dtype" in different else ""
+        raise TaskFileError(f"{path} was saved with other settings ({details}); build the model with the file's{hint}.")
     if payload["backbone_fingerprint"] != backbone_fingerprint(model):
         raise TaskFileError(
             f"The tasks in {path} were learned on another backbone (fingerprint "
@@ -130,23 +166,21 @@ def load_tasks(
             "their masks would select the wrong weights. Build the model on the same pretrained "
             "backbone (same weights, same first task if it trained the backbone)."
         )
-    ours = _settings(model)
-    different = {k: (v, ours[k]) for k, v in payload["settings"].items() if ours.get(k) != v}
-    if different:
-        details = ", ".join(f"{k}: file {a!r}, model {b!r}" for k, (a, b) in different.items())
-        raise TaskFileError(f"{path} was saved with other settings ({details}); build the model with the file's.")
-    rename = {t: t for t in tasks} | {int(k): int(v) for k, v in (rename or {}).items() if int(k) in tasks}
-    targets = [rename[t] for t in tasks]
+    label = {t: renamed.get(t, t) for t in tasks}
+    targets = [label[t] for t in tasks]
+    clashing = sorted({t for t in targets if targets.count(t) > 1})
+    if clashing:
+        raise TaskFileError(f"rename gives several tasks the label(s) {clashing}; give each task its own label.")
     taken = [t for t in targets if t in model.tasks]
-    if taken or len(set(targets)) != len(targets):
+    if taken:
         raise TaskFileError(
-            f"Task label(s) {taken or targets} already exist in the model (tasks {model.tasks}); pass "
+            f"Task label(s) {taken} already exist in the model (tasks {model.tasks}); pass "
             "rename={task in the file: new label} to load them under free labels."
         )
     state = model.state_dict()
     for task in tasks:
         entries = payload["tasks"][task]
-        expected = model.frozen_task_state_keys(task)
+        expected = model.frozen_task_state_schema(task)
         if not isinstance(entries, dict) or set(entries) != set(expected):
             found = sorted(entries) if isinstance(entries, dict) else type(entries).__name__
             raise TaskFileError(
@@ -154,8 +188,18 @@ def load_tasks(
                 f"{sorted(expected)}, found {found}); it is corrupt, or from another backbone "
                 "architecture or classifier."
             )
+        wrong = {
+            k: entries[k]
+            for k, dtype in expected.items()
+            if not isinstance(entries[k], torch.Tensor) or entries[k].dtype != dtype
+        }
+        if wrong:
+            details = ", ".join(
+                f"{k}: {getattr(v, 'dtype', type(v).__name__)}, not {expected[k]}" for k, v in wrong.items()
+            )
+            raise TaskFileError(f"Task {task} in {path} holds tensors of the wrong type ({details}); it is corrupt.")
         # The model lists a task's keys in the same order for every label.
-        for old, new in zip(expected, model.frozen_task_state_keys(rename[task])):
+        for old, new in zip(expected, model.frozen_task_state_schema(label[task])):
             state[new] = entries[old]
     refuse_unless_loadable(
         model,
