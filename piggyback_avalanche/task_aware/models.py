@@ -415,6 +415,7 @@ class TaskAwareModel(MultiHeadModel):
         self.task_batchnorm = bool(task_batchnorm)
         self._layer_settings = layer_settings
         super().__init__(backbone, classifier=classifier)
+        self._record_shared_checksum()
 
     # --- building ----------------------------------------------------------
 
@@ -506,6 +507,8 @@ class TaskAwareModel(MultiHeadModel):
         self.task_state.learning.discard(key)
         if self.task_state.backbone_task == key:
             self.task_state.backbone_task = None
+        if not self.task_state.learning:
+            self._record_shared_checksum()
 
     def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
         """The parameters that learning the current tasks trains, by group:
@@ -586,7 +589,54 @@ class TaskAwareModel(MultiHeadModel):
                 "never changed. Give this experience a new task label."
             )
 
+    # --- the shared tensors stay as the frozen tasks learned them ----------------
+
+    def _shared_checksum(self) -> Tensor:
+        state = self.state_dict()
+        floats = [state[k].detach().double() for k in self.shared_state_keys() if state[k].is_floating_point()]
+        return torch.stack([torch.stack([t.sum(), t.square().sum()]) for t in floats]).cpu()
+
+    def _record_shared_checksum(self) -> None:
+        self._shared_state_checksum = self._shared_checksum()
+
+    def verify_shared_state(self) -> None:
+        """Check that no shared tensor (the backbone's weights, biases and
+        normalization) changed since the tasks were frozen.
+
+        Every frozen task was learned for those tensors, so there is no
+        supported way to change them in a model with frozen tasks: build a
+        new model on the new backbone. Writes through ``.data`` or
+        ``torch.nn.utils.vector_to_parameters`` bypass PyTorch's version
+        counters; Avalanche's model adaptation (before every ``train`` and
+        ``eval`` of an experience) and :meth:`export_task` call this to catch
+        them. Checked only while no task learns (learning may change them).
+
+        :raises RuntimeError: naming what to do, if they changed.
+        """
+        if self.task_state.learning or not self.tasks:
+            return
+        if not torch.equal(self._shared_checksum(), self._shared_state_checksum.to(torch.float64)):
+            raise RuntimeError(
+                f"The shared weights of this {type(self).__name__} changed after its tasks {self.frozen_tasks} "
+                "were frozen (a write through .data or vector_to_parameters?). Every frozen task was learned "
+                "for the old weights, and cached weights would answer with them: there is no supported way to "
+                "change the backbone of a model with frozen tasks. Build a new model on the new backbone."
+            )
+
+    def adaptation(self, experience: CLExperience) -> None:
+        self.verify_shared_state()
+        super().adaptation(experience)
+
+    def export_task(self, task: int) -> nn.Module:
+        self.verify_shared_state()
+        return super().export_task(task)
+
     # --- state dict ------------------------------------------------------------
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._record_shared_checksum()
+        return result
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         # The task-aware layers below, loaded after this, add the tasks that

@@ -17,6 +17,7 @@ from avalanche.training.templates import SupervisedTemplate
 from piggyback_avalanche.checks import check_count, check_positive
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.models import TaskAwareModel
+from piggyback_avalanche.task_aware.restore_point import RestorePoint
 
 __all__ = [
     "TaskAwareStrategy",
@@ -257,13 +258,22 @@ class TaskAwareStrategy(SupervisedTemplate):
 
     def train(self, experiences, eval_streams=None, **kwargs):
         """Avalanche's ``train``, after checking that every experience has
-        task labels and samples; an out-of-memory error is re-raised as
-        :class:`TaskOutOfMemoryError`, with what to change."""
+        task labels and samples.
+
+        An experience that fails (any exception, an interrupt included)
+        leaves the model, the random generators and the clock as they were
+        before it, so training it again gives what a clean run gives; an
+        out-of-memory error is re-raised as :class:`TaskOutOfMemoryError`,
+        with what to change."""
         for experience in experiences if isinstance(experiences, Iterable) else [experiences]:
             self.refuse_before_training(experience)
+        self._restore_point: Optional[RestorePoint] = None
         try:
             return super().train(experiences, eval_streams, **kwargs)
-        except (RuntimeError, torch.OutOfMemoryError) as error:
+        except BaseException as error:
+            if self._restore_point is not None:
+                self._restore_point.restore()
+                self.model = self._restore_point.model
             if not _is_out_of_memory(error):
                 raise
             experience = getattr(self.experience, "current_experience", "?")
@@ -307,12 +317,18 @@ class TaskAwareStrategy(SupervisedTemplate):
             self.lr_scheduler.step()
         super()._after_training_epoch(**kwargs)
 
+    def _before_training_exp(self, **kwargs: Any) -> None:
+        # Before the model adapts to the experience: what a failure returns to.
+        self._restore_point = RestorePoint(self.model, self.clock)
+        super()._before_training_exp(**kwargs)
+
     def _after_training_exp(self, **kwargs) -> None:
         if self.recalibrate_norm_statistics:
             self._recalibrate_norm_statistics()
         # Freeze before the plugins run, so metrics see the final state.
         for task in self.model.learning_tasks:
             self.model.freeze_task(task)
+        self._restore_point = None  # the experience is complete
         super()._after_training_exp(**kwargs)
 
     def _recalibrate_norm_statistics(self) -> None:

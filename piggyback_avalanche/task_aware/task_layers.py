@@ -188,6 +188,9 @@ class TaskWeightLayer(TaskModule, nn.Module):
     def _cached(self, name: str, key: Tuple, compute: Callable[[], Tensor]) -> Tensor:
         """``compute()``, reused while ``key`` stays the same; one entry per
         ``name``, all dropped when the layer moves or changes dtype."""
+        # A write that replaces the weight's storage (weight.data = ...,
+        # vector_to_parameters) does not change its version counter.
+        key = (self.weight.data_ptr(), *key)
         entry = self._caches.get(name)
         if entry is None or entry[0] != key:
             with torch.no_grad():
@@ -205,12 +208,13 @@ class TaskWeightLayer(TaskModule, nn.Module):
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         for name, store in self._stores().items():
-            for task in task_keys_below(state_dict, f"{prefix}{name}.") - set(store.keys()):
+            found = task_keys_below(state_dict, f"{prefix}{name}.")
+            for task in found - set(store.keys()):
                 incoming = state_dict[f"{prefix}{name}.{task}"]
                 shape = incoming.shape if store.shape is None else store.shape
                 store.add(task, torch.empty(shape, dtype=incoming.dtype, device=self.weight.device))
-                if store.holds == "learning":
-                    self.task_state.learning.add(task)
+            if store.holds == "learning":  # the model cleared the set before its layers load
+                self.task_state.learning.update(found)
         self._caches.clear()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

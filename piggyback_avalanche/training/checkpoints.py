@@ -18,14 +18,13 @@ experience and ends with the same metrics as an uninterrupted run.
         save_experience_checkpoint(strategy, "run.ckpt", next_experience=i + 1)
 """
 
-import random
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Set, Union
 
-import numpy as np
 import torch
 
 from piggyback_avalanche.files import read_saved, refuse_unless_loadable, write_atomically
+from piggyback_avalanche.task_aware.restore_point import capture_rng, restore_rng
 from piggyback_avalanche.task_aware.strategy import TaskAwareStrategy
 from piggyback_avalanche.training.plain_state import PlainStateError, from_plain, to_plain
 
@@ -65,22 +64,16 @@ def _check_supported(strategy: Any) -> None:
 
 
 def _rng_state() -> Dict[str, Any]:
-    state: Any = np.random.get_state()  # the legacy tuple form
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [str(state[0]), torch.from_numpy(state[1].copy()), int(state[2]), int(state[3]), float(state[4])],
-        "python": to_plain(random.getstate()),
-    }
+    state = capture_rng()
+    name, keys, position, has_gauss, gauss = state["numpy"]  # the legacy tuple form
+    numpy_state = [str(name), torch.from_numpy(keys.copy()), int(position), int(has_gauss), float(gauss)]
+    return {**state, "numpy": numpy_state, "python": to_plain(state["python"])}
 
 
 def _set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
     name, keys, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy(), position, has_gauss, gauss))
-    random.setstate(from_plain(state["python"]))
+    numpy_state = (name, keys.numpy(), position, has_gauss, gauss)
+    restore_rng({**state, "numpy": numpy_state, "python": from_plain(state["python"])})
 
 
 def _stateful_loggers(strategy: Any) -> list:

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 from torch import nn
 
-from piggyback_avalanche.methods.packnet.layers import PACKNET_LAYER_TYPES, PackNetLayer
+from piggyback_avalanche.methods.packnet.layers import MAX_PACKNET_TASKS, PACKNET_LAYER_TYPES, PackNetLayer
 from piggyback_avalanche.task_aware.models import TaskAwareModel
 
 __all__ = ["PackNetModel", "check_prune_ratio"]
@@ -62,6 +62,11 @@ class PackNetModel(TaskAwareModel):
             raise ValueError(
                 f"PackNet learns one task at a time and task(s) {self.learning_tasks} are "
                 "being learned: give each experience a single task label."
+            )
+        if len(self.tasks) >= MAX_PACKNET_TASKS:  # refused before any module has the task
+            raise ValueError(
+                f"PackNet holds at most {MAX_PACKNET_TASKS} tasks per network; this one is full. "
+                "Start a new PackNetModel for further tasks."
             )
         if train_backbone is None:
             train_backbone = not self.tasks
