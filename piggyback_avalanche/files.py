@@ -7,12 +7,36 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Type, Union
+from typing import IO, Any, Callable, Dict, List, Type, Union
 
 import torch
 from torch import nn
 
-__all__ = ["write_atomically", "NotARegularFileError", "read_saved", "refuse_unless_loadable"]
+__all__ = [
+    "write_atomically",
+    "PARTIAL_SUFFIX",
+    "remove_partial_files",
+    "NotARegularFileError",
+    "read_saved",
+    "refuse_unless_loadable",
+]
+
+
+PARTIAL_SUFFIX = ".partial"
+"""The suffix of the temporary files :func:`write_atomically` writes: what a
+process killed in the middle of a write leaves behind."""
+
+
+def remove_partial_files(folder: Union[str, Path]) -> List[Path]:
+    """Delete the temporary files that writers killed mid-write left below
+    ``folder`` (never a finished file: those have been renamed).
+
+    :return: the files removed.
+    """
+    found = sorted(Path(folder).rglob(f".*{PARTIAL_SUFFIX}")) if Path(folder).is_dir() else []
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
 
 
 class NotARegularFileError(OSError):
@@ -75,7 +99,7 @@ def write_atomically(path: Union[str, Path], write: Callable[[IO[Any]], Any], *,
     target = _target(Path(path))
     target.parent.mkdir(parents=True, exist_ok=True)
     mode = _new_file_mode(target)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX)
     try:
         os.fchmod(handle, mode)
         file: IO[Any] = os.fdopen(handle, "wb") if binary else os.fdopen(handle, "w", newline="")

@@ -256,3 +256,24 @@ def test_the_shipped_targets_and_presets_are_valid_and_selectable_by_name(tmp_pa
     assert exit_info.value.code == 0
     listed = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in listed] == sorted(shipped_presets())
+
+
+@pytest.mark.parametrize("content", ["", '{"key": "abc", "res'])
+def test_a_damaged_result_file_is_named_with_the_fix(tmp_path, content, capsys):
+    argv = ["--stream", "digits", "--backbone", "mlp", "--strategies", "classifier_only", "--epochs", "1"]
+    damaged = tmp_path / "runs" / "classifier_only" / "seed0.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"The saved result {damaged} is unreadable" in capsys.readouterr().err
+    assert damaged.read_text() == content  # left for the user to look at
+
+
+def test_out_must_be_a_folder(tmp_path, capsys):
+    file = tmp_path / "results.txt"
+    file.write_text("mine")
+    with pytest.raises(SystemExit):
+        main(["--out", str(file)])
+    assert f"--out {file} is a file; give a folder" in capsys.readouterr().err and file.read_text() == "mine"

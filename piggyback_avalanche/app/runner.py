@@ -46,7 +46,7 @@ from piggyback_avalanche.benchmarks.offline import SourceTask, digits_task_strea
 from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.evaluation.evaluator import default_evaluator
 from piggyback_avalanche.evaluation.model_size import ModelSize
-from piggyback_avalanche.files import write_atomically
+from piggyback_avalanche.files import remove_partial_files, write_atomically
 from piggyback_avalanche.methods.packnet import DEFAULT_POST_PRUNE_EPOCHS, DEFAULT_PRUNE_RATIO
 from piggyback_avalanche.methods.packnet.model import check_prune_ratio
 from piggyback_avalanche.methods.piggyback import DEFAULT_MASK_LR
@@ -285,6 +285,9 @@ def run_benchmark(
         cannot be downloaded.
     :raises WeightsUnavailableError: likewise for pretrained weights.
     """
+    removed = remove_partial_files(out_dir)
+    if removed:
+        log(f"removed {len(removed)} partial file(s) that an interrupted run left in {out_dir}")
     results: Dict[str, Dict[str, Any]] = {}
     built: Dict[int, Tuple[Optional[SourceTask], Any]] = {}
     for name in strategies:
@@ -306,7 +309,7 @@ def run_benchmark(
                 **settings,
             )
             path = out_dir / "runs" / name / f"seed{seed}.json"
-            saved = json.loads(path.read_text()) if path.exists() else {}
+            saved = _read_result(path)
             if saved.get("key") == key:
                 log(f"{name}, seed {seed}: already done ({path})")
                 runs.append(saved["result"])
@@ -345,6 +348,22 @@ def run_benchmark(
     write_tables(results, out_dir, extra=extra)
     write_plots(results, out_dir / "plots")
     return results
+
+
+def _read_result(path: Path) -> Dict[str, Any]:
+    """A finished run's saved result, ``{}`` if there is none."""
+    if not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"The saved result {path} is unreadable ({error}): it was damaged outside the runner, which "
+            "writes it whole. Delete it, and the run is computed again."
+        ) from error
+    if not isinstance(saved, dict) or "key" not in saved or "result" not in saved:
+        raise ValueError(f"{path} is not a result the runner saved; delete it, and the run is computed again.")
+    return saved
 
 
 def _write_json(path: Path, content: Any) -> None:
@@ -505,6 +524,8 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error(f"--prune-ratio: {error}")
     if args.post_prune_epochs < 0 or any(e < 1 for e in args.lr_decay_epochs):
         parser.error("--post-prune-epochs must be at least 0 and every --lr-decay-epochs value at least 1")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder (it is created if missing)")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds {args.seeds} repeats a seed; give each seed once")
     if args.data_root is not None and not args.data_root.is_dir():
