@@ -1,4 +1,5 @@
 import json
+import statistics
 
 import pytest
 import torch
@@ -55,13 +56,14 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
     [
         (
             ["--stream", "cifar"],
-            "unknown stream 'cifar'; choose from \\['digits', 'fine_grained', 'mnist_transfer', "
-            "'permuted_mnist', 'split_cifar100', 'split_cub200', 'split_mnist', 'split_tiny_imagenet'\\]",
+            "unknown stream 'cifar'; choose from \\['digits', 'digits_reversed', 'fine_grained', 'mnist_transfer', "
+            "'mnist_transfer_reversed', 'permuted_mnist', 'split_cifar100', 'split_cub200', 'split_mnist', "
+            "'split_tiny_imagenet'\\]",
         ),
         (
             ["--backbone", "vgg"],
             "unknown backbone 'vgg'; choose from \\['densenet121', 'mlp', 'resnet18', 'resnet50', "
-            "'small_cnn', 'vgg16', 'vgg16_bn'\\]",
+            "'small_cnn', 'small_resnet', 'vgg16', 'vgg16_bn'\\]",
         ),
         (["--data-root", "/nonexistent"], "--data-root /nonexistent: no such folder"),
         (["--crop-size", "0"], "--crop-size must be at least 1"),
@@ -117,7 +119,8 @@ def test_streams_with_a_source_task_get_a_pretrained_cached_backbone(tmp_path):
         "classifier_only, seed 0: training",
         "pretraining mlp on the source task of mnist_transfer (1 epochs)",
     ]
-    cached = torch.load(tmp_path / "pretrained" / "mnist_transfer-mlp-seed0-epochs1.pt", weights_only=True)
+    (cached_file,) = (tmp_path / "pretrained").glob("mlp-source*-seed0-epochs1.pt")
+    cached = torch.load(cached_file, weights_only=True)
     torch.manual_seed(0)
     untrained = BACKBONES["mlp"]((1, 16, 16), False).state_dict()
     assert cached.keys() == untrained.keys()
@@ -277,3 +280,56 @@ def test_out_must_be_a_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(file)])
     assert f"--out {file} is a file; give a folder" in capsys.readouterr().err and file.read_text() == "mine"
+
+
+def test_strategy_variants_carry_their_own_settings(tmp_path, capsys):
+    from piggyback_avalanche.app.runner import parse_strategy
+
+    assert parse_strategy("piggyback") == ("piggyback", {})
+    assert parse_strategy("piggyback[threshold=0.001,mask_init=uniform,recalibrate_norm_statistics=false]") == (
+        "piggyback",
+        {"threshold": 0.001, "mask_init": "uniform", "recalibrate_norm_statistics": False},
+    )
+    specs = ["piggyback", "piggyback[threshold=0.001]"]
+    results = run_benchmark(
+        stream="digits", backbone="mlp", strategies=specs, seeds=[0], out_dir=tmp_path, config={"train_epochs": 1}
+    )
+    default, low = (results[s]["runs"][0] for s in specs)
+    assert default["accuracy"] != low["accuracy"]  # another threshold, another run
+    zeros = {s: statistics.mean(z["overall"] for z in results[s]["runs"][0]["mask_zeros"].values()) for s in specs}
+    assert 0 < zeros[specs[1]] < zeros[specs[0]]  # a lower threshold drops fewer weights
+    assert (tmp_path / "runs" / "piggyback[threshold=0.001]" / "seed0.json").exists()
+    for argv, message in (
+        (["--strategies", "piggyback[prune_ratio=0.5]"], "piggyback takes no setting \\['prune_ratio'\\]"),
+        (["--strategies", "piggyback[threshold]"], "'threshold' is not key=value"),
+        (["--strategies", "pigyback[threshold=0.1]"], "unknown strategies \\['pigyback'\\]"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert __import__("re").search(message, capsys.readouterr().err), argv
+
+
+def test_reversed_streams_hold_the_same_tasks_in_the_reverse_order():
+    from piggyback_avalanche.app.runner import STREAMS
+
+    for name in ("digits", "mnist_transfer"):
+        source, forward = STREAMS[name](seed=0, data_root=None, crop_size=224)
+        reversed_source, backward = STREAMS[f"{name}_reversed"](seed=0, data_root=None, crop_size=224)
+        assert (source is None) == (reversed_source is None)
+        assert len(forward.train_stream) == len(backward.train_stream) == 5
+        for i in range(5):
+            a, b = forward.test_stream[i].dataset, backward.test_stream[4 - i].dataset
+            assert torch.equal(a[0][0], b[0][0]) and a[0][1] == b[0][1]
+            assert backward.test_stream[4 - i].task_labels == [4 - i]  # task labels follow the new order
+
+
+def test_the_residual_backbone_keeps_every_task_bit_exact(three_task_stream):
+    from conftest import train_checking_earlier_tasks
+
+    from piggyback_avalanche import Piggyback, PiggybackModel
+    from piggyback_avalanche.app.backbones import small_resnet
+
+    model = PiggybackModel(small_resnet(width=4, blocks=1, num_classes=8))
+    assert model._classifier_name == "8" and len(model.task_layers) == 9  # 7 convolutions, 2 shortcuts
+    strategy = Piggyback(model=model, mask_lr=1e-2, lr=1e-2, train_epochs=1, train_mb_size=16, evaluator=None)
+    assert len(train_checking_earlier_tasks(strategy, three_task_stream)) == 3

@@ -2,12 +2,20 @@
 ImageNet models, optionally with their pretrained weights."""
 
 import math
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["small_cnn", "mlp", "torchvision_backbone", "WeightsUnavailableError", "BACKBONES", "BackboneBuilder"]
+__all__ = [
+    "small_cnn",
+    "small_resnet",
+    "mlp",
+    "torchvision_backbone",
+    "WeightsUnavailableError",
+    "BACKBONES",
+    "BackboneBuilder",
+]
 
 
 def small_cnn(*, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> nn.Sequential:
@@ -31,6 +39,52 @@ def small_cnn(*, in_channels: int = 1, num_classes: int = 10, width: int = 32) -
         nn.Flatten(),
         nn.Linear(2 * width, num_classes),
     )
+
+
+class _ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and a shortcut (a 1x1
+    convolution where the shape changes), as in ResNet's basic block."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def small_resnet(*, in_channels: int = 1, num_classes: int = 10, width: int = 16, blocks: int = 2) -> nn.Sequential:
+    """A residual network for small images: a stem convolution, then three
+    stages of ``blocks`` basic blocks (``width``, 2 and 4 times ``width``
+    channels, the last two halving the resolution), pooling and the
+    classifier; 13 convolutions with the defaults.
+
+    :param in_channels: input channels.
+    :param num_classes: outputs of the final ``nn.Linear`` (the classifier).
+    :param width: channels of the first stage.
+    :param blocks: basic blocks per stage.
+    """
+    layers: List[nn.Module] = [
+        nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+    ]
+    channels = width
+    for stage, multiple in enumerate((1, 2, 4)):
+        for block in range(blocks):
+            stride = 2 if stage > 0 and block == 0 else 1
+            layers.append(_ResidualBlock(channels, width * multiple, stride))
+            channels = width * multiple
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
 
 
 def mlp(*, input_shape: Sequence[int], hidden: int = 256, num_classes: int = 10) -> nn.Sequential:
@@ -105,6 +159,7 @@ def _torchvision(name: str) -> BackboneBuilder:
 BACKBONES: Dict[str, BackboneBuilder] = {
     "small_cnn": _pretraining_is_the_runners("small_cnn", lambda shape: small_cnn(in_channels=shape[0])),
     "mlp": _pretraining_is_the_runners("mlp", lambda shape: mlp(input_shape=shape)),
+    "small_resnet": _pretraining_is_the_runners("small_resnet", lambda shape: small_resnet(in_channels=shape[0])),
     **{name: _torchvision(name) for name in ("resnet18", "resnet50", "vgg16", "vgg16_bn", "densenet121")},
 }
 """Backbone names and their builders."""

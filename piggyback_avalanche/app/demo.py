@@ -15,13 +15,13 @@ import torch
 from piggyback_avalanche.app.backbones import small_cnn
 from piggyback_avalanche.app.report import markdown_table
 from piggyback_avalanche.app.runner import strategy_settings, train_and_evaluate
-from piggyback_avalanche.benchmarks.offline import digits_task_stream
+from piggyback_avalanche.benchmarks.offline import DIGITS_TASKS, digits_task_stream
 from piggyback_avalanche.methods.piggyback import DEFAULT_MASK_LR
 from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, DEFAULT_TRAIN_EPOCHS
 
 __all__ = ["main", "run_demo", "format_table", "TASKS", "METHODS"]
 
-TASKS = ("original", "rotated90", "inverted", "flipped", "transposed")
+TASKS = DIGITS_TASKS
 
 METHODS: Dict[str, str] = {
     "piggyback": "piggyback",

@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -42,7 +43,7 @@ from piggyback_avalanche.benchmarks.datasets import (
     classic_task_stream,
     fine_grained_stream,
 )
-from piggyback_avalanche.benchmarks.offline import SourceTask, digits_task_stream, mnist_transfer_stream
+from piggyback_avalanche.benchmarks.offline import DIGITS_TASKS, SourceTask, digits_task_stream, mnist_transfer_stream
 from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.evaluation.evaluator import default_evaluator
 from piggyback_avalanche.evaluation.model_size import ModelSize
@@ -60,7 +61,16 @@ from piggyback_avalanche.training.checkpoints import (
 )
 from piggyback_avalanche.training.registry import available_strategies, make_strategy, registered_strategy
 
-__all__ = ["STREAMS", "BACKBONES", "EpochTimer", "strategy_settings", "train_and_evaluate", "run_benchmark", "main"]
+__all__ = [
+    "STREAMS",
+    "BACKBONES",
+    "EpochTimer",
+    "parse_strategy",
+    "strategy_settings",
+    "train_and_evaluate",
+    "run_benchmark",
+    "main",
+]
 
 StreamBuilder = Callable[..., Tuple[Optional[SourceTask], Any]]
 """``builder(seed=, data_root=, crop_size=) -> (source task or None,
@@ -86,12 +96,15 @@ def _fine_grained(*, seed: int, data_root: Optional[Path], crop_size: int) -> Tu
 
 STREAMS: Dict[str, StreamBuilder] = {
     "mnist_transfer": _no_data_root(lambda seed: mnist_transfer_stream(seed=seed)),
+    "mnist_transfer_reversed": _no_data_root(lambda seed: mnist_transfer_stream(seed=seed, reverse_tasks=True)),
     "digits": _no_data_root(lambda seed: (None, digits_task_stream(seed=seed))),
+    "digits_reversed": _no_data_root(lambda seed: (None, digits_task_stream(DIGITS_TASKS[::-1], seed=seed))),
     **{name: _classic(name) for name in CLASSIC_STREAMS},
     "fine_grained": _fine_grained,
 }
 """Stream names and their builders (see :data:`StreamBuilder`): the offline
-streams, Avalanche's classic benchmarks and the paper's fine-grained tasks."""
+streams (``*_reversed``: the same tasks in the reverse order, for order
+effects), Avalanche's classic benchmarks and the paper's fine-grained tasks."""
 
 
 def pretrain(
@@ -136,7 +149,9 @@ def _backbone(
     backbone = BACKBONES[name](input_shape, pretrained)
     if source is None or pretrained:
         return backbone
-    path = cache_dir / f"{stream}-{name}-seed{seed}-epochs{pretrain_epochs}.pt"
+    # Keyed by the source task itself, so streams that share it share the backbone.
+    source_key = hashlib.sha256(source[0].numpy().tobytes() + source[1].numpy().tobytes()).hexdigest()[:12]
+    path = cache_dir / f"{name}-source{source_key}-seed{seed}-epochs{pretrain_epochs}.pt"
     if path.exists():
         backbone.load_state_dict(torch.load(path, weights_only=True))
         return backbone
@@ -224,7 +239,15 @@ def train_and_evaluate(
         "epochs": len(timer.seconds),
         "accuracy_matrix": matrix,
         "model_bytes_per_experience": sizes,
+        "mask_zeros": _mask_zeros(evaluator),
     }
+
+
+def _mask_zeros(evaluator: Any) -> Dict[str, Dict[str, float]]:
+    """Per frozen task, the share of each masked layer's weights its mask
+    drops (and ``overall``); empty for models without masks."""
+    sparsity = next((m for m in evaluator.metrics if str(m) == "MaskSparsity"), None)
+    return {str(task): kinds["zeros"] for task, kinds in (sparsity.result() if sparsity else {}).items()}
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -290,7 +313,8 @@ def run_benchmark(
         log(f"removed {len(removed)} partial file(s) that an interrupted run left in {out_dir}")
     results: Dict[str, Dict[str, Any]] = {}
     built: Dict[int, Tuple[Optional[SourceTask], Any]] = {}
-    for name in strategies:
+    for spec in strategies:
+        name, variant = parse_strategy(spec)
         runs = []
         for seed in seeds:
             if seed not in built:
@@ -298,23 +322,24 @@ def run_benchmark(
             source, benchmark = built[seed]
             pretrains = source is not None and not pretrained
             settings = strategy_settings(name, config, untrained_backbone=source is None and not pretrained)
+            settings.update(variant)
             key = _run_key(
                 stream=stream,
                 backbone=backbone,
-                strategy=name,
+                strategy=spec,
                 seed=seed,
                 pretrained=pretrained,
                 pretrain_epochs=pretrain_epochs if pretrains else 0,
                 crop_size=crop_size if stream == "fine_grained" else None,
                 **settings,
             )
-            path = out_dir / "runs" / name / f"seed{seed}.json"
+            path = out_dir / "runs" / spec / f"seed{seed}.json"
             saved = _read_result(path)
             if saved.get("key") == key:
-                log(f"{name}, seed {seed}: already done ({path})")
+                log(f"{spec}, seed {seed}: already done ({path})")
                 runs.append(saved["result"])
                 continue
-            log(f"{name}, seed {seed}: training")
+            log(f"{spec}, seed {seed}: training")
             network = _backbone(
                 backbone,
                 stream,
@@ -330,24 +355,46 @@ def run_benchmark(
                 log=log,
             )
             torch.manual_seed(seed)
-            checkpoint = out_dir / "checkpoints" / name / f"seed{seed}-{key}.ckpt"
+            checkpoint = out_dir / "checkpoints" / spec / f"seed{seed}-{key}.ckpt"
             result = train_and_evaluate(
                 name,
                 benchmark,
                 network,
-                log_dir=out_dir / "tensorboard" / name / f"seed{seed}",
-                progress=f"{name}, seed {seed}",
+                log_dir=out_dir / "tensorboard" / spec / f"seed{seed}",
+                progress=f"{spec}, seed {seed}",
                 checkpoint=checkpoint,
                 **settings,
             )
             _write_json(path, {"key": key, "result": result})
             checkpoint.unlink(missing_ok=True)  # the result file is the record now
             runs.append(result)
-        results[name] = {"runs": runs, "summary": summarize(runs)}
+        results[spec] = {"runs": runs, "summary": summarize(runs)}
     extra = published_comparison(results, backbone=backbone) if stream == "fine_grained" else ""
     write_tables(results, out_dir, extra=extra)
     write_plots(results, out_dir / "plots")
     return results
+
+
+def parse_strategy(spec: str) -> Tuple[str, Dict[str, Any]]:
+    """A registered strategy, plain (``piggyback``) or with settings of its
+    own (``piggyback[threshold=0.001,mask_init=uniform]``; values in JSON,
+    a bare word is a string): its name and those settings.
+
+    :raises ValueError: for a spec of another form.
+    """
+    match = re.fullmatch(r"([A-Za-z0-9_]+)(?:\[([^\[\]]*)\])?", spec)
+    if match is None:
+        raise ValueError(f"{spec!r} is not a strategy name, or name[key=value,...]")
+    settings: Dict[str, Any] = {}
+    for item in filter(None, (match.group(2) or "").split(",")):
+        key, equals, text = item.partition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"{spec!r}: {item!r} is not key=value")
+        try:
+            settings[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            settings[key.strip()] = text.strip()
+    return match.group(1), settings
 
 
 def _read_result(path: Path) -> Dict[str, Any]:
@@ -403,7 +450,7 @@ def _parser() -> argparse.ArgumentParser:
         "--strategies",
         nargs="+",
         default=["piggyback", "packnet", "individual", "classifier_only", "naive"],
-        help=f"registered strategies to compare, from {available_strategies()}",
+        help=f"registered strategies to compare, from {available_strategies()}; NAME[key=value,...] sets its own settings",
     )
     add("--epochs", type=int, default=DEFAULT_TRAIN_EPOCHS, help="training epochs per experience")
     add("--mb-size", type=int, default=DEFAULT_TRAIN_MB_SIZE, help="training mini-batch size")
@@ -498,9 +545,17 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error(f"unknown stream {args.stream!r}; choose from {sorted(STREAMS)}")
     if args.backbone not in BACKBONES:
         parser.error(f"unknown backbone {args.backbone!r}; choose from {sorted(BACKBONES)}")
-    unknown = [s for s in args.strategies if s not in available_strategies()]
+    try:
+        parsed = [parse_strategy(spec) for spec in args.strategies]
+    except ValueError as error:
+        parser.error(f"--strategies: {error}")
+    unknown = [name for name, _ in parsed if name not in available_strategies()]
     if unknown:
         parser.error(f"unknown strategies {unknown}; choose from {available_strategies()}")
+    for spec, (name, variant) in zip(args.strategies, parsed):
+        accepted = registered_strategy(name).accepted(variant)
+        if accepted != variant:
+            parser.error(f"--strategies {spec}: {name} takes no setting {sorted(set(variant) - set(accepted))}")
     try:
         device = torch.device(args.device)
     except RuntimeError as error:

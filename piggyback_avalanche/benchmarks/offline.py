@@ -12,7 +12,7 @@ from avalanche.benchmarks.scenarios import CLScenario
 
 from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 
-__all__ = ["DIGITS_TRANSFORMS", "digits_task_stream", "SourceTask", "mnist_transfer_stream"]
+__all__ = ["DIGITS_TRANSFORMS", "DIGITS_TASKS", "digits_task_stream", "SourceTask", "mnist_transfer_stream"]
 
 
 def _permute_pixels(images: Tensor, seed: int = 1) -> Tensor:
@@ -32,8 +32,12 @@ DIGITS_TRANSFORMS: Dict[str, Callable[[Tensor], Tensor]] = {
 """Input transformations that make a new task from scikit-learn's digits."""
 
 
+DIGITS_TASKS = ("original", "rotated90", "inverted", "flipped", "transposed")
+"""The tasks of the digits stream, in order."""
+
+
 def digits_task_stream(
-    transforms: Sequence[str] = ("original", "rotated90", "inverted", "flipped", "transposed"),
+    transforms: Sequence[str] = DIGITS_TASKS,
     *,
     test_fraction: float = 0.3,
     seed: int = 0,
@@ -96,7 +100,7 @@ def _mnist_and_digits(size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def mnist_transfer_stream(
-    *, seed: int = 0, size: int = 16, test_fraction: float = 0.3
+    *, seed: int = 0, size: int = 16, test_fraction: float = 0.3, reverse_tasks: bool = False
 ) -> Tuple[SourceTask, CLScenario]:
     """Piggyback's use case offline: a source task to pretrain a backbone on,
     and five new tasks that differ from it.
@@ -109,6 +113,7 @@ def mnist_transfer_stream(
 
     :param seed: seed of the splits.
     :param size: image side after resizing.
+    :param reverse_tasks: the five tasks in the reverse order (same splits).
     :return: ``((source_images, source_labels), benchmark)``.
     """
     from sklearn.model_selection import train_test_split
@@ -128,4 +133,4 @@ def mnist_transfer_stream(
             np.arange(len(y)), test_size=test_fraction, random_state=seed, stratify=y.numpy()
         )
         splits.append((x[train], y[train], x[test], y[test]))
-    return (mnist_x[source_idx], mnist_y[source_idx]), tensor_task_stream(splits)
+    return (mnist_x[source_idx], mnist_y[source_idx]), tensor_task_stream(splits[::-1] if reverse_tasks else splits)

@@ -1,0 +1,281 @@
+"""The paper's claims, checked: every ablation of Piggyback (Mallya et al.,
+ECCV 2018) on the offline default stream and on the digits stream, with a
+table per claim, the plots behind each verdict, and the shipped targets.
+
+    python benchmarks/ablations.py --out runs/ablations          # 3 seeds; about 30 minutes on 2 CPU cores
+
+Every run goes through the benchmark runner (finished runs are reused), with
+the offline default preset's settings: 5 epochs per task, batch 32, Adam, lr
+1e-3, mask lr 3e-4. Variants are runner strategy specs such as
+``piggyback[threshold=0.001]``, so ``piggyback-bench --strategies ...
+--check-targets`` checks any of them alone.
+"""
+
+import argparse
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+from matplotlib.figure import Figure
+
+from piggyback_avalanche.app.report import check_targets, format_target_checks, markdown_table, read_targets
+from piggyback_avalanche.app.runner import run_benchmark
+from piggyback_avalanche.app.shipped import shipped_presets, shipped_targets_path
+
+STREAMS = {
+    "mnist_transfer": "offline default (small CNN pretrained on MNIST)",
+    "digits": "digits (backbone trained on task 0)",
+}
+DEFAULT = "piggyback"
+INIT = ["piggyback", "piggyback[mask_init=uniform]"]
+SCALE = ["piggyback[mask_scale=0.006]", "piggyback", "piggyback[mask_scale=0.02]", "piggyback[mask_scale=0.05]"]
+TAU = {0.001: "piggyback[threshold=0.001]", 0.0025: "piggyback[threshold=0.0025]", 0.005: "piggyback",
+       0.0075: "piggyback[threshold=0.0075]"}  # fmt: skip
+NORM = {
+    "task batch norm, re-estimated (ours, default)": "piggyback",
+    "task batch norm, running averages (the paper's)": "piggyback[recalibrate_norm_statistics=false]",
+    "backbone's batch norm, frozen, re-estimated": "piggyback[task_batchnorm=false]",
+    "backbone's batch norm, frozen": "piggyback[task_batchnorm=false,recalibrate_norm_statistics=false]",
+}
+MASKS = ["piggyback", "piggyback_ternary"]
+REFERENCES = ["packnet", "individual", "classifier_only"]
+ORDER = ["piggyback", "packnet"]
+DEPTH = {"mlp": "MLP 256-256", "small_cnn": "small CNN (4 conv)", "small_resnet": "small ResNet (13 conv)"}
+DEPTH_STRATEGIES = ["piggyback", "individual"]
+
+Results = Dict[str, Dict[str, Any]]
+
+
+def _unique(items: Sequence[str]) -> List[str]:
+    return list(dict.fromkeys(items))
+
+
+def _mean_std(values: Sequence[float], scale: float = 100.0) -> str:
+    values = [scale * v for v in values]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {std:.1f}"
+
+
+def _runs(results: Results, spec: str) -> List[Dict[str, Any]]:
+    return results[spec]["runs"]
+
+
+def _average(results: Results, spec: str) -> str:
+    return _mean_std([r["average_accuracy"] for r in _runs(results, spec)])
+
+
+def _zeros(results: Results, spec: str) -> str:
+    return _mean_std([statistics.mean(z["overall"] for z in r["mask_zeros"].values()) for r in _runs(results, spec)])
+
+
+def _networks(results: Results, spec: str) -> str:
+    return f"{statistics.mean(r['networks'] for r in _runs(results, spec)):.3f}"
+
+
+def _gaps(forward: Results, reversed_: Results) -> Dict[str, List[Tuple[float, float]]]:
+    """Piggyback minus PackNet, average accuracy on the tasks seen so far,
+    after each task (mean, std over seeds), for both orders."""
+    curves = {}
+    for label, results in (("tasks in order", forward), ("tasks reversed", reversed_)):
+        per_seed = []
+        for pig, pack in zip(_runs(results, "piggyback"), _runs(results, "packnet")):
+            gaps = []
+            for k, (row_pig, row_pack) in enumerate(zip(pig["accuracy_matrix"], pack["accuracy_matrix"])):
+                gaps.append(100 * (statistics.mean(row_pig[: k + 1]) - statistics.mean(row_pack[: k + 1])))
+            per_seed.append(gaps)
+        curves[label] = [(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for v in zip(*per_seed)]
+    return curves
+
+
+def _plots(out: Path, stream: str, main: Results, forward: Results, reversed_: Results) -> List[Path]:
+    written = []
+    # Zeros per layer and task: the mean over seeds of the default Piggyback.
+    runs = _runs(main, DEFAULT)
+    tasks = sorted(runs[0]["mask_zeros"], key=int)
+    layers = [name for name in runs[0]["mask_zeros"][tasks[0]] if name != "overall"]
+    matrix = [[100 * statistics.mean(r["mask_zeros"][t][layer] for r in runs) for layer in layers] for t in tasks]
+    figure = Figure(figsize=(1.5 + 0.7 * len(layers), 1.2 + 0.5 * len(tasks)))
+    axes = figure.subplots()
+    image = axes.imshow(matrix, cmap="magma", aspect="auto")
+    for r, row in enumerate(matrix):
+        for c, value in enumerate(row):
+            axes.text(
+                c,
+                r,
+                f"{value:.1f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value < max(map(max, matrix)) / 2 else "black",
+            )
+    axes.set_xticks(range(len(layers)), [f"layer {name}" for name in layers], rotation=45, ha="right", fontsize=7)
+    axes.set_yticks(range(len(tasks)), [f"task {t}" for t in tasks])
+    axes.set_title(f"{stream}: % of weights each mask drops")
+    figure.colorbar(image)
+    figure.tight_layout()
+    written.append(out / f"zeros_per_layer_{stream}.png")
+    figure.savefig(written[-1], dpi=100)
+    # Accuracy and zeros against the threshold.
+    figure = Figure(figsize=(5, 3.5))
+    axes = figure.subplots()
+    taus = list(TAU)
+    accuracy = [[100 * r["average_accuracy"] for r in _runs(main, TAU[t])] for t in taus]
+    axes.errorbar(
+        taus, [statistics.mean(a) for a in accuracy], yerr=[statistics.stdev(a) for a in accuracy], marker="o"
+    )
+    axes.set_xscale("log")
+    axes.set_xlabel("threshold τ")
+    axes.set_ylabel("average accuracy (%)")
+    twin = axes.twinx()
+    zeros = [
+        statistics.mean(
+            100 * statistics.mean(z["overall"] for z in r["mask_zeros"].values()) for r in _runs(main, TAU[t])
+        )
+        for t in taus
+    ]
+    twin.plot(taus, zeros, marker="s", color="tab:red")
+    twin.set_ylabel("zeros in the masks (%)", color="tab:red")
+    axes.set_title(f"{stream}: accuracy and zeros against τ")
+    figure.tight_layout()
+    written.append(out / f"threshold_{stream}.png")
+    figure.savefig(written[-1], dpi=100)
+    # The gap to PackNet as tasks accumulate, in both orders.
+    figure = Figure(figsize=(5, 3.5))
+    axes = figure.subplots()
+    for label, curve in _gaps(forward, reversed_).items():
+        axes.errorbar(
+            range(1, len(curve) + 1), [m for m, _ in curve], yerr=[s for _, s in curve], marker="o", label=label
+        )
+    axes.set_xticks(range(1, len(curve) + 1))
+    axes.axhline(0, color="grey", linewidth=0.8)
+    axes.set_xlabel("tasks trained")
+    axes.set_ylabel("Piggyback − PackNet (points)")
+    axes.set_title(f"{stream}: average accuracy on the tasks so far")
+    axes.legend()
+    figure.tight_layout()
+    written.append(out / f"packnet_gap_{stream}.png")
+    figure.savefig(written[-1], dpi=100)
+    return written
+
+
+def _tables(stream: str, main: Results, forward: Results, reversed_: Results, depth: Dict[str, Results]) -> str:
+    sections = [f"## {STREAMS[stream]}"]
+    sections.append("### 1. Mask initialisation and mask scale\n\n" + markdown_table(
+        ["variant", "avg accuracy (%)", "zeros (%)"],
+        [[spec, _average(main, spec), _zeros(main, spec)] for spec in _unique(INIT + SCALE)],
+    ))  # fmt: skip
+    sections.append("### 2. The threshold τ\n\n" + markdown_table(
+        ["τ", "avg accuracy (%)", "zeros (%)"],
+        [[f"{t:g}", _average(main, spec), _zeros(main, spec)] for t, spec in TAU.items()],
+    ))  # fmt: skip
+    runs = _runs(main, DEFAULT)
+    tasks = sorted(runs[0]["mask_zeros"], key=int)
+    layers = [name for name in runs[0]["mask_zeros"][tasks[0]] if name != "overall"]
+    first, last = layers[0], layers[-1]
+    rows = []
+    for t in tasks:
+        per_layer = [statistics.mean(r["mask_zeros"][t][name] for r in runs) for name in layers]
+        rows.append([
+            f"task {t}",
+            _mean_std([r["accuracy"][int(t)] for r in runs]),
+            _mean_std([r["mask_zeros"][t]["overall"] for r in runs]),
+            f"{100 * statistics.mean(r['mask_zeros'][t][first] for r in runs):.1f}",
+            f"{100 * statistics.mean(r['mask_zeros'][t][last] for r in runs):.1f}",
+            f"{100 * _slope(per_layer):+.2f}",
+        ])  # fmt: skip
+    sections.append("### 3. Zeros in the masks (default Piggyback)\n\n" + markdown_table(
+        ["task", "accuracy (%)", "zeros overall (%)", f"zeros, first layer {first} (%)", f"zeros, last layer {last} (%)",
+         "slope over depth (points per layer)"],
+        rows,
+    ))  # fmt: skip
+    sections.append("### 4. Batch normalisation\n\n" + markdown_table(
+        ["batch norm", "avg accuracy (%)"], [[label, _average(main, spec)] for label, spec in NORM.items()],
+    ))  # fmt: skip
+    sections.append("### 5. Binary against ternary masks\n\n" + markdown_table(
+        ["masks", "avg accuracy (%)", "× one network (5 tasks)"],
+        [[spec, _average(main, spec), _networks(main, spec)] for spec in MASKS],
+    ))  # fmt: skip
+    gaps = _gaps(forward, reversed_)
+    sections.append("### 6. Piggyback against PackNet as tasks accumulate (points of average accuracy so far)\n\n" + markdown_table(
+        ["order", *(f"after {k}" for k in range(1, len(gaps["tasks in order"]) + 1))],
+        [[label, *(f"{m:+.1f} ± {s:.1f}" for m, s in curve)] for label, curve in gaps.items()],
+    ))  # fmt: skip
+    sections.append("### 7. Backbone depth\n\n" + markdown_table(
+        ["backbone", "piggyback (%)", "individual networks (%)", "difference (points)"],
+        [[DEPTH[b], _average(r, "piggyback"), _average(r, "individual"),
+          f"{100 * (statistics.mean(x['average_accuracy'] for x in _runs(r, 'piggyback')) - statistics.mean(x['average_accuracy'] for x in _runs(r, 'individual'))):+.1f}"]
+         for b, r in depth.items()],
+    ))  # fmt: skip
+    sections.append("### 8. Piggyback against individual networks and the references\n\n" + markdown_table(
+        ["strategy", "avg accuracy (%)", "× one network (5 tasks)"],
+        [[spec, _average(main, spec), _networks(main, spec)] for spec in [DEFAULT, *REFERENCES]],
+    ))  # fmt: skip
+    return "\n\n".join(sections)
+
+
+def _slope(values: Sequence[float]) -> float:
+    """Least-squares slope of ``values`` against their index."""
+    n = len(values)
+    mean_x, mean_y = (n - 1) / 2, statistics.mean(values)
+    covariance = sum((i - mean_x) * (v - mean_y) for i, v in enumerate(values))
+    return covariance / sum((i - mean_x) ** 2 for i in range(n)) if n > 1 else math.nan
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/ablations"), help="output folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every run")
+    parser.add_argument("--streams", nargs="+", default=list(STREAMS), choices=list(STREAMS), help="streams to run")
+    args = parser.parse_args()
+    preset = shipped_presets()["offline_default"]
+    config = {
+        "train_epochs": preset["epochs"],
+        "train_mb_size": preset["mb_size"],
+        "lr": preset["lr"],
+        "mask_lr": preset["mask_lr"],
+    }
+    common = dict(seeds=args.seeds, config=config, pretrain_epochs=preset["pretrain_epochs"])
+    targets = read_targets(shipped_targets_path())
+    checks = []
+    report = [
+        "# The paper's claims: ablations",
+        f"Seeds {args.seeds}; {config['train_epochs']} epochs per task; mean ± std over seeds.",
+    ]
+    for stream in args.streams:
+        out = args.out / stream
+        specs = _unique([DEFAULT, *INIT, *SCALE, *TAU.values(), *NORM.values(), *MASKS, *REFERENCES])
+        runs = {}
+        runs["main"] = run_benchmark(
+            stream=stream, backbone="small_cnn", strategies=specs, out_dir=out / "small_cnn", **common
+        )
+        runs["reversed"] = run_benchmark(
+            stream=f"{stream}_reversed", backbone="small_cnn", strategies=ORDER, out_dir=out / "reversed", **common
+        )
+        depth = {"small_cnn": runs["main"]}
+        for backbone in ("mlp", "small_resnet"):
+            depth[backbone] = run_benchmark(
+                stream=stream, backbone=backbone, strategies=DEPTH_STRATEGIES, out_dir=out / backbone, **common
+            )
+        for name, backbone, results in [
+            (stream, "small_cnn", runs["main"]),
+            (f"{stream}_reversed", "small_cnn", runs["reversed"]),
+            (stream, "mlp", depth["mlp"]),
+            (stream, "small_resnet", depth["small_resnet"]),
+        ]:
+            checks += check_targets(results, targets, stream=name, backbone=backbone)
+        report.append(_tables(stream, runs["main"], runs["main"], runs["reversed"], depth))
+        plots = _plots(args.out, stream, runs["main"], runs["main"], runs["reversed"])
+        report.append("Plots: " + ", ".join(str(p) for p in plots))
+    text = "\n\n".join(report) + "\n"
+    (args.out / "claims.md").write_text(text)
+    print(text)
+    if checks:
+        print(f"Targets:\n{format_target_checks(checks)}")
+    short = [c for c in checks if not c.passed]
+    print(f"{len(checks) - len(short)} of {len(checks)} targets met.")
+    return 1 if short else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
