@@ -9,6 +9,10 @@ from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 warnings.filterwarnings("ignore", message=".*QP solver.*")
 
 
+QUICK_RUN = ["--stream", "digits", "--backbone", "mlp", "--strategies", "classifier_only", "--epochs", "1"]
+"""Runner arguments of a run that takes seconds."""
+
+
 def tiny_conv_net(num_classes: int = 4) -> nn.Sequential:
     """A small convolutional network with batch norm, for 1x8x8 inputs."""
     return nn.Sequential(

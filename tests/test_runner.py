@@ -3,6 +3,7 @@ import statistics
 
 import pytest
 import torch
+from conftest import QUICK_RUN
 
 from piggyback_avalanche.app.runner import BACKBONES, main, run_benchmark
 
@@ -177,18 +178,7 @@ def _write_targets(path, rows):
 
 
 def test_check_targets_exits_non_zero_when_a_result_falls_short(tmp_path, capsys):
-    argv = [
-        "--stream",
-        "digits",
-        "--backbone",
-        "mlp",
-        "--strategies",
-        "classifier_only",
-        "--epochs",
-        "1",
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    argv = [*QUICK_RUN, "--out", str(tmp_path / "out")]
     reachable = _write_targets(
         tmp_path / "ok.csv",
         [
@@ -263,7 +253,7 @@ def test_the_shipped_targets_and_presets_are_valid_and_selectable_by_name(tmp_pa
 
 @pytest.mark.parametrize("content", ["", '{"key": "abc", "res'])
 def test_a_damaged_result_file_is_named_with_the_fix(tmp_path, content, capsys):
-    argv = ["--stream", "digits", "--backbone", "mlp", "--strategies", "classifier_only", "--epochs", "1"]
+    argv = QUICK_RUN
     damaged = tmp_path / "runs" / "classifier_only" / "seed0.json"
     damaged.parent.mkdir(parents=True)
     damaged.write_text(content)
