@@ -52,10 +52,14 @@ def _unique(items: Sequence[str]) -> List[str]:
     return list(dict.fromkeys(items))
 
 
+def _std(values: Sequence[float]) -> float:
+    """The standard deviation over seeds; 0 for one seed."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def _mean_std(values: Sequence[float], scale: float = 100.0) -> str:
     values = [scale * v for v in values]
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {std:.1f}"
+    return f"{statistics.mean(values):.1f} ± {_std(values):.1f}"
 
 
 def _runs(results: Results, spec: str) -> List[Dict[str, Any]]:
@@ -85,7 +89,7 @@ def _gaps(forward: Results, reversed_: Results) -> Dict[str, List[Tuple[float, f
             for k, (row_pig, row_pack) in enumerate(zip(pig["accuracy_matrix"], pack["accuracy_matrix"])):
                 gaps.append(100 * (statistics.mean(row_pig[: k + 1]) - statistics.mean(row_pack[: k + 1])))
             per_seed.append(gaps)
-        curves[label] = [(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for v in zip(*per_seed)]
+        curves[label] = [(statistics.mean(v), _std(v)) for v in zip(*per_seed)]
     return curves
 
 
@@ -122,9 +126,7 @@ def _plots(out: Path, stream: str, main: Results, forward: Results, reversed_: R
     axes = figure.subplots()
     taus = list(TAU)
     accuracy = [[100 * r["average_accuracy"] for r in _runs(main, TAU[t])] for t in taus]
-    axes.errorbar(
-        taus, [statistics.mean(a) for a in accuracy], yerr=[statistics.stdev(a) for a in accuracy], marker="o"
-    )
+    axes.errorbar(taus, [statistics.mean(a) for a in accuracy], yerr=[_std(a) for a in accuracy], marker="o")
     axes.set_xscale("log")
     axes.set_xlabel("threshold τ")
     axes.set_ylabel("average accuracy (%)")
