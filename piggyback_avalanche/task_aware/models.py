@@ -25,6 +25,9 @@ from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, tas
 
 __all__ = ["MultiHeadModel", "TaskAwareModel"]
 
+_CHECKSUM_SAMPLES = 4096
+"""Entries per shared tensor that evaluation's checksum reads."""
+
 
 def _refuse_avalanche_dynamic_modules(backbone: nn.Module, model_name: str) -> None:
     """Avalanche's multi-task and dynamic models route tasks themselves and
@@ -591,15 +594,36 @@ class TaskAwareModel(MultiHeadModel):
 
     # --- the shared tensors stay as the frozen tasks learned them ----------------
 
-    def _shared_checksum(self) -> Tensor:
-        state = self.state_dict()
-        floats = [state[k].detach().double() for k in self.shared_state_keys() if state[k].is_floating_point()]
-        return torch.stack([torch.stack([t.sum(), t.square().sum()]) for t in floats]).cpu()
+    def _shared_tensors(self) -> List[Tensor]:
+        """The floating-point shared tensors, fetched live by name (a move to
+        another device replaces buffers; a write through ``.data`` replaces
+        a parameter's storage)."""
+        tensors = []
+        for key in self._shared_float_keys:
+            owner, _, name = key.rpartition(".")
+            module = self.get_submodule(owner)
+            tensor = module._parameters.get(name)
+            tensors.append(tensor if tensor is not None else module._buffers[name])
+        return tensors
+
+    def _checksum(self, *, sampled: bool) -> Tensor:
+        """Sum and sum of squares per shared tensor, in float64; ``sampled``:
+        of at most ``_CHECKSUM_SAMPLES`` evenly strided entries per tensor."""
+        rows = []
+        for tensor in self._shared_tensors():
+            flat = tensor.detach().reshape(-1)
+            if sampled and flat.numel() > _CHECKSUM_SAMPLES:
+                flat = flat[:: flat.numel() // _CHECKSUM_SAMPLES]
+            flat = flat.double()
+            rows.append(torch.stack([flat.sum(), flat.square().sum()]))
+        return torch.stack(rows).cpu() if rows else torch.zeros(0, 2, dtype=torch.float64)
 
     def _record_shared_checksum(self) -> None:
-        self._shared_state_checksum = self._shared_checksum()
+        state = self.state_dict()
+        self._shared_float_keys = [k for k in self.shared_state_keys() if state[k].is_floating_point()]
+        self._shared_checksums = {sampled: self._checksum(sampled=sampled) for sampled in (False, True)}
 
-    def verify_shared_state(self) -> None:
+    def verify_shared_state(self, *, sampled: bool = False) -> None:
         """Check that no shared tensor (the backbone's weights, biases and
         normalization) changed since the tasks were frozen.
 
@@ -611,11 +635,17 @@ class TaskAwareModel(MultiHeadModel):
         ``eval`` of an experience) and :meth:`export_task` call this to catch
         them. Checked only while no task learns (learning may change them).
 
+        :param sampled: check a fixed strided sample of each tensor (at most
+            ``_CHECKSUM_SAMPLES`` entries), as evaluation does to stay as fast
+            as plain inference: any write to a whole tensor (``.data.add_``,
+            ``copy_``, other weights loaded) changes it, a write to a few
+            entries may not. Training an experience and :meth:`export_task`
+            check every entry.
         :raises RuntimeError: naming what to do, if they changed.
         """
         if self.task_state.learning or not self.tasks:
             return
-        if not torch.equal(self._shared_checksum(), self._shared_state_checksum.to(torch.float64)):
+        if not torch.equal(self._checksum(sampled=sampled), self._shared_checksums[sampled]):
             raise RuntimeError(
                 f"The shared weights of this {type(self).__name__} changed after its tasks {self.frozen_tasks} "
                 "were frozen (a write through .data or vector_to_parameters?). Every frozen task was learned "
@@ -624,7 +654,7 @@ class TaskAwareModel(MultiHeadModel):
             )
 
     def adaptation(self, experience: CLExperience) -> None:
-        self.verify_shared_state()
+        self.verify_shared_state(sampled=not self.training)
         super().adaptation(experience)
 
     def export_task(self, task: int) -> nn.Module:
