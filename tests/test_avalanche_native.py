@@ -280,11 +280,11 @@ def test_evaluation_keeps_the_cached_weights_when_the_model_stays_where_it_is():
     strategy.train(stream.train_stream[0])
     strategy.eval(stream.test_stream[:1])
     layer = strategy.model.masked_layers["0"]
-    cached = layer._caches["weight"][1]
+    cached = layer._caches.value("weight")
     strategy.eval(stream.test_stream[:1])  # moves the model to its device again
-    assert layer._caches["weight"][1] is cached
+    assert layer._caches.value("weight") is cached
     strategy.model.double()
-    assert "weight" not in layer._caches
+    assert layer._caches.value("weight") is None
 
 
 def test_loggers_and_mac_take_the_whole_stream(tmp_path):

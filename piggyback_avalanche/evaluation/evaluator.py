@@ -18,6 +18,7 @@ from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 
 from piggyback_avalanche.evaluation.accuracy_matrix_image import accuracy_matrix_image_metrics
 from piggyback_avalanche.evaluation.model_size import model_size_metrics
+from piggyback_avalanche.evaluation.task_inference_accuracy import task_inference_accuracy_metrics
 from piggyback_avalanche.files import write_atomically
 from piggyback_avalanche.methods.piggyback.mask_sparsity import mask_sparsity_metrics
 
@@ -102,7 +103,8 @@ def default_evaluator(
 
     Metrics: accuracy per experience and stream, forgetting and BWT per
     experience and stream, model size, mask sparsity (Piggyback), the accuracy
-    matrix image, and epoch/experience timing.
+    matrix image, task-inference accuracy (strategies that infer tasks) and
+    epoch/experience timing.
 
     :param tb_dir: a TensorBoard log directory (``None``: no TensorBoard),
         written by :class:`ExperienceAxisTensorboardLogger`.
@@ -126,5 +128,6 @@ def default_evaluator(
         *model_size_metrics(),
         *mask_sparsity_metrics(),
         *accuracy_matrix_image_metrics(),
+        *task_inference_accuracy_metrics(),
         loggers=loggers,
     )

@@ -9,7 +9,7 @@ routes every sample through its own task.
 
 import copy
 from itertools import chain
-from typing import Any, Dict, Iterable, Iterator, List, Sequence, Set, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -18,10 +18,11 @@ from avalanche.benchmarks.scenarios import CLExperience
 from avalanche.models import DynamicModule, MultiTaskModule
 
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
+from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
 from piggyback_avalanche.task_aware.task_heads import TaskHeads
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
-from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, task_key
+from piggyback_avalanche.task_aware.task_state import StackingUnsupportedError, TaskModule, TaskState, task_key
 
 __all__ = ["MultiHeadModel", "TaskAwareModel"]
 
@@ -124,6 +125,11 @@ class MultiHeadModel(MultiTaskModule):
         module of the backbone or its qualified name; ``None`` finds the
         ``nn.Linear`` whose output is the backbone's output (by tracing its
         forward pass with ``torch.fx``), and refuses when that is ambiguous.
+    :param feature_statistics: each task also keeps the mean feature of
+        each class and the precision of their covariance (see
+        :class:`~piggyback_avalanche.task_aware.feature_statistics.TaskFeatureStatistics`),
+        for the ``"mahalanobis"`` and ``"relative_mahalanobis"`` task-inference
+        scores; they count in :meth:`stored_bytes`.
     :raises ValueError: for a backbone that holds Avalanche's multi-task or
         dynamic modules (its own heads would fight the per-task heads).
     """
@@ -132,7 +138,13 @@ class MultiHeadModel(MultiTaskModule):
     known_train_tasks_labels: Set[int]
     max_class_label: int
 
-    def __init__(self, backbone: nn.Module, *, classifier: Union[str, nn.Module, None] = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        classifier: Union[str, nn.Module, None] = None,
+        feature_statistics: bool = False,
+    ) -> None:
         super().__init__()
         _refuse_avalanche_dynamic_modules(backbone, type(self).__name__)
         self.task_state = TaskState()
@@ -140,6 +152,11 @@ class MultiHeadModel(MultiTaskModule):
         self._untrained_task_classes: Dict[int, List[int]] = {}
         self._classifier_name = _find_classifier(backbone, classifier)
         self.backbone = self._convert(copy.deepcopy(backbone), self._classifier_name)
+        self.feature_statistics: Optional[TaskFeatureStatistics] = None
+        if feature_statistics:
+            self.feature_statistics = TaskFeatureStatistics(
+                self.heads.in_features, task_state=self.task_state, placement=self.heads._placement
+            )
 
     # --- building ----------------------------------------------------------
 
@@ -217,7 +234,11 @@ class MultiHeadModel(MultiTaskModule):
         :raises ValueError: when training a known task on classes its head
             does not have.
         """
-        task_classes = experience_task_classes(experience)
+        self.adapt_to_tasks(experience_task_classes(experience))
+
+    def adapt_to_tasks(self, task_classes: Dict[int, List[int]]) -> None:
+        """:meth:`adaptation` for the given tasks and their classes (what a
+        strategy that assigns tasks itself calls)."""
         if not self.training:
             for task, classes in task_classes.items():
                 if task_key(task) not in self.heads.heads:
@@ -334,12 +355,7 @@ class MultiHeadModel(MultiTaskModule):
                 "every later call with it. Deploy one task as a plain module instead: "
                 "torch.jit.trace(model.export_task(task), x)."
             )
-        expected = next(self.backbone.parameters()).device
-        if x.device != expected:
-            raise ValueError(
-                f"The input is on {x.device} but the model is on {expected}; move one of them: "
-                f"x.to({str(expected)!r}), or model.to(x.device) (strategies: device=...)."
-            )
+        self._check_input_device(x)
         if task_labels is None:
             return self.forward_all_tasks(x)
         if isinstance(task_labels, Tensor) and task_labels.dim() > 0:
@@ -350,6 +366,100 @@ class MultiHeadModel(MultiTaskModule):
                 return self._forward_mixed(x, task_labels, tasks)
             task_labels = tasks[0]
         return self.forward_single_task(x, task_labels)
+
+    def _check_input_device(self, x: Tensor) -> None:
+        expected = next(self.backbone.parameters()).device
+        if x.device != expected:
+            raise ValueError(
+                f"The input is on {x.device} but the model is on {expected}; move one of them: "
+                f"x.to({str(expected)!r}), or model.to(x.device) (strategies: device=...)."
+            )
+
+    @torch.no_grad()
+    def task_outputs(self, x: Tensor, tasks: Sequence[int], *, stacked: bool = True) -> Tuple[Tensor, Tensor]:
+        """The logits of ``x`` under each of ``tasks``, and the features that
+        each task's head reads, for task inference.
+
+        :param x: the input batch.
+        :param tasks: learned tasks (``T`` of them).
+        :param stacked: compute every task in one pass through the network
+            (:meth:`TaskState.use_stacked`: the tasks' weights side by side);
+            ``False``: one pass per task.
+        :return: logits ``(batch, T, W)``, ``W`` the widest head's width,
+            ``-inf`` where a task has no class; features ``(batch, T, F)``.
+        :raises ValueError: for an unknown task, or a model in training mode.
+        :raises StackingUnsupportedError: if ``stacked`` and the network
+            reshapes or mixes features in a way that cannot carry stacked
+            tasks; nothing is changed.
+        """
+        self._check_input_device(x)
+        if self.training:
+            raise ValueError(f"task_outputs evaluates learned tasks: call {type(self).__name__}.eval() first.")
+        keys = [task_key(task) for task in tasks]
+        unknown = [int(key) for key in keys if key not in self.heads.heads]
+        if unknown or not keys:
+            raise ValueError(self._unknown_tasks_message(unknown))
+        captured: List[Tensor] = []
+        hook = self.heads.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        try:
+            if stacked:
+                with self.task_state.use_stacked(keys):
+                    stacked_logits = self.backbone(x)
+                width = max(self.heads.head(key).out_features for key in keys)
+                if stacked_logits.shape != (x.shape[0], len(keys) * width):
+                    raise StackingUnsupportedError(
+                        f"the network's output after its heads has shape {tuple(stacked_logits.shape)}."
+                    )
+                logits = stacked_logits.view(x.shape[0], len(keys), width)
+                features = captured[0]
+                if features.shape[-1] == self.heads.in_features:  # the heads read features every task shares
+                    features = features.unsqueeze(1).expand(-1, len(keys), -1)
+                return logits, features.view(x.shape[0], len(keys), self.heads.in_features)
+            outputs = [self.forward_single_task(x, int(key)) for key in keys]
+            width = max(output.shape[1] for output in outputs)
+            logits = outputs[0].new_full((x.shape[0], len(keys), width), float("-inf"))
+            for row, output in enumerate(outputs):
+                logits[:, row, : output.shape[1]] = output
+            return logits, torch.stack(captured, dim=1)
+        finally:
+            hook.remove()
+
+    def task_scores(self) -> Dict[str, Callable[..., Tensor]]:
+        """Task-inference scores that need what this model stores, by name
+        (see :data:`~piggyback_avalanche.task_aware.task_inference.TaskScore`):
+        the Mahalanobis scores when the model keeps feature statistics."""
+        statistics = self.feature_statistics
+        if statistics is None:
+            return {}
+
+        def mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
+            return -statistics.squared_distances(features, [task_key(t) for t in tasks])
+
+        def relative_mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
+            keys = [task_key(t) for t in tasks]
+            return statistics.overall_squared_distances(features, keys) - statistics.squared_distances(features, keys)
+
+        return {"mahalanobis": mahalanobis, "relative_mahalanobis": relative_mahalanobis}
+
+    @torch.no_grad()
+    def fit_feature_statistics(self, task: int, batches: Iterable[Tuple[Tensor, Tensor]]) -> int:
+        """Estimate ``task``'s feature statistics from ``(inputs, labels)``
+        batches of its training data, with the model as it is now (in eval
+        mode); what a strategy calls when a task ends.
+
+        :return: the number of samples seen.
+        :raises ValueError: if the model keeps no feature statistics.
+        """
+        if self.feature_statistics is None:
+            raise ValueError(f"This {type(self).__name__} was built without feature_statistics=True.")
+        was_training = self.training
+        self.eval()
+        try:
+            key = task_key(task)
+            pairs = ((self.task_outputs(inputs, [task], stacked=False)[1][:, 0], labels) for inputs, labels in batches)
+            return self.feature_statistics.fit(key, pairs, classes=self.heads.head(key).classes)
+        finally:
+            self.train(was_training)
 
     def _forward_mixed(self, x: Tensor, task_labels: Tensor, tasks: List[int]) -> Tensor:
         rows = [task_labels == t for t in tasks]
@@ -401,6 +511,7 @@ class TaskAwareModel(MultiHeadModel):
     :param classifier: the ``nn.Linear`` replaced by per-task heads.
     :param task_batchnorm: each task learns its own normalization parameters
         and statistics; ``False`` shares the backbone's.
+    :param feature_statistics: see :class:`MultiHeadModel`.
     :param layer_settings: passed to every task-aware layer's ``from_module``.
     """
 
@@ -413,11 +524,12 @@ class TaskAwareModel(MultiHeadModel):
         *,
         classifier: Union[str, nn.Module, None] = None,
         task_batchnorm: bool = True,
+        feature_statistics: bool = False,
         layer_settings: Dict[str, Any],
     ) -> None:
         self.task_batchnorm = bool(task_batchnorm)
         self._layer_settings = layer_settings
-        super().__init__(backbone, classifier=classifier)
+        super().__init__(backbone, classifier=classifier, feature_statistics=feature_statistics)
         self._record_shared_checksum()
 
     # --- building ----------------------------------------------------------
@@ -528,7 +640,12 @@ class TaskAwareModel(MultiHeadModel):
         """What the model was built with, as plain values: a checkpoint is
         refused by a model whose settings differ."""
         plain = {k: v for k, v in self._layer_settings.items() if isinstance(v, (bool, int, float, str))}
-        return {"model": type(self).__name__, "task_batchnorm": self.task_batchnorm, **plain}
+        return {
+            "model": type(self).__name__,
+            "task_batchnorm": self.task_batchnorm,
+            "feature_statistics": self.feature_statistics is not None,
+            **plain,
+        }
 
     def task_state_bits_per_weight(self) -> float:
         """Bits of per-task state stored per weight of the task-aware layers,
@@ -653,9 +770,9 @@ class TaskAwareModel(MultiHeadModel):
                 "change the backbone of a model with frozen tasks. Build a new model on the new backbone."
             )
 
-    def adaptation(self, experience: CLExperience) -> None:
+    def adapt_to_tasks(self, task_classes: Dict[int, List[int]]) -> None:
         self.verify_shared_state(sampled=not self.training)
-        super().adaptation(experience)
+        super().adapt_to_tasks(task_classes)
 
     def export_task(self, task: int) -> nn.Module:
         self.verify_shared_state()

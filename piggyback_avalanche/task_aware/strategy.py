@@ -18,6 +18,7 @@ from piggyback_avalanche.checks import check_count, check_positive
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.models import TaskAwareModel
 from piggyback_avalanche.task_aware.restore_point import RestorePoint
+from piggyback_avalanche.task_aware.task_inference import InferencePer, TaskInference
 
 __all__ = [
     "TaskAwareStrategy",
@@ -135,6 +136,16 @@ class TaskAwareStrategy(SupervisedTemplate):
         learning tasks' batch-norm running statistics with one pass over the
         experience's training data (eval transforms) through the final
         layers; see :meth:`TaskAwareModel.recalibrate_norm_statistics`.
+    :param task_inference: ``None`` (the default): task labels are required
+        and used, at training and at evaluation. Otherwise the stream's task
+        labels are never read: training experience ``k`` becomes the
+        model's task ``k`` (its head over the experience's classes, in the
+        stream's label space), and evaluation infers each sample's task
+        among the learned ones: ``"sample"`` (each sample on its own) or
+        ``"batch"`` (every evaluation mini-batch comes from one task), or a
+        :class:`~piggyback_avalanche.task_aware.task_inference.TaskInference`
+        for another score. For class-incremental streams, and
+        task-incremental ones evaluated without their labels.
     :param base_kwargs: Avalanche's usual arguments, passed to
         ``SupervisedTemplate`` (``criterion``, ``train_mb_size``,
         ``train_epochs``, ``eval_mb_size``, ``device``, ``plugins``,
@@ -153,6 +164,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         lr_decay_factor: float = 0.1,
         optimizer_factory: Optional[OptimizerFactory] = None,
         recalibrate_norm_statistics: bool = False,
+        task_inference: Union[None, InferencePer, TaskInference] = None,
         criterion: Module = CrossEntropyLoss(),
         train_mb_size: int = DEFAULT_TRAIN_MB_SIZE,
         train_epochs: int = DEFAULT_TRAIN_EPOCHS,
@@ -180,6 +192,15 @@ class TaskAwareStrategy(SupervisedTemplate):
         self.lr_decay_factor = lr_decay_factor
         self.optimizer_factory: OptimizerFactory = optimizer_factory or _adam
         self.recalibrate_norm_statistics = recalibrate_norm_statistics
+        if isinstance(task_inference, str):
+            task_inference = TaskInference(per=task_inference)
+        if task_inference is not None:
+            task_inference.check_model(model)
+        self.task_inference: Optional[TaskInference] = task_inference
+        self.mb_inferred_tasks: Optional[torch.Tensor] = None
+        """The inferred task of each sample of the last evaluation mini-batch
+        (``None`` when tasks were not inferred)."""
+        self._eval_width = 0
         self.lr_scheduler: Optional[MultiStepLR] = None
         super().__init__(
             model=model,
@@ -212,6 +233,8 @@ class TaskAwareStrategy(SupervisedTemplate):
             "lr_decay_epochs": list(self.lr_decay_epochs),
             "lr_decay_factor": self.lr_decay_factor,
             "recalibrate_norm_statistics": self.recalibrate_norm_statistics,
+            # How experiences become tasks; the inference itself may change.
+            "infers_tasks": self.task_inference is not None,
             "learning_rates": dict(sorted(self.group_learning_rates().items())),
         }
 
@@ -228,7 +251,12 @@ class TaskAwareStrategy(SupervisedTemplate):
         on CUDA, a device-side assert)."""
         dataset = self.experience.dataset
         targets = torch.as_tensor(list(dataset.targets))
-        tasks = torch.as_tensor(list(dataset.targets_task_labels))
+        if self.task_inference is not None:
+            if not self.is_training:
+                return  # the inferred task's head answers; a wrong guess is an error, not a bad input
+            tasks = torch.full_like(targets, self.training_task())
+        else:
+            tasks = torch.as_tensor(list(dataset.targets_task_labels))
         for task in torch.unique(tasks).tolist():
             if str(task) not in self.model.heads.heads:
                 continue  # evaluated before it is learned: an untrained head over the experience's classes
@@ -251,10 +279,44 @@ class TaskAwareStrategy(SupervisedTemplate):
         """Avalanche's adaptation; when evaluating, it also refuses samples of
         classes the task's head does not have, naming them (instead of an
         index error inside the loss)."""
+        if self.task_inference is not None and self.is_training:
+            adapted: TaskAwareModel = self.model if model is None else model  # type: ignore[assignment]
+            adapted.adapt_to_tasks(self.experience_tasks(self.experience))
+            return adapted.to(self.device)
         adapted = super().model_adaptation(model)
         if not self.is_training:
             self._check_labels_fit_heads()
+            classes = [c for cs in experience_task_classes(self.experience).values() for c in cs]
+            self._eval_width = max(classes) + 1
         return adapted
+
+    def experience_tasks(self, experience: Any) -> Dict[int, List[int]]:
+        """The tasks that training ``experience`` learns, with their classes:
+        the stream's task labels, or with task inference the experience's
+        number as the one task, over all its classes."""
+        task_classes = experience_task_classes(experience)
+        if self.task_inference is None:
+            return task_classes
+        return {int(experience.current_experience): sorted({c for cs in task_classes.values() for c in cs})}
+
+    def training_task(self) -> int:
+        """The task the current training experience learns, with task inference."""
+        return int(self.experience.current_experience)
+
+    def forward(self) -> Any:
+        """Avalanche's forward pass; with task inference, training passes the
+        experience's task and evaluation infers the task of every sample
+        (the stream's task labels are never read)."""
+        self.mb_inferred_tasks = None
+        if self.task_inference is None:
+            return super().forward()
+        if self.is_training:
+            return self.model(self.mb_x, self.training_task())
+        if not self.model.tasks:  # nothing learned yet: the model as it stands before any task
+            return super().forward()
+        inferred = self.task_inference(self.model, self.mb_x, width=self._eval_width)
+        self.mb_inferred_tasks = inferred.tasks
+        return inferred.logits
 
     def train(self, experiences, eval_streams=None, **kwargs):
         """Avalanche's ``train``, after checking that every experience has
@@ -287,8 +349,17 @@ class TaskAwareStrategy(SupervisedTemplate):
     def refuse_before_training(self, experience: Any) -> None:
         """Raise, naming the problem and the fix, if ``experience`` cannot be
         trained; called for every experience before ``train`` does any work."""
-        experience_task_classes(experience)
-        _refuse_shared_task_labels(type(self).__name__, experience)
+        tasks = self.experience_tasks(experience)
+        if self.task_inference is None:
+            _refuse_shared_task_labels(type(self).__name__, experience)
+            return
+        frozen = sorted(set(tasks) & set(self.model.frozen_tasks))
+        if frozen:
+            raise ValueError(
+                f"Experience {experience.current_experience} was learned already: with task inference, "
+                f"training experience k learns task k, and task(s) {frozen} are frozen. Train each "
+                "experience of a stream once, or start a new model for another stream."
+            )
 
     def backward(self) -> None:
         if not torch.isfinite(self.loss):
@@ -325,21 +396,41 @@ class TaskAwareStrategy(SupervisedTemplate):
     def _after_training_exp(self, **kwargs) -> None:
         if self.recalibrate_norm_statistics:
             self._recalibrate_norm_statistics()
+        if self.model.feature_statistics is not None:
+            self._fit_feature_statistics()
         # Freeze before the plugins run, so metrics see the final state.
         for task in self.model.learning_tasks:
             self.model.freeze_task(task)
         self._restore_point = None  # the experience is complete
         super()._after_training_exp(**kwargs)
 
-    def _recalibrate_norm_statistics(self) -> None:
+    def _training_data_pass(self) -> Any:
+        """One pass over the experience's training data with the eval
+        transforms, in mixed-class batches as in training."""
         dataset = self.experience.dataset.eval()
-        loader = torch.utils.data.DataLoader(
+        return torch.utils.data.DataLoader(
             dataset,
             batch_size=self.train_mb_size,
-            shuffle=True,  # batches of mixed classes, as in training
+            shuffle=True,
             generator=torch.Generator().manual_seed(0),
             collate_fn=getattr(dataset, "collate_fn", None),
         )
+
+    def _fit_feature_statistics(self) -> None:
+        for task, _ in self.experience_tasks(self.experience).items():
+            if self.task_inference is not None:
+                batches = ((x.to(self.device), y) for x, y, _ in self._training_data_pass())
+            else:
+                batches = ((x[t == task].to(self.device), y[t == task]) for x, y, t in self._training_data_pass())
+            self.model.fit_feature_statistics(task, batches)
+
+    def _recalibrate_norm_statistics(self) -> None:
+        loader = self._training_data_pass()
+        if self.task_inference is not None:
+            task = self.training_task()
+            batches = ((inputs, torch.full_like(labels, task)) for inputs, labels, _ in loader)
+        else:
+            batches = ((inputs, task_labels) for inputs, _, task_labels in loader)
         self.model.recalibrate_norm_statistics(
-            (inputs.to(self.device), task_labels.to(self.device)) for inputs, _, task_labels in loader
+            (inputs.to(self.device), task_labels.to(self.device)) for inputs, task_labels in batches
         )

@@ -1,13 +1,19 @@
 """Per-task classifier heads, in place of the backbone's classifier."""
 
 import copy
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, task_keys_below
+from piggyback_avalanche.task_aware.task_state import (
+    TaskModule,
+    TaskState,
+    VersionedCache,
+    stacked_width,
+    task_keys_below,
+)
 
 __all__ = ["ClassifierHead", "TaskHeads"]
 
@@ -70,6 +76,7 @@ class TaskHeads(TaskModule, nn.Module):
         # Zero-size, not saved: follows the model across devices and dtypes
         # so that new heads are created where the model lives.
         self.register_buffer("_placement", classifier.weight.new_empty(0), persistent=False)
+        self._stacked_heads = VersionedCache()
 
     def add_task(self, task: str, *, classes: Sequence[int]) -> None:
         """Create the head of ``task`` for the given class labels."""
@@ -115,6 +122,8 @@ class TaskHeads(TaskModule, nn.Module):
         return copy.deepcopy(self.head(task)).requires_grad_(False)
 
     def forward(self, input: Tensor) -> Tensor:
+        if self.task_state.stacked is not None:
+            return self._stacked_forward(input, self.task_state.stacked)
         classes = self.task_state.untrained_classes
         if classes is not None:
             # An untrained head knows nothing: equal logits for its classes.
@@ -122,6 +131,38 @@ class TaskHeads(TaskModule, nn.Module):
             logits[:, list(classes)] = 0.0
             return logits
         return self.heads[self.task_state.key()](input)
+
+    def _stacked_heads_of(self, tasks: Tuple[str, ...]) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+        """The tasks' heads padded to the widest: weights ``(T, W, F)``,
+        biases ``(T, W)`` and inactive units ``(T, W)`` (padding is inactive)."""
+        heads = [self.head(task) for task in tasks]
+
+        def compute() -> Tuple[Tensor, Optional[Tensor], Tensor]:
+            width = max(head.out_features for head in heads)
+            weight = heads[0].weight.new_zeros(len(heads), width, self.in_features)
+            bias = weight.new_zeros(len(heads), width) if self.bias else None
+            inactive = torch.ones(len(heads), width, dtype=torch.bool, device=weight.device)
+            for row, head in enumerate(heads):
+                weight[row, : head.out_features] = head.weight
+                inactive[row, : head.out_features] = head.inactive_units
+                if bias is not None:
+                    bias[row, : head.out_features] = head.bias
+            return weight, bias, inactive
+
+        key = tuple(VersionedCache.state_key(head) for head in heads)
+        return self._stacked_heads.get_for_tasks(tasks, key, compute)
+
+    def _stacked_forward(self, input: Tensor, tasks: Tuple[str, ...]) -> Tensor:
+        """Every stacked task's head at once, their logits side by side:
+        ``(batch, T * W)`` for the widest head's ``W``."""
+        weight, bias, inactive = self._stacked_heads_of(tasks)
+        if stacked_width(input.shape[-1], self.in_features, len(tasks), "TaskHeads"):
+            logits = torch.einsum("bti,twi->btw", input.unflatten(-1, (len(tasks), self.in_features)), weight)
+        else:
+            logits = torch.einsum("bi,twi->btw", input, weight)
+        if bias is not None:
+            logits = logits + bias
+        return logits.masked_fill(inactive, float("-inf")).flatten(1)
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         for task in task_keys_below(state_dict, prefix + "heads.") - set(self.heads.keys()):

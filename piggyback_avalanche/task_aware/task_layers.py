@@ -8,13 +8,20 @@ how a task's weight is made and what a task adds, trains and freezes;
 """
 
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Type, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, TaskTensorDict, task_keys_below
+from piggyback_avalanche.task_aware.task_state import (
+    TaskModule,
+    TaskState,
+    TaskTensorDict,
+    VersionedCache,
+    stacked_width,
+    task_keys_below,
+)
 
 __all__ = ["TaskWeightLayer", "task_layer_types", "SUPPORTED_LAYER_TYPES"]
 
@@ -45,16 +52,57 @@ def _linear_forward(layer: Any, input: Tensor) -> Tensor:
     return F.linear(input, *layer.current_weight_and_bias())
 
 
-_LayerKind = Tuple[Callable[[Any], Dict[str, Any]], Callable[[Any, Tensor], Tensor]]
+_CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _conv_stacked_forward(layer: Any, input: Tensor) -> Tensor:
+    """Every stacked task at once: the tasks' weights stacked along the
+    output channels, as one convolution (grouped by task when the input is
+    stacked too)."""
+    tasks = len(layer.task_state.stacked)
+    weight, bias = layer.stacked_weight_and_bias()
+    stacked = stacked_width(input.shape[1], layer.in_channels, tasks, type(layer).__name__)
+    if not stacked and layer.groups == 1:
+        return layer._conv_forward(input, weight, bias)
+    if not stacked:
+        input = input.repeat(1, tasks, *[1] * (input.dim() - 2))
+    padding = layer.padding
+    if layer.padding_mode != "zeros":
+        input = F.pad(input, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
+        padding = 0
+    convolution = _CONVOLUTIONS[input.dim() - 2]
+    return convolution(input, weight, bias, layer.stride, padding, layer.dilation, layer.groups * tasks)
+
+
+def _linear_stacked_forward(layer: Any, input: Tensor) -> Tensor:
+    """Every stacked task at once: one matrix product with the tasks'
+    weights stacked along the outputs (a batched one for stacked inputs)."""
+    tasks = len(layer.task_state.stacked)
+    weight, bias = layer.stacked_weight_and_bias()
+    if not stacked_width(input.shape[-1], layer.in_features, tasks, type(layer).__name__):
+        return F.linear(input, weight, bias)
+    per_task = input.unflatten(-1, (tasks, layer.in_features))
+    output = torch.einsum("...ti,toi->...to", per_task, weight.view(tasks, layer.out_features, layer.in_features))
+    if bias is not None:
+        output = output + bias.view(tasks, layer.out_features)
+    return output.flatten(-2)
+
+
+class _LayerKind(NamedTuple):
+    arguments: Callable[[Any], Dict[str, Any]]
+    forward: Callable[[Any, Tensor], Tensor]
+    stacked_forward: Callable[[Any, Tensor], Tensor]
+
 
 SUPPORTED_LAYER_TYPES: Dict[Type[nn.Module], _LayerKind] = {
-    nn.Conv1d: (_conv_arguments, _conv_forward),
-    nn.Conv2d: (_conv_arguments, _conv_forward),
-    nn.Conv3d: (_conv_arguments, _conv_forward),
-    nn.Linear: (_linear_arguments, _linear_forward),
+    nn.Conv1d: _LayerKind(_conv_arguments, _conv_forward, _conv_stacked_forward),
+    nn.Conv2d: _LayerKind(_conv_arguments, _conv_forward, _conv_stacked_forward),
+    nn.Conv3d: _LayerKind(_conv_arguments, _conv_forward, _conv_stacked_forward),
+    nn.Linear: _LayerKind(_linear_arguments, _linear_forward, _linear_stacked_forward),
 }
 """The torch layers that get a task-aware twin: their constructor arguments
-(read from an instance) and the forward pass with the task's weight."""
+(read from an instance), the forward pass with the task's weight, and the
+forward pass of several stacked tasks (see :meth:`TaskState.use_stacked`)."""
 
 
 class TaskWeightLayer(TaskModule, nn.Module):
@@ -83,7 +131,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
         settings = {name: kwargs.pop(name) for name in self._setting_names() if name in kwargs}
         super().__init__(*args, **kwargs)  # the torch layer's
         self.task_state = task_state
-        self._caches: Dict[str, Tuple[Tuple, Tensor]] = {}
+        self._caches = VersionedCache()
         self._init_task_weights(**settings)
         self._set_weight_trainable(False)
 
@@ -100,7 +148,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
         :param task_state: the owning model's task state.
         :param settings: the subclass's settings (see its ``_init_task_weights``).
         """
-        arguments, _ = SUPPORTED_LAYER_TYPES[cls._torch_type()]
+        arguments = SUPPORTED_LAYER_TYPES[cls._torch_type()].arguments
         # Built on the meta device so that no weight is allocated only to be
         # replaced by the module's own.
         layer = cls(**arguments(module), device="meta", dtype=module.weight.dtype, task_state=task_state, **settings)
@@ -148,6 +196,26 @@ class TaskWeightLayer(TaskModule, nn.Module):
             return self.weight, self.bias
         return self.task_weight(), self.task_bias()
 
+    def stacked_weight_and_bias(self) -> Tuple[Tensor, Optional[Tensor]]:
+        """The weights and biases of the stacked tasks
+        (:meth:`TaskState.use_stacked`), concatenated along the outputs;
+        kept until the tasks or any tensor of the layer change."""
+        tasks = self.task_state.stacked
+        if tasks is None:
+            raise RuntimeError("No stacked tasks: call the owning model's forward_stacked(x, tasks).")
+
+        def compute() -> Tuple[Tensor, Optional[Tensor]]:
+            weights, biases = [], []
+            for task in tasks:
+                with self.task_state.use(task):
+                    weight, bias = self.current_weight_and_bias()
+                weights.append(weight)
+                biases.append(bias)
+            bias = None if biases[0] is None else torch.cat(biases)  # type: ignore[arg-type]
+            return torch.cat(weights), bias
+
+        return self._caches.get_for_tasks(tasks, VersionedCache.state_key(self), compute)
+
     # --- what the layer says about its state -----------------------------------
 
     def _stores(self) -> Dict[str, TaskTensorDict]:
@@ -169,7 +237,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
     def plain_module(self, task: str) -> nn.Module:
         """The torch layer with ``task``'s effective weight and bias folded in."""
         torch_type = self._torch_type()
-        arguments, _ = SUPPORTED_LAYER_TYPES[torch_type]
+        arguments = SUPPORTED_LAYER_TYPES[torch_type].arguments
         layer = torch_type(**arguments(self), device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad(), self.task_state.use(task):
             weight, bias = self.current_weight_and_bias()
@@ -190,12 +258,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
         ``name``, all dropped when the layer moves or changes dtype."""
         # A write that replaces the weight's storage (weight.data = ...,
         # vector_to_parameters) does not change its version counter.
-        key = (self.weight.data_ptr(), *key)
-        entry = self._caches.get(name)
-        if entry is None or entry[0] != key:
-            with torch.no_grad():
-                entry = self._caches[name] = (key, compute())
-        return entry[1]
+        return self._caches.get(name, (self.weight.data_ptr(), *key), compute)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         # Avalanche moves the model to its device before every evaluation: a
@@ -222,6 +285,15 @@ class TaskWeightLayer(TaskModule, nn.Module):
 Layer = TypeVar("Layer", bound=TaskWeightLayer)
 
 
+def _dispatching_forward(kind: _LayerKind) -> Callable[[Any, Tensor], Tensor]:
+    def forward(layer: Any, input: Tensor) -> Tensor:
+        if layer.task_state.stacked is not None:
+            return kind.stacked_forward(layer, input)
+        return kind.forward(layer, input)
+
+    return forward
+
+
 def task_layer_types(base: Type[Layer], *, prefix: str, doc: str) -> Dict[Type[nn.Module], Type[Layer]]:
     """The twins of every supported torch layer (:data:`SUPPORTED_LAYER_TYPES`)
     for one method's layer class.
@@ -236,13 +308,13 @@ def task_layer_types(base: Type[Layer], *, prefix: str, doc: str) -> Dict[Type[n
     :return: ``{torch layer type: twin type}``.
     """
     twins: Dict[Type[nn.Module], Type[Layer]] = {}
-    for torch_type, (_, forward) in SUPPORTED_LAYER_TYPES.items():
+    for torch_type, kind in SUPPORTED_LAYER_TYPES.items():
         name = prefix + torch_type.__name__
         namespace = {
             "__module__": base.__module__,
             "__qualname__": name,
             "__doc__": f"``nn.{torch_type.__name__}`` {doc}",
-            "forward": forward,
+            "forward": _dispatching_forward(kind),
         }
         twins[torch_type] = type(name, (base, torch_type), namespace)
     return twins

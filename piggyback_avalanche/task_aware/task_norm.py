@@ -2,12 +2,19 @@
 normalization layer (or one frozen layer shared by all)."""
 
 import copy
-from typing import Any, Dict, List, Sequence, Tuple, Type
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, task_keys_below
+from piggyback_avalanche.task_aware.task_state import (
+    StackingUnsupportedError,
+    TaskModule,
+    TaskState,
+    stacked_width,
+    task_keys_below,
+)
 
 __all__ = ["TaskNorm", "NORM_LAYER_TYPES"]
 
@@ -102,6 +109,8 @@ class TaskNorm(TaskModule, nn.Module):
         return [self.base] if self.task_state.backbone_task in self.task_state.learning else []
 
     def forward(self, input: Tensor) -> Tensor:
+        if self.task_state.stacked is not None:
+            return self._stacked_forward(input, self.task_state.stacked)
         task = self.task_state.key()
         if self.task_state.untrained:
             return self.base.eval()(input)
@@ -113,6 +122,49 @@ class TaskNorm(TaskModule, nn.Module):
         if norm.training != learning:
             norm.train(learning)
         return norm(input)
+
+    def _stacked_forward(self, input: Tensor, tasks: Tuple[str, ...]) -> Tensor:
+        """Every stacked task's layer at once, in eval mode (see
+        :meth:`TaskState.use_stacked`)."""
+        norms = [self.norm_for(task) for task in tasks]
+        base = self.base
+
+        def cat(name: str) -> Optional[Tensor]:
+            tensors = [getattr(norm, name) for norm in norms]
+            return None if tensors[0] is None else torch.cat(tensors)
+
+        if isinstance(base, nn.modules.batchnorm._BatchNorm):
+            if stacked_width(input.shape[1], base.num_features, len(tasks), type(base).__name__) is False:
+                input = input.repeat(1, len(tasks), *[1] * (input.dim() - 2))
+            batch_statistics = base.running_mean is None
+            return F.batch_norm(
+                input,
+                cat("running_mean"),
+                cat("running_var"),
+                cat("weight"),
+                cat("bias"),
+                batch_statistics,
+                0.0,
+                base.eps,
+            )
+        if isinstance(base, nn.GroupNorm):
+            if stacked_width(input.shape[1], base.num_channels, len(tasks), "GroupNorm") is False:
+                input = input.repeat(1, len(tasks), *[1] * (input.dim() - 2))
+            return F.group_norm(input, base.num_groups * len(tasks), cat("weight"), cat("bias"), base.eps)
+        if isinstance(base, nn.LayerNorm) and len(base.normalized_shape) == 1:
+            features = base.normalized_shape[0]
+            if stacked_width(input.shape[-1], features, len(tasks), "LayerNorm") is False:
+                input = input.repeat(*[1] * (input.dim() - 1), len(tasks))
+            per_task = F.layer_norm(input.unflatten(-1, (len(tasks), features)), (features,), eps=base.eps)
+            weight, bias = cat("weight"), cat("bias")
+            if weight is not None:
+                per_task = per_task * weight.view(len(tasks), features)
+            if bias is not None:
+                per_task = per_task + bias.view(len(tasks), features)
+            return per_task.flatten(-2)
+        raise StackingUnsupportedError(
+            f"{type(base).__name__} cannot compute stacked tasks on a {tuple(input.shape)} input."
+        )
 
     def train(self, mode: bool = True) -> "TaskNorm":
         # The layers' modes are set per forward pass.

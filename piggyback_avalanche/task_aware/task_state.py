@@ -8,12 +8,22 @@ the keys under which their tensors appear in the state dict.
 
 import operator
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Literal, Optional, Sequence, Set, Tuple, Union
+from itertools import chain
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TaskState", "TaskTensorDict", "TaskModule", "task_key", "task_keys_below"]
+__all__ = [
+    "TaskState",
+    "TaskTensorDict",
+    "TaskModule",
+    "StackingUnsupportedError",
+    "VersionedCache",
+    "stacked_width",
+    "task_key",
+    "task_keys_below",
+]
 
 
 class TaskState:
@@ -30,6 +40,7 @@ class TaskState:
         self.learning: Set[str] = set()
         self.backbone_task: Optional[str] = None
         self.untrained_classes: Optional[Tuple[int, ...]] = None
+        self.stacked: Optional[Tuple[str, ...]] = None
 
     @contextmanager
     def use(self, task: str) -> Iterator[None]:
@@ -53,6 +64,21 @@ class TaskState:
         finally:
             self.current, self.untrained_classes = previous
 
+    @contextmanager
+    def use_stacked(self, tasks: Sequence[str]) -> Iterator[None]:
+        """Run the enclosed forward pass for several frozen ``tasks`` side by
+        side: every task-aware module computes all of them in one call, the
+        features of the ``i``-th task in the ``i``-th block of the channel
+        (or last) dimension, so that one pass through Python evaluates them
+        all. Inputs that are not stacked yet (the network's input) are
+        shared by every task."""
+        previous = self.stacked
+        self.stacked = tuple(tasks)
+        try:
+            yield
+        finally:
+            self.stacked = previous
+
     @property
     def untrained(self) -> bool:
         """Whether the current task is one the model has not learned."""
@@ -65,6 +91,72 @@ class TaskState:
                 "No task selected: call the owning model as model(x, task_labels), not a task-aware layer on its own."
             )
         return self.current
+
+
+class StackingUnsupportedError(RuntimeError):
+    """A module cannot compute several tasks side by side on this input."""
+
+
+def stacked_width(size: int, expected: int, tasks: int, what: str) -> bool:
+    """Whether a stacked dimension of ``size`` holds ``tasks`` blocks of
+    ``expected`` (``True``) or one block shared by every task (``False``).
+
+    :raises StackingUnsupportedError: for anything else.
+    """
+    if size == expected * tasks and tasks > 1:
+        return True
+    if size == expected:
+        return False
+    raise StackingUnsupportedError(
+        f"{what} got {size} features where it expects {expected} (shared) or {expected * tasks} (stacked tasks)."
+    )
+
+
+class VersionedCache:
+    """Computed tensors kept while the tensors they were computed from stay
+    as they are: entries are keyed by name and recomputed when their key
+    (data pointers and version counters, which count in-place writes)
+    changes."""
+
+    def __init__(self) -> None:
+        self._entries: Dict[str, Tuple[Tuple, Any]] = {}
+
+    @staticmethod
+    def state_key(module: nn.Module) -> Tuple:
+        """A key that changes when any parameter or buffer of ``module`` is
+        replaced or written in place (a write through ``.data`` replaces the
+        storage, and so changes the pointer)."""
+        return tuple((t.data_ptr(), t._version) for t in chain(module.parameters(), module.buffers()))
+
+    def get(self, name: str, key: Tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()``, reused while ``key`` stays the same."""
+        entry = self._entries.get(name)
+        if entry is None or entry[0] != key:
+            with torch.no_grad():
+                entry = self._entries[name] = (key, compute())
+        return entry[1]
+
+    def value(self, name: str) -> Any:
+        """The value kept under ``name``, ``None`` if none."""
+        entry = self._entries.get(name)
+        return None if entry is None else entry[1]
+
+    def get_for_tasks(self, tasks: Sequence[str], key: Tuple, compute: Callable[[], Any]) -> Any:
+        """:meth:`get` for a group of stacked tasks. Evaluation passes the
+        tasks in fixed groups, so a cached group that overlaps this one is
+        from an earlier set of tasks and will not come back: it is dropped."""
+        name = "tasks:" + ",".join(tasks)
+        wanted = set(tasks)
+        self._entries = {
+            n: e
+            for n, e in self._entries.items()
+            if n == name or not n.startswith("tasks:") or not wanted & set(n[len("tasks:") :].split(","))
+        }
+        return self.get(name, key, compute)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
 
 
 def task_key(task: Union[int, Tensor]) -> str:

@@ -38,6 +38,10 @@ class PackNetModel(TaskAwareModel):
     :param task_batchnorm: each task gets its own normalization copy;
         ``False`` shares the backbone's, trained with the first task and then
         frozen (the paper's "nobn" setting).
+
+    :param feature_statistics: each task also keeps its features' class
+        means and covariance, for task inference by Mahalanobis distance
+        (see :class:`~piggyback_avalanche.task_aware.models.MultiHeadModel`).
     """
 
     layer_types = PACKNET_LAYER_TYPES  # type: ignore[assignment]
@@ -48,8 +52,15 @@ class PackNetModel(TaskAwareModel):
         *,
         classifier: Union[str, nn.Module, None] = None,
         task_batchnorm: bool = True,
+        feature_statistics: bool = False,
     ) -> None:
-        super().__init__(backbone, classifier=classifier, task_batchnorm=task_batchnorm, layer_settings={})
+        super().__init__(
+            backbone,
+            classifier=classifier,
+            task_batchnorm=task_batchnorm,
+            feature_statistics=feature_statistics,
+            layer_settings={},
+        )
 
     def add_task(self, task: int, *, classes: Sequence[int], train_backbone: Optional[bool] = None) -> None:
         """Add a task to learn. As in the paper, the first task also trains the

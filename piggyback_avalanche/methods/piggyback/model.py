@@ -46,6 +46,10 @@ class PiggybackModel(TaskAwareModel):
         and statistics; ``False`` keeps the backbone's frozen for all tasks
         (trained only on the first experience with
         ``train_backbone_on_first_experience``).
+
+    :param feature_statistics: each task also keeps its features' class
+        means and covariance, for task inference by Mahalanobis distance
+        (see :class:`~piggyback_avalanche.task_aware.models.MultiHeadModel`).
     """
 
     layer_types = MASKED_LAYER_TYPES  # type: ignore[assignment]
@@ -60,6 +64,7 @@ class PiggybackModel(TaskAwareModel):
         mask_scale: float = 1e-2,
         threshold: float = 5e-3,
         task_batchnorm: bool = True,
+        feature_statistics: bool = False,
     ) -> None:
         mask_kind = get_mask_kind(threshold_fn)
         _check_mask_settings(mask_init=mask_init, mask_scale=mask_scale, threshold=threshold)
@@ -71,6 +76,7 @@ class PiggybackModel(TaskAwareModel):
             backbone,
             classifier=classifier,
             task_batchnorm=task_batchnorm,
+            feature_statistics=feature_statistics,
             layer_settings=dict(
                 mask_kind=mask_kind,
                 threshold=self.threshold,

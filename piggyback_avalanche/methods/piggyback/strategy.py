@@ -6,7 +6,6 @@ from torch.nn import Module
 
 from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.methods.piggyback.model import PiggybackModel
-from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, TaskAwareStrategy
 
 __all__ = ["Piggyback", "PIGGYBACK_PAPER_SETTINGS", "DEFAULT_MASK_LR"]
@@ -89,7 +88,7 @@ class Piggyback(TaskAwareStrategy):
 
     def refuse_before_training(self, experience: Any) -> None:
         super().refuse_before_training(experience)
-        tasks = sorted(experience_task_classes(experience))
+        tasks = sorted(self.experience_tasks(experience))
         if self.train_backbone_on_first_experience and not self.model.tasks and len(tasks) > 1:
             raise ValueError(
                 f"train_backbone_on_first_experience=True trains the backbone with the first experience's "
@@ -105,6 +104,6 @@ class Piggyback(TaskAwareStrategy):
         if not isinstance(piggyback, PiggybackModel):
             raise TypeError(f"Piggyback adapts a PiggybackModel, got {type(piggyback).__name__}.")
         if self.is_training and self.train_backbone_on_first_experience and not piggyback.tasks:
-            for task, classes in experience_task_classes(self.experience).items():
+            for task, classes in self.experience_tasks(self.experience).items():
                 piggyback.add_task(task, classes=classes, train_backbone=True)
         return super().model_adaptation(piggyback)

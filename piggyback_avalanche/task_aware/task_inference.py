@@ -1,0 +1,220 @@
+"""Task inference: which learned task an input belongs to, when the stream
+gives no task label at test time (class-incremental streams, or
+task-incremental ones with the labels withheld).
+
+Every candidate task computes the input (all of them in one stacked pass,
+see :meth:`MultiHeadModel.task_outputs`), a score says how much each task
+recognises it as its own, and the best-scoring task answers: per sample, or
+per mini-batch when every sample of a batch comes from one task (SupSup's
+"GNu" setting, an assumption on the data that belongs with every figure).
+"""
+
+import math
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple, get_args
+
+import torch
+from torch import Tensor
+
+from piggyback_avalanche.checks import check_count
+from piggyback_avalanche.task_aware.models import MultiHeadModel
+from piggyback_avalanche.task_aware.task_state import StackingUnsupportedError
+
+__all__ = [
+    "TaskInference",
+    "InferredTasks",
+    "TaskScore",
+    "TASK_SCORES",
+    "DEFAULT_TASK_SCORE",
+    "DEFAULT_STATISTICS_SCORE",
+    "DEFAULT_TASKS_PER_PASS",
+    "InferencePer",
+    "entropy_score",
+    "max_logit_score",
+    "energy_score",
+]
+
+InferencePer = Literal["sample", "batch"]
+"""Whether each sample gets its own task (``"sample"``) or each evaluation
+mini-batch one task for all its samples (``"batch"``)."""
+
+TaskScore = Callable[[Tensor, Tensor, MultiHeadModel, Sequence[int]], Tensor]
+"""``score(logits, features, model, tasks) -> (batch, T)``: how strongly each
+task claims each sample, higher is more; ``logits`` ``(batch, T, W)`` with
+``-inf`` where a task has no class, ``features`` ``(batch, T, F)`` (what
+each task's head reads)."""
+
+
+def _finite_logits(logits: Tensor) -> Tensor:
+    return logits.masked_fill(~torch.isfinite(logits), float("-inf"))
+
+
+def entropy_score(logits: Tensor, features: Tensor, model: MultiHeadModel, tasks: Sequence[int]) -> Tensor:
+    """Minus the entropy of each task's softmax over its classes (SupSup):
+    a task is confident on its own data."""
+    log_p = torch.log_softmax(_finite_logits(logits), dim=-1)
+    p = log_p.exp()
+    return torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
+
+
+def max_logit_score(logits: Tensor, features: Tensor, model: MultiHeadModel, tasks: Sequence[int]) -> Tensor:
+    """The largest logit of each task (Hendrycks et al., 2022)."""
+    return logits.amax(-1)
+
+
+def energy_score(logits: Tensor, features: Tensor, model: MultiHeadModel, tasks: Sequence[int]) -> Tensor:
+    """Minus the free energy, ``logsumexp`` of each task's logits over its
+    classes (Liu et al., 2020)."""
+    return torch.logsumexp(logits, dim=-1)
+
+
+TASK_SCORES: Dict[str, TaskScore] = {
+    "entropy": entropy_score,
+    "max_logit": max_logit_score,
+    "energy": energy_score,
+}
+"""The scores task inference can use, by name; a model that stores feature
+statistics adds its own (see :meth:`MultiHeadModel.task_scores`)."""
+
+DEFAULT_TASK_SCORE = "entropy"
+"""The default score of a model without feature statistics: the best of the
+logit scores per sample and per batch in BENCHMARKS.md."""
+
+DEFAULT_STATISTICS_SCORE = "relative_mahalanobis"
+"""The default score of a model with feature statistics (BENCHMARKS.md)."""
+
+DEFAULT_TASKS_PER_PASS = 32
+"""Tasks computed side by side in one pass: bounds the activation memory of
+task inference at this many times one task's."""
+
+
+@dataclass(frozen=True)
+class InferredTasks:
+    """What task inference answers for a batch.
+
+    :ivar logits: ``(batch, width)``: each sample's logits under its inferred
+        task, ``-inf`` at classes that task does not have.
+    :ivar tasks: ``(batch,)``: the inferred task of each sample.
+    """
+
+    logits: Tensor
+    tasks: Tensor
+
+
+class TaskInference:
+    """Infers the task of each input among a model's learned tasks and
+    answers with that task's logits.
+
+    :param per: ``"sample"`` (no assumption on the data) or ``"batch"`` (all
+        samples of a batch come from one task; SupSup's "GNu" setting).
+    :param score: a name from :data:`TASK_SCORES`, or one the model offers
+        (``"mahalanobis"``, ``"relative_mahalanobis"`` for a model with
+        feature statistics); ``None``: :data:`DEFAULT_STATISTICS_SCORE` for
+        a model with feature statistics, else :data:`DEFAULT_TASK_SCORE`.
+    :param tasks_per_pass: tasks computed side by side in one pass.
+    """
+
+    def __init__(
+        self,
+        *,
+        per: InferencePer,
+        score: Optional[str] = None,
+        tasks_per_pass: int = DEFAULT_TASKS_PER_PASS,
+    ) -> None:
+        if per not in get_args(InferencePer):
+            raise ValueError(f"per must be one of {list(get_args(InferencePer))}, got {per!r}.")
+        check_count("tasks_per_pass", tasks_per_pass)
+        self.per = per
+        self.score = score
+        self.tasks_per_pass = tasks_per_pass
+        # Per model: whether stacked passes agree with one pass per task.
+        self._stacking_works: "weakref.WeakKeyDictionary[MultiHeadModel, bool]" = weakref.WeakKeyDictionary()
+
+    def settings(self) -> Dict[str, object]:
+        """What the inference was built with, as plain values."""
+        return {"per": self.per, "score": self.score, "tasks_per_pass": self.tasks_per_pass}
+
+    def score_name(self, model: MultiHeadModel) -> str:
+        """The score used for ``model``."""
+        if self.score is not None:
+            return self.score
+        return DEFAULT_STATISTICS_SCORE if DEFAULT_STATISTICS_SCORE in model.task_scores() else DEFAULT_TASK_SCORE
+
+    def check_model(self, model: MultiHeadModel) -> None:
+        """Raise, naming the choices, if ``model`` cannot compute the score."""
+        if self.score_name(model) not in self._scores(model):
+            raise ValueError(
+                f"Unknown task-inference score {self.score!r} for a {type(model).__name__}; it offers "
+                f"{sorted(self._scores(model))}. Feature-statistics scores need a model built with them "
+                "(e.g. PiggybackModel(backbone, feature_statistics=True))."
+            )
+
+    @staticmethod
+    def _scores(model: MultiHeadModel) -> Dict[str, TaskScore]:
+        return {**TASK_SCORES, **model.task_scores()}
+
+    def task_scores(self, model: MultiHeadModel, x: Tensor, tasks: Sequence[int]) -> Tuple[Tensor, Tensor]:
+        """Each task's score and logits for each sample: ``(batch, T)`` and
+        ``(batch, T, W)``, the tasks computed ``tasks_per_pass`` at a time."""
+        self.check_model(model)
+        score = self._scores(model)[self.score_name(model)]
+        stacked = self._stacks(model, x, tasks)
+        scores: List[Tensor] = []
+        logits: List[Tensor] = []
+        for start in range(0, len(tasks), self.tasks_per_pass):
+            group = list(tasks[start : start + self.tasks_per_pass])
+            group_logits, features = model.task_outputs(x, group, stacked=stacked)
+            scores.append(score(group_logits, features, model, group))
+            logits.append(group_logits)
+        width = max(part.shape[-1] for part in logits)
+        padded = [torch.nn.functional.pad(part, (0, width - part.shape[-1]), value=-math.inf) for part in logits]
+        return torch.cat(scores, dim=1), torch.cat(padded, dim=1)
+
+    def __call__(self, model: MultiHeadModel, x: Tensor, *, width: Optional[int] = None) -> InferredTasks:
+        """Infer the task of each sample of ``x`` among the model's learned
+        tasks, and answer with its logits.
+
+        :param model: a model with at least one task, in eval mode.
+        :param x: the input batch.
+        :param width: the number of logits per sample (the classes of the
+            whole stream); at least the widest head's.
+        """
+        tasks = model.tasks
+        scores, logits = self.task_scores(model, x, tasks)
+        if self.per == "batch":
+            chosen = scores.mean(0).argmax().expand(x.shape[0])
+        else:
+            chosen = scores.argmax(1)
+        answer = logits[torch.arange(x.shape[0], device=x.device), chosen]
+        if width is not None and width > answer.shape[1]:
+            answer = torch.nn.functional.pad(answer, (0, width - answer.shape[1]), value=-math.inf)
+        labels = torch.as_tensor(tasks, device=x.device)[chosen]
+        return InferredTasks(logits=answer, tasks=labels)
+
+    def _stacks(self, model: MultiHeadModel, x: Tensor, tasks: Sequence[int]) -> bool:
+        """Whether stacked passes give this model's outputs: checked once per
+        model, on its first batch, against one pass per task."""
+        known = self._stacking_works.get(model)
+        if known is not None:
+            return known
+        group = list(tasks[: min(len(tasks), 2)])
+        try:
+            stacked, stacked_features = model.task_outputs(x, group)
+            single, single_features = model.task_outputs(x, group, stacked=False)
+            agree = torch.equal(torch.isfinite(stacked), torch.isfinite(single)) and all(
+                torch.allclose(a[torch.isfinite(a)], b[torch.isfinite(b)], rtol=1e-4, atol=1e-4)
+                for a, b in ((stacked, single), (stacked_features, single_features))
+            )
+            why = "its stacked outputs differ from one pass per task"
+        except StackingUnsupportedError as error:
+            agree, why = False, str(error)
+        if not agree:
+            warnings.warn(
+                f"Task inference computes each task of this {type(model).__name__} in its own pass, "
+                f"which costs one pass per task: the network cannot compute tasks side by side ({why}).",
+                stacklevel=3,
+            )
+        self._stacking_works[model] = agree
+        return agree
