@@ -111,28 +111,26 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
 
     def squared_distances(self, features: Tensor, tasks: Sequence[str]) -> Tensor:
         """Squared Mahalanobis distance of each sample to the nearest class
-        mean of each task, ``(batch, T)``, from features ``(batch, T, F)``."""
-        missing = [t for t in tasks if not self.has(t)]
-        if missing:
-            raise ValueError(
-                f"Task(s) {missing} have no feature statistics: they were learned by a strategy that did not "
-                "estimate them, or loaded from a file without them. Train them with a model built with "
-                "feature_statistics=True."
-            )
-        distances = []
+        mean of each task, ``(batch, T)``, from features ``(batch, T, F)``;
+        ``inf`` for a task without statistics yet (one still learning: its
+        statistics are estimated when it ends)."""
+        distances = features.new_full(features.shape[:2], float("inf"))
         for row, task in enumerate(tasks):
-            diff = features[:, row, None, :] - self.class_means[task]  # (batch, classes, F)
-            distances.append(torch.einsum("bcf,fg,bcg->bc", diff, self.precisions[task], diff).amin(1))
-        return torch.stack(distances, dim=1)
+            if self.has(task):
+                diff = features[:, row, None, :] - self.class_means[task]  # (batch, classes, F)
+                distances[:, row] = torch.einsum("bcf,fg,bcg->bc", diff, self.precisions[task], diff).amin(1)
+        return distances
 
-    def overall_squared_distances(self, features: Tensor, tasks: Sequence[str]) -> Tensor:
-        """Squared Mahalanobis distance of each sample to each task's overall
-        feature distribution, ``(batch, T)``."""
-        distances = []
+    def relative_squared_distances(self, features: Tensor, tasks: Sequence[str]) -> Tensor:
+        """:meth:`squared_distances` minus the squared distance to each
+        task's overall feature distribution, ``(batch, T)``; ``inf`` for a
+        task without statistics."""
+        distances = self.squared_distances(features, tasks)
         for row, task in enumerate(tasks):
-            diff = features[:, row, :] - self.means[task]
-            distances.append(torch.einsum("bf,fg,bg->b", diff, self.overall_precisions[task], diff))
-        return torch.stack(distances, dim=1)
+            if self.has(task):
+                diff = features[:, row, :] - self.means[task]
+                distances[:, row] -= torch.einsum("bf,fg,bg->b", diff, self.overall_precisions[task], diff)
+        return distances
 
     # --- what the module says about its state ----------------------------------
 

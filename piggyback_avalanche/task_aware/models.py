@@ -427,7 +427,8 @@ class MultiHeadModel(MultiTaskModule):
     def task_scores(self) -> Dict[str, Callable[..., Tensor]]:
         """Task-inference scores that need what this model stores, by name
         (see :data:`~piggyback_avalanche.task_aware.task_inference.TaskScore`):
-        the Mahalanobis scores when the model keeps feature statistics."""
+        the Mahalanobis scores when the model keeps feature statistics (a
+        task still learning has none yet, and claims no sample)."""
         statistics = self.feature_statistics
         if statistics is None:
             return {}
@@ -436,8 +437,7 @@ class MultiHeadModel(MultiTaskModule):
             return -statistics.squared_distances(features, [task_key(t) for t in tasks])
 
         def relative_mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
-            keys = [task_key(t) for t in tasks]
-            return statistics.overall_squared_distances(features, keys) - statistics.squared_distances(features, keys)
+            return -statistics.relative_squared_distances(features, [task_key(t) for t in tasks])
 
         return {"mahalanobis": mahalanobis, "relative_mahalanobis": relative_mahalanobis}
 

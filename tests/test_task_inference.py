@@ -1,0 +1,252 @@
+"""Task inference on class-incremental streams, through Avalanche's loop."""
+
+import pytest
+import torch
+from torch import nn
+
+from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as dataset
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
+
+from piggyback_avalanche import PackNet, Piggyback, PiggybackModel
+from piggyback_avalanche.app.backbones import mlp, small_cnn, small_resnet
+from piggyback_avalanche.evaluation.evaluator import default_evaluator
+from piggyback_avalanche.evaluation.task_inference_accuracy import (
+    TaskInferenceAccuracy,
+    task_inference_accuracy_metrics,
+)
+from piggyback_avalanche.methods.packnet.model import PackNetModel
+from piggyback_avalanche.task_aware import MultiHeadModel
+from piggyback_avalanche.task_aware.task_inference import TaskInference
+
+from conftest import synthetic_tasks, tiny_conv_net
+
+CLASSES = [[0, 1], [2, 3], [4, 5]]
+
+
+def _class_incremental(*, task_labels: bool = False):
+    """Three experiences of two classes; each experience's inputs also carry a
+    bright band of their own, so that the right task is unmistakable."""
+    parts = synthetic_tasks(CLASSES, n_train=60, n_test=30)
+    for k, (x_train, _, x_test, _) in enumerate(parts):
+        x_train[:, :, 2 * k : 2 * k + 2, :] += 4.0
+        x_test[:, :, 2 * k : 2 * k + 2, :] += 4.0
+    train = dataset(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    test = dataset(torch.cat([p[2] for p in parts]), torch.cat([p[3] for p in parts]))
+    return nc_benchmark(train, test, n_experiences=3, task_labels=task_labels, fixed_class_order=list(range(6)))
+
+
+def _evaluator():
+    return EvaluationPlugin(accuracy_metrics(experience=True, stream=True), *task_inference_accuracy_metrics())
+
+
+def _inputs(experience):
+    samples = [experience.dataset[i] for i in range(len(experience.dataset))]
+    return torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples])
+
+
+def _train(strategy, benchmark, **kwargs):
+    results = None
+    for experience in benchmark.train_stream:
+        strategy.train(experience, **kwargs)
+        results = strategy.eval(benchmark.test_stream)
+    return results
+
+
+@pytest.mark.parametrize("per", ["sample", "batch"])
+def test_separable_tasks_are_inferred_exactly_through_avalanches_loop(per):
+    benchmark = _class_incremental()
+    model = PiggybackModel(tiny_conv_net(6), feature_statistics=True)
+    strategy = Piggyback(
+        model=model, task_inference=per, train_epochs=3, eval_every=1, eval_mb_size=16, evaluator=_evaluator()
+    )
+    results = _train(strategy, benchmark, eval_streams=[benchmark.test_stream])
+    assert model.tasks == [0, 1, 2]
+    assert results["TaskInference_Acc_Stream/eval_phase/test_stream"] == 1.0
+    for k in range(3):
+        assert results[f"TaskInference_Acc_Exp/eval_phase/test_stream/Task000/Exp{k:03d}"] == 1.0
+    # With every task right, the answer is the task-aware answer, in the global label space.
+    model.eval()
+    right = 0
+    for k, experience in enumerate(benchmark.test_stream):
+        x, y = _inputs(experience)
+        inferred = TaskInference(per=per)(model, x, width=6)
+        assert inferred.tasks.tolist() == [k] * len(y)
+        assert inferred.logits.shape == (len(y), 6)
+        assert torch.equal(
+            inferred.logits, nn.functional.pad(model(x, k), (0, 6 - model(x, k).shape[1]), value=-torch.inf)
+        )
+        assert set(inferred.logits.argmax(1).tolist()) <= set(CLASSES[k])
+        right += int((inferred.logits.argmax(1) == y).sum())
+    assert results["Top1_Acc_Stream/eval_phase/test_stream/Task000"] == pytest.approx(right / 90)
+
+
+class _WrongTaskLabels(SupervisedPlugin):
+    """Overwrites every evaluation sample's task label with a wrong one."""
+
+    def before_eval_forward(self, strategy, **kwargs):
+        strategy.mbatch[-1] = (strategy.mbatch[-1] + 1) % 3
+
+
+def test_task_labels_are_never_read_at_evaluation():
+    benchmark = _class_incremental()
+    labelled = _class_incremental(task_labels=True)  # the same data, with task labels 0, 1, 2
+    wrong = _WrongTaskLabels()
+    strategy = Piggyback(
+        model=PiggybackModel(tiny_conv_net(6), feature_statistics=True),
+        task_inference="sample",
+        train_epochs=2,
+        evaluator=_evaluator(),
+        plugins=[wrong],
+    )
+    strategy.plugins.remove(wrong)
+    without = _train(strategy, benchmark)
+    with_labels = strategy.eval(labelled.test_stream)
+    strategy.plugins.append(wrong)
+    with_wrong_labels = strategy.eval(labelled.test_stream)
+    assert without["TaskInference_Acc_Stream/eval_phase/test_stream"] == 1.0
+    for results in (with_labels, with_wrong_labels):
+        assert results["TaskInference_Acc_Stream/eval_phase/test_stream"] == 1.0
+        for k in range(3):
+            assert (
+                results[f"Top1_Acc_Exp/eval_phase/test_stream/Task{k:03d}/Exp{k:03d}"]
+                == without[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{k:03d}"]
+            )
+
+
+def test_packnet_infers_tasks_with_the_same_code():
+    benchmark = _class_incremental()
+    strategy = PackNet(
+        model=PackNetModel(tiny_conv_net(6), feature_statistics=True),
+        task_inference="batch",
+        train_epochs=2,
+        evaluator=_evaluator(),
+    )
+    results = _train(strategy, benchmark)
+    assert results["TaskInference_Acc_Stream/eval_phase/test_stream"] == 1.0
+
+
+def test_a_class_incremental_stream_without_inference_is_still_refused_and_inference_off_infers_nothing():
+    benchmark = _class_incremental(task_labels=True)
+    strategy = Piggyback(
+        model=PiggybackModel(tiny_conv_net(6)), train_epochs=1, evaluator=default_evaluator(interactive=False)
+    )
+    strategy.train(benchmark.train_stream[0])
+    results = strategy.eval(benchmark.test_stream[:1])
+    assert strategy.mb_inferred_tasks is None
+    assert not [name for name in results if name.startswith("TaskInference")]
+    with pytest.raises(ValueError, match="shares task label"):
+        Piggyback(model=PiggybackModel(tiny_conv_net(6)), train_epochs=1, evaluator=None).train(
+            _class_incremental().train_stream[0]
+        )
+
+
+def _frozen_model(model, tasks=4):
+    torch.manual_seed(0)
+    for task in range(tasks):
+        model.add_task(task, classes=list(range(2 * task, 2 * task + 2)) if task % 2 else list(range(10)))
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.requires_grad:
+                    parameter.add_(torch.randn_like(parameter) * 0.1)
+        if hasattr(model, "prune"):
+            model.prune(0.5)
+        if hasattr(model, "freeze_task"):
+            model.freeze_task(task)
+    return model.eval()
+
+
+@pytest.mark.parametrize("backbone", [small_cnn, small_resnet, lambda: mlp(input_shape=(1, 16, 16))])
+@pytest.mark.parametrize("model_type", [PiggybackModel, PackNetModel, MultiHeadModel])
+def test_stacked_tasks_give_the_outputs_of_one_pass_per_task(backbone, model_type):
+    model = _frozen_model(model_type(backbone()))
+    x = torch.randn(5, 1, 16, 16)
+    stacked, stacked_features = model.task_outputs(x, [0, 1, 2, 3])
+    single, single_features = model.task_outputs(x, [0, 1, 2, 3], stacked=False)
+    assert stacked.shape == (5, 4, 10) and stacked_features.shape == single_features.shape
+    assert torch.equal(torch.isinf(stacked), torch.isinf(single))
+    finite = torch.isfinite(single)
+    assert torch.allclose(stacked[finite], single[finite], rtol=1e-4, atol=1e-4)
+    assert torch.allclose(stacked_features, single_features, rtol=1e-4, atol=1e-4)
+
+
+class _Twice(nn.Module):
+    def forward(self, x):
+        return torch.cat([x, x], dim=1)
+
+
+def test_a_network_that_cannot_stack_tasks_falls_back_to_one_pass_per_task_with_a_warning():
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), _Twice(), nn.ReLU(), nn.Linear(16, 4))
+    model = _frozen_model(PiggybackModel(backbone), tasks=2)
+    x = torch.randn(6, 1, 4, 4)
+    with pytest.warns(UserWarning, match="one pass per task"):
+        inferred = TaskInference(per="sample", score="max_logit")(model, x)
+    logits = torch.stack([model(x, 0), nn.functional.pad(model(x, 1), (0, 6))], dim=1)
+    assert torch.equal(inferred.tasks, logits.amax(-1).argmax(1))
+
+
+def test_task_inference_accuracy_on_a_hand_made_case():
+    metric = TaskInferenceAccuracy()
+    assert metric.result() is None
+    metric.update(torch.tensor([1, 1, 0, 2]), 1)
+    assert metric.result() == 0.5
+    metric.update(torch.tensor([3]), 3)
+    assert metric.result() == pytest.approx(3 / 5)
+    metric.reset()
+    assert metric.result() is None
+
+
+def test_feature_statistics_are_the_class_means_and_count_in_the_stored_bytes():
+    torch.manual_seed(0)
+    backbone = tiny_conv_net(6)
+    plain, with_statistics = PiggybackModel(backbone), PiggybackModel(backbone, feature_statistics=True)
+    x, y = torch.randn(40, 1, 8, 8), torch.arange(40) % 2
+    for model in (plain, with_statistics):
+        model.add_task(0, classes=[0, 1])
+        model.freeze_task(0)
+    with_statistics.fit_feature_statistics(0, [(x[:25], y[:25]), (x[25:], y[25:])])
+    features = with_statistics.eval().task_outputs(x, [0])[1][:, 0]
+    means = with_statistics.feature_statistics.class_means["0"]
+    assert torch.allclose(means, torch.stack([features[y == c].mean(0) for c in (0, 1)]), atol=1e-5)
+    f = 16  # the heads' input
+    assert with_statistics.stored_bytes() - plain.stored_bytes() == 4 * (2 * f + f + 2 * f * f)
+    # Each sample is nearest its own class mean in the task's Mahalanobis distance.
+    distances = with_statistics.task_scores()["mahalanobis"](None, features[:, None], with_statistics, [0])
+    assert distances.shape == (40, 1) and (distances <= 0).all()
+
+
+def test_bad_settings_are_refused_before_any_work():
+    with pytest.raises(ValueError, match="per must be one of"):
+        TaskInference(per="pixel")
+    with pytest.raises(ValueError, match=r"feature_statistics=True"):
+        Piggyback(
+            model=PiggybackModel(tiny_conv_net(6)), task_inference=TaskInference(per="sample", score="mahalanobis")
+        )
+    benchmark = _class_incremental()
+    strategy = Piggyback(
+        model=PiggybackModel(tiny_conv_net(6)), task_inference="sample", train_epochs=1, evaluator=None
+    )
+    strategy.train(benchmark.train_stream[0])
+    state = {k: v.clone() for k, v in strategy.model.state_dict().items()}
+    with pytest.raises(ValueError, match="Experience 0 was learned already"):
+        strategy.train(benchmark.train_stream[0])
+    after = strategy.model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
+
+
+def test_task_files_carry_the_feature_statistics(tmp_path):
+    benchmark = _class_incremental()
+    backbone = tiny_conv_net(6)
+    strategy = Piggyback(
+        model=PiggybackModel(backbone, feature_statistics=True), task_inference="sample", train_epochs=1, evaluator=None
+    )
+    _train(strategy, benchmark)
+    strategy.model.save_tasks(tmp_path / "tasks.pt")
+    loaded = PiggybackModel(backbone, feature_statistics=True)
+    assert loaded.load_tasks(tmp_path / "tasks.pt") == [0, 1, 2]
+    x = torch.cat([_inputs(experience)[0] for experience in benchmark.test_stream])
+    expected = TaskInference(per="sample")(strategy.model.eval(), x)
+    found = TaskInference(per="sample")(loaded.eval(), x)
+    assert torch.equal(found.tasks, expected.tasks) and torch.equal(found.logits, expected.logits)
+    assert found.tasks.tolist() == [0] * 30 + [1] * 30 + [2] * 30
