@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import synthetic_tasks, tiny_conv_net
 from torch import nn
 
 from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
@@ -19,8 +20,6 @@ from piggyback_avalanche.evaluation.task_inference_accuracy import (
 from piggyback_avalanche.methods.packnet.model import PackNetModel
 from piggyback_avalanche.task_aware import MultiHeadModel
 from piggyback_avalanche.task_aware.task_inference import TaskInference
-
-from conftest import synthetic_tasks, tiny_conv_net
 
 CLASSES = [[0, 1], [2, 3], [4, 5]]
 
