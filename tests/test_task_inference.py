@@ -1,5 +1,8 @@
 """Task inference on class-incremental streams, through Avalanche's loop."""
 
+import math
+import re
+
 import pytest
 import torch
 from conftest import synthetic_tasks, tiny_conv_net
@@ -12,6 +15,7 @@ from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 
 from piggyback_avalanche import PackNet, Piggyback, PiggybackModel
 from piggyback_avalanche.app.backbones import mlp, small_cnn, small_resnet
+from piggyback_avalanche.app.runner import main, run_benchmark
 from piggyback_avalanche.evaluation.evaluator import default_evaluator
 from piggyback_avalanche.evaluation.task_inference_accuracy import (
     TaskInferenceAccuracy,
@@ -73,9 +77,10 @@ def test_separable_tasks_are_inferred_exactly_through_avalanches_loop(per):
         inferred = TaskInference(per=per)(model, x, width=6)
         assert inferred.tasks.tolist() == [k] * len(y)
         assert inferred.logits.shape == (len(y), 6)
-        assert torch.equal(
-            inferred.logits, nn.functional.pad(model(x, k), (0, 6 - model(x, k).shape[1]), value=-torch.inf)
-        )
+        task_aware = nn.functional.pad(model(x, k), (0, 4 - 2 * k), value=-torch.inf)
+        assert torch.equal(torch.isinf(inferred.logits), torch.isinf(task_aware))
+        finite = torch.isfinite(task_aware)
+        assert torch.allclose(inferred.logits[finite], task_aware[finite], atol=1e-5)
         assert set(inferred.logits.argmax(1).tolist()) <= set(CLASSES[k])
         right += int((inferred.logits.argmax(1) == y).sum())
     assert results["Top1_Acc_Stream/eval_phase/test_stream/Task000"] == pytest.approx(right / 90)
@@ -209,10 +214,12 @@ def test_feature_statistics_are_the_class_means_and_count_in_the_stored_bytes():
     means = with_statistics.feature_statistics.class_means["0"]
     assert torch.allclose(means, torch.stack([features[y == c].mean(0) for c in (0, 1)]), atol=1e-5)
     f = 16  # the heads' input
-    assert with_statistics.stored_bytes() - plain.stored_bytes() == 4 * (2 * f + f + 2 * f * f)
-    # Each sample is nearest its own class mean in the task's Mahalanobis distance.
-    distances = with_statistics.task_scores()["mahalanobis"](None, features[:, None], with_statistics, [0])
-    assert distances.shape == (40, 1) and (distances <= 0).all()
+    assert with_statistics.stored_bytes() - plain.stored_bytes() == 4 * (2 * f + f + 2 * f * f + 4)
+    # Scores are standardised by the task's own training data: mean 0, spread 1 there.
+    for name in ("mahalanobis", "relative_mahalanobis"):
+        scores = with_statistics.task_scores()[name](None, features[:, None], with_statistics, [0])
+        assert scores.shape == (40, 1)
+        assert abs(scores.mean().item()) < 1e-4 and scores.std().item() == pytest.approx(1.0, abs=1e-4)
 
 
 def test_bad_settings_are_refused_before_any_work():
@@ -249,3 +256,47 @@ def test_task_files_carry_the_feature_statistics(tmp_path):
     found = TaskInference(per="sample")(loaded.eval(), x)
     assert torch.equal(found.tasks, expected.tasks) and torch.equal(found.logits, expected.logits)
     assert found.tasks.tolist() == [0] * 30 + [1] * 30 + [2] * 30
+
+
+def test_the_runner_runs_a_class_incremental_stream_with_exemplars_counted(tmp_path):
+    config = {"train_epochs": 1, "train_mb_size": 64, "pretrain_epochs": 1}
+    results = run_benchmark(
+        stream="split_digits",
+        backbone="mlp",
+        strategies=["piggyback[task_inference=batch]", "naive", "replay"],
+        seeds=[0],
+        out_dir=tmp_path,
+        config={k: v for k, v in config.items() if k != "pretrain_epochs"},
+        pretrain_epochs=1,
+        scenario="class_incremental",
+        log=lambda line: None,
+    )
+    batch, naive, replay = (results[s]["runs"][0] for s in results)
+    assert math.isnan(naive["average_task_inference"])
+    # Fine-tuning one head forgets; with every batch's task inferred right, nothing is forgotten.
+    assert batch["task_inference_accuracy"] == [1.0] * 5
+    assert batch["average_forgetting"] == 0.0 < naive["average_forgetting"]
+    # The replay buffer's 200 images (1 x 16 x 16 float32), class and task labels (int64), and
+    # the float32 sampling weight Avalanche's reservoir keeps per exemplar count in the stored size.
+    assert replay["model_bytes"] - naive["model_bytes"] == 200 * (16 * 16 * 4 + 8 + 8 + 4)
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert "task inference (%)" in table[0] and "| 100.0 |" in table[2]
+    assert table[3].startswith("| naive |") and "| – |" in table[3]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--stream", "split_digits"], "has no task labels: run it with --scenario class_incremental"),
+        (
+            ["--stream", "split_digits", "--scenario", "class_incremental", "--strategies", "packnet_avalanche"],
+            r"\['packnet_avalanche'\] cannot learn without task labels",
+        ),
+    ],
+)
+def test_the_runner_refuses_a_scenario_a_stream_or_strategy_cannot_run(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())

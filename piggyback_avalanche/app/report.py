@@ -55,12 +55,15 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
 
     keys = ("average_accuracy", "average_forgetting", "bwt", "model_bytes", "networks", "train_seconds")
     summary: Dict[str, Any] = {k: mean_std([r[k] for r in runs]) for k in keys}
+    # Results saved before task inference existed have no such figure.
+    summary["average_task_inference"] = mean_std([r.get("average_task_inference", math.nan) for r in runs])
     summary["accuracy"] = [mean_std(list(task)) for task in zip(*(r["accuracy"] for r in runs))]
     return summary
 
 
 COLUMNS = [
     "avg accuracy (%)",
+    "task inference (%)",
     "avg forgetting (points)",
     "BWT (points)",
     "size (MB)",
@@ -89,6 +92,7 @@ def _cells(results: Dict[str, Dict[str, Any]]) -> List[Tuple[str, int, Dict[str,
                 COLUMNS,
                 [
                     cell(s["average_accuracy"]),
+                    cell(s["average_task_inference"]),
                     cell(s["average_forgetting"]),
                     cell(s["bwt"]),
                     cell(s["model_bytes"], 1e-6, 2),
@@ -108,7 +112,10 @@ def format_markdown(results: Dict[str, Dict[str, Any]]) -> str:
     header = ["strategy", *table[0][2]]
     rows = []
     for name, seeds, cells in table:
-        shown = [f"{m:.{d}f} ± {s:.{d}f}" if seeds > 1 else f"{m:.{d}f}" for m, s, d in cells.values()]
+        shown = [
+            "–" if math.isnan(m) else f"{m:.{d}f} ± {s:.{d}f}" if seeds > 1 else f"{m:.{d}f}"
+            for m, s, d in cells.values()
+        ]
         rows.append([name, *shown])
     return markdown_table(header, rows)
 

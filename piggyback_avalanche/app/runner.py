@@ -43,7 +43,13 @@ from piggyback_avalanche.benchmarks.datasets import (
     classic_task_stream,
     fine_grained_stream,
 )
-from piggyback_avalanche.benchmarks.offline import DIGITS_TASKS, SourceTask, digits_task_stream, mnist_transfer_stream
+from piggyback_avalanche.benchmarks.offline import (
+    DIGITS_TASKS,
+    SourceTask,
+    class_incremental_stream,
+    digits_task_stream,
+    mnist_transfer_stream,
+)
 from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.evaluation.evaluator import default_evaluator
 from piggyback_avalanche.evaluation.model_size import ModelSize
@@ -63,7 +69,10 @@ from piggyback_avalanche.training.registry import available_strategies, make_str
 
 __all__ = [
     "STREAMS",
+    "CLASS_INCREMENTAL_STREAMS",
+    "SCENARIOS",
     "BACKBONES",
+    "check_scenario",
     "EpochTimer",
     "parse_strategy",
     "strategy_settings",
@@ -99,12 +108,23 @@ STREAMS: Dict[str, StreamBuilder] = {
     "mnist_transfer_reversed": _no_data_root(lambda seed: mnist_transfer_stream(seed=seed, reverse_tasks=True)),
     "digits": _no_data_root(lambda seed: (None, digits_task_stream(seed=seed))),
     "digits_reversed": _no_data_root(lambda seed: (None, digits_task_stream(DIGITS_TASKS[::-1], seed=seed))),
+    "split_mnist": _no_data_root(lambda seed: class_incremental_stream("mnist", seed=seed)),
+    "split_digits": _no_data_root(lambda seed: class_incremental_stream("digits", seed=seed)),
     **{name: _classic(name) for name in CLASSIC_STREAMS},
     "fine_grained": _fine_grained,
 }
 """Stream names and their builders (see :data:`StreamBuilder`): the offline
 streams (``*_reversed``: the same tasks in the reverse order, for order
-effects), Avalanche's classic benchmarks and the paper's fine-grained tasks."""
+effects; ``split_*``: class-incremental, without task labels), Avalanche's
+classic benchmarks and the paper's fine-grained tasks."""
+
+CLASS_INCREMENTAL_STREAMS = frozenset({"split_mnist", "split_digits"})
+"""Streams without task labels: they run only in the class-incremental scenario."""
+
+SCENARIOS = ("task_incremental", "class_incremental")
+"""``task_incremental``: task labels at training and test time;
+``class_incremental``: none at test time (each strategy's
+:attr:`~piggyback_avalanche.training.registry.RegisteredStrategy.class_incremental_settings`)."""
 
 
 def pretrain(
@@ -185,8 +205,10 @@ def train_and_evaluate(
         (:func:`~piggyback_avalanche.training.checkpoints.supports_experience_checkpoint`); others
         start over. Training time then counts this process only.
     :return: per-task final accuracy, average accuracy, average forgetting
-        and BWT (over all but the last task), model size (bytes and × one
-        network), training seconds, seconds per epoch and epochs run.
+        and BWT (over all but the last task), task-inference accuracy per
+        task and on average (NaN for strategies given task labels), model
+        size (bytes, exemplars included, and × one network), training
+        seconds, seconds per epoch and epochs run.
     """
     timer = EpochTimer()
     evaluator = default_evaluator(tb_dir=log_dir, interactive=False)
@@ -215,10 +237,17 @@ def train_and_evaluate(
     seconds = time.perf_counter() - started
     n = len(stream)
 
-    def per_task(prefix: str, tasks: int) -> List[float]:
-        return [metrics.get(f"{prefix}/eval_phase/test_stream/Task{t:03d}/Exp{t:03d}", 0.0) for t in range(tasks)]
+    def per_task(prefix: str, tasks: int, missing: float = 0.0) -> List[float]:
+        # Experience t's value, whatever task label the stream gives it (none, or 0 for all, in class-incremental streams).
+        found = {
+            int(name.rsplit("/Exp", 1)[1]): value
+            for name, value in metrics.items()
+            if name.startswith(f"{prefix}/eval_phase/test_stream/") and "/Exp" in name
+        }
+        return [found.get(t, missing) for t in range(tasks)]
 
     accuracy = per_task("Top1_Acc_Exp", n)
+    task_inference = per_task("TaskInference_Acc_Exp", n, missing=math.nan)
     size = ModelSize()
     size.update(strategy)
     matrix = next(m for m in evaluator.metrics if str(m) == "AccuracyMatrix").result()
@@ -232,6 +261,9 @@ def train_and_evaluate(
         "average_accuracy": sum(accuracy) / n,
         "average_forgetting": _mean(per_task("ExperienceForgetting", n - 1)),
         "bwt": _mean(per_task("ExperienceBWT", n - 1)),
+        # Share of test samples whose inferred task is right (strategies that infer tasks; else NaN).
+        "task_inference_accuracy": task_inference,
+        "average_task_inference": sum(task_inference) / n,
         "model_bytes": size.result()["bytes"],
         "networks": size.result()["bytes"] / one_network,
         "train_seconds": seconds,
@@ -285,6 +317,7 @@ def run_benchmark(
     pretrain_epochs: int = 5,
     data_root: Optional[Path] = None,
     crop_size: int = 224,
+    scenario: str = "task_incremental",
     log: Callable[[str], None] = print,
 ) -> Dict[str, Dict[str, Any]]:
     """Run every (strategy, seed), reusing runs already saved under
@@ -303,11 +336,16 @@ def run_benchmark(
         either, Piggyback trains the backbone on the first experience.
     :param data_root: where downloaded streams keep their data.
     :param crop_size: image side of the fine-grained stream.
+    :param scenario: one of :data:`SCENARIOS`; streams without task labels
+        (:data:`CLASS_INCREMENTAL_STREAMS`) need ``"class_incremental"``.
     :return: ``{strategy: {"runs": [result per seed], "summary": {...}}}``.
+    :raises ValueError: for a scenario the stream or a strategy cannot run,
+        before any training.
     :raises DatasetUnavailableError: if the stream's data is missing and
         cannot be downloaded.
     :raises WeightsUnavailableError: likewise for pretrained weights.
     """
+    check_scenario(scenario, stream, [parse_strategy(spec)[0] for spec in strategies])
     removed = remove_partial_files(out_dir)
     if removed:
         log(f"removed {len(removed)} partial file(s) that an interrupted run left in {out_dir}")
@@ -322,6 +360,8 @@ def run_benchmark(
             source, benchmark = built[seed]
             pretrains = source is not None and not pretrained
             settings = strategy_settings(name, config, untrained_backbone=source is None and not pretrained)
+            if scenario == "class_incremental":
+                settings.update(registered_strategy(name).class_incremental_settings or {})
             settings.update(variant)
             key = _run_key(
                 stream=stream,
@@ -428,6 +468,24 @@ def strategy_settings(name: str, config: Dict[str, Any], *, untrained_backbone: 
     return settings
 
 
+def check_scenario(scenario: str, stream: str, strategies: Sequence[str]) -> None:
+    """Refuse a scenario that the stream or one of the strategies cannot run.
+
+    :raises ValueError: naming the problem and the fix.
+    """
+    if scenario not in SCENARIOS:
+        raise ValueError(f"Unknown scenario {scenario!r}; choose one of {list(SCENARIOS)}.")
+    if scenario == "task_incremental" and stream in CLASS_INCREMENTAL_STREAMS:
+        raise ValueError(f"The {stream} stream has no task labels: run it with --scenario class_incremental.")
+    if scenario == "class_incremental":
+        unable = [name for name in strategies if registered_strategy(name).class_incremental_settings is None]
+        if unable:
+            raise ValueError(
+                f"{unable} cannot learn without task labels; drop them from --strategies for "
+                "--scenario class_incremental."
+            )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="piggyback-bench",
@@ -441,6 +499,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--list-configs", action="store_true", help="list the shipped presets and exit")
     add("--stream", default="mnist_transfer", help=f"one of {sorted(STREAMS)}")
+    add(
+        "--scenario",
+        default="task_incremental",
+        choices=SCENARIOS,
+        help="class_incremental: no task labels at test time (ours infer the task; Avalanche's baselines use one head)",
+    )
     add("--data-root", type=Path, help="folder of the downloaded streams' data (default: Avalanche's)")
     add("--crop-size", type=int, default=224, help="image side of the fine_grained stream")
     add("--backbone", default="small_cnn", help=f"one of {sorted(BACKBONES)}")
@@ -552,6 +616,10 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     unknown = [name for name, _ in parsed if name not in available_strategies()]
     if unknown:
         parser.error(f"unknown strategies {unknown}; choose from {available_strategies()}")
+    try:
+        check_scenario(args.scenario, args.stream, [name for name, _ in parsed])
+    except ValueError as error:
+        parser.error(str(error))
     for spec, (name, variant) in zip(args.strategies, parsed):
         accepted = registered_strategy(name).accepted(variant)
         if accepted != variant:
@@ -627,6 +695,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pretrain_epochs=args.pretrain_epochs,
             data_root=args.data_root,
             crop_size=args.crop_size,
+            scenario=args.scenario,
         )
     except (DatasetUnavailableError, WeightsUnavailableError, CheckpointError, ValueError) as error:
         _parser().exit(2, f"piggyback-bench: error: {error}\n")

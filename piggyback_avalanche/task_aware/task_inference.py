@@ -13,7 +13,7 @@ import math
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Literal, Optional, Sequence, get_args
+from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple, get_args
 
 import torch
 from torch import Tensor
@@ -155,24 +155,29 @@ class TaskInference:
     def _scores(model: MultiHeadModel) -> Dict[str, TaskScore]:
         return {**TASK_SCORES, **model.task_scores()}
 
-    def task_scores(self, model: MultiHeadModel, x: Tensor, tasks: Sequence[int]) -> Tensor:
-        """Each task's score for each sample, ``(batch, T)``, the tasks
-        computed ``tasks_per_pass`` at a time."""
+    def task_scores(self, model: MultiHeadModel, x: Tensor, tasks: Sequence[int]) -> Tuple[Tensor, Tensor]:
+        """Each task's score for each sample, ``(batch, T)``, and its logits,
+        ``(batch, T, W)``; the tasks computed ``tasks_per_pass`` at a time."""
         self.check_model(model)
         score = self._scores(model)[self.score_name(model)]
         stacked = self._stacks(model, x, tasks)
         scores: List[Tensor] = []
+        logits: List[Tensor] = []
         for start in range(0, len(tasks), self.tasks_per_pass):
             group = list(tasks[start : start + self.tasks_per_pass])
-            logits, features = model.task_outputs(x, group, stacked=stacked)
-            scores.append(score(logits, features, model, group))
-        return torch.cat(scores, dim=1)
+            group_logits, features = model.task_outputs(x, group, stacked=stacked)
+            scores.append(score(group_logits, features, model, group))
+            logits.append(group_logits)
+        width = max(part.shape[-1] for part in logits)
+        padded = [torch.nn.functional.pad(part, (0, width - part.shape[-1]), value=-math.inf) for part in logits]
+        return torch.cat(scores, dim=1), torch.cat(padded, dim=1)
 
     @torch.no_grad()
     def __call__(self, model: MultiHeadModel, x: Tensor, *, width: Optional[int] = None) -> InferredTasks:
         """Infer the task of each sample of ``x`` among the model's learned
-        tasks, and answer with its logits: exactly what ``model(x, tasks)``
-        gives for the inferred tasks (one more pass, split by task).
+        tasks, and answer with its logits: those of the pass that scored the
+        tasks, equal to ``model(x, tasks)`` for the inferred tasks up to
+        floating-point rounding (stacked tasks run other kernels).
 
         :param model: a model with at least one task, in eval mode.
         :param x: the input batch.
@@ -180,14 +185,12 @@ class TaskInference:
             whole stream); at least the widest head's.
         """
         tasks = model.tasks
-        scores = self.task_scores(model, x, tasks)
+        scores, logits = self.task_scores(model, x, tasks)
         chosen = scores.mean(0).argmax().expand(x.shape[0]) if self.per == "batch" else scores.argmax(1)
-        labels = torch.as_tensor(tasks, device=x.device)[chosen]
-        answer = model(x, labels)
-        assert isinstance(answer, Tensor)
+        answer = logits[torch.arange(x.shape[0], device=x.device), chosen]
         if width is not None and width > answer.shape[1]:
             answer = torch.nn.functional.pad(answer, (0, width - answer.shape[1]), value=-math.inf)
-        return InferredTasks(logits=answer, tasks=labels)
+        return InferredTasks(logits=answer, tasks=torch.as_tensor(tasks, device=x.device)[chosen])
 
     def _stacks(self, model: MultiHeadModel, x: Tensor, tasks: Sequence[int]) -> bool:
         """Whether stacked passes give this model's outputs: checked once per

@@ -10,7 +10,7 @@ Add your own with :func:`register_strategy`.
 import copy
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -19,9 +19,11 @@ from torch.nn import CrossEntropyLoss
 from avalanche.models.packnet import PackNetModel as AvalanchePackNetModel
 from avalanche.training import (
     AGEM,
+    DER,
     EWC,
     MAS,
     Cumulative,
+    GDumb,
     JointTraining,
     LwF,
     Naive,
@@ -83,6 +85,10 @@ class RegisteredStrategy:
         streams without a pretrained backbone (``None``: it has none).
     :param trains_on_whole_stream: ``train()`` takes the whole stream at once
         (joint training) instead of one experience at a time.
+    :param class_incremental_settings: the settings that make the strategy
+        learn a stream without task labels at test time (class-incremental):
+        task inference for ours, one head over all classes for Avalanche's
+        baselines; ``None``: it cannot.
     """
 
     name: str
@@ -91,6 +97,7 @@ class RegisteredStrategy:
     settings: Optional[FrozenSet[str]]
     untrained_backbone_setting: Optional[str] = None
     trains_on_whole_stream: bool = False
+    class_incremental_settings: Optional[Mapping[str, Any]] = None
 
     def accepted(self, config: Dict[str, Any]) -> Dict[str, Any]:
         """The entries of ``config`` the builder takes."""
@@ -124,6 +131,7 @@ def register_strategy(
     settings: Optional[Iterable[str]] = None,
     untrained_backbone_setting: Optional[str] = None,
     trains_on_whole_stream: bool = False,
+    class_incremental_settings: Optional[Mapping[str, Any]] = None,
 ) -> Callable[[StrategyBuilder], StrategyBuilder]:
     """Register a strategy builder under ``name``, with what callers need to
     know of it (see :class:`RegisteredStrategy`).
@@ -149,6 +157,7 @@ def register_strategy(
             settings=frozenset(settings) if settings is not None else (None if open_ended else named),
             untrained_backbone_setting=untrained_backbone_setting,
             trains_on_whole_stream=trains_on_whole_stream,
+            class_incremental_settings=class_incremental_settings,
         )
         return builder
 
@@ -202,11 +211,17 @@ def _register_ours(name: str, strategy_class: type, model_class: type, **default
         return strategy_class(model=model_class(backbone, **model_config), **strategy_config)
 
     build.__doc__ = f"{strategy_class.__name__} on a {model_class.__name__}."
+    model_settings = _own_settings(model_class)
+    # Without task labels: infer them, with feature statistics where the model keeps them.
+    class_incremental: Dict[str, Any] = {"task_inference": "sample"}
+    if "feature_statistics" in model_settings:
+        class_incremental["feature_statistics"] = True
     register_strategy(
         name,
         # The strategy builds its own optimizer; the model takes only its own arguments.
-        settings=(_constructor_settings(strategy_class) - {"optimizer"}) | _own_settings(model_class),
+        settings=(_constructor_settings(strategy_class) - {"optimizer"}) | model_settings,
         untrained_backbone_setting="train_backbone_on_first_experience" if strategy_class is Piggyback else None,
+        class_incremental_settings=class_incremental,
     )(build)
 
 
@@ -222,21 +237,35 @@ def _optimizer(model: nn.Module, lr: float, factory: Optional[OptimizerFactory])
 
 
 def _register_avalanche(
-    name: str, strategy_class: type, *, trains_on_whole_stream: bool = False, **defaults: Any
+    name: str,
+    strategy_class: type,
+    *,
+    trains_on_whole_stream: bool = False,
+    single_head_only: bool = False,
+    **defaults: Any,
 ) -> None:
     """Register an Avalanche baseline that trains the whole network, with
-    one head per task (:class:`MultiHeadModel`) and Adam at ``lr``."""
+    one head per task (:class:`MultiHeadModel`), or with ``single_head=True``
+    the backbone's own classifier over every class (class-incremental), and
+    Adam at ``lr``."""
 
     def build(
         backbone: nn.Module,
         *,
         lr: float = DEFAULT_LR,
         classifier: Any = None,
+        single_head: bool = False,
         optimizer_factory: Optional[OptimizerFactory] = None,
         criterion: nn.Module = CrossEntropyLoss(),
         **config: Any,
     ) -> SupervisedTemplate:
-        model = MultiHeadModel(backbone, classifier=classifier)
+        if single_head_only and not single_head:
+            raise ValueError(
+                f"{name} calls the model without task labels, so it runs only class-incrementally, with one "
+                f"head over all classes: make_strategy({name!r}, backbone, single_head=True), or the runner's "
+                "--scenario class_incremental."
+            )
+        model = copy.deepcopy(backbone) if single_head else MultiHeadModel(backbone, classifier=classifier)
         return strategy_class(
             model=model,
             optimizer=_optimizer(model, lr, optimizer_factory),
@@ -244,11 +273,12 @@ def _register_avalanche(
             **{**defaults, **config},
         )
 
-    build.__doc__ = f"Avalanche's {strategy_class.__name__} with one head per task."
+    build.__doc__ = f"Avalanche's {strategy_class.__name__} with one head per task (or one for all)."
     register_strategy(
         name,
         settings=_keywords(build)[0] | _constructor_settings(strategy_class),
         trains_on_whole_stream=trains_on_whole_stream,
+        class_incremental_settings={"single_head": True},
     )(build)
 
 
@@ -261,6 +291,8 @@ _register_avalanche("replay", Replay, mem_size=200)
 _register_avalanche("agem", AGEM, patterns_per_exp=64, sample_size=64)
 _register_avalanche("joint", JointTraining, trains_on_whole_stream=True)
 _register_avalanche("cumulative", Cumulative)
+_register_avalanche("gdumb", GDumb, mem_size=500)
+_register_avalanche("der", DER, single_head_only=True, mem_size=500)
 
 
 @register_strategy(

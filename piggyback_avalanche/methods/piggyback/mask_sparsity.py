@@ -77,7 +77,7 @@ class MaskSparsityPluginMetric(AfterTrainingExpPluginMetric):
         model = strategy.model
         if not isinstance(model, PiggybackModel):
             return []
-        trained = [int(t) for t in strategy.experience.task_labels]
+        trained = sorted(strategy.experience_tasks(strategy.experience))
         self._metric.update(model, trained)
         result = self._metric.result()
         values = []

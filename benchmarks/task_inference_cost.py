@@ -1,0 +1,87 @@
+"""What task inference costs as the number of tasks grows: one inferred
+batch over T learned tasks against one plain forward pass of the same
+network (the exported task), with the tasks stacked side by side (the
+default) and with one pass per task.
+
+    python benchmarks/task_inference_cost.py                      # about 2 minutes on 2 CPU cores
+
+Tasks are frozen Piggyback tasks with random masks (the cost does not
+depend on what the masks learned); the score is relative Mahalanobis
+(feature statistics), the most expensive one. Times are medians of
+repeated calls after a warm-up, measured side by side in one run.
+"""
+
+import argparse
+import statistics
+import time
+from typing import Callable, List
+
+import torch
+
+from piggyback_avalanche import PiggybackModel
+from piggyback_avalanche.app.backbones import mlp, small_cnn
+from piggyback_avalanche.app.report import markdown_table
+from piggyback_avalanche.task_aware.task_inference import TaskInference
+
+BACKBONES = {"small_cnn": small_cnn, "mlp": lambda: mlp(input_shape=(1, 16, 16))}
+
+
+def _median_seconds(call: Callable[[], object], repeats: int) -> float:
+    call()
+    times: List[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _model(backbone: torch.nn.Module, tasks: int) -> PiggybackModel:
+    model = PiggybackModel(backbone, feature_statistics=True, mask_init="uniform", mask_scale=0.01)
+    x = torch.randn(64, 1, 16, 16)
+    for task in range(tasks):
+        model.add_task(task, classes=[2 * (task % 5), 2 * (task % 5) + 1])
+        model.fit_feature_statistics(task, [(x, torch.tensor([2 * (task % 5), 2 * (task % 5) + 1] * 32))])
+        model.freeze_task(task)
+    return model.eval()
+
+
+def _measure(name: str, build: Callable[[], torch.nn.Module], tasks: int, batch: int, repeats: int) -> List[str]:
+    model = _model(build(), tasks)
+    x = torch.randn(batch, 1, 16, 16)
+    plain = model.export_task(0)
+    with torch.no_grad():
+        plain_s = _median_seconds(lambda: plain(x), repeats * 3)
+    stacked = TaskInference(per="sample")
+    one_by_one = TaskInference(per="sample")
+    one_by_one._stacking_works[model] = False  # measure the one-pass-per-task path
+    stacked_s = _median_seconds(lambda: stacked(model, x), repeats)
+    single_s = _median_seconds(lambda: one_by_one(model, x), max(2, repeats // (1 + tasks // 20)))
+    row = [name, str(tasks), f"{plain_s * 1e3:.2f}", f"{stacked_s / plain_s:.1f}x", f"{single_s / plain_s:.1f}x",
+           f"{single_s / stacked_s:.1f}x"]  # fmt: skip
+    print(row, flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", type=int, default=[1, 5, 20, 100])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    rows = [
+        _measure(name, build, tasks, args.batch, args.repeats)
+        for name, build in BACKBONES.items()
+        for tasks in args.tasks
+    ]
+    print(f"\nbatch {args.batch}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
+    print(markdown_table(
+        ["backbone", "tasks", "plain forward ms", "inference, stacked", "inference, one pass per task", "stacked speed-up"],
+        rows,
+    ))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
