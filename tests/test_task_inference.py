@@ -225,6 +225,10 @@ def test_feature_statistics_are_the_class_means_and_count_in_the_stored_bytes():
 def test_bad_settings_are_refused_before_any_work():
     with pytest.raises(ValueError, match="per must be one of"):
         TaskInference(per="pixel")
+    with pytest.raises(ValueError, match="learned no task yet"):
+        TaskInference(per="sample")(PiggybackModel(tiny_conv_net(6)).eval(), torch.randn(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="task_score='energy' needs task_inference='sample' or 'batch'"):
+        Piggyback(model=PiggybackModel(tiny_conv_net(6)), task_score="energy")
     with pytest.raises(ValueError, match=r"feature_statistics=True"):
         Piggyback(
             model=PiggybackModel(tiny_conv_net(6)), task_inference=TaskInference(per="sample", score="mahalanobis")
@@ -261,7 +265,7 @@ def test_task_files_carry_the_feature_statistics(tmp_path):
 def test_the_runner_runs_a_class_incremental_stream_with_exemplars_counted(tmp_path):
     config = {"train_epochs": 1, "train_mb_size": 64, "pretrain_epochs": 1}
     results = run_benchmark(
-        stream="split_digits",
+        stream="class_incremental_digits",
         backbone="mlp",
         strategies=["piggyback[task_inference=batch]", "naive", "replay"],
         seeds=[0],
@@ -287,9 +291,9 @@ def test_the_runner_runs_a_class_incremental_stream_with_exemplars_counted(tmp_p
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--stream", "split_digits"], "has no task labels: run it with --scenario class_incremental"),
+        (["--stream", "class_incremental_digits"], "has no task labels: run it with --scenario class_incremental"),
         (
-            ["--stream", "split_digits", "--scenario", "class_incremental", "--strategies", "packnet_avalanche"],
+            ["--stream", "class_incremental_digits", "--scenario", "class_incremental", "--strategies", "packnet_avalanche"],
             r"\['packnet_avalanche'\] cannot learn without task labels",
         ),
     ],

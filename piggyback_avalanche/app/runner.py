@@ -108,17 +108,17 @@ STREAMS: Dict[str, StreamBuilder] = {
     "mnist_transfer_reversed": _no_data_root(lambda seed: mnist_transfer_stream(seed=seed, reverse_tasks=True)),
     "digits": _no_data_root(lambda seed: (None, digits_task_stream(seed=seed))),
     "digits_reversed": _no_data_root(lambda seed: (None, digits_task_stream(DIGITS_TASKS[::-1], seed=seed))),
-    "split_mnist": _no_data_root(lambda seed: class_incremental_stream("mnist", seed=seed)),
-    "split_digits": _no_data_root(lambda seed: class_incremental_stream("digits", seed=seed)),
+    "class_incremental_mnist": _no_data_root(lambda seed: class_incremental_stream("mnist", seed=seed)),
+    "class_incremental_digits": _no_data_root(lambda seed: class_incremental_stream("digits", seed=seed)),
     **{name: _classic(name) for name in CLASSIC_STREAMS},
     "fine_grained": _fine_grained,
 }
 """Stream names and their builders (see :data:`StreamBuilder`): the offline
 streams (``*_reversed``: the same tasks in the reverse order, for order
-effects; ``split_*``: class-incremental, without task labels), Avalanche's
+effects; ``class_incremental_*``: without task labels), Avalanche's
 classic benchmarks and the paper's fine-grained tasks."""
 
-CLASS_INCREMENTAL_STREAMS = frozenset({"split_mnist", "split_digits"})
+CLASS_INCREMENTAL_STREAMS = frozenset({"class_incremental_mnist", "class_incremental_digits"})
 """Streams without task labels: they run only in the class-incremental scenario."""
 
 SCENARIOS = ("task_incremental", "class_incremental")

@@ -643,8 +643,9 @@ class TaskAwareModel(MultiHeadModel):
         return {
             "model": type(self).__name__,
             "task_batchnorm": self.task_batchnorm,
-            "feature_statistics": self.feature_statistics is not None,
             **plain,
+            # Only when on, so that checkpoints written before the option still load.
+            **({"feature_statistics": True} if self.feature_statistics is not None else {}),
         }
 
     def task_state_bits_per_weight(self) -> float:

@@ -242,9 +242,10 @@ class TaskAwareStrategy(SupervisedTemplate):
             "lr_decay_epochs": list(self.lr_decay_epochs),
             "lr_decay_factor": self.lr_decay_factor,
             "recalibrate_norm_statistics": self.recalibrate_norm_statistics,
-            # How experiences become tasks; the inference itself may change.
-            "infers_tasks": self.task_inference is not None,
             "learning_rates": dict(sorted(self.group_learning_rates().items())),
+            # How experiences become tasks (the inference itself may change); only
+            # when on, so that checkpoints written before the option still load.
+            **({"infers_tasks": True} if self.task_inference is not None else {}),
         }
 
     def check_model_and_optimizer(self, **kwargs) -> None:

@@ -185,6 +185,8 @@ class TaskInference:
             whole stream); at least the widest head's.
         """
         tasks = model.tasks
+        if not tasks:
+            raise ValueError(f"This {type(model).__name__} has learned no task yet: there is no task to infer.")
         scores, logits = self.task_scores(model, x, tasks)
         chosen = scores.mean(0).argmax().expand(x.shape[0]) if self.per == "batch" else scores.argmax(1)
         answer = logits[torch.arange(x.shape[0], device=x.device), chosen]
