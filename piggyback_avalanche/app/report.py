@@ -51,6 +51,8 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     ``[mean, std]`` pairs (``accuracy``: one pair per task)."""
 
     def mean_std(values: List[float]) -> List[float]:
+        if any(math.isnan(v) for v in values):  # a figure the strategy does not have (task inference)
+            return [math.nan, math.nan]
         return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
 
     keys = ("average_accuracy", "average_forgetting", "bwt", "model_bytes", "networks", "train_seconds")

@@ -125,13 +125,14 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
         """Whether ``task`` has statistics."""
         return task in self.precisions
 
-    def _stacked(self, tasks: Sequence[str]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def _stacked(self, tasks: Sequence[str]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The statistics of ``tasks`` side by side: class means padded to the
         most classes ``(T, C, F)`` with a padding mask ``(T, C)``, precisions
         ``(T, F, F)``, overall means ``(T, F)`` and precisions ``(T, F, F)``,
-        calibrations ``(T, 4)``; zeros for a task without statistics."""
+        calibrations ``(T, 4)``, and each class mean's ``m'Pm`` ``(T, C)``;
+        zeros for a task without statistics."""
 
-        def compute() -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        def compute() -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
             have = [t for t in tasks if self.has(t)]
             most = max((len(self.class_means[t]) for t in have), default=1)
             place, count, f = self._placement, len(tasks), self.features
@@ -149,7 +150,8 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
                     overall_means[row] = self.means[task]
                     overall[row] = self.overall_precisions[task]
                     calibrations[row] = self.calibrations[task]
-            return means, padding, precisions, overall_means, overall, calibrations
+            constants = torch.einsum("tcf,tfg,tcg->tc", means, precisions, means)
+            return means, padding, precisions, overall_means, overall, calibrations, constants
 
         return self._cache.get_for_tasks(tasks, VersionedCache.state_key(self), compute)
 
@@ -162,8 +164,8 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
         ``calibrated``: standardised by the task's distances on its own
         training data. ``inf`` for a task without statistics yet (one still
         learning: its statistics are estimated when it ends)."""
-        means, padding, precisions, _, _, calibrations = self._stacked(tasks)
-        distances = self._class_distances(features, means, padding, precisions)
+        means, padding, precisions, _, _, calibrations, constants = self._stacked(tasks)
+        distances = self._class_distances(features, means, padding, precisions, constants)
         if calibrated:
             distances = (distances - calibrations[:, 0]) / calibrations[:, 1]
         return distances.masked_fill(self._missing(tasks, features), float("inf"))
@@ -172,19 +174,24 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
         """:meth:`squared_distances` minus the squared distance to each
         task's overall feature distribution, ``(batch, T)``; ``inf`` for a
         task without statistics."""
-        means, padding, precisions, overall_means, overall, calibrations = self._stacked(tasks)
+        means, padding, precisions, overall_means, overall, calibrations, constants = self._stacked(tasks)
         diff = features - overall_means  # (batch, T, F)
         background = (torch.einsum("btf,tfg->btg", diff, overall) * diff).sum(-1)
-        distances = self._class_distances(features, means, padding, precisions) - background
+        distances = self._class_distances(features, means, padding, precisions, constants) - background
         if calibrated:
             distances = (distances - calibrations[:, 2]) / calibrations[:, 3]
         return distances.masked_fill(self._missing(tasks, features), float("inf"))
 
     @staticmethod
-    def _class_distances(features: Tensor, means: Tensor, padding: Tensor, precisions: Tensor) -> Tensor:
-        diff = features[:, :, None, :] - means  # (batch, T, C, F)
-        projected = torch.einsum("btcf,tfg->btcg", diff, precisions)
-        return (projected * diff).sum(-1).masked_fill(padding, float("inf")).amin(-1)
+    def _class_distances(
+        features: Tensor, means: Tensor, padding: Tensor, precisions: Tensor, constants: Tensor
+    ) -> Tensor:
+        # (x - m)' P (x - m) = x'Px - 2 m'Px + m'Pm: one product with P per
+        # sample and task, not one per class.
+        projected = torch.einsum("btf,tfg->btg", features, precisions)  # Px, P symmetric
+        own = (projected * features).sum(-1, keepdim=True)  # (batch, T, 1)
+        cross = torch.einsum("btg,tcg->btc", projected, means)  # m'Px
+        return (own - 2 * cross + constants).masked_fill(padding, float("inf")).amin(-1)
 
     # --- what the module says about its state ----------------------------------
 
