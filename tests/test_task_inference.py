@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 from conftest import synthetic_tasks, tiny_conv_net
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
@@ -285,6 +286,11 @@ def test_the_runner_runs_a_class_incremental_stream_with_exemplars_counted(tmp_p
     assert replay["model_bytes"] - naive["model_bytes"] == 200 * (16 * 16 * 4 + 8 + 8 + 4)
     table = (tmp_path / "results.md").read_text().splitlines()
     assert "task inference (%)" in table[0] and "| 100.0 |" in table[2]
+    # TensorBoard holds the task-inference accuracy of every evaluation, against experiences trained too.
+    events = EventAccumulator(str(next((tmp_path / "tensorboard").glob("piggyback*/seed0")))).Reload()
+    stream = [e.value for e in events.Scalars("TaskInference_Acc_Stream/eval_phase/test_stream")]
+    assert stream == pytest.approx([1.0] * 5)
+    assert len(events.Scalars("ExperiencesTrained/TaskInference_Acc_Stream/eval_phase/test_stream")) == 5
     assert table[3].startswith("| naive |") and "| – |" in table[3]
 
 
@@ -293,7 +299,14 @@ def test_the_runner_runs_a_class_incremental_stream_with_exemplars_counted(tmp_p
     [
         (["--stream", "class_incremental_digits"], "has no task labels: run it with --scenario class_incremental"),
         (
-            ["--stream", "class_incremental_digits", "--scenario", "class_incremental", "--strategies", "packnet_avalanche"],
+            [
+                "--stream",
+                "class_incremental_digits",
+                "--scenario",
+                "class_incremental",
+                "--strategies",
+                "packnet_avalanche",
+            ],
             r"\['packnet_avalanche'\] cannot learn without task labels",
         ),
     ],
