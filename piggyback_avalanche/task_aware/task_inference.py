@@ -85,9 +85,12 @@ logit scores per sample and per batch in BENCHMARKS.md."""
 DEFAULT_STATISTICS_SCORE = "relative_mahalanobis"
 """The default score of a model with feature statistics (BENCHMARKS.md)."""
 
-DEFAULT_TASKS_PER_PASS = 32
-"""Tasks computed side by side in one pass: bounds the activation memory of
-task inference at this many times one task's."""
+DEFAULT_TASKS_PER_PASS = 8
+"""Tasks computed side by side in one pass; it bounds the activation memory
+of task inference at this many times one task's. On 2 CPU cores 8 was the
+best or near it for both backbones measured (BENCHMARKS.md): an MLP gains
+2.5x over one task per pass, while convolutions grouped over many tasks
+run slower than one by one (memory-bound); a GPU may want more."""
 
 
 @dataclass(frozen=True)
