@@ -87,10 +87,10 @@ DEFAULT_STATISTICS_SCORE = "relative_mahalanobis"
 
 DEFAULT_TASKS_PER_PASS = 8
 """Tasks computed side by side in one pass; it bounds the activation memory
-of task inference at this many times one task's. On 2 CPU cores 8 was the
-best or near it for both backbones measured (BENCHMARKS.md): an MLP gains
-2.5x over one task per pass, while convolutions grouped over many tasks
-run slower than one by one (memory-bound); a GPU may want more."""
+of task inference at this many times one task's. On 2 CPU cores
+(BENCHMARKS.md) it was the fastest for an MLP (2.5x over one task per pass);
+a small CNN's convolutions grouped over many tasks are memory-bound there,
+and 8 cost 14 % more than one per pass, 32 twice as much. A GPU may want more."""
 
 
 @dataclass(frozen=True)
