@@ -9,12 +9,14 @@ from avalanche.training.templates import SupervisedTemplate
 
 from piggyback_avalanche import available_strategies, make_strategy, register_strategy
 from piggyback_avalanche.benchmarks.streams import tensor_task_stream
+from piggyback_avalanche.training.registry import registered_strategy
 
 ALL = [
     "agem",
     "classifier_only",
     "cumulative",
     "ewc",
+    "gdumb",
     "individual",
     "joint",
     "lwf",
@@ -33,8 +35,47 @@ def _mlp():
     return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
 
 
+CLASS_INCREMENTAL_ONLY = ["der"]
+
+
 def test_every_name_is_registered():
-    assert available_strategies() == ALL
+    assert available_strategies() == sorted(ALL + CLASS_INCREMENTAL_ONLY)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL + CLASS_INCREMENTAL_ONLY if n != "packnet_avalanche"])
+def test_every_strategy_with_class_incremental_settings_learns_without_task_labels(name):
+    from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as dataset
+
+    parts = synthetic_tasks([[0, 1], [2, 3]], shape=(16,), n_train=96, seed=2)
+    train = dataset(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    test = dataset(torch.cat([p[2] for p in parts]), torch.cat([p[3] for p in parts]))
+    stream = nc_benchmark(train, test, n_experiences=2, task_labels=False, fixed_class_order=[0, 1, 2, 3])
+    registered = registered_strategy(name)
+    backbone = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    strategy = make_strategy(
+        name,
+        backbone,
+        train_epochs=5,
+        train_mb_size=16,
+        evaluator=EvaluationPlugin(accuracy_metrics(experience=True)),
+        **registered.class_incremental_settings,
+    )
+    if registered.trains_on_whole_stream:
+        strategy.train(stream.train_stream)
+    else:
+        for experience in stream.train_stream:
+            strategy.train(experience)
+    metrics = strategy.eval(stream.test_stream)
+    last = metrics["Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp001"]
+    # Four classes over the stream, no task label at test time: chance is 1/4.
+    assert last > 0.4, last
+
+
+def test_packnet_avalanche_cannot_run_without_task_labels_and_der_only_can():
+    assert registered_strategy("packnet_avalanche").class_incremental_settings is None
+    with pytest.raises(ValueError, match=r"der calls the model without task labels.*single_head=True"):
+        make_strategy("der", _mlp())
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -57,7 +57,8 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
     [
         (
             ["--stream", "cifar"],
-            "unknown stream 'cifar'; choose from \\['digits', 'digits_reversed', 'fine_grained', 'mnist_transfer', "
+            "unknown stream 'cifar'; choose from \\['class_incremental_digits', 'class_incremental_mnist', 'digits', "
+            "'digits_reversed', 'fine_grained', 'mnist_transfer', "
             "'mnist_transfer_reversed', 'permuted_mnist', 'split_cifar100', 'split_cub200', 'split_mnist', "
             "'split_tiny_imagenet'\\]",
         ),

@@ -50,15 +50,16 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     :func:`~piggyback_avalanche.app.runner.train_and_evaluate`'s results, as
     ``[mean, std]`` pairs (``accuracy``: one pair per task)."""
 
-    def mean_std(values: List[float]) -> List[float]:
-        if any(math.isnan(v) for v in values):  # a figure the strategy does not have (task inference)
-            return [math.nan, math.nan]
+    def mean_std(found: List[Optional[float]]) -> Optional[List[float]]:
+        values = [v for v in found if v is not None]
+        if len(values) < len(found):  # a figure the strategy does not have (task inference)
+            return None
         return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
 
     keys = ("average_accuracy", "average_forgetting", "bwt", "model_bytes", "networks", "train_seconds")
     summary: Dict[str, Any] = {k: mean_std([r[k] for r in runs]) for k in keys}
-    # Results saved before task inference existed have no such figure.
-    summary["average_task_inference"] = mean_std([r.get("average_task_inference", math.nan) for r in runs])
+    # None for strategies given task labels, and in results saved before task inference existed.
+    summary["average_task_inference"] = mean_std([r.get("average_task_inference") for r in runs])
     summary["accuracy"] = [mean_std(list(task)) for task in zip(*(r["accuracy"] for r in runs))]
     return summary
 
@@ -85,7 +86,9 @@ def _cells(results: Dict[str, Dict[str, Any]]) -> List[Tuple[str, int, Dict[str,
     for name, result in results.items():
         s = result["summary"]
 
-        def cell(values: List[float], scale: float = 100.0, digits: int = 1) -> Cell:
+        def cell(values: Optional[List[float]], scale: float = 100.0, digits: int = 1) -> Cell:
+            if values is None:  # not applicable: NaN, shown as "–" and left empty in the CSV
+                return math.nan, math.nan, digits
             return scale * values[0], scale * values[1], digits
 
         cells = {f"task {t}": cell(v) for t, v in enumerate(s["accuracy"])}
@@ -134,7 +137,7 @@ def write_tables(results: Dict[str, Dict[str, Any]], out_dir: Path, *, extra: st
         columns = list(table[0][2])
         writer.writerow(["strategy", "seeds", *(h for c in columns for h in (c, f"{c} std"))])
         for name, seeds, cells in table:
-            numbers = (round(v, d) for m, s, d in cells.values() for v in (m, s))
+            numbers = ("" if math.isnan(v) else round(v, d) for m, s, d in cells.values() for v in (m, s))
             writer.writerow([name, seeds, *numbers])
 
     write_atomically(out_dir / "results.csv", write_csv)

@@ -206,7 +206,7 @@ def train_and_evaluate(
         start over. Training time then counts this process only.
     :return: per-task final accuracy, average accuracy, average forgetting
         and BWT (over all but the last task), task-inference accuracy per
-        task and on average (NaN for strategies given task labels), model
+        task and on average (``None`` for strategies given task labels), model
         size (bytes, exemplars included, and × one network), training
         seconds, seconds per epoch and epochs run.
     """
@@ -237,7 +237,7 @@ def train_and_evaluate(
     seconds = time.perf_counter() - started
     n = len(stream)
 
-    def per_task(prefix: str, tasks: int, missing: float = 0.0) -> List[float]:
+    def per_task(prefix: str, tasks: int, missing: Optional[float] = 0.0) -> List[Any]:
         # Experience t's value, whatever task label the stream gives it (none, or 0 for all, in class-incremental streams).
         found = {
             int(name.rsplit("/Exp", 1)[1]): value
@@ -247,7 +247,8 @@ def train_and_evaluate(
         return [found.get(t, missing) for t in range(tasks)]
 
     accuracy = per_task("Top1_Acc_Exp", n)
-    task_inference = per_task("TaskInference_Acc_Exp", n, missing=math.nan)
+    task_inference = per_task("TaskInference_Acc_Exp", n, missing=None)
+    inferred = None not in task_inference
     size = ModelSize()
     size.update(strategy)
     matrix = next(m for m in evaluator.metrics if str(m) == "AccuracyMatrix").result()
@@ -261,9 +262,9 @@ def train_and_evaluate(
         "average_accuracy": sum(accuracy) / n,
         "average_forgetting": _mean(per_task("ExperienceForgetting", n - 1)),
         "bwt": _mean(per_task("ExperienceBWT", n - 1)),
-        # Share of test samples whose inferred task is right (strategies that infer tasks; else NaN).
-        "task_inference_accuracy": task_inference,
-        "average_task_inference": sum(task_inference) / n,
+        # Share of test samples whose inferred task is right (strategies that infer tasks; else None).
+        "task_inference_accuracy": task_inference if inferred else None,
+        "average_task_inference": sum(task_inference) / n if inferred else None,
         "model_bytes": size.result()["bytes"],
         "networks": size.result()["bytes"] / one_network,
         "train_seconds": seconds,

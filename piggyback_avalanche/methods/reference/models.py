@@ -24,12 +24,26 @@ class IndividualNetworksModel(TaskAwareModel):
 
     :param backbone: the (pretrained) network every copy starts from.
     :param classifier: the ``nn.Linear`` replaced by per-task heads.
+    :param feature_statistics: per-task feature statistics, for task
+        inference (see :class:`~piggyback_avalanche.task_aware.models.MultiHeadModel`).
     """
 
     layer_types = COPIED_LAYER_TYPES  # type: ignore[assignment]
 
-    def __init__(self, backbone: nn.Module, *, classifier: Union[str, nn.Module, None] = None) -> None:
-        super().__init__(backbone, classifier=classifier, task_batchnorm=True, layer_settings={})
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        classifier: Union[str, nn.Module, None] = None,
+        feature_statistics: bool = False,
+    ) -> None:
+        super().__init__(
+            backbone,
+            classifier=classifier,
+            task_batchnorm=True,
+            feature_statistics=feature_statistics,
+            layer_settings={},
+        )
 
 
 class ClassifierOnlyModel(TaskAwareModel):
@@ -38,9 +52,23 @@ class ClassifierOnlyModel(TaskAwareModel):
 
     :param backbone: the (pretrained) feature extractor.
     :param classifier: the ``nn.Linear`` replaced by per-task heads.
+    :param feature_statistics: per-task feature statistics, for task
+        inference (see :class:`~piggyback_avalanche.task_aware.models.MultiHeadModel`).
     """
 
     layer_types = FROZEN_LAYER_TYPES  # type: ignore[assignment]
 
-    def __init__(self, backbone: nn.Module, *, classifier: Union[str, nn.Module, None] = None) -> None:
-        super().__init__(backbone, classifier=classifier, task_batchnorm=False, layer_settings={})
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        classifier: Union[str, nn.Module, None] = None,
+        feature_statistics: bool = False,
+    ) -> None:
+        super().__init__(
+            backbone,
+            classifier=classifier,
+            task_batchnorm=False,
+            feature_statistics=feature_statistics,
+            layer_settings={},
+        )
