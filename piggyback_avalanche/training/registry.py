@@ -115,8 +115,9 @@ def _keywords(function: Callable[..., Any]) -> Tuple[FrozenSet[str], bool]:
 
 
 def _own_settings(cls: type) -> FrozenSet[str]:
-    """The keywords of a class's own constructor."""
-    return _keywords(vars(cls)["__init__"])[0]
+    """The keywords of a class's constructor (its own, or the nearest base's)."""
+    owner = next(c for c in cls.__mro__ if "__init__" in vars(c))
+    return _keywords(vars(owner)["__init__"])[0]
 
 
 def _constructor_settings(cls: type) -> FrozenSet[str]:

@@ -17,7 +17,29 @@ from piggyback_avalanche.task_aware.models import TaskAwareModel
 __all__ = ["IndividualNetworksModel", "ClassifierOnlyModel"]
 
 
-class IndividualNetworksModel(TaskAwareModel):
+class _ReferenceModel(TaskAwareModel):
+    """A reference point: the backbone conversion of every method, with the
+    normalization per task or shared as the reference defines it."""
+
+    per_task_norm: bool
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        classifier: Union[str, nn.Module, None] = None,
+        feature_statistics: bool = False,
+    ) -> None:
+        super().__init__(
+            backbone,
+            classifier=classifier,
+            task_batchnorm=self.per_task_norm,
+            feature_statistics=feature_statistics,
+            layer_settings={},
+        )
+
+
+class IndividualNetworksModel(_ReferenceModel):
     """One copy of the backbone per task, all of it trained on that task:
     the reference of separately fine-tuned networks. Storage is T networks;
     forgetting is zero since no copy is trained twice.
@@ -29,24 +51,10 @@ class IndividualNetworksModel(TaskAwareModel):
     """
 
     layer_types = COPIED_LAYER_TYPES  # type: ignore[assignment]
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        *,
-        classifier: Union[str, nn.Module, None] = None,
-        feature_statistics: bool = False,
-    ) -> None:
-        super().__init__(
-            backbone,
-            classifier=classifier,
-            task_batchnorm=True,
-            feature_statistics=feature_statistics,
-            layer_settings={},
-        )
+    per_task_norm = True
 
 
-class ClassifierOnlyModel(TaskAwareModel):
+class ClassifierOnlyModel(_ReferenceModel):
     """The backbone frozen, batch norm included, with one trained head per
     task: the lower reference point.
 
@@ -57,18 +65,4 @@ class ClassifierOnlyModel(TaskAwareModel):
     """
 
     layer_types = FROZEN_LAYER_TYPES  # type: ignore[assignment]
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        *,
-        classifier: Union[str, nn.Module, None] = None,
-        feature_statistics: bool = False,
-    ) -> None:
-        super().__init__(
-            backbone,
-            classifier=classifier,
-            task_batchnorm=False,
-            feature_statistics=feature_statistics,
-            layer_settings={},
-        )
+    per_task_norm = False
