@@ -35,6 +35,22 @@ def test_quickstart_runs_offline_and_learns_every_task():
     assert "frozen tasks: [0, 1, 2]" in completed.stdout
 
 
+def test_class_incremental_example_infers_the_tasks_without_labels():
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "class_incremental.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    accuracy = float(re.search(r"accuracy over all ten digits: ([0-9.]+)", completed.stdout).group(1))
+    inferred = float(re.search(r"samples whose task was inferred right: ([0-9.]+)", completed.stdout).group(1))
+    # Ten classes (chance 0.1), five tasks (chance 0.2); fine-tuning one head would keep about 0.2.
+    assert accuracy > 0.8 and inferred > 0.85, completed.stdout
+    assert re.search(r"stored: \d+ KiB, no exemplar", completed.stdout)
+
+
 def test_demo_reports_zero_forgetting_for_piggyback_only():
     logged = []
     results = run_demo(epochs=2, tasks=("original", "rotated90"), log=logged.append)

@@ -3,6 +3,7 @@ layers, per-task normalization and heads, the multi-head and task-aware
 models, and the strategy they train with."""
 
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
+from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
 from piggyback_avalanche.task_aware.models import MultiHeadModel, TaskAwareModel
 from piggyback_avalanche.task_aware.strategy import (
     DEFAULT_EVAL_MB_SIZE,
@@ -15,6 +16,7 @@ from piggyback_avalanche.task_aware.strategy import (
     TaskOutOfMemoryError,
 )
 from piggyback_avalanche.task_aware.task_heads import ClassifierHead, TaskHeads
+from piggyback_avalanche.task_aware.task_inference import InferredTasks, TaskInference
 from piggyback_avalanche.task_aware.task_layers import SUPPORTED_LAYER_TYPES, TaskWeightLayer, task_layer_types
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
 from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, TaskTensorDict, task_key
@@ -33,6 +35,9 @@ __all__ = [
     "TaskHeads",
     "MultiHeadModel",
     "TaskAwareModel",
+    "TaskInference",
+    "InferredTasks",
+    "TaskFeatureStatistics",
     "experience_task_classes",
     "TaskAwareStrategy",
     "OptimizerFactory",
