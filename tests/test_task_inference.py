@@ -89,26 +89,28 @@ def test_separable_tasks_are_inferred_exactly_through_avalanches_loop(per):
 class _WrongTaskLabels(SupervisedPlugin):
     """Overwrites every evaluation sample's task label with a wrong one."""
 
+    overwritten = 0
+
     def before_eval_forward(self, strategy, **kwargs):
         strategy.mbatch[-1] = (strategy.mbatch[-1] + 1) % 3
+        self.overwritten += len(strategy.mbatch[-1])
 
 
 def test_task_labels_are_never_read_at_evaluation():
     benchmark = _class_incremental()
     labelled = _class_incremental(task_labels=True)  # the same data, with task labels 0, 1, 2
-    wrong = _WrongTaskLabels()
     strategy = Piggyback(
         model=PiggybackModel(tiny_conv_net(6), feature_statistics=True),
         task_inference="sample",
         train_epochs=2,
         evaluator=_evaluator(),
-        plugins=[wrong],
     )
-    strategy.plugins.remove(wrong)
     without = _train(strategy, benchmark)
     with_labels = strategy.eval(labelled.test_stream)
+    wrong = _WrongTaskLabels()
     strategy.plugins.append(wrong)
     with_wrong_labels = strategy.eval(labelled.test_stream)
+    assert wrong.overwritten == 90  # every test sample carried a wrong task label
     assert without["TaskInference_Acc_Stream/eval_phase/test_stream"] == 1.0
     for results in (with_labels, with_wrong_labels):
         assert results["TaskInference_Acc_Stream/eval_phase/test_stream"] == 1.0

@@ -38,9 +38,8 @@ def experience_task_classes(experience: CLExperience) -> Dict[int, List[int]]:
             f"Experience {getattr(experience, 'current_experience', '?')} (task(s) {tasks}) holds no samples: "
             "every experience needs at least one labelled sample per task. Drop it from the stream."
         )
-    classes = getattr(experience, "classes_in_this_experience", None)
-    if len(tasks) == 1 and classes is not None:
-        found = {tasks[0]: sorted(int(c) for c in classes)}
+    if len(tasks) == 1 and getattr(experience, "classes_in_this_experience", None) is not None:
+        found = {tasks[0]: experience_classes(experience)}
     else:
         if dataset is None:
             raise ValueError("The experience has neither class labels nor a dataset.")

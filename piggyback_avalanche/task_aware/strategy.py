@@ -427,7 +427,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         )
 
     def _fit_feature_statistics(self) -> None:
-        for task, _ in self.experience_tasks(self.experience).items():
+        for task in self.experience_tasks(self.experience):
             if self.task_inference is not None:
                 batches = ((x.to(self.device), y) for x, y, _ in self._training_data_pass())
             else:
