@@ -15,6 +15,7 @@ from conftest import stacked_inputs, tiny_conv_net
 from piggyback_avalanche import PackNet, Piggyback, PiggybackModel
 from piggyback_avalanche.evaluation import default_evaluator
 from piggyback_avalanche.methods.packnet import PackNetModel
+from piggyback_avalanche.task_aware.entropy_coding import decode_codes, is_coded
 from piggyback_avalanche.training.checkpoints import (
     CheckpointError,
     load_experience_checkpoint,
@@ -149,6 +150,15 @@ def test_bad_checkpoints_are_refused_and_leave_the_strategy_unchanged(three_task
         with pytest.raises(CheckpointError, match=message):
             load_experience_checkpoint(target, tmp_path / "changed.ckpt")
         assert unchanged()
+
+    # The masks are stored entropy-coded, and a stream that does not decode is refused.
+    coded = state["model_state"]["backbone.3.packed_masks.0"]
+    assert is_coded(coded) and torch.equal(decode_codes(coded), strategy.model.state_dict()["backbone.3.packed_masks.0"])
+    flipped = {**coded, "crc32": coded["crc32"] + 1}
+    torch.save({**state, "model_state": {**state["model_state"], "backbone.3.packed_masks.0": flipped}}, tmp_path / "c.ckpt")
+    with pytest.raises(CheckpointError, match="holds masks that do not decode \\(backbone.3.packed_masks.0: .*corrupt"):
+        load_experience_checkpoint(target, tmp_path / "c.ckpt")
+    assert unchanged()
 
     state["model_state"]["backbone.0.weight"] = torch.zeros(3, 1, 3, 3)  # a weight of another shape
     torch.save(state, tmp_path / "changed.ckpt")

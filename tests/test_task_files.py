@@ -11,6 +11,7 @@ from torch import nn
 from piggyback_avalanche import Piggyback, PiggybackModel
 from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 from piggyback_avalanche.methods.piggyback.task_files import TaskFileError, backbone_fingerprint
+from piggyback_avalanche.task_aware.entropy_coding import CodeLayout, coded_layout, decode_codes, is_coded
 
 
 @pytest.fixture
@@ -54,13 +55,21 @@ def test_round_trip_gives_bit_identical_logits(trained, three_task_stream, tmp_p
     assert torch.equal(_logits(other, three_task_stream, 2, as_task=7), _logits(model, three_task_stream, 2))
 
 
-def test_a_task_file_holds_packed_masks_norms_and_head_only(trained, tmp_path):
+def test_a_task_file_holds_coded_masks_norms_and_head_only(trained, tmp_path):
     _, model = trained
     model.save_task(tmp_path / "one.tasks", 1)
     payload = torch.load(tmp_path / "one.tasks", weights_only=True)
-    assert payload["version"] == 1 and payload["settings"]["threshold_fn"] == "binarizer"
+    assert payload["version"] == 2 and payload["settings"]["threshold_fn"] == "binarizer"
     entries = payload["tasks"][1]
-    masks = {k: v for k, v in entries.items() if ".packed_masks." in k}
+    coded = {k: v for k, v in entries.items() if ".packed_masks." in k}
+    assert all(is_coded(v) for v in coded.values())
+    assert {k: coded_layout(v) for k, v in coded.items()} == {
+        "backbone.0.packed_masks.1": CodeLayout(numel=54, bits=1, rows=6),
+        "backbone.3.packed_masks.1": CodeLayout(numel=432, bits=1, rows=8),
+        "backbone.8.packed_masks.1": CodeLayout(numel=512, bits=1, rows=16),
+    }
+    masks = {k: decode_codes(v) for k, v in coded.items()}
+    assert all(torch.equal(masks[k], model.state_dict()[k]) for k in masks)
     # One bit per weight: 6*1*3*3, 8*6*3*3 and 16*32 weights.
     assert {k: v.numel() for k, v in masks.items()} == {
         "backbone.0.packed_masks.1": 7,
@@ -76,6 +85,26 @@ def test_a_task_file_holds_packed_masks_norms_and_head_only(trained, tmp_path):
     )
     assert sum(v.numel() * v.element_size() for v in masks.values()) == sum((n + 7) // 8 for n in (54, 432, 512))
     assert weights == 54 + 432 + 512
+
+
+def _flipped_stream(payload, task):
+    """The last layer's coded mask of ``task`` with one bit of its stream flipped."""
+    coded = dict(payload["tasks"][task]["backbone.8.packed_masks." + str(task)])
+    stream = coded["stream"].clone()
+    stream[0] ^= 1 << 20
+    return {**coded, "stream": stream}
+
+
+def test_version_1_files_with_bit_packed_masks_still_load(trained, three_task_stream, tmp_path):
+    backbone, model = trained
+    model.save_tasks(tmp_path / "all.tasks")
+    payload = torch.load(tmp_path / "all.tasks", weights_only=True)
+    raw = {task: {k: model.state_dict()[k] for k in model.task_state_keys(task)} for task in payload["tasks"]}
+    torch.save({**payload, "version": 1, "tasks": raw}, tmp_path / "v1.tasks")
+    fresh = PiggybackModel(backbone)
+    assert fresh.load_tasks(tmp_path / "v1.tasks") == [0, 1, 2]
+    for task in range(3):
+        assert torch.equal(_logits(fresh, three_task_stream, task), _logits(model, three_task_stream, task))
 
 
 def test_loading_checks_everything_first_and_leaves_the_model_unchanged(trained, tmp_path):
@@ -95,7 +124,7 @@ def test_loading_checks_everything_first_and_leaves_the_model_unchanged(trained,
     cases.append((garbage, {}, "truncated, corrupt or not a task file"))
     payload = torch.load(path, weights_only=True)
     for name, change, message in (
-        ("version", {"version": 2}, "of version 2; this version of piggyback-avalanche reads version 1"),
+        ("version", {"version": 3}, "of version 3; this version of piggyback-avalanche reads versions 1, 2"),
         (
             "ternary",
             {"settings": {**payload["settings"], "threshold_fn": "ternarizer"}},
@@ -105,6 +134,11 @@ def test_loading_checks_everything_first_and_leaves_the_model_unchanged(trained,
             "shape",
             {"tasks": {0: {**payload["tasks"][0], "backbone.3.packed_masks.0": torch.zeros(3, dtype=torch.uint8)}}},
             "do not fit this model's layers",
+        ),
+        (
+            "flipped",
+            {"tasks": {0: {**payload["tasks"][0], "backbone.8.packed_masks.0": _flipped_stream(payload, 0)}}},
+            "Task 0 in .* does not decode \\(backbone.8.packed_masks.0: .*the stream is corrupt\\)",
         ),
     ):
         torch.save({**payload, **change}, tmp_path / f"{name}.tasks")
@@ -226,7 +260,7 @@ def test_bad_labels_are_named_before_the_file_is_read(trained, tmp_path, call, m
         (lambda t: t.pop("backbone.0.packed_masks.1"), "does not hold what a frozen task"),
         (lambda t: t.pop("backbone.1.tasks.1.running_var"), "does not hold what a frozen task"),
         (
-            lambda t: t.update({"backbone.0.packed_masks.1": t["backbone.0.packed_masks.1"].float()}),
+            lambda t: t.update({"backbone.0.packed_masks.1": torch.ones(7)}),
             "wrong type \\(backbone.0.packed_masks.1: torch.float32, not torch.uint8\\)",
         ),
         (

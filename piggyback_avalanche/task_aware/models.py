@@ -18,6 +18,7 @@ from avalanche.benchmarks.scenarios import CLExperience
 from avalanche.models import DynamicModule, MultiTaskModule
 
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
+from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
 from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
 from piggyback_avalanche.task_aware.task_heads import TaskHeads
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
@@ -284,6 +285,12 @@ class MultiHeadModel(MultiTaskModule):
             for prefix, module in self._named_task_modules()
             for k, dtype in module.frozen_task_state_schema(key).items()
         }
+
+    def code_layouts(self) -> Dict[str, CodeLayout]:
+        """The state-dict keys that hold packed codes (masks, owners), with
+        their layouts: what task files and checkpoints store entropy-coded
+        (:func:`~piggyback_avalanche.task_aware.entropy_coding.encode_state`)."""
+        return {prefix + k: layout for prefix, module in self._named_task_modules() for k, layout in module.code_layouts().items()}
 
     def template_state_keys(self) -> List[str]:
         """State-dict keys that only seed new tasks and that no learned task reads."""

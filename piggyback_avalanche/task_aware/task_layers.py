@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
 from piggyback_avalanche.task_aware.task_state import (
     TaskModule,
     TaskState,
@@ -229,6 +230,14 @@ class TaskWeightLayer(TaskModule, nn.Module):
             f"{name}.{task}": store.dtype or self.weight.dtype
             for name, store in self._stores().items()
             if store.holds == "frozen"
+        }
+
+    def code_layouts(self) -> Dict[str, CodeLayout]:
+        return {
+            f"{name}.{task}": store.code_layout
+            for name, store in self._stores().items()
+            if store.code_layout is not None
+            for task in store.keys()
         }
 
     def plain_bytes(self, task: str) -> int:

@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Seque
 import torch
 from torch import Tensor, nn
 
+from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
+
 __all__ = [
     "TaskState",
     "TaskTensorDict",
@@ -199,6 +201,8 @@ class TaskTensorDict(nn.Module):
     :param dtype: the dtype of every task's tensor when it does not follow
         the model's (bit-packed masks are ``uint8``); ``None``: the layer's
         weight dtype.
+    :param code_layout: the tensors are packed codes laid out so
+        (bit-packed masks), which files store entropy-coded.
     """
 
     def __init__(
@@ -208,12 +212,14 @@ class TaskTensorDict(nn.Module):
         holds: TaskRole,
         shape: Optional[Tuple[int, ...]] = None,
         dtype: Optional[torch.dtype] = None,
+        code_layout: Optional[CodeLayout] = None,
     ) -> None:
         super().__init__()
         self.trainable = trainable
         self.holds = holds
         self.shape = shape
         self.dtype = dtype
+        self.code_layout = code_layout
 
     def _tensors(self) -> Dict[str, Tensor]:
         return self._parameters if self.trainable else self._buffers  # type: ignore[return-value]
@@ -279,6 +285,11 @@ class TaskModule:
         dtypes, whether or not the module has it: what a task file must give
         for it, in a fixed order."""
         raise NotImplementedError
+
+    def code_layouts(self) -> Dict[str, CodeLayout]:
+        """The state-dict keys that hold packed codes now, with their
+        layouts: what files store entropy-coded."""
+        return {}
 
     def template_state_keys(self) -> List[str]:
         """State-dict keys that only seed new tasks: no learned task reads

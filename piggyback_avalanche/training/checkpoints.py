@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterable, Optional, Set, Union
 import torch
 
 from piggyback_avalanche.files import read_saved, refuse_unless_loadable, write_atomically
+from piggyback_avalanche.task_aware.entropy_coding import CodingError, decode_state, encode_state
 from piggyback_avalanche.task_aware.restore_point import capture_rng, restore_rng
 from piggyback_avalanche.task_aware.strategy import TaskAwareStrategy
 from piggyback_avalanche.training.plain_state import PlainStateError, from_plain, to_plain
@@ -119,7 +120,8 @@ def save_experience_checkpoint(strategy: Any, path: PathLike, *, next_experience
         "settings": {"strategy": strategy.settings(), "model": strategy.model.settings()},
         "metric_names": [type(m).__name__ for m in evaluator.metrics],
         "next_experience": int(next_experience),
-        "model_state": strategy.model.state_dict(),
+        # Masks and owners entropy-coded, as in task files.
+        "model_state": encode_state(strategy.model.state_dict(), strategy.model.code_layouts()),
         **plain,
         "rng": _rng_state(),
     }
@@ -183,7 +185,7 @@ def load_experience_checkpoint(
             f"{stream_length} experiences: it is from a longer stream. Delete it, or resume on that stream."
         )
     # Everything fits: only now is the strategy touched.
-    strategy.model.load_state_dict(state["model_state"])
+    strategy.model.load_state_dict(restored["model_state"])
     for metric, saved in zip(strategy.evaluator.metrics, restored["metrics"]):
         metric.__dict__.update(saved)
     all_results, last_results = restored["metric_results"]
@@ -244,11 +246,15 @@ def _decode(strategy: Any, state: Dict[str, Any], path: Path, accepted: Set[str]
         raise CheckpointError(f"Checkpoint {path} names no valid next experience.")
     for name in ("torch", "cuda", "numpy", "python"):
         state["rng"][name]  # noqa: B018 - a KeyError names what is missing
+    try:
+        model_state = decode_state(state["model_state"])
+    except CodingError as error:
+        raise CheckpointError(f"Checkpoint {path} holds masks that do not decode ({error}); it is corrupt.") from None
     refuse_unless_loadable(
         strategy.model,
-        state["model_state"],
+        model_state,
         error=CheckpointError,
         message=f"Checkpoint {path} does not fit this model ({{cause}}); build the strategy on the same "
         "backbone and model settings as the interrupted run.",
     )
-    return {**decoded, "next_experience": state["next_experience"]}
+    return {**decoded, "model_state": model_state, "next_experience": state["next_experience"]}

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from piggyback_avalanche.task_aware.bit_packing import pack_codes, unpack_codes
+from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer, task_layer_types
 from piggyback_avalanche.task_aware.task_state import TaskTensorDict
 
@@ -137,6 +138,12 @@ class PackNetLayer(TaskWeightLayer):
 
     def task_state_bytes(self) -> int:
         return self.packed_owners.nbytes
+
+    def code_layouts(self) -> Dict[str, CodeLayout]:
+        if not len(self.task_order):
+            return {}
+        bits = _owner_bits(len(self.task_order))
+        return {"packed_owners": CodeLayout(numel=self.weight.numel(), bits=bits, rows=self.weight.shape[0])}
 
     # --- forward ---------------------------------------------------------
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from piggyback_avalanche.methods.piggyback.masks import MaskKind, pack_mask, unpack_mask
-from piggyback_avalanche.task_aware.bit_packing import packed_code_bytes
+from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer, task_layer_types
 from piggyback_avalanche.task_aware.task_state import TaskTensorDict
 
@@ -30,8 +30,10 @@ class MaskedLayer(TaskWeightLayer):
         self.mask_init = mask_init
         self.mask_scale = mask_scale
         self.scores = TaskTensorDict(trainable=True, holds="learning", shape=tuple(self.weight.shape))
-        packed = (packed_code_bytes(self.weight.numel(), mask_kind.bits),)
-        self.packed_masks = TaskTensorDict(trainable=False, holds="frozen", shape=packed, dtype=torch.uint8)
+        layout = CodeLayout(numel=self.weight.numel(), bits=mask_kind.bits, rows=self.weight.shape[0])
+        self.packed_masks = TaskTensorDict(
+            trainable=False, holds="frozen", shape=(layout.packed_bytes,), dtype=torch.uint8, code_layout=layout
+        )
 
     # --- tasks -----------------------------------------------------------
 

@@ -2,7 +2,9 @@
 backbone plus small mask files, as the paper's authors distributed theirs.
 
 A task file holds, per task, exactly what the task adds to the backbone: its
-bit-packed masks, its normalization layers and its head; plus the mask
+masks (entropy-coded since version 2, below one bit per weight for masks that
+are mostly ones; see :mod:`~piggyback_avalanche.task_aware.entropy_coding`),
+its normalization layers and its head; plus the mask
 settings, a format version and a fingerprint of the backbone tensors the
 masks were learned on. Loading checks all of it against the model before
 changing anything, and writing is atomic.
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Union
 import torch
 
 from piggyback_avalanche.files import read_saved, refuse_unless_loadable, write_atomically
+from piggyback_avalanche.task_aware.entropy_coding import CodingError, decode_state, encode_state
 from piggyback_avalanche.task_aware.models import MultiHeadModel
 from piggyback_avalanche.task_aware.task_state import task_key
 
@@ -24,7 +27,8 @@ if TYPE_CHECKING:  # the model module imports this one
 __all__ = ["TASK_FILE_FORMAT", "TASK_FILE_VERSION", "TaskFileError", "backbone_fingerprint", "save_tasks", "load_tasks"]
 
 TASK_FILE_FORMAT = "piggyback-avalanche task file"
-TASK_FILE_VERSION = 1
+TASK_FILE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # version 1 stored the masks bit-packed, not coded
 
 PathLike = Union[str, Path]
 
@@ -95,12 +99,13 @@ def save_tasks(model: "PiggybackModel", path: PathLike, tasks: Optional[Iterable
             + "."
         )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    layouts = model.code_layouts()
     payload = {
         "format": TASK_FILE_FORMAT,
         "version": TASK_FILE_VERSION,
         "backbone_fingerprint": backbone_fingerprint(model),
         "settings": _settings(model),
-        "tasks": {task: {k: state[k] for k in model.task_state_keys(task)} for task in tasks},
+        "tasks": {task: encode_state({k: state[k] for k in model.task_state_keys(task)}, layouts) for task in tasks},
     }
     write_atomically(path, lambda file: torch.save(payload, file), binary=True)
 
@@ -111,10 +116,10 @@ def _read(path: Path) -> Dict[str, Any]:
     )
     if not isinstance(payload, dict) or payload.get("format") != TASK_FILE_FORMAT:
         raise TaskFileError(f"{path} is not a {TASK_FILE_FORMAT}.")
-    if payload.get("version") != TASK_FILE_VERSION:
+    if payload.get("version") not in _READABLE_VERSIONS:
         raise TaskFileError(
             f"{path} is a task file of version {payload.get('version')!r}; this version of "
-            f"piggyback-avalanche reads version {TASK_FILE_VERSION}. Upgrade the package, or re-export the tasks."
+            f"piggyback-avalanche reads versions {', '.join(map(str, _READABLE_VERSIONS))}. Upgrade the package, or re-export the tasks."
         )
     return payload
 
@@ -180,6 +185,11 @@ def load_tasks(
     state = model.state_dict()
     for task in tasks:
         entries = payload["tasks"][task]
+        if isinstance(entries, dict):
+            try:
+                entries = decode_state(entries)
+            except CodingError as error:
+                raise TaskFileError(f"Task {task} in {path} does not decode ({error}). Copy it again from its source.") from None
         expected = model.frozen_task_state_schema(task)
         if not isinstance(entries, dict) or set(entries) != set(expected):
             found = sorted(entries) if isinstance(entries, dict) else type(entries).__name__
