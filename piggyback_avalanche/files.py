@@ -2,12 +2,13 @@
 touching anything until they are known to fit."""
 
 import copy
+import hashlib
 import io
 import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Type, Union
+from typing import IO, Any, Callable, Dict, List, Optional, Type, Union
 
 import torch
 from torch import nn
@@ -113,18 +114,32 @@ def write_atomically(path: Union[str, Path], write: Callable[[IO[Any]], Any], *,
         raise
 
 
-def read_saved(path: Union[str, Path], *, weights_only: bool, error: Type[Exception], what: str, remedy: str) -> Any:
+def read_saved(
+    path: Union[str, Path],
+    *,
+    weights_only: bool,
+    error: Type[Exception],
+    what: str,
+    remedy: str,
+    sha256: Optional[str] = None,
+) -> Any:
     """``torch.load`` a file this package wrote, onto the CPU, answering a
     missing or unreadable file with ``error`` naming it.
 
     :param weights_only: torch's safe loading (tensors and plain containers).
     :param what: what the file is, for the messages ("task file").
     :param remedy: what to do about an unreadable file.
+    :param sha256: the file's recorded SHA-256, checked before anything is
+        loaded from it.
     """
     try:
-        return torch.load(io.BytesIO(Path(path).read_bytes()), weights_only=weights_only, map_location="cpu")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise error(f"No {what} at {path}.") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise error(f"{what.capitalize()} {path} does not match its recorded SHA-256: it is truncated or was replaced. {remedy}")
+    try:
+        return torch.load(io.BytesIO(data), weights_only=weights_only, map_location="cpu")
     except Exception as exc:
         raise error(
             f"Cannot read {what} {path} ({type(exc).__name__}): it is truncated, corrupt or not a {what}. {remedy}"

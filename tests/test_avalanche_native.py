@@ -280,11 +280,13 @@ def test_evaluation_keeps_the_cached_weights_when_the_model_stays_where_it_is():
     strategy.train(stream.train_stream[0])
     strategy.eval(stream.test_stream[:1])
     layer = strategy.model.masked_layers["0"]
-    cached = layer._caches.value("weight")
+    cache = strategy.model.task_state.frozen_weights
+    cached = cache.value("0", layer)
+    assert cached is not None
     strategy.eval(stream.test_stream[:1])  # moves the model to its device again
-    assert layer._caches.value("weight") is cached
+    assert cache.value("0", layer) is cached
     strategy.model.double()
-    assert layer._caches.value("weight") is None
+    assert cache.value("0", layer) is None
 
 
 def test_loggers_and_mac_take_the_whole_stream(tmp_path):

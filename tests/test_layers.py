@@ -107,9 +107,9 @@ def test_cache_matches_uncached_and_is_invalidated():
         with state.use("0"):
             uncached = F.conv2d(x, conv.weight * masked.mask("0"), conv.bias)
             first = masked(x)
-            cached_weight = masked._caches.value("weight")
+            cached_weight = state.frozen_weights.value("0", masked)
             second = masked(x)
-            assert masked._caches.value("weight") is cached_weight  # reused, not recomputed
+            assert state.frozen_weights.value("0", masked) is cached_weight  # reused, not recomputed
         assert torch.equal(first, uncached) and torch.equal(second, uncached)
         with state.use("1"):  # task switch
             assert torch.equal(masked(x), F.conv2d(x, conv.weight * masked.mask("1"), conv.bias))
@@ -117,7 +117,7 @@ def test_cache_matches_uncached_and_is_invalidated():
         with state.use("1"):
             assert torch.equal(masked(x), F.conv2d(x, conv.weight * masked.mask("1"), conv.bias))
         masked.double()  # dtype change
-        assert masked._caches.value("weight") is None
+        assert state.frozen_weights.value("1", masked) is None
         with state.use("1"):
             assert masked(x.double()).dtype == torch.float64
 

@@ -290,7 +290,19 @@ class MultiHeadModel(MultiTaskModule):
         """The state-dict keys that hold packed codes (masks, owners), with
         their layouts: what task files and checkpoints store entropy-coded
         (:func:`~piggyback_avalanche.task_aware.entropy_coding.encode_state`)."""
-        return {prefix + k: layout for prefix, module in self._named_task_modules() for k, layout in module.code_layouts().items()}
+        return {
+            prefix + k: layout for prefix, module in self._named_task_modules() for k, layout in module.code_layouts().items()
+        }
+
+    def frozen_code_layouts(self, task: int) -> Dict[str, CodeLayout]:
+        """The keys of :meth:`frozen_task_state_schema` that hold packed
+        codes, with their layouts."""
+        key = task_key(task)
+        return {
+            prefix + k: layout
+            for prefix, module in self._named_task_modules()
+            for k, layout in module.frozen_code_layouts(key).items()
+        }
 
     def template_state_keys(self) -> List[str]:
         """State-dict keys that only seed new tasks and that no learned task reads."""

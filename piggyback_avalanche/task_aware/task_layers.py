@@ -232,12 +232,26 @@ class TaskWeightLayer(TaskModule, nn.Module):
             if store.holds == "frozen"
         }
 
+    def offload_task(self, task: str) -> Dict[str, Tensor]:
+        return {
+            f"{name}.{task}": store.pop(task)
+            for name, store in self._stores().items()
+            if store.offloadable and task in store
+        }
+
     def code_layouts(self) -> Dict[str, CodeLayout]:
         return {
             f"{name}.{task}": store.code_layout
             for name, store in self._stores().items()
             if store.code_layout is not None
             for task in store.keys()
+        }
+
+    def frozen_code_layouts(self, task: str) -> Dict[str, CodeLayout]:
+        return {
+            f"{name}.{task}": store.code_layout
+            for name, store in self._stores().items()
+            if store.code_layout is not None and store.holds == "frozen"
         }
 
     def plain_bytes(self, task: str) -> int:
@@ -262,6 +276,22 @@ class TaskWeightLayer(TaskModule, nn.Module):
         if self.bias is not None:
             self.bias.requires_grad_(trainable)
 
+    def _frozen_tensor(self, store: str, task: str) -> Tensor:
+        """The frozen ``task``'s tensor in the per-task ``store``: from
+        memory, or read from the model's task store."""
+        stores = self._stores()
+        if task in stores[store]:
+            return stores[store][task]
+        if task in self.task_state.stored_tasks and self.task_state.read_stored is not None:
+            return self.task_state.read_stored(self, f"{store}.{task}")
+        raise KeyError(f"{type(self).__name__} has nothing of task {task!r} in {store}.")
+
+    def _frozen_weight(self, task: str, key: Tuple, compute: Callable[[], Tensor]) -> Tensor:
+        """``compute()``, the frozen ``task``'s effective weight, kept in the
+        model's :class:`FrozenWeightCache` while ``key`` (and the shared
+        weight) stay the same."""
+        return self.task_state.frozen_weights.get(task, self, (self.weight.data_ptr(), *key), compute)
+
     def _cached(self, name: str, key: Tuple, compute: Callable[[], Tensor]) -> Tensor:
         """``compute()``, reused while ``key`` stays the same; one entry per
         ``name``, all dropped when the layer moves or changes dtype."""
@@ -276,6 +306,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
         result = super()._apply(fn, recurse)
         if (self.weight.device, self.weight.dtype, self.weight.data_ptr()) != before:
             self._caches.clear()
+            self.task_state.frozen_weights.clear()
         return result
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
@@ -288,6 +319,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
             if store.holds == "learning":  # the model cleared the set before its layers load
                 self.task_state.learning.update(found)
         self._caches.clear()
+        self.task_state.frozen_weights.clear()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

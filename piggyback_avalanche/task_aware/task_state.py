@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
+from piggyback_avalanche.task_aware.frozen_weight_cache import FrozenWeightCache
 
 __all__ = [
     "TaskState",
@@ -34,7 +35,10 @@ class TaskState:
 
     One instance is shared by every task-aware module of a model: the model
     selects the task once per forward pass and every layer reads it, so no
-    per-layer bookkeeping happens on the hot path.
+    per-layer bookkeeping happens on the hot path. It also holds what every
+    layer shares about frozen tasks: the cache of their effective weights,
+    and, for a model whose frozen tasks live in a task store, which tasks do
+    and how a layer reads its part of one.
     """
 
     def __init__(self) -> None:
@@ -43,6 +47,10 @@ class TaskState:
         self.backbone_task: Optional[str] = None
         self.untrained_classes: Optional[Tuple[int, ...]] = None
         self.stacked: Optional[Tuple[str, ...]] = None
+        self.frozen_weights = FrozenWeightCache()
+        self.stored_tasks: Set[str] = set()
+        # (module, its state-dict key of the tensor) -> the tensor, read from the store.
+        self.read_stored: Optional[Callable[[nn.Module, str], Tensor]] = None
 
     @contextmanager
     def use(self, task: str) -> Iterator[None]:
@@ -203,6 +211,8 @@ class TaskTensorDict(nn.Module):
         weight dtype.
     :param code_layout: the tensors are packed codes laid out so
         (bit-packed masks), which files store entropy-coded.
+    :param offloadable: a task store may hold a frozen task's tensor
+        instead of memory (the large parts of a task, read on demand).
     """
 
     def __init__(
@@ -213,6 +223,7 @@ class TaskTensorDict(nn.Module):
         shape: Optional[Tuple[int, ...]] = None,
         dtype: Optional[torch.dtype] = None,
         code_layout: Optional[CodeLayout] = None,
+        offloadable: bool = False,
     ) -> None:
         super().__init__()
         self.trainable = trainable
@@ -220,6 +231,7 @@ class TaskTensorDict(nn.Module):
         self.shape = shape
         self.dtype = dtype
         self.code_layout = code_layout
+        self.offloadable = offloadable
 
     def _tensors(self) -> Dict[str, Tensor]:
         return self._parameters if self.trainable else self._buffers  # type: ignore[return-value]
@@ -289,6 +301,17 @@ class TaskModule:
     def code_layouts(self) -> Dict[str, CodeLayout]:
         """The state-dict keys that hold packed codes now, with their
         layouts: what files store entropy-coded."""
+        return {}
+
+    def frozen_code_layouts(self, task: str) -> Dict[str, CodeLayout]:
+        """The keys of :meth:`frozen_task_state_schema` that hold packed
+        codes, with their layouts."""
+        return {}
+
+    def offload_task(self, task: str) -> Dict[str, Tensor]:
+        """Remove from memory the parts of the frozen ``task`` that a task
+        store holds instead, and return them by state-dict key; afterwards
+        the module reads them through ``task_state.read_stored``."""
         return {}
 
     def template_state_keys(self) -> List[str]:

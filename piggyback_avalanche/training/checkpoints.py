@@ -103,6 +103,13 @@ def save_experience_checkpoint(strategy: Any, path: PathLike, *, next_experience
             f"Tasks {strategy.model.learning_tasks} are still being learned; save a checkpoint "
             "between experiences, after train() has returned."
         )
+    stored = sorted(int(t) for t in strategy.model.task_state.stored_tasks)
+    if stored:
+        raise CheckpointError(
+            f"Tasks {stored} keep their masks in a task store, which a checkpoint does not hold; the store "
+            "already keeps every frozen task safe on disk. Checkpoint a model without a task store, or "
+            "resume by attaching the store to a new model (model.attach_task_store(path))."
+        )
     evaluator = strategy.evaluator
     try:
         plain = {

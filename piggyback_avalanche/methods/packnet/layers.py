@@ -161,9 +161,9 @@ class PackNetLayer(TaskWeightLayer):
             others = self._cached("others", key, lambda: self.weight * (1 - mask))
             return torch.addcmul(others, self.free_weights[task], mask)
         code = self._code_of(task)
-        key = (task, self.weight._version, *self._owners_key())
-        return self._cached(
-            "weight", key, lambda: self.weight * ((self.owner_codes() > 0) & (self.owner_codes() <= code))
+        key = (self.weight._version, *self._owners_key())
+        return self._frozen_weight(
+            task, key, lambda: self.weight * ((self.owner_codes() > 0) & (self.owner_codes() <= code))
         )
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:

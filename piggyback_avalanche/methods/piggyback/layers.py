@@ -32,7 +32,12 @@ class MaskedLayer(TaskWeightLayer):
         self.scores = TaskTensorDict(trainable=True, holds="learning", shape=tuple(self.weight.shape))
         layout = CodeLayout(numel=self.weight.numel(), bits=mask_kind.bits, rows=self.weight.shape[0])
         self.packed_masks = TaskTensorDict(
-            trainable=False, holds="frozen", shape=(layout.packed_bytes,), dtype=torch.uint8, code_layout=layout
+            trainable=False,
+            holds="frozen",
+            shape=(layout.packed_bytes,),
+            dtype=torch.uint8,
+            code_layout=layout,
+            offloadable=True,
         )
 
     # --- tasks -----------------------------------------------------------
@@ -79,7 +84,7 @@ class MaskedLayer(TaskWeightLayer):
         if task == self.task_state.backbone_task:
             return torch.ones_like(self.weight)
         return unpack_mask(
-            self.packed_masks[task],
+            self._frozen_tensor("packed_masks", task),
             shape=self.weight.shape,
             bits=self.mask_kind.bits,
             dtype=self.weight.dtype,
@@ -94,15 +99,19 @@ class MaskedLayer(TaskWeightLayer):
             return self.mask_kind.masked_weight(self.weight, self.scores[task], self.threshold)
         if task == self.task_state.backbone_task:
             return self.weight
-        if task not in self.packed_masks:
+        if task in self.packed_masks:
+            mask_version = self.packed_masks[task]._version
+        elif task in self.task_state.stored_tasks:
+            mask_version = -1  # a stored task never changes
+        else:
             raise KeyError(f"{type(self).__name__} has no mask for task {task!r}.")
         if self.weight.requires_grad and torch.is_grad_enabled():
             # The backbone itself trains: the product must stay in the graph.
             return self.weight * self.mask(task)
         # _version counts in-place writes, so an optimizer step or a
         # load_state_dict into the weight or the mask invalidates the cache.
-        key = (task, self.weight._version, self.packed_masks[task]._version)
-        return self._cached("weight", key, lambda: self.weight * self.mask(task))
+        key = (self.weight._version, mask_version)
+        return self._frozen_weight(task, key, lambda: self.weight * self.mask(task))
 
 
 MASKED_LAYER_TYPES = task_layer_types(

@@ -3,13 +3,16 @@
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
 
-from torch import nn
+from torch import Tensor, nn
 
 from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.methods.piggyback.layers import MASKED_LAYER_TYPES, MaskedLayer
 from piggyback_avalanche.methods.piggyback.masks import get_mask_kind
 from piggyback_avalanche.methods.piggyback.task_files import load_tasks, save_tasks
+from piggyback_avalanche.methods.piggyback.task_store import TaskStore, TaskStoreError
+from piggyback_avalanche.task_aware.frozen_weight_cache import FrozenWeightCache
 from piggyback_avalanche.task_aware.models import TaskAwareModel
+from piggyback_avalanche.task_aware.task_state import task_key
 
 __all__ = ["PiggybackModel", "MASK_INITS"]
 
@@ -84,6 +87,9 @@ class PiggybackModel(TaskAwareModel):
                 mask_scale=self.mask_scale,
             ),
         )
+        self._task_store: Optional[TaskStore] = None
+        # Per stored task: the state-dict keys of its parts the store holds, with their bytes in memory.
+        self._offloaded: Dict[str, Dict[str, int]] = {}
 
     def settings(self) -> Dict[str, Any]:
         return {**super().settings(), "threshold_fn": self.threshold_fn}
@@ -122,6 +128,104 @@ class PiggybackModel(TaskAwareModel):
         """
         rename = None if as_task is None else {task: as_task}
         return self.load_tasks(path, [task], rename=rename)[0]
+
+    # --- the task store ----------------------------------------------------------
+
+    @property
+    def task_store(self) -> Optional[TaskStore]:
+        """The task store that holds this model's frozen tasks' masks, if any."""
+        return self._task_store
+
+    @property
+    def frozen_weight_cache(self) -> FrozenWeightCache:
+        """The effective weights of the frozen tasks used most recently; set
+        its ``budget_bytes`` to keep more than the last task's."""
+        return self.task_state.frozen_weights
+
+    def attach_task_store(self, path: Union[str, Path], *, cache_budget_bytes: Optional[int] = None) -> List[int]:
+        """Keep the frozen tasks' masks in the task store at ``path``
+        (:mod:`~piggyback_avalanche.methods.piggyback.task_store`) instead of
+        memory: the store's tasks join the model, the model's frozen tasks
+        are appended to the store, and every task frozen from now on is
+        appended when it freezes. A task's masks are read when the task is
+        used and its effective weights not cached; memory holds the
+        backbone, every task's normalization and head, and the
+        :attr:`frozen_weight_cache`.
+
+        Everything is checked first (the manifest, every task file against
+        its SHA-256, the backbone fingerprint and mask settings, free
+        labels); on any error the model is unchanged.
+
+        :param path: the store's folder (made if new).
+        :param cache_budget_bytes: set the :attr:`frozen_weight_cache`'s budget.
+        :return: the tasks added from the store.
+        :raises TaskStoreError: naming what does not fit and what to do.
+        :raises ValueError: while a task learns, or if a store is attached.
+        """
+        if self._task_store is not None:
+            raise ValueError(f"This model keeps its tasks in {self._task_store.path} already.")
+        if self.task_state.learning:
+            raise ValueError(f"Tasks {self.learning_tasks} are still being learned; attach a task store between experiences.")
+        store = TaskStore(path)
+        store.check_model(self)
+        clashing = sorted(set(store.tasks) & set(self.tasks))
+        if clashing:
+            raise TaskStoreError(
+                f"Task label(s) {clashing} are in the model and in the task store {store.path}; attach the "
+                "store to a model without them (a model built on the same backbone)."
+            )
+        for task in store.tasks:  # every file, checked before anything changes
+            store.entries(self, task)
+        if cache_budget_bytes is not None:
+            self.frozen_weight_cache.budget_bytes = cache_budget_bytes
+        store.remove_unlisted_files()
+        prefixes = {id(module): prefix for prefix, module in self._named_task_modules()}
+        self._task_store = store
+        self.task_state.read_stored = lambda module, key: store.offloaded_part(
+            self, int(key.rsplit(".", 1)[1]), prefixes[id(module)] + key
+        )
+        added = store.tasks
+        for task in added:
+            self.load_state_dict({**self.state_dict(), **store.entries(self, task)})
+            self._offload(task)
+        for task in self.frozen_tasks:
+            if task_key(task) not in self.task_state.stored_tasks:
+                self._store(task)
+        return added
+
+    def _store(self, task: int) -> None:
+        self._task_store.append(self, task)  # type: ignore[union-attr]
+        self._offload(task)
+
+    def _offload(self, task: int) -> None:
+        key = task_key(task)
+        parts = {
+            prefix + k: tensor
+            for prefix, module in self._named_task_modules()
+            for k, tensor in module.offload_task(key).items()
+        }
+        self._offloaded[key] = {k: t.nbytes for k, t in parts.items()}
+        self.task_state.stored_tasks.add(key)
+
+    def stored_task_parts(self, task: int) -> Dict[str, Tensor]:
+        """The parts of ``task`` that its task store holds instead of memory,
+        read from the store (none for a task in memory)."""
+        key = task_key(task)
+        if key not in self.task_state.stored_tasks or self._task_store is None:
+            return {}
+        return {k: self._task_store.offloaded_part(self, task, k) for k in self._offloaded[key]}
+
+    def freeze_task(self, task: int) -> None:
+        """Finish a task; with a task store attached, append it there and
+        drop its masks from memory."""
+        super().freeze_task(task)
+        if self._task_store is not None:
+            self._store(task)
+
+    def stored_bytes(self) -> int:
+        """Bytes the model stores, in memory or in its task store (the
+        stored tasks' masks counted as in memory, bit-packed)."""
+        return super().stored_bytes() + sum(sum(parts.values()) for parts in self._offloaded.values())
 
     def load_tasks(
         self,

@@ -24,7 +24,19 @@ from piggyback_avalanche.task_aware.task_state import task_key
 if TYPE_CHECKING:  # the model module imports this one
     from piggyback_avalanche.methods.piggyback.model import PiggybackModel
 
-__all__ = ["TASK_FILE_FORMAT", "TASK_FILE_VERSION", "TaskFileError", "backbone_fingerprint", "save_tasks", "load_tasks"]
+__all__ = [
+    "TASK_FILE_FORMAT",
+    "TASK_FILE_VERSION",
+    "TaskFileError",
+    "backbone_fingerprint",
+    "save_tasks",
+    "load_tasks",
+    "task_file_payload",
+    "read_task_file",
+    "check_learned_on",
+    "task_entries",
+    "settings_of",
+]
 
 TASK_FILE_FORMAT = "piggyback-avalanche task file"
 TASK_FILE_VERSION = 2
@@ -51,7 +63,8 @@ def backbone_fingerprint(model: MultiHeadModel) -> str:
     return digest.hexdigest()
 
 
-def _settings(model: "PiggybackModel") -> Dict[str, Any]:
+def settings_of(model: "PiggybackModel") -> Dict[str, Any]:
+    """The settings that decide what a mask means, recorded with saved tasks."""
     return {
         "model": type(model).__name__,
         "threshold_fn": model.threshold_fn,
@@ -98,22 +111,92 @@ def save_tasks(model: "PiggybackModel", path: PathLike, tasks: Optional[Iterable
             + ("no frozen task to save" if not tasks else "")
             + "."
         )
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    layouts = model.code_layouts()
-    payload = {
-        "format": TASK_FILE_FORMAT,
-        "version": TASK_FILE_VERSION,
-        "backbone_fingerprint": backbone_fingerprint(model),
-        "settings": _settings(model),
-        "tasks": {task: encode_state({k: state[k] for k in model.task_state_keys(task)}, layouts) for task in tasks},
-    }
+    payload = task_file_payload(model, tasks)
     write_atomically(path, lambda file: torch.save(payload, file), binary=True)
 
 
-def _read(path: Path) -> Dict[str, Any]:
-    payload = read_saved(
-        path, weights_only=True, error=TaskFileError, what="task file", remedy="Copy it again from its source."
-    )
+def task_file_payload(model: "PiggybackModel", tasks: List[int]) -> Dict[str, Any]:
+    """What a task file of the frozen ``tasks`` holds (masks coded), also
+    for a task whose masks live in the model's task store."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    entries = {}
+    for task in tasks:
+        parts = {**{k: state[k] for k in model.task_state_keys(task)}, **model.stored_task_parts(task)}
+        entries[task] = encode_state(parts, model.frozen_code_layouts(task))
+    return {
+        "format": TASK_FILE_FORMAT,
+        "version": TASK_FILE_VERSION,
+        "backbone_fingerprint": backbone_fingerprint(model),
+        "settings": settings_of(model),
+        "tasks": entries,
+    }
+
+
+def check_learned_on(model: "PiggybackModel", payload: Dict[str, Any], path: Any) -> None:
+    """Refuse tasks saved with other mask settings or on another backbone.
+
+    :param payload: a task file's (or task store's) ``settings`` and
+        ``backbone_fingerprint``.
+    :param path: the file or store, for the messages.
+    """
+    ours = settings_of(model)
+    different = {k: (v, ours.get(k)) for k, v in payload["settings"].items() if ours.get(k) != v}
+    if different:
+        details = ", ".join(f"{k}: file {a!r}, model {b!r}" for k, (a, b) in different.items())
+        hint = " (model.to(dtype) converts the model)" if "dtype" in different else ""
+        raise TaskFileError(f"{path} was saved with other settings ({details}); build the model with the file's{hint}.")
+    if payload["backbone_fingerprint"] != backbone_fingerprint(model):
+        raise TaskFileError(
+            f"The tasks in {path} were learned on another backbone (fingerprint "
+            f"{payload['backbone_fingerprint'][:12]}…, this model's is {backbone_fingerprint(model)[:12]}…): "
+            "their masks would select the wrong weights. Build the model on the same pretrained "
+            "backbone (same weights, same first task if it trained the backbone)."
+        )
+
+
+def task_entries(model: "PiggybackModel", payload: Dict[str, Any], path: Any, task: int, label: int) -> Dict[str, Any]:
+    """Task ``task`` of a task file's payload, decoded and checked against
+    what a frozen task of ``model`` holds, under the model's keys for task
+    ``label``.
+
+    :raises TaskFileError: for a task that does not decode or does not
+        hold what a frozen task holds, at the right dtypes.
+    """
+    entries = payload["tasks"][task]
+    if isinstance(entries, dict):
+        try:
+            entries = decode_state(entries)
+        except CodingError as error:
+            raise TaskFileError(f"Task {task} in {path} does not decode ({error}). Copy it again from its source.") from None
+    expected = model.frozen_task_state_schema(task)
+    if not isinstance(entries, dict) or set(entries) != set(expected):
+        found = sorted(entries) if isinstance(entries, dict) else type(entries).__name__
+        raise TaskFileError(
+            f"Task {task} in {path} does not hold what a frozen task of this model holds (expected "
+            f"{sorted(expected)}, found {found}); it is corrupt, or from another backbone "
+            "architecture or classifier."
+        )
+    wrong = {
+        k: entries[k]
+        for k, dtype in expected.items()
+        if not isinstance(entries[k], torch.Tensor) or entries[k].dtype != dtype
+    }
+    if wrong:
+        details = ", ".join(
+            f"{k}: {getattr(v, 'dtype', type(v).__name__)}, not {expected[k]}" for k, v in wrong.items()
+        )
+        raise TaskFileError(f"Task {task} in {path} holds tensors of the wrong type ({details}); it is corrupt.")
+    # The model lists a task's keys in the same order for every label.
+    return {new: entries[old] for old, new in zip(expected, model.frozen_task_state_schema(label))}
+
+
+def read_task_file(path: Path, *, sha256: Optional[str] = None, remedy: str = "Copy it again from its source.") -> Dict[str, Any]:
+    """A task file's payload, of a readable format and version.
+
+    :param sha256: the file's recorded SHA-256 (a task store records it).
+    :param remedy: what to do about a file that cannot be read.
+    """
+    payload = read_saved(path, weights_only=True, error=TaskFileError, what="task file", remedy=remedy, sha256=sha256)
     if not isinstance(payload, dict) or payload.get("format") != TASK_FILE_FORMAT:
         raise TaskFileError(f"{path} is not a {TASK_FILE_FORMAT}.")
     if payload.get("version") not in _READABLE_VERSIONS:
@@ -152,25 +235,13 @@ def load_tasks(
             _labels(list((rename or {}).values()), "rename", unique=False),
         )
     )
-    payload = _read(path)
+    payload = read_task_file(path)
     available = sorted(payload["tasks"])
     tasks = available if tasks is None else tasks
     missing = [t for t in tasks if t not in payload["tasks"]]
     if missing:
         raise TaskFileError(f"{path} has no task(s) {missing}; it holds tasks {available}.")
-    ours = _settings(model)
-    different = {k: (v, ours.get(k)) for k, v in payload["settings"].items() if ours.get(k) != v}
-    if different:
-        details = ", ".join(f"{k}: file {a!r}, model {b!r}" for k, (a, b) in different.items())
-        hint = " (model.to(dtype) converts the model)" if "dtype" in different else ""
-        raise TaskFileError(f"{path} was saved with other settings ({details}); build the model with the file's{hint}.")
-    if payload["backbone_fingerprint"] != backbone_fingerprint(model):
-        raise TaskFileError(
-            f"The tasks in {path} were learned on another backbone (fingerprint "
-            f"{payload['backbone_fingerprint'][:12]}…, this model's is {backbone_fingerprint(model)[:12]}…): "
-            "their masks would select the wrong weights. Build the model on the same pretrained "
-            "backbone (same weights, same first task if it trained the backbone)."
-        )
+    check_learned_on(model, payload, path)
     label = {t: renamed.get(t, t) for t in tasks}
     targets = [label[t] for t in tasks]
     clashing = sorted({t for t in targets if targets.count(t) > 1})
@@ -184,33 +255,7 @@ def load_tasks(
         )
     state = model.state_dict()
     for task in tasks:
-        entries = payload["tasks"][task]
-        if isinstance(entries, dict):
-            try:
-                entries = decode_state(entries)
-            except CodingError as error:
-                raise TaskFileError(f"Task {task} in {path} does not decode ({error}). Copy it again from its source.") from None
-        expected = model.frozen_task_state_schema(task)
-        if not isinstance(entries, dict) or set(entries) != set(expected):
-            found = sorted(entries) if isinstance(entries, dict) else type(entries).__name__
-            raise TaskFileError(
-                f"Task {task} in {path} does not hold what a frozen task of this model holds (expected "
-                f"{sorted(expected)}, found {found}); it is corrupt, or from another backbone "
-                "architecture or classifier."
-            )
-        wrong = {
-            k: entries[k]
-            for k, dtype in expected.items()
-            if not isinstance(entries[k], torch.Tensor) or entries[k].dtype != dtype
-        }
-        if wrong:
-            details = ", ".join(
-                f"{k}: {getattr(v, 'dtype', type(v).__name__)}, not {expected[k]}" for k, v in wrong.items()
-            )
-            raise TaskFileError(f"Task {task} in {path} holds tensors of the wrong type ({details}); it is corrupt.")
-        # The model lists a task's keys in the same order for every label.
-        for old, new in zip(expected, model.frozen_task_state_schema(label[task])):
-            state[new] = entries[old]
+        state.update(task_entries(model, payload, path, task, label[task]))
     refuse_unless_loadable(
         model,
         state,
