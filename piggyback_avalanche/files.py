@@ -137,7 +137,9 @@ def read_saved(
     except FileNotFoundError:
         raise error(f"No {what} at {path}.") from None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise error(f"{what.capitalize()} {path} does not match its recorded SHA-256: it is truncated or was replaced. {remedy}")
+        raise error(
+            f"{what.capitalize()} {path} does not match its recorded SHA-256: it is truncated or was replaced. {remedy}"
+        )
     try:
         return torch.load(io.BytesIO(data), weights_only=weights_only, map_location="cpu")
     except Exception as exc:

@@ -153,9 +153,13 @@ def test_bad_checkpoints_are_refused_and_leave_the_strategy_unchanged(three_task
 
     # The masks are stored entropy-coded, and a stream that does not decode is refused.
     coded = state["model_state"]["backbone.3.packed_masks.0"]
-    assert is_coded(coded) and torch.equal(decode_codes(coded), strategy.model.state_dict()["backbone.3.packed_masks.0"])
+    assert is_coded(coded) and torch.equal(
+        decode_codes(coded), strategy.model.state_dict()["backbone.3.packed_masks.0"]
+    )
     flipped = {**coded, "crc32": coded["crc32"] + 1}
-    torch.save({**state, "model_state": {**state["model_state"], "backbone.3.packed_masks.0": flipped}}, tmp_path / "c.ckpt")
+    torch.save(
+        {**state, "model_state": {**state["model_state"], "backbone.3.packed_masks.0": flipped}}, tmp_path / "c.ckpt"
+    )
     with pytest.raises(CheckpointError, match="holds masks that do not decode \\(backbone.3.packed_masks.0: .*corrupt"):
         load_experience_checkpoint(target, tmp_path / "c.ckpt")
     assert unchanged()

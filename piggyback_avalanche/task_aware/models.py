@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from avalanche.benchmarks.scenarios import CLExperience
 from avalanche.models import DynamicModule, MultiTaskModule
 
-from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
+from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
 from piggyback_avalanche.task_aware.task_heads import TaskHeads
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
@@ -291,7 +291,9 @@ class MultiHeadModel(MultiTaskModule):
         their layouts: what task files and checkpoints store entropy-coded
         (:func:`~piggyback_avalanche.task_aware.entropy_coding.encode_state`)."""
         return {
-            prefix + k: layout for prefix, module in self._named_task_modules() for k, layout in module.code_layouts().items()
+            prefix + k: layout
+            for prefix, module in self._named_task_modules()
+            for k, layout in module.code_layouts().items()
         }
 
     def frozen_code_layouts(self, task: int) -> Dict[str, CodeLayout]:

@@ -165,7 +165,9 @@ class PiggybackModel(TaskAwareModel):
         if self._task_store is not None:
             raise ValueError(f"This model keeps its tasks in {self._task_store.path} already.")
         if self.task_state.learning:
-            raise ValueError(f"Tasks {self.learning_tasks} are still being learned; attach a task store between experiences.")
+            raise ValueError(
+                f"Tasks {self.learning_tasks} are still being learned; attach a task store between experiences."
+            )
         store = TaskStore(path)
         store.check_model(self)
         clashing = sorted(set(store.tasks) & set(self.tasks))

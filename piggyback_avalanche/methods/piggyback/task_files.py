@@ -167,7 +167,9 @@ def task_entries(model: "PiggybackModel", payload: Dict[str, Any], path: Any, ta
         try:
             entries = decode_state(entries)
         except CodingError as error:
-            raise TaskFileError(f"Task {task} in {path} does not decode ({error}). Copy it again from its source.") from None
+            raise TaskFileError(
+                f"Task {task} in {path} does not decode ({error}). Copy it again from its source."
+            ) from None
     expected = model.frozen_task_state_schema(task)
     if not isinstance(entries, dict) or set(entries) != set(expected):
         found = sorted(entries) if isinstance(entries, dict) else type(entries).__name__
@@ -190,7 +192,9 @@ def task_entries(model: "PiggybackModel", payload: Dict[str, Any], path: Any, ta
     return {new: entries[old] for old, new in zip(expected, model.frozen_task_state_schema(label))}
 
 
-def read_task_file(path: Path, *, sha256: Optional[str] = None, remedy: str = "Copy it again from its source.") -> Dict[str, Any]:
+def read_task_file(
+    path: Path, *, sha256: Optional[str] = None, remedy: str = "Copy it again from its source."
+) -> Dict[str, Any]:
     """A task file's payload, of a readable format and version.
 
     :param sha256: the file's recorded SHA-256 (a task store records it).

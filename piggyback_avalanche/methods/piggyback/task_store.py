@@ -27,8 +27,9 @@ budget.
 import hashlib
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -58,6 +59,17 @@ _TASK_FILE = re.compile(r"task-(\d+)\.tasks")
 class TaskStoreError(TaskFileError):
     """A task store cannot be opened, read, appended to, or attached to
     this model."""
+
+
+@contextmanager
+def _as_store_error() -> Iterator[None]:
+    """A task file's refusal, raised as the store's."""
+    try:
+        yield
+    except TaskStoreError:
+        raise
+    except TaskFileError as error:
+        raise TaskStoreError(str(error)) from None
 
 
 class TaskStore:
@@ -108,7 +120,8 @@ class TaskStore:
             or not isinstance(manifest.get("backbone_fingerprint"), str)
             or not isinstance(manifest.get("settings"), dict)
             or not all(
-                re.fullmatch(r"\d+", label) and isinstance(entry, dict)
+                re.fullmatch(r"\d+", label)
+                and isinstance(entry, dict)
                 and all(isinstance(entry.get(k), t) for k, t in fields.items())
                 and _TASK_FILE.fullmatch(entry["file"])
                 for label, entry in tasks.items()
@@ -138,25 +151,30 @@ class TaskStore:
         """Refuse a model whose mask settings or backbone differ from the
         store's (an empty store takes any)."""
         if self._manifest is not None and self._manifest["tasks"]:
-            check_learned_on(model, self._manifest, self.path)
+            with _as_store_error():
+                check_learned_on(model, self._manifest, self.path)
 
     def read(self, task: int) -> Dict[str, Any]:
         """``task``'s file, checked against the manifest, as a task file
         payload."""
         entry = self._entry(task)
-        payload = read_task_file(
-            self.path / entry["file"],
-            sha256=entry["sha256"],
-            remedy="The task store is damaged: restore it from a copy.",
-        )
-        if list(payload["tasks"]) != [task] or payload["backbone_fingerprint"] != self._manifest["backbone_fingerprint"]:  # type: ignore[index]
+        with _as_store_error():
+            payload = read_task_file(
+                self.path / entry["file"],
+                sha256=entry["sha256"],
+                remedy="The task store is damaged: restore it from a copy.",
+            )
+        fingerprint = (self._manifest or {}).get("backbone_fingerprint")
+        if list(payload["tasks"]) != [task] or payload["backbone_fingerprint"] != fingerprint:
             raise TaskStoreError(f"{self.path / entry['file']} holds other tasks than the manifest says.")
         return payload
 
     def entries(self, model: "PiggybackModel", task: int) -> Dict[str, Any]:
         """``task``'s state, decoded and checked against ``model``, under the
         model's keys."""
-        return task_entries(model, self.read(task), self.path / self._entry(task)["file"], task, task)
+        payload = self.read(task)
+        with _as_store_error():
+            return task_entries(model, payload, self.path / self._entry(task)["file"], task, task)
 
     def offloaded_part(self, model: "PiggybackModel", task: int, key: str) -> Tensor:
         """The tensor stored under the state-dict ``key`` of ``task``, read

@@ -1,0 +1,271 @@
+"""Task stores and the frozen-weight cache: tasks kept on disk give the
+logits of tasks kept in memory, a damaged or foreign store is refused with
+the model unchanged, an interrupted append loses at most the task being
+added, and resident memory stays within the cache's budget."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import stacked_inputs, tiny_conv_net
+
+from piggyback_avalanche import Piggyback, PiggybackModel
+from piggyback_avalanche.methods.piggyback.task_store import TaskStore, TaskStoreError
+from piggyback_avalanche.task_aware.frozen_weight_cache import FrozenWeightCache
+from piggyback_avalanche.training.checkpoints import CheckpointError, save_experience_checkpoint
+
+
+@pytest.fixture
+def trained(three_task_stream):
+    """A backbone, a strategy and its model with three frozen tasks."""
+    torch.manual_seed(0)
+    backbone = tiny_conv_net()
+    model = PiggybackModel(backbone)
+    strategy = Piggyback(model=model, mask_lr=1e-2, lr=1e-2, train_mb_size=16, train_epochs=2, evaluator=None)
+    for experience in three_task_stream.train_stream:
+        strategy.train(experience)
+    return backbone, strategy, model.eval()
+
+
+def _logits(model, stream):
+    with torch.no_grad():
+        return [model.eval()(stacked_inputs(stream.test_stream[t]), t) for t in range(len(stream.test_stream))]
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(model, state):
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+
+
+def test_tasks_from_a_store_give_the_logits_of_tasks_in_memory(trained, three_task_stream, tmp_path):
+    backbone, _, model = trained
+    expected = _logits(model, three_task_stream)
+    in_memory = model.stored_bytes()
+    assert model.attach_task_store(tmp_path / "store") == []
+    assert not [k for k in model.state_dict() if ".packed_masks." in k]  # the masks left memory
+    assert model.stored_bytes() == in_memory  # and still count, bit-packed
+    assert [torch.equal(a, b) for a, b in zip(_logits(model, three_task_stream), expected)] == [True] * 3
+
+    fresh = PiggybackModel(backbone)
+    assert fresh.attach_task_store(tmp_path / "store") == [0, 1, 2]
+    assert fresh.frozen_tasks == [0, 1, 2] and fresh.stored_bytes() == in_memory
+    assert [torch.equal(a, b) for a, b in zip(_logits(fresh, three_task_stream), expected)] == [True] * 3
+    exported = fresh.export_task(1)
+    with torch.no_grad():
+        assert torch.equal(exported(stacked_inputs(three_task_stream.test_stream[1])), expected[1])
+    fresh.save_tasks(tmp_path / "all.tasks")  # a task file from stored tasks holds their masks
+    again = PiggybackModel(backbone)
+    again.load_tasks(tmp_path / "all.tasks")
+    assert [torch.equal(a, b) for a, b in zip(_logits(again, three_task_stream), expected)] == [True] * 3
+
+
+def test_tasks_frozen_after_attaching_are_appended(three_task_stream, tmp_path):
+    torch.manual_seed(0)
+    backbone = tiny_conv_net()
+    model = PiggybackModel(backbone)
+    model.attach_task_store(tmp_path / "store")
+    strategy = Piggyback(model=model, mask_lr=1e-2, lr=1e-2, train_mb_size=16, train_epochs=2, evaluator=None)
+    for experience in three_task_stream.train_stream:
+        strategy.train(experience)
+    store = TaskStore(tmp_path / "store")
+    assert store.tasks == [0, 1, 2] and all(store.file_bytes(t) > 0 for t in range(3))
+    expected = _logits(model, three_task_stream)
+    fresh = PiggybackModel(backbone)
+    fresh.attach_task_store(tmp_path / "store")
+    assert [torch.equal(a, b) for a, b in zip(_logits(fresh, three_task_stream), expected)] == [True] * 3
+    with pytest.raises(CheckpointError, match="keep their masks in a task store"):
+        save_experience_checkpoint(strategy, tmp_path / "run.ckpt", next_experience=3)
+    assert not (tmp_path / "run.ckpt").exists()
+
+
+def test_a_damaged_or_foreign_store_is_refused_and_the_model_is_unchanged(trained, tmp_path):
+    backbone, _, model = trained
+    model.attach_task_store(tmp_path / "store")
+    store = tmp_path / "store"
+    manifest = json.loads((store / "store.json").read_text())
+
+    def refused(message, prepare):
+        folder = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        for path in store.iterdir():
+            (folder / path.name).write_bytes(path.read_bytes())
+        prepare(folder)
+        target = PiggybackModel(backbone)
+        target.add_task(7, classes=[0, 1])
+        target.freeze_task(7)
+        before = _state(target)
+        with pytest.raises(TaskStoreError, match=message):
+            target.attach_task_store(folder)
+        assert _same(target, before) and target.tasks == [7] and target.task_store is None
+
+    refused(
+        "does not match its recorded SHA-256",
+        lambda f: (f / "task-1.tasks").write_bytes((f / "task-1.tasks").read_bytes()[:-50]),
+    )
+    refused(
+        "does not match its recorded SHA-256",
+        lambda f: (f / "task-1.tasks").write_bytes((f / "task-2.tasks").read_bytes()),
+    )
+    refused("No task file at", lambda f: (f / "task-2.tasks").unlink())
+    refused("Cannot read task store", lambda f: (f / "store.json").write_text("{not json"))
+    refused("is not a piggyback-avalanche task store", lambda f: (f / "store.json").write_text("[]"))
+    refused("of version 9", lambda f: (f / "store.json").write_text(json.dumps({**manifest, "version": 9})))
+    refused(
+        "is malformed",
+        lambda f: (f / "store.json").write_text(json.dumps({**manifest, "tasks": {"0": {"file": "../x"}}})),
+    )
+    refused(
+        "learned on another backbone",
+        lambda f: (f / "store.json").write_text(json.dumps({**manifest, "backbone_fingerprint": "0" * 64})),
+    )
+
+    other = tiny_conv_net()  # another backbone: its fingerprint differs
+    target = PiggybackModel(other)
+    with pytest.raises(TaskStoreError, match="learned on another backbone"):
+        target.attach_task_store(store)
+    assert target.tasks == []
+    clash = PiggybackModel(backbone)
+    clash.add_task(1, classes=[0, 1])
+    clash.freeze_task(1)
+    with pytest.raises(TaskStoreError, match="Task label\\(s\\) \\[1\\] are in the model and in the task store"):
+        clash.attach_task_store(store)
+    with pytest.raises(TaskStoreError, match="is not a folder"):
+        PiggybackModel(backbone).attach_task_store(store / "store.json")
+
+
+def test_an_interrupted_append_leaves_every_earlier_task_bit_identical(trained, three_task_stream, tmp_path):
+    backbone, _, model = trained
+    expected = _logits(model, three_task_stream)
+    model.attach_task_store(tmp_path / "store")
+    store = tmp_path / "store"
+    files = {p.name: p.read_bytes() for p in store.iterdir()}
+    # What a process killed while appending task 3 leaves: its file half
+    # written (a partial file), or whole but not yet in the manifest.
+    (store / ".task-3.tasks.x1.partial").write_bytes(files["task-0.tasks"][:100])
+    (store / "task-3.tasks").write_bytes(files["task-0.tasks"])
+    fresh = PiggybackModel(backbone)
+    assert fresh.attach_task_store(store) == [0, 1, 2]
+    assert sorted(p.name for p in store.iterdir()) == ["store.json", "task-0.tasks", "task-1.tasks", "task-2.tasks"]
+    assert all((store / name).read_bytes() == data for name, data in files.items())
+    assert [torch.equal(a, b) for a, b in zip(_logits(fresh, three_task_stream), expected)] == [True] * 3
+
+
+KILLED_APPEND = """
+import os, signal, sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import tiny_conv_net
+from piggyback_avalanche import PiggybackModel
+from piggyback_avalanche.methods.piggyback import task_store
+torch.manual_seed(0)
+model = PiggybackModel(tiny_conv_net())
+model.attach_task_store({store!r})
+real_write = task_store.write_atomically
+def write_then_die(path, write, **kwargs):
+    real_write(path, write, **kwargs)
+    if path.name == "task-3.tasks":  # the task file is written, the manifest not yet
+        os.kill(os.getpid(), signal.SIGKILL)
+task_store.write_atomically = write_then_die
+for task in range(5):
+    model.add_task(task, classes=[0, 1])
+    model.freeze_task(task)
+"""
+
+
+@pytest.mark.slow
+def test_a_process_killed_while_appending_loses_only_the_task_being_added(tmp_path):
+    store = tmp_path / "store"
+    script = KILLED_APPEND.format(tests=os.path.dirname(__file__), store=str(store))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr
+    assert TaskStore(store).tasks == [0, 1, 2]
+    torch.manual_seed(0)
+    model = PiggybackModel(tiny_conv_net())
+    assert model.attach_task_store(store) == [0, 1, 2]
+    assert not (store / "task-3.tasks").exists()  # the unlisted file is gone
+    model.add_task(3, classes=[0, 1])  # and the label is free again
+    model.freeze_task(3)
+    assert TaskStore(store).tasks == [0, 1, 2, 3]
+
+
+def test_the_cache_keeps_recent_tasks_within_its_budget_and_never_recomputes_them(trained, three_task_stream):
+    _, _, model = trained
+    cache = model.frozen_weight_cache
+    layer = model.masked_layers["3"]
+    per_task = sum(m.weight.nbytes for m in model.masked_layers.values())
+    inputs = [stacked_inputs(three_task_stream.test_stream[t]) for t in range(3)]
+    with torch.no_grad():
+        cache.budget_bytes = 0  # the default: the last task only
+        for task in (0, 1, 2):
+            model(inputs[task], task)
+        assert cache.tasks() == ["2"] and cache.nbytes() == per_task
+        cache.budget_bytes = 2 * per_task
+        for task in (0, 1, 0, 1):
+            model(inputs[task], task)
+        assert cache.tasks() == ["0", "1"] and cache.nbytes() == 2 * per_task
+        weight = cache.value("0", layer)
+        for task in (1, 0, 1, 0):  # alternating between cached tasks reuses their weights
+            model(inputs[task], task)
+        assert cache.value("0", layer) is weight
+        model(inputs[2], 2)  # the least recently used task (1) makes room
+        assert cache.tasks() == ["0", "2"] and cache.value("1", layer) is None
+        mixed = torch.cat(inputs[:2])
+        labels = torch.tensor([0] * len(inputs[0]) + [1] * len(inputs[1]))
+        out = model(mixed, labels)
+    assert torch.equal(out[: len(inputs[0]), :2], model(inputs[0], 0))
+    with pytest.raises(ValueError, match="non-negative number of bytes"):
+        cache.budget_bytes = -1
+    copy_ = __import__("copy").deepcopy(cache)
+    assert isinstance(copy_, FrozenWeightCache) and copy_.tasks() == [] and copy_.budget_bytes == cache.budget_bytes
+
+
+MEMORY_PROBE = """
+import resource, sys, tempfile, torch
+from torch import nn
+from piggyback_avalanche import PiggybackModel
+torch.manual_seed(0)
+width, tasks, budget_tasks, stored = 1024, 24, 3, {stored}
+backbone = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 4))
+model = PiggybackModel(backbone).eval()
+per_task = sum(layer.weight.nbytes for layer in model.masked_layers.values())
+model.frozen_weight_cache.budget_bytes = budget_tasks * per_task if stored else 10**12
+if stored:
+    model.attach_task_store(tempfile.mkdtemp())
+x = torch.randn(8, width)
+with torch.no_grad():
+    for task in range(tasks):
+        model.add_task(task, classes=[0, 1])
+        for layer in model.masked_layers.values():  # a mask that is not all ones
+            layer.scores[str(task)].uniform_(0, 1e-2)
+        model.freeze_task(task)
+        model(x, task)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    for task in range(tasks):
+        model(x, task)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(per_task, model.frozen_weight_cache.nbytes(), peak)
+"""
+
+
+@pytest.mark.slow
+def test_resident_memory_is_bounded_by_the_budget_with_a_store_and_grows_without(tmp_path):
+    def probe(stored):
+        result = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE.format(stored=stored)], capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+        return [int(v) for v in result.stdout.split()]
+
+    per_task, cached, bounded_peak = probe(True)
+    assert cached == 3 * per_task  # the budget: three tasks' effective weights
+    _, cached_all, unbounded_peak = probe(False)
+    assert cached_all == 24 * per_task
+    # Without a store and with an unbounded cache, memory holds every task's
+    # weights; with the store it holds the budget's: at least 15 tasks' fewer.
+    assert unbounded_peak - bounded_peak > 15 * per_task
