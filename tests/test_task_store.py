@@ -14,7 +14,7 @@ from conftest import stacked_inputs, tiny_conv_net
 
 from piggyback_avalanche import Piggyback, PiggybackModel
 from piggyback_avalanche.methods.piggyback.task_store import TaskStore, TaskStoreError
-from piggyback_avalanche.task_aware.frozen_weight_cache import FrozenWeightCache
+from piggyback_avalanche.task_aware.frozen_weight_cache import DEFAULT_BUDGET_BYTES, FrozenWeightCache
 from piggyback_avalanche.training.checkpoints import CheckpointError, save_experience_checkpoint
 
 
@@ -194,6 +194,24 @@ def test_a_process_killed_while_appending_loses_only_the_task_being_added(tmp_pa
     assert TaskStore(store).tasks == [0, 1, 2, 3]
 
 
+def test_stacked_groups_count_in_the_budget_and_overlapping_groups_are_dropped(trained, three_task_stream):
+    _, _, model = trained
+    cache = model.frozen_weight_cache
+    x = stacked_inputs(three_task_stream.test_stream[0])
+    layer = model.masked_layers["3"]
+    model.task_outputs(x, [0, 1])
+    stacked = cache.value("tasks:0,1", layer)
+    assert stacked is not None and torch.equal(stacked[0][:8], layer.mask("0") * layer.weight)
+    model.task_outputs(x, [0, 1])
+    assert cache.value("tasks:0,1", layer) is stacked  # reused
+    model.task_outputs(x, [1, 2])  # another grouping: the overlapping group goes
+    assert cache.value("tasks:0,1", layer) is None and "tasks:1,2" in cache.tasks()
+    cache.budget_bytes = 0
+    assert cache.tasks() == ["tasks:1,2"] and cache.nbytes() == sum(
+        sum(t.nbytes for t in cache.value("tasks:1,2", m) if t is not None) for m in model.masked_layers.values()
+    )
+
+
 def test_the_cache_keeps_recent_tasks_within_its_budget_and_never_recomputes_them(trained, three_task_stream):
     _, _, model = trained
     cache = model.frozen_weight_cache
@@ -201,7 +219,7 @@ def test_the_cache_keeps_recent_tasks_within_its_budget_and_never_recomputes_the
     per_task = sum(m.weight.nbytes for m in model.masked_layers.values())
     inputs = [stacked_inputs(three_task_stream.test_stream[t]) for t in range(3)]
     with torch.no_grad():
-        cache.budget_bytes = 0  # the default: the last task only
+        cache.budget_bytes = 0  # the last task only
         for task in (0, 1, 2):
             model(inputs[task], task)
         assert cache.tasks() == ["2"] and cache.nbytes() == per_task
@@ -221,6 +239,7 @@ def test_the_cache_keeps_recent_tasks_within_its_budget_and_never_recomputes_the
     assert torch.equal(out[: len(inputs[0]), :2], model(inputs[0], 0))
     with pytest.raises(ValueError, match="non-negative number of bytes"):
         cache.budget_bytes = -1
+    assert FrozenWeightCache().budget_bytes == DEFAULT_BUDGET_BYTES == 256 * 2**20
     copy_ = __import__("copy").deepcopy(cache)
     assert isinstance(copy_, FrozenWeightCache) and copy_.tasks() == [] and copy_.budget_bytes == cache.budget_bytes
 

@@ -149,6 +149,7 @@ class MultiHeadModel(MultiTaskModule):
         super().__init__()
         _refuse_avalanche_dynamic_modules(backbone, type(self).__name__)
         self.task_state = TaskState()
+        self._shared_keys: Optional[List[str]] = None
         # Classes of experiences evaluated before their task was learned (not saved).
         self._untrained_task_classes: Dict[int, List[int]] = {}
         self._classifier_name = _find_classifier(backbone, classifier)
@@ -158,6 +159,8 @@ class MultiHeadModel(MultiTaskModule):
             self.feature_statistics = TaskFeatureStatistics(
                 self.heads.in_features, task_state=self.task_state, placement=self.heads._placement
             )
+        for prefix, module in self._named_task_modules():
+            module.state_prefix = prefix
 
     # --- building ----------------------------------------------------------
 
@@ -182,10 +185,24 @@ class MultiHeadModel(MultiTaskModule):
         return module
 
     def _named_task_modules(self) -> Iterator[Tuple[str, TaskModule]]:
-        """Every task-aware module, by its state-dict prefix."""
-        for name, module in self.named_modules():
-            if isinstance(module, TaskModule):
-                yield f"{name}.", module
+        """Every task-aware module, by its state-dict prefix.
+
+        The walk stops at each task-aware module: what lies below (a head
+        or a norm per task) is the module's own, and walking it would make
+        every call cost as much as there are tasks."""
+        seen: Set[int] = set()
+
+        def walk(module: nn.Module, prefix: str) -> Iterator[Tuple[str, TaskModule]]:
+            for name, child in module._modules.items():
+                if child is None or id(child) in seen:
+                    continue
+                seen.add(id(child))
+                if isinstance(child, TaskModule):
+                    yield f"{prefix}{name}.", child
+                else:
+                    yield from walk(child, f"{prefix}{name}.")
+
+        yield from walk(self, "")
 
     # --- tasks ---------------------------------------------------------------
 
@@ -310,10 +327,49 @@ class MultiHeadModel(MultiTaskModule):
         """State-dict keys that only seed new tasks and that no learned task reads."""
         return [prefix + k for prefix, module in self._named_task_modules() for k in module.template_state_keys()]
 
+    def frozen_task_parts(self) -> List[Union[Tensor, nn.Module]]:
+        """What only frozen tasks hold, which nothing ever changes: their
+        tensors (parameters and buffers themselves), and the leaf modules
+        that hold nothing else (a frozen task's head or norm; never a
+        container, to which a new task may be added)."""
+        state = self.state_dict(keep_vars=True)
+        learning = self.task_state.learning
+        tensors = [
+            state[k] for task in self.tasks if task_key(task) not in learning for k in self.task_state_keys(task)
+        ]
+        frozen = {id(t) for t in tensors}
+        modules = [
+            module
+            for module in self.modules()
+            if not module._modules
+            and all(id(t) in frozen for t in chain(module.parameters(), module.buffers()))
+            and any(True for _ in chain(module.parameters(), module.buffers()))
+        ]
+        return [*tensors, *modules]
+
     def shared_state_keys(self) -> List[str]:
-        """State-dict keys of what every task shares: all but the tasks' own."""
-        own = {k for task in self.tasks for k in self.task_state_keys(task)}
-        return [k for k in self.state_dict() if k not in own]
+        """State-dict keys of what every task shares: all but the tasks' own.
+
+        Tasks come and go with keys of their own only, so the shared keys
+        depend on the model's structure alone: they are found once (and
+        again after a load), not at every call, whose cost would grow with
+        the number of tasks."""
+        if self._shared_keys is None:
+            own = {k for task in self.tasks for k in self.task_state_keys(task)}
+            self._shared_keys = [k for k in self.state_dict() if k not in own]
+        return list(self._shared_keys)
+
+    def shared_state(self) -> Dict[str, Tensor]:
+        """The shared tensors by state-dict key, fetched live by name (a move
+        to another device replaces buffers; a write through ``.data``
+        replaces a parameter's storage)."""
+        state = {}
+        for key in self.shared_state_keys():
+            owner, _, name = key.rpartition(".")
+            module = self.get_submodule(owner)
+            tensor = module._parameters.get(name)
+            state[key] = tensor if tensor is not None else module._buffers[name]
+        return state
 
     def stored_bytes(self) -> int:
         """Bytes of what the model must store to compute every learned task:
@@ -510,6 +566,7 @@ class MultiHeadModel(MultiTaskModule):
     # --- state dict ------------------------------------------------------------
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        self._shared_keys = None
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self.known_train_tasks_labels = set(self.tasks)
         self.max_class_label = max([self.heads.head(t).out_features for t in self.heads.heads.keys()], default=0)
@@ -734,16 +791,9 @@ class TaskAwareModel(MultiHeadModel):
     # --- the shared tensors stay as the frozen tasks learned them ----------------
 
     def _shared_tensors(self) -> List[Tensor]:
-        """The floating-point shared tensors, fetched live by name (a move to
-        another device replaces buffers; a write through ``.data`` replaces
-        a parameter's storage)."""
-        tensors = []
-        for key in self._shared_float_keys:
-            owner, _, name = key.rpartition(".")
-            module = self.get_submodule(owner)
-            tensor = module._parameters.get(name)
-            tensors.append(tensor if tensor is not None else module._buffers[name])
-        return tensors
+        """The floating-point shared tensors, fetched live."""
+        shared = self.shared_state()
+        return [shared[key] for key in self._shared_float_keys]
 
     def _checksum(self, *, sampled: bool) -> Tensor:
         """Sum and sum of squares per shared tensor, in float64; ``sampled``:
@@ -758,8 +808,7 @@ class TaskAwareModel(MultiHeadModel):
         return torch.stack(rows).cpu() if rows else torch.zeros(0, 2, dtype=torch.float64)
 
     def _record_shared_checksum(self) -> None:
-        state = self.state_dict()
-        self._shared_float_keys = [k for k in self.shared_state_keys() if state[k].is_floating_point()]
+        self._shared_float_keys = [k for k, t in self.shared_state().items() if t.is_floating_point()]
         self._shared_checksums = {sampled: self._checksum(sampled=sampled) for sampled in (False, True)}
 
     def verify_shared_state(self, *, sampled: bool = False) -> None:

@@ -9,11 +9,11 @@ run trains, and keeps the last checkpoint loadable into the strategy.
 
 import copy
 import random
-from typing import Any, Dict
+from typing import Any, Dict, Iterable, Union
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["RestorePoint", "capture_rng", "restore_rng"]
 
@@ -44,11 +44,16 @@ class RestorePoint:
     :param model: the model, restored in place (the object stays the same,
         so references to it remain valid; its submodules are the copies).
     :param clock: Avalanche's training clock.
+    :param unchanging: tensors and modules that nothing may change (frozen
+        tasks'), shared by the copy instead of copied, so that a restore
+        point costs what the tasks still changing hold, not what every task
+        holds.
     """
 
-    def __init__(self, model: nn.Module, clock: Any) -> None:
+    def __init__(self, model: nn.Module, clock: Any, *, unchanging: Iterable[Union[Tensor, nn.Module]] = ()) -> None:
         self.model = model
-        self._model_state = copy.deepcopy(model.__dict__)
+        self._unchanging = {id(t): t for t in unchanging}
+        self._model_state = copy.deepcopy(model.__dict__, dict(self._unchanging))
         self._rng = capture_rng()
         self._clock = dict(vars(clock))
         self._clock_object = clock
@@ -56,7 +61,7 @@ class RestorePoint:
     def restore(self) -> None:
         """Put everything back as it was when the point was made."""
         self.model.__dict__.clear()
-        self.model.__dict__.update(copy.deepcopy(self._model_state))
+        self.model.__dict__.update(copy.deepcopy(self._model_state, dict(self._unchanging)))
         restore_rng(self._rng)
         vars(self._clock_object).clear()
         vars(self._clock_object).update(self._clock)

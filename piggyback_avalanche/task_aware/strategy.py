@@ -400,7 +400,7 @@ class TaskAwareStrategy(SupervisedTemplate):
 
     def _before_training_exp(self, **kwargs: Any) -> None:
         # Before the model adapts to the experience: what a failure returns to.
-        self._restore_point = RestorePoint(self.model, self.clock)
+        self._restore_point = RestorePoint(self.model, self.clock, unchanging=self.model.frozen_task_parts())
         super()._before_training_exp(**kwargs)
 
     def _after_training_exp(self, **kwargs) -> None:

@@ -200,7 +200,8 @@ class TaskWeightLayer(TaskModule, nn.Module):
     def stacked_weight_and_bias(self) -> Tuple[Tensor, Optional[Tensor]]:
         """The weights and biases of the stacked tasks
         (:meth:`TaskState.use_stacked`), concatenated along the outputs;
-        kept until the tasks or any tensor of the layer change."""
+        kept in the model's :class:`FrozenWeightCache` (within its budget)
+        until the tasks or any tensor of the layer change."""
         tasks = self.task_state.stacked
         if tasks is None:
             raise RuntimeError("No stacked tasks: call the owning model's forward_stacked(x, tasks).")
@@ -215,7 +216,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
             bias = None if biases[0] is None else torch.cat(biases)  # type: ignore[arg-type]
             return torch.cat(weights), bias
 
-        return self._caches.get_for_tasks(tasks, VersionedCache.state_key(self), compute)
+        return self.task_state.frozen_weights.get_for_tasks(tasks, self, VersionedCache.state_key(self), compute)
 
     # --- what the layer says about its state -----------------------------------
 
@@ -282,8 +283,8 @@ class TaskWeightLayer(TaskModule, nn.Module):
         stores = self._stores()
         if task in stores[store]:
             return stores[store][task]
-        if task in self.task_state.stored_tasks and self.task_state.read_stored is not None:
-            return self.task_state.read_stored(self, f"{store}.{task}")
+        if task in self.task_state.stored_tasks and self.task_state.stored_parts is not None:
+            return self.task_state.stored_parts.read_part(task, f"{self.state_prefix}{store}.{task}")
         raise KeyError(f"{type(self).__name__} has nothing of task {task!r} in {store}.")
 
     def _frozen_weight(self, task: str, key: Tuple, compute: Callable[[], Tensor]) -> Tensor:

@@ -9,7 +9,7 @@ the keys under which their tensors appear in the state dict.
 import operator
 from contextlib import contextmanager
 from itertools import chain
-from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Protocol, Sequence, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +22,21 @@ __all__ = [
     "TaskTensorDict",
     "TaskModule",
     "StackingUnsupportedError",
+    "StoredParts",
     "VersionedCache",
     "stacked_width",
     "task_key",
     "task_keys_below",
 ]
+
+
+class StoredParts(Protocol):
+    """Where the frozen tasks of :attr:`TaskState.stored_tasks` keep the
+    parts that are not in memory (a task store)."""
+
+    def read_part(self, task: str, key: str) -> Tensor:
+        """The tensor of ``task`` under the model's state-dict ``key``."""
+        ...
 
 
 class TaskState:
@@ -49,8 +59,7 @@ class TaskState:
         self.stacked: Optional[Tuple[str, ...]] = None
         self.frozen_weights = FrozenWeightCache()
         self.stored_tasks: Set[str] = set()
-        # (module, its state-dict key of the tensor) -> the tensor, read from the store.
-        self.read_stored: Optional[Callable[[nn.Module, str], Tensor]] = None
+        self.stored_parts: Optional[StoredParts] = None
 
     @contextmanager
     def use(self, task: str) -> Iterator[None]:
@@ -274,6 +283,8 @@ class TaskModule:
     """
 
     task_state: TaskState
+    state_prefix: str = ""
+    """The module's state-dict prefix in its model (set by the model)."""
 
     def add_task(self, task: str, *, classes: Sequence[int]) -> None:
         """Start learning ``task``, whose class labels are ``classes``."""
@@ -311,7 +322,7 @@ class TaskModule:
     def offload_task(self, task: str) -> Dict[str, Tensor]:
         """Remove from memory the parts of the frozen ``task`` that a task
         store holds instead, and return them by state-dict key; afterwards
-        the module reads them through ``task_state.read_stored``."""
+        the module reads them through ``task_state.stored_parts``."""
         return {}
 
     def template_state_keys(self) -> List[str]:

@@ -87,7 +87,6 @@ class PiggybackModel(TaskAwareModel):
                 mask_scale=self.mask_scale,
             ),
         )
-        self._task_store: Optional[TaskStore] = None
         # Per stored task: the state-dict keys of its parts the store holds, with their bytes in memory.
         self._offloaded: Dict[str, Dict[str, int]] = {}
 
@@ -134,7 +133,7 @@ class PiggybackModel(TaskAwareModel):
     @property
     def task_store(self) -> Optional[TaskStore]:
         """The task store that holds this model's frozen tasks' masks, if any."""
-        return self._task_store
+        return self.task_state.stored_parts  # type: ignore[return-value]  # only attach_task_store sets it
 
     @property
     def frozen_weight_cache(self) -> FrozenWeightCache:
@@ -162,8 +161,8 @@ class PiggybackModel(TaskAwareModel):
         :raises TaskStoreError: naming what does not fit and what to do.
         :raises ValueError: while a task learns, or if a store is attached.
         """
-        if self._task_store is not None:
-            raise ValueError(f"This model keeps its tasks in {self._task_store.path} already.")
+        if self.task_store is not None:
+            raise ValueError(f"This model keeps its tasks in {self.task_store.path} already.")
         if self.task_state.learning:
             raise ValueError(
                 f"Tasks {self.learning_tasks} are still being learned; attach a task store between experiences."
@@ -181,11 +180,7 @@ class PiggybackModel(TaskAwareModel):
         if cache_budget_bytes is not None:
             self.frozen_weight_cache.budget_bytes = cache_budget_bytes
         store.remove_unlisted_files()
-        prefixes = {id(module): prefix for prefix, module in self._named_task_modules()}
-        self._task_store = store
-        self.task_state.read_stored = lambda module, key: store.offloaded_part(
-            self, int(key.rsplit(".", 1)[1]), prefixes[id(module)] + key
-        )
+        self.task_state.stored_parts = store
         added = store.tasks
         for task in added:
             self.load_state_dict({**self.state_dict(), **store.entries(self, task)})
@@ -196,7 +191,7 @@ class PiggybackModel(TaskAwareModel):
         return added
 
     def _store(self, task: int) -> None:
-        self._task_store.append(self, task)  # type: ignore[union-attr]
+        self.task_store.append(self, task)  # type: ignore[union-attr]
         self._offload(task)
 
     def _offload(self, task: int) -> None:
@@ -213,15 +208,16 @@ class PiggybackModel(TaskAwareModel):
         """The parts of ``task`` that its task store holds instead of memory,
         read from the store (none for a task in memory)."""
         key = task_key(task)
-        if key not in self.task_state.stored_tasks or self._task_store is None:
+        store = self.task_store
+        if key not in self.task_state.stored_tasks or store is None:
             return {}
-        return {k: self._task_store.offloaded_part(self, task, k) for k in self._offloaded[key]}
+        return {k: store.read_part(key, k) for k in self._offloaded[key]}
 
     def freeze_task(self, task: int) -> None:
         """Finish a task; with a task store attached, append it there and
         drop its masks from memory."""
         super().freeze_task(task)
-        if self._task_store is not None:
+        if self.task_store is not None:
             self._store(task)
 
     def stored_bytes(self) -> int:

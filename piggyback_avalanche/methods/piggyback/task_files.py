@@ -54,8 +54,8 @@ def backbone_fingerprint(model: MultiHeadModel) -> str:
     and normalization layers: everything that is no task's own), by name,
     dtype, shape and bytes."""
     digest = hashlib.sha256()
-    state = model.state_dict()
-    for name in sorted(model.shared_state_keys()):
+    state = model.shared_state()
+    for name in sorted(state):
         tensor = state[name]
         data = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
@@ -115,9 +115,14 @@ def save_tasks(model: "PiggybackModel", path: PathLike, tasks: Optional[Iterable
     write_atomically(path, lambda file: torch.save(payload, file), binary=True)
 
 
-def task_file_payload(model: "PiggybackModel", tasks: List[int]) -> Dict[str, Any]:
+def task_file_payload(
+    model: "PiggybackModel", tasks: List[int], *, fingerprint: Optional[str] = None
+) -> Dict[str, Any]:
     """What a task file of the frozen ``tasks`` holds (masks coded), also
-    for a task whose masks live in the model's task store."""
+    for a task whose masks live in the model's task store.
+
+    :param fingerprint: the model's :func:`backbone_fingerprint`, if known.
+    """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     entries = {}
     for task in tasks:
@@ -126,29 +131,33 @@ def task_file_payload(model: "PiggybackModel", tasks: List[int]) -> Dict[str, An
     return {
         "format": TASK_FILE_FORMAT,
         "version": TASK_FILE_VERSION,
-        "backbone_fingerprint": backbone_fingerprint(model),
+        "backbone_fingerprint": fingerprint or backbone_fingerprint(model),
         "settings": settings_of(model),
         "tasks": entries,
     }
 
 
-def check_learned_on(model: "PiggybackModel", payload: Dict[str, Any], path: Any) -> None:
+def check_learned_on(
+    model: "PiggybackModel", payload: Dict[str, Any], path: Any, *, fingerprint: Optional[str] = None
+) -> None:
     """Refuse tasks saved with other mask settings or on another backbone.
 
     :param payload: a task file's (or task store's) ``settings`` and
         ``backbone_fingerprint``.
     :param path: the file or store, for the messages.
+    :param fingerprint: the model's :func:`backbone_fingerprint`, if known.
     """
+    fingerprint = fingerprint or backbone_fingerprint(model)
     ours = settings_of(model)
     different = {k: (v, ours.get(k)) for k, v in payload["settings"].items() if ours.get(k) != v}
     if different:
         details = ", ".join(f"{k}: file {a!r}, model {b!r}" for k, (a, b) in different.items())
         hint = " (model.to(dtype) converts the model)" if "dtype" in different else ""
         raise TaskFileError(f"{path} was saved with other settings ({details}); build the model with the file's{hint}.")
-    if payload["backbone_fingerprint"] != backbone_fingerprint(model):
+    if payload["backbone_fingerprint"] != fingerprint:
         raise TaskFileError(
             f"The tasks in {path} were learned on another backbone (fingerprint "
-            f"{payload['backbone_fingerprint'][:12]}…, this model's is {backbone_fingerprint(model)[:12]}…): "
+            f"{payload['backbone_fingerprint'][:12]}…, this model's is {fingerprint[:12]}…): "
             "their masks would select the wrong weights. Build the model on the same pretrained "
             "backbone (same weights, same first task if it trained the backbone)."
         )

