@@ -10,12 +10,15 @@ under its own pixel permutation, learned by Piggyback one after the other
 with the model's task store attached from the start (so every task is
 appended when it freezes, and memory holds a cache of ``--cache-tasks``
 tasks' effective weights). It reports, per window of tasks: training time
-per task, the process's resident memory, bytes on disk per task and the
-masks' coded bits per weight against their empirical entropy; then every
-task's accuracy (task labels given), the resident memory of the same tasks
-held in memory without a store, the cost of switching tasks (cached,
-missed, mixed batches), and the arithmetic of torchvision's ResNet-18 and
-ResNet-50 with ``--resnet-tasks`` tasks created in a store.
+per task, the process's resident memory and the tensors it holds, bytes on
+disk per task and the masks' coded bits per weight against their empirical
+entropy; then every task's accuracy (task labels given), the tensors the
+same tasks hold in memory without a store, the cost of switching tasks
+(cached, missed, mixed batches), the cost of inferring a sample's task
+among all of them, and the arithmetic of torchvision's ResNet-18 and
+ResNet-50 with ``--resnet-tasks`` tasks created in a store (their masks drawn
+at random with the zero fraction the MLP's masks learned: the sizes are
+what such masks cost, not what a ResNet would learn).
 """
 
 import argparse
@@ -41,6 +44,7 @@ from piggyback_avalanche.benchmarks.streams import task_stream
 from piggyback_avalanche.methods.piggyback.task_store import TaskStore
 from piggyback_avalanche.task_aware.bit_packing import unpack_codes
 from piggyback_avalanche.task_aware.entropy_coding import coded_layout, coded_nbytes, decode_codes, is_coded
+from piggyback_avalanche.task_aware.task_inference import TaskInference
 
 MB, LR = 32, 1e-3
 
@@ -123,6 +127,22 @@ def switching(model: PiggybackModel, inputs: Tensor, tasks: int, repeats: int) -
     return out
 
 
+def inference_cost(model: PiggybackModel, inputs: Tensor, repeats: int) -> Dict[str, float]:
+    """Milliseconds to infer the task of each sample of a batch among every
+    task of the model (entropy, 8 tasks per pass), with every task's
+    weights cached, and with none (each task read from the store)."""
+    inference = TaskInference(per="sample", score="entropy")
+    cache = model.frozen_weight_cache
+    out = {}
+    with torch.no_grad():
+        cache.budget_bytes = 2**40
+        out["every task cached"] = _timed(lambda: inference(model, inputs), repeats) * 1e3
+        cache.budget_bytes = 0
+        out["nothing cached (every task read from the store)"] = _timed(lambda: inference(model, inputs), 1) * 1e3
+        out["right task"] = float((inference(model, inputs).tasks == 0).float().mean())
+    return out
+
+
 def resnet_arithmetic(name: str, tasks: int, zero_fraction: float, folder: Path) -> Dict[str, float]:
     """Create ``tasks`` tasks on torchvision's ``name`` (random weights: no
     download) in a task store, with masks of ``zero_fraction`` zeros."""
@@ -143,11 +163,13 @@ def resnet_arithmetic(name: str, tasks: int, zero_fraction: float, folder: Path)
         model.freeze_task(task)
     seconds = (time.perf_counter() - started) / tasks
     file_bytes = statistics.mean(TaskStore(store).file_bytes(t) for t in range(tasks))
+    mask_bytes = statistics.mean(_mask_coding(TaskStore(store).read(t))[1] for t in range(tasks))
     return {
         "masked weights": weights,
-        "bytes per task at 1 bit": math.ceil(weights / 8),
-        "bytes per task on disk (coded, with norms and head)": file_bytes,
-        "bits per weight on disk": 8 * file_bytes / weights,
+        "mask bytes per task at 1 bit": math.ceil(weights / 8),
+        "mask bytes per task coded": mask_bytes,
+        "coded bits per weight": 8 * mask_bytes / weights,
+        "bytes per task on disk (the whole task file: masks, norms, head)": file_bytes,
         "tensor bytes in memory added per task (norms, head)": (tensor_bytes(model) - before) / tasks,
         "seconds to create and append a task": seconds,
         "tasks created": tasks,
@@ -213,6 +235,8 @@ def main() -> None:
             accuracies.append(float((model(x, task).argmax(1) == test_y).float().mean()))
     switch = switching(model, _permuted(test_x, 0)[:64], args.tasks, repeats=200)
     print(json.dumps(switch), flush=True)
+    inference = inference_cost(model, _permuted(test_x, 0)[:64], repeats=3)
+    print(json.dumps(inference), flush=True)
 
     # The same tasks held in memory, without a store: tensor bytes at each window.
     in_memory = PiggybackModel(backbone)
@@ -243,6 +267,7 @@ def main() -> None:
         "accuracy first 100": statistics.mean(accuracies[:100]),
         "accuracy last 100": statistics.mean(accuracies[-100:]),
         "switching ms": switch,
+        "task inference ms per batch of 64": inference,
         "masks' zero fraction": zero_fraction,
         "resnets": resnets,
         "torch": torch.__version__,

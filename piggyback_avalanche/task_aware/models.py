@@ -359,17 +359,23 @@ class MultiHeadModel(MultiTaskModule):
             self._shared_keys = [k for k in self.state_dict() if k not in own]
         return list(self._shared_keys)
 
+    def _state_tensor(self, key: str) -> Tensor:
+        """The parameter or buffer under a state-dict key, fetched live by
+        name (a move to another device replaces buffers; a write through
+        ``.data`` replaces a parameter's storage)."""
+        owner, _, name = key.rpartition(".")
+        module = self.get_submodule(owner)
+        tensor = module._parameters.get(name)
+        return tensor if tensor is not None else module._buffers[name]
+
     def shared_state(self) -> Dict[str, Tensor]:
-        """The shared tensors by state-dict key, fetched live by name (a move
-        to another device replaces buffers; a write through ``.data``
-        replaces a parameter's storage)."""
-        state = {}
-        for key in self.shared_state_keys():
-            owner, _, name = key.rpartition(".")
-            module = self.get_submodule(owner)
-            tensor = module._parameters.get(name)
-            state[key] = tensor if tensor is not None else module._buffers[name]
-        return state
+        """The shared tensors by state-dict key, fetched live."""
+        return {key: self._state_tensor(key) for key in self.shared_state_keys()}
+
+    def task_tensors(self, task: int) -> Dict[str, Tensor]:
+        """What ``task`` holds in memory now, by state-dict key (without
+        building the whole state dict, whose size grows with the tasks)."""
+        return {key: self._state_tensor(key) for key in self.task_state_keys(task)}
 
     def stored_bytes(self) -> int:
         """Bytes of what the model must store to compute every learned task:

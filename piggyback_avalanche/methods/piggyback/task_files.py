@@ -123,10 +123,10 @@ def task_file_payload(
 
     :param fingerprint: the model's :func:`backbone_fingerprint`, if known.
     """
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     entries = {}
     for task in tasks:
-        parts = {**{k: state[k] for k in model.task_state_keys(task)}, **model.stored_task_parts(task)}
+        resident = {k: v.detach().cpu() for k, v in model.task_tensors(task).items()}
+        parts = {**resident, **model.stored_task_parts(task)}
         entries[task] = encode_state(parts, model.frozen_code_layouts(task))
     return {
         "format": TASK_FILE_FORMAT,
