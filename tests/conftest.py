@@ -76,3 +76,14 @@ def train_checking_earlier_tasks(strategy, benchmark, after_each=None):
         if after_each is not None:
             after_each(task)
     return recorded
+
+
+def state_copy(model):
+    """A copy of ``model``'s state dict, to compare with later."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_state(model, state):
+    """Whether ``model``'s state dict equals ``state`` exactly (keys and values)."""
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)

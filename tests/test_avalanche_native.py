@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import QUICK_RUN, stacked_inputs, synthetic_tasks, tiny_conv_net
+from conftest import QUICK_RUN, same_state, stacked_inputs, state_copy, synthetic_tasks, tiny_conv_net
 from torch import nn
 
 from avalanche.evaluation.metrics import MAC_metrics, accuracy_metrics, forward_transfer_metrics
@@ -58,15 +58,6 @@ def _first_class_share(experience):
     return (labels == labels.min()).float().mean().item()
 
 
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(model, state):
-    now = model.state_dict()
-    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
-
-
 @pytest.mark.parametrize("name", OURS + BASELINES)
 def test_the_standard_loop_evaluates_the_whole_stream(name):
     """for exp in train_stream: train(exp); eval(test_stream), with forward
@@ -80,14 +71,14 @@ def test_the_standard_loop_evaluates_the_whole_stream(name):
         model = strategy.model
         model.eval()
         learned = {t: model(stacked_inputs(stream.test_stream[t]), t) for t in range(i + 1)}
-        state, rng = _state(model), torch.get_rng_state()
+        state, rng = state_copy(model), torch.get_rng_state()
         metrics = strategy.eval(stream.test_stream)
         # Untrained experiences: the model as it stands before learning them,
         # an untrained head over their classes; nothing added, nothing changed.
         for later in range(i + 1, len(CLASSES)):
             accuracy = metrics[f"Top1_Acc_Exp/eval_phase/test_stream/Task{later:03d}/Exp{later:03d}"]
             assert accuracy == pytest.approx(_first_class_share(stream.test_stream[later]))
-        assert model.tasks == list(range(i + 1)) and _same(model, state)
+        assert model.tasks == list(range(i + 1)) and same_state(model, state)
         model.eval()
         assert all(torch.equal(model(stacked_inputs(stream.test_stream[t]), t), learned[t]) for t in learned)
         del rng  # the data loader draws its worker seed from the global generator, as for any strategy
@@ -101,11 +92,11 @@ def test_evaluating_a_task_not_learned_draws_no_random_numbers_and_changes_nothi
     stream = _stream()
     strategy = Piggyback(model=PiggybackModel(tiny_conv_net(8)), train_epochs=1, evaluator=None)
     strategy.train(stream.train_stream[0])
-    model, state = strategy.model.eval(), _state(strategy.model)
+    model, state = strategy.model.eval(), state_copy(strategy.model)
     rng = torch.get_rng_state()
     model.adaptation(stream.test_stream[2])
     logits = model(stacked_inputs(stream.test_stream[2]), 2)
-    assert torch.equal(torch.get_rng_state(), rng) and _same(model, state) and model.tasks == [0]
+    assert torch.equal(torch.get_rng_state(), rng) and same_state(model, state) and model.tasks == [0]
     assert torch.isinf(logits[:, :4]).all() and (logits[:, 4:] == 0).all()  # equal logits for classes 4..7
 
 

@@ -135,3 +135,18 @@ def test_counts_are_stored_in_the_smallest_integer_type():
     packed = pack_codes(torch.from_numpy(codes), bits=1)
     coded = encode_codes(packed, CodeLayout(numel=codes.size, bits=1, rows=1))
     assert coded["counts"].dtype == torch.int32 and coded["counts"].tolist() == [[69_995]]
+
+
+def test_packnet_owners_are_coded_and_decode_back():
+    from piggyback_avalanche.methods.packnet import PackNetModel
+
+    model = PackNetModel(torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)))
+    for task in range(3):
+        model.add_task(task, classes=[0, 1])
+        model.prune(0.5)
+        model.freeze_task(task)
+    layouts = model.code_layouts()
+    assert layouts == {"backbone.0.packed_owners": CodeLayout(numel=48, bits=2, rows=8)}
+    state = model.state_dict()
+    decoded = decode_state(encode_state(state, layouts))
+    assert all(torch.equal(decoded[k], state[k]) for k in state)

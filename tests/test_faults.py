@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import stacked_inputs, tiny_conv_net
+from conftest import same_state, stacked_inputs, state_copy, tiny_conv_net
 
 from avalanche.training.plugins import SupervisedPlugin
 
@@ -46,15 +46,6 @@ def _logits(strategy, stream, tasks):
         return [model(stacked_inputs(stream.test_stream[t]), t) for t in tasks]
 
 
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(model, state):
-    now = model.state_dict()
-    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
-
-
 @pytest.mark.parametrize("name", OURS)
 def test_a_failed_experience_leaves_the_model_as_it_was_and_its_retry_equals_a_clean_run(three_task_stream, name):
     clean = _strategy(name)
@@ -64,10 +55,10 @@ def test_a_failed_experience_leaves_the_model_as_it_was_and_its_retry_equals_a_c
 
     faulty = _strategy(name, PoisonOnce(experience=1, iteration=2))
     faulty.train(three_task_stream.train_stream[0])
-    model, before = faulty.model, _state(faulty.model)
+    model, before = faulty.model, state_copy(faulty.model)
     with pytest.raises(NonFiniteLossError):
         faulty.train(three_task_stream.train_stream[1])
-    assert faulty.model is model and model.tasks == [0] and model.learning_tasks == [] and _same(model, before)
+    assert faulty.model is model and model.tasks == [0] and model.learning_tasks == [] and same_state(model, before)
     faulty.train(three_task_stream.train_stream[1])  # the retry the message suggests
     retried = _logits(faulty, three_task_stream, [0, 1])
     assert all(torch.equal(a, b) for a, b in zip(retried, expected))
@@ -96,11 +87,11 @@ def test_packnet_past_its_task_limit_changes_nothing():
     for task in range(MAX_PACKNET_TASKS):
         model.add_task(task, classes=[0, 1])
         model.freeze_task(task)
-    state = _state(model)
+    state = state_copy(model)
     for _ in range(2):
         with pytest.raises(ValueError, match="at most 255 tasks"):
             model.add_task(MAX_PACKNET_TASKS, classes=[0, 1])
-    assert model.tasks == list(range(MAX_PACKNET_TASKS)) and model.learning_tasks == [] and _same(model, state)
+    assert model.tasks == list(range(MAX_PACKNET_TASKS)) and model.learning_tasks == [] and same_state(model, state)
     copy.deepcopy(model).load_state_dict(model.state_dict())  # still saves and loads
 
 

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from conftest import stacked_inputs, synthetic_tasks, tiny_conv_net
+from conftest import same_state, stacked_inputs, state_copy, synthetic_tasks, tiny_conv_net
 from torch import nn
 
 from piggyback_avalanche import Piggyback, PiggybackModel
@@ -29,15 +29,6 @@ def trained(three_task_stream):
 def _logits(model, stream, task, as_task=None):
     with torch.no_grad():
         return model.eval()(stacked_inputs(stream.test_stream[task]), task if as_task is None else as_task)
-
-
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(model, state):
-    now = model.state_dict()
-    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
 
 
 def test_round_trip_gives_bit_identical_logits(trained, three_task_stream, tmp_path):
@@ -113,7 +104,7 @@ def test_loading_checks_everything_first_and_leaves_the_model_unchanged(trained,
     model.save_tasks(path)
     target = PiggybackModel(backbone)
     target.add_task(5, classes=[0, 1])
-    before = _state(target)
+    before = state_copy(target)
 
     cases = []
     truncated = tmp_path / "truncated.tasks"
@@ -148,7 +139,7 @@ def test_loading_checks_everything_first_and_leaves_the_model_unchanged(trained,
     for file, kwargs, message in cases:
         with pytest.raises(TaskFileError, match=message):
             target.load_tasks(file, **kwargs)
-        assert _same(target, before), file
+        assert same_state(target, before), file
 
     other_backbone = copy.deepcopy(backbone)
     with torch.no_grad():
@@ -158,10 +149,10 @@ def test_loading_checks_everything_first_and_leaves_the_model_unchanged(trained,
         elsewhere.load_tasks(path)
     assert elsewhere.tasks == []
     target.load_task(path, 0, as_task=3)
-    before = _state(target)
+    before = state_copy(target)
     with pytest.raises(TaskFileError, match="Task label\\(s\\) \\[3\\] already exist.*rename="):
         target.load_task(path, 1, as_task=3)
-    assert _same(target, before)
+    assert same_state(target, before)
 
 
 def test_only_frozen_tasks_are_saved_and_writes_are_atomic(trained, tmp_path):
@@ -247,10 +238,10 @@ def test_bad_labels_are_named_before_the_file_is_read(trained, tmp_path, call, m
     backbone, model = trained
     model.save_tasks(tmp_path / "all.tasks")
     fresh = PiggybackModel(backbone)
-    state = _state(fresh)
+    state = state_copy(fresh)
     with pytest.raises(TaskFileError, match=message):
         call(fresh, tmp_path / "all.tasks")
-    assert _same(fresh, state) and fresh.tasks == []
+    assert same_state(fresh, state) and fresh.tasks == []
 
 
 @pytest.mark.parametrize(
@@ -276,10 +267,10 @@ def test_a_task_with_a_part_missing_or_of_the_wrong_type_is_refused(trained, tmp
     damage(payload["tasks"][1])
     torch.save(payload, tmp_path / "damaged.tasks")
     fresh = PiggybackModel(backbone)
-    state = _state(fresh)
+    state = state_copy(fresh)
     with pytest.raises(TaskFileError, match=message):
         fresh.load_tasks(tmp_path / "damaged.tasks")
-    assert _same(fresh, state) and fresh.tasks == []
+    assert same_state(fresh, state) and fresh.tasks == []
 
 
 def test_a_float64_file_into_a_float32_model_names_the_dtype(trained, tmp_path):

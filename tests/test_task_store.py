@@ -3,6 +3,7 @@ logits of tasks kept in memory, a damaged or foreign store is refused with
 the model unchanged, an interrupted append loses at most the task being
 added, and resident memory stays within the cache's budget."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import stacked_inputs, tiny_conv_net
+from conftest import same_state, stacked_inputs, state_copy, tiny_conv_net
 
 from piggyback_avalanche import Piggyback, PiggybackModel
 from piggyback_avalanche.methods.piggyback.task_store import TaskStore, TaskStoreError
@@ -33,15 +34,6 @@ def trained(three_task_stream):
 def _logits(model, stream):
     with torch.no_grad():
         return [model.eval()(stacked_inputs(stream.test_stream[t]), t) for t in range(len(stream.test_stream))]
-
-
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(model, state):
-    now = model.state_dict()
-    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
 
 
 def test_tasks_from_a_store_give_the_logits_of_tasks_in_memory(trained, three_task_stream, tmp_path):
@@ -100,10 +92,10 @@ def test_a_damaged_or_foreign_store_is_refused_and_the_model_is_unchanged(traine
         target = PiggybackModel(backbone)
         target.add_task(7, classes=[0, 1])
         target.freeze_task(7)
-        before = _state(target)
+        before = state_copy(target)
         with pytest.raises(TaskStoreError, match=message):
             target.attach_task_store(folder)
-        assert _same(target, before) and target.tasks == [7] and target.task_store is None
+        assert same_state(target, before) and target.tasks == [7] and target.task_store is None
 
     refused(
         "does not match its recorded SHA-256",
@@ -125,6 +117,20 @@ def test_a_damaged_or_foreign_store_is_refused_and_the_model_is_unchanged(traine
         "learned on another backbone",
         lambda f: (f / "store.json").write_text(json.dumps({**manifest, "backbone_fingerprint": "0" * 64})),
     )
+
+    def corrupt_stream(folder):
+        # The file's bytes and the manifest agree, but a mask's coded stream is damaged.
+        payload = torch.load(folder / "task-1.tasks", weights_only=True)
+        entries = payload["tasks"][1]
+        key = next(k for k, v in entries.items() if isinstance(v, dict) and v["stream"].numel())
+        entries[key] = {**entries[key], "crc32": entries[key]["crc32"] + 1}
+        torch.save(payload, folder / "task-1.tasks")
+        data = (folder / "task-1.tasks").read_bytes()
+        listed = json.loads((folder / "store.json").read_text())
+        listed["tasks"]["1"].update(sha256=hashlib.sha256(data).hexdigest(), file_bytes=len(data))
+        (folder / "store.json").write_text(json.dumps(listed))
+
+    refused("Task 1 in .* does not decode .*CRC-32 does not match", corrupt_stream)
 
     other = tiny_conv_net()  # another backbone: its fingerprint differs
     target = PiggybackModel(other)
@@ -192,6 +198,18 @@ def test_a_process_killed_while_appending_loses_only_the_task_being_added(tmp_pa
     model.add_task(3, classes=[0, 1])  # and the label is free again
     model.freeze_task(3)
     assert TaskStore(store).tasks == [0, 1, 2, 3]
+
+
+def test_task_inference_over_stored_tasks_equals_it_in_memory(trained, three_task_stream, tmp_path):
+    backbone, _, model = trained
+    x = torch.cat([stacked_inputs(e) for e in three_task_stream.test_stream])
+    expected = {stacked: model.task_outputs(x, [0, 1, 2], stacked=stacked) for stacked in (True, False)}
+    model.attach_task_store(tmp_path / "store")
+    fresh = PiggybackModel(backbone).eval()
+    assert fresh.attach_task_store(tmp_path / "store", cache_budget_bytes=0) == [0, 1, 2]
+    for stacked in (True, False):
+        logits, features = fresh.task_outputs(x, [0, 1, 2], stacked=stacked)
+        assert torch.equal(logits, expected[stacked][0]) and torch.equal(features, expected[stacked][1])
 
 
 def test_stacked_groups_count_in_the_budget_and_overlapping_groups_are_dropped(trained, three_task_stream):

@@ -150,6 +150,7 @@ class MultiHeadModel(MultiTaskModule):
         _refuse_avalanche_dynamic_modules(backbone, type(self).__name__)
         self.task_state = TaskState()
         self._shared_keys: Optional[List[str]] = None
+        self._frozen_parts: Dict[str, List[Union[Tensor, nn.Module]]] = {}
         # Classes of experiences evaluated before their task was learned (not saved).
         self._untrained_task_classes: Dict[int, List[int]] = {}
         self._classifier_name = _find_classifier(backbone, classifier)
@@ -331,21 +332,25 @@ class MultiHeadModel(MultiTaskModule):
         """What only frozen tasks hold, which nothing ever changes: their
         tensors (parameters and buffers themselves), and the leaf modules
         that hold nothing else (a frozen task's head or norm; never a
-        container, to which a new task may be added)."""
-        state = self.state_dict(keep_vars=True)
+        container, to which a new task may be added). Found once per task."""
         learning = self.task_state.learning
-        tensors = [
-            state[k] for task in self.tasks if task_key(task) not in learning for k in self.task_state_keys(task)
-        ]
-        frozen = {id(t) for t in tensors}
-        modules = [
-            module
-            for module in self.modules()
-            if not module._modules
-            and all(id(t) in frozen for t in chain(module.parameters(), module.buffers()))
-            and any(True for _ in chain(module.parameters(), module.buffers()))
-        ]
-        return [*tensors, *modules]
+        parts: List[Union[Tensor, nn.Module]] = []
+        for task in self.tasks:
+            key = task_key(task)
+            if key in learning:
+                continue
+            if key not in self._frozen_parts:
+                tensors = self.task_tensors(task)
+                owned = {id(t) for t in tensors.values()}
+                owners = {id(m): m for m in (self.get_submodule(k.rpartition(".")[0]) for k in tensors)}
+                leaves = [
+                    m
+                    for m in owners.values()
+                    if not m._modules and all(id(t) in owned for t in chain(m.parameters(), m.buffers()))
+                ]
+                self._frozen_parts[key] = [*tensors.values(), *leaves]
+            parts += self._frozen_parts[key]
+        return parts
 
     def shared_state_keys(self) -> List[str]:
         """State-dict keys of what every task shares: all but the tasks' own.
@@ -449,6 +454,17 @@ class MultiHeadModel(MultiTaskModule):
                 return self._forward_mixed(x, task_labels, tasks)
             task_labels = tasks[0]
         return self.forward_single_task(x, task_labels)
+
+    def to(self, *args: Any, **kwargs: Any) -> Any:
+        """``nn.Module.to``; a move to the device every tensor is already on
+        (what Avalanche asks before every experience) returns at once,
+        instead of visiting every task's head and norm."""
+        device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None and dtype is None and memory_format is None:
+            target = torch.device(device)
+            if all(t.device == target for t in chain(self.parameters(), self.buffers())):
+                return self
+        return super().to(*args, **kwargs)
 
     def _check_input_device(self, x: Tensor) -> None:
         expected = next(self.backbone.parameters()).device
@@ -573,6 +589,7 @@ class MultiHeadModel(MultiTaskModule):
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         self._shared_keys = None
+        self._frozen_parts = {}
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self.known_train_tasks_labels = set(self.tasks)
         self.max_class_label = max([self.heads.head(t).out_features for t in self.heads.heads.keys()], default=0)

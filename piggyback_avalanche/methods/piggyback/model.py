@@ -202,6 +202,7 @@ class PiggybackModel(TaskAwareModel):
             for k, tensor in module.offload_task(key).items()
         }
         self._offloaded[key] = {k: t.nbytes for k, t in parts.items()}
+        self._frozen_parts.pop(key, None)  # it held the parts that just left memory
         self.task_state.stored_tasks.add(key)
 
     def stored_task_parts(self, task: int) -> Dict[str, Tensor]:
