@@ -46,8 +46,7 @@ def main() -> None:
     piggyback = strategies["piggyback"]
 
     def dropping_the_cache() -> None:
-        for layer in piggyback.model.task_layers.values():
-            layer._caches.clear()
+        piggyback.model.frozen_weight_cache.clear()
         piggyback.eval(stream.test_stream)
 
     runs: Dict[str, Callable[[], None]] = {

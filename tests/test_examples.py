@@ -51,6 +51,32 @@ def test_class_incremental_example_infers_the_tasks_without_labels():
     assert re.search(r"stored: \d+ KiB, no exemplar", completed.stdout)
 
 
+def test_task_store_example_learns_once_and_reads_the_tasks_back(tmp_path):
+    def run():
+        completed = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "examples" / "task_store.py"),
+                "--store",
+                str(tmp_path / "store"),
+                "--epochs",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
+        )
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        return completed.stdout
+
+    first, second = run(), run()
+    accuracies = re.findall(r"task \d: accuracy ([0-9.]+)", first)
+    assert len(accuracies) == 5 and min(float(a) for a in accuracies) > 0.5, first
+    assert "tasks [0, 1, 2, 3, 4] found" in second and re.findall(r"task \d: accuracy ([0-9.]+)", second) == accuracies
+    assert re.search(r"stored: 5 tasks, [0-9.]+ KiB on disk", second)
+
+
 def test_demo_reports_zero_forgetting_for_piggyback_only():
     logged = []
     results = run_demo(epochs=2, tasks=("original", "rotated90"), log=logged.append)

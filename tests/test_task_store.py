@@ -14,6 +14,7 @@ import torch
 from conftest import same_state, stacked_inputs, state_copy, tiny_conv_net
 
 from piggyback_avalanche import Piggyback, PiggybackModel
+from piggyback_avalanche.evaluation import default_evaluator
 from piggyback_avalanche.methods.piggyback.task_store import TaskStore, TaskStoreError
 from piggyback_avalanche.task_aware.frozen_weight_cache import DEFAULT_BUDGET_BYTES, FrozenWeightCache
 from piggyback_avalanche.training.checkpoints import CheckpointError, save_experience_checkpoint
@@ -56,6 +57,40 @@ def test_tasks_from_a_store_give_the_logits_of_tasks_in_memory(trained, three_ta
     again = PiggybackModel(backbone)
     again.load_tasks(tmp_path / "all.tasks")
     assert [torch.equal(a, b) for a, b in zip(_logits(again, three_task_stream), expected)] == [True] * 3
+
+
+def test_avalanches_loop_gives_the_same_metrics_with_the_masks_on_disk(three_task_stream, tmp_path):
+    """for exp in train_stream: train(exp); eval(test_stream), with periodic
+    evaluation, and the whole-stream evaluation's rows for tasks not learned
+    yet: the same metrics with a store (and a cache of one task) as without."""
+
+    def run(store):
+        torch.manual_seed(0)
+        model = PiggybackModel(tiny_conv_net())
+        if store:
+            model.attach_task_store(tmp_path / "store", cache_budget_bytes=0)
+        strategy = Piggyback(
+            model=model,
+            mask_lr=1e-2,
+            lr=1e-2,
+            train_epochs=2,
+            train_mb_size=16,
+            eval_every=1,
+            evaluator=default_evaluator(interactive=False),
+        )
+        metrics = []
+        for experience in three_task_stream.train_stream:
+            strategy.train(experience, eval_streams=[three_task_stream.test_stream])
+            metrics.append(strategy.eval(three_task_stream.test_stream))
+        return [
+            {k: v for k, v in m.items() if isinstance(v, float) and "Time" not in k and "MB" not in k} for m in metrics
+        ]
+
+    stored, in_memory = run(True), run(False)
+    assert TaskStore(tmp_path / "store").tasks == [0, 1, 2]
+    accuracies = [v for k, v in stored[-1].items() if k.startswith("Top1_Acc_Exp/eval_phase/test_stream/")]
+    assert len(accuracies) == 3 and min(accuracies) > 0.5
+    assert stored == in_memory
 
 
 def test_tasks_frozen_after_attaching_are_appended(three_task_stream, tmp_path):

@@ -1,9 +1,12 @@
 """The task machinery every method shares: the task state, task-aware
 layers, per-task normalization and heads, the multi-head and task-aware
-models, and the strategy they train with."""
+models, the strategy they train with, the cache of frozen tasks' weights
+and the entropy coding of their packed codes at rest."""
 
+from piggyback_avalanche.task_aware.entropy_coding import CodeLayout, CodingError, decode_codes, encode_codes
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
+from piggyback_avalanche.task_aware.frozen_weight_cache import DEFAULT_BUDGET_BYTES, FrozenWeightCache
 from piggyback_avalanche.task_aware.models import MultiHeadModel, TaskAwareModel
 from piggyback_avalanche.task_aware.strategy import (
     DEFAULT_EVAL_MB_SIZE,
@@ -38,6 +41,12 @@ __all__ = [
     "TaskInference",
     "InferredTasks",
     "TaskFeatureStatistics",
+    "FrozenWeightCache",
+    "DEFAULT_BUDGET_BYTES",
+    "CodeLayout",
+    "CodingError",
+    "encode_codes",
+    "decode_codes",
     "experience_task_classes",
     "TaskAwareStrategy",
     "OptimizerFactory",

@@ -40,6 +40,7 @@ __all__ = [
     "encode_state",
     "decode_state",
     "coded_nbytes",
+    "coded_layout",
 ]
 
 _MARKER = "entropy_coded_codes"
@@ -82,6 +83,14 @@ class CodeLayout:
         return packed_code_bytes(self.numel, self.bits)
 
 
+def _row_counts(symbols: np.ndarray, alphabet: int) -> np.ndarray:
+    """How often each symbol occurs in each row of ``symbols`` (rows ×
+    columns), counted in one pass."""
+    rows = symbols.shape[0]
+    offsets = (np.arange(rows, dtype=np.int64) * alphabet)[:, None]
+    return np.bincount((symbols + offsets).ravel(), minlength=rows * alphabet).reshape(rows, alphabet)
+
+
 def _encode(symbols: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Range-code ``symbols`` (rows × columns) with one categorical
     distribution per row of ``counts``."""
@@ -121,7 +130,7 @@ def encode_codes(packed: Tensor, layout: CodeLayout) -> CodedCodes:
     codes = unpack_codes(packed, numel=layout.numel, bits=layout.bits).numpy().astype(np.int32)
     alphabet = int(codes.max()) + 1 if codes.size else 1
     symbols = codes.reshape(layout.rows, -1)
-    row_counts = np.stack([np.bincount(row, minlength=alphabet) for row in symbols]) if symbols.size else None
+    row_counts = _row_counts(symbols, alphabet) if symbols.size else None
     candidates = []
     for model in (_WHOLE, _PER_ROW):
         if row_counts is None or (model == _PER_ROW and layout.rows == 1):
@@ -190,7 +199,9 @@ def decode_codes(coded: CodedCodes) -> Tensor:
         codes = _decode(stream, counts, columns) if layout.numel else np.zeros(0, dtype=np.int32)
     except Exception as error:  # garbage mostly decodes silently (caught below), else the coder's own errors
         raise CodingError(f"a coded stream that does not decode ({error})") from None
-    decoded = np.stack([np.bincount(r, minlength=counts.shape[1]) for r in codes.reshape(contexts, -1)])
+    if codes.size != layout.numel or (codes >= counts.shape[1]).any():
+        raise CodingError("coded codes that decode to other symbols than they store: the stream is corrupt")
+    decoded = _row_counts(codes.reshape(contexts, -1), counts.shape[1])
     if decoded.shape != counts.shape or (decoded != counts).any():
         raise CodingError("coded codes that decode to other counts than they store: the stream is corrupt")
     packed = pack_codes(torch.from_numpy(codes.astype(np.uint8)), bits=layout.bits)

@@ -6,6 +6,7 @@ from piggyback_avalanche.methods.piggyback.masks import binarize, ternarize
 from piggyback_avalanche.methods.piggyback.model import MASK_INITS, PiggybackModel
 from piggyback_avalanche.methods.piggyback.strategy import DEFAULT_MASK_LR, PIGGYBACK_PAPER_SETTINGS, Piggyback
 from piggyback_avalanche.methods.piggyback.task_files import TaskFileError, backbone_fingerprint
+from piggyback_avalanche.methods.piggyback.task_store import TaskStore, TaskStoreError
 
 __all__ = [
     "PiggybackModel",
@@ -19,4 +20,6 @@ __all__ = [
     "ternarize",
     "TaskFileError",
     "backbone_fingerprint",
+    "TaskStore",
+    "TaskStoreError",
 ]

@@ -31,6 +31,7 @@ class MaskedLayer(TaskWeightLayer):
         self.mask_scale = mask_scale
         self.scores = TaskTensorDict(trainable=True, holds="learning", shape=tuple(self.weight.shape))
         layout = CodeLayout(numel=self.weight.numel(), bits=mask_kind.bits, rows=self.weight.shape[0])
+        self._layout = layout
         self.packed_masks = TaskTensorDict(
             trainable=False,
             holds="frozen",
@@ -75,7 +76,9 @@ class MaskedLayer(TaskWeightLayer):
         }
 
     def task_state_bytes(self) -> int:
-        return self.packed_masks.nbytes()
+        # A task whose mask lives in the model's task store costs the same.
+        stored = len(self.task_state.stored_tasks.difference(self.packed_masks.keys()))
+        return self.packed_masks.nbytes() + stored * self._layout.packed_bytes
 
     def mask(self, task: str) -> Tensor:
         """The mask of ``task`` as a tensor shaped like the weight."""
