@@ -298,7 +298,7 @@ def test_the_cache_keeps_recent_tasks_within_its_budget_and_never_recomputes_the
 
 
 MEMORY_PROBE = """
-import resource, sys, tempfile, torch
+import sys, torch
 from torch import nn
 from piggyback_avalanche import PiggybackModel
 torch.manual_seed(0)
@@ -308,7 +308,7 @@ model = PiggybackModel(backbone).eval()
 per_task = sum(layer.weight.nbytes for layer in model.masked_layers.values())
 model.frozen_weight_cache.budget_bytes = budget_tasks * per_task if stored else 10**12
 if stored:
-    model.attach_task_store(tempfile.mkdtemp())
+    model.attach_task_store({store!r})
 x = torch.randn(8, width)
 with torch.no_grad():
     for task in range(tasks):
@@ -317,10 +317,12 @@ with torch.no_grad():
             layer.scores[str(task)].uniform_(0, 1e-2)
         model.freeze_task(task)
         model(x, task)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     for task in range(tasks):
         model(x, task)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# The peak of this process's own memory (VmHWM; getrusage's ru_maxrss would
+# also count the parent's memory at the fork that started it).
+with open("/proc/self/status") as status:
+    peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 print(per_task, model.frozen_weight_cache.nbytes(), peak)
 """
 
@@ -329,7 +331,10 @@ print(per_task, model.frozen_weight_cache.nbytes(), peak)
 def test_resident_memory_is_bounded_by_the_budget_with_a_store_and_grows_without(tmp_path):
     def probe(stored):
         result = subprocess.run(
-            [sys.executable, "-c", MEMORY_PROBE.format(stored=stored)], capture_output=True, text=True, timeout=300
+            [sys.executable, "-c", MEMORY_PROBE.format(stored=stored, store=str(tmp_path / "store"))],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert result.returncode == 0, result.stderr
         return [int(v) for v in result.stdout.split()]
@@ -341,3 +346,47 @@ def test_resident_memory_is_bounded_by_the_budget_with_a_store_and_grows_without
     # Without a store and with an unbounded cache, memory holds every task's
     # weights; with the store it holds the budget's: at least 15 tasks' fewer.
     assert unbounded_peak - bounded_peak > 15 * per_task
+
+
+def _random_masks(model, task, zero_fraction=0.25):
+    """Give ``task``'s scores a random mask, as if learned."""
+    with torch.no_grad():
+        for layer in model.masked_layers.values():
+            scores = layer.scores[str(task)]
+            scores.copy_(torch.where(torch.rand_like(scores) < zero_fraction, 0.0, 1e-2))
+
+
+def test_a_torchvision_resnet_and_many_tasks_come_back_from_a_store(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    backbone = torchvision.models.resnet18(num_classes=4)
+    model = PiggybackModel(backbone)
+    model.attach_task_store(tmp_path / "resnet")
+    x = torch.randn(2, 3, 32, 32)
+    for task in range(2):
+        model.add_task(task, classes=[0, 1, 2])
+        _random_masks(model, task)
+        model.train()(x, task)  # batch-norm statistics of its own
+        model.freeze_task(task)
+    model.eval()
+    with torch.no_grad():
+        expected = [model(x, task) for task in range(2)]
+        fresh = PiggybackModel(backbone).eval()
+        assert fresh.attach_task_store(tmp_path / "resnet") == [0, 1]
+        assert [torch.equal(fresh(x, task), expected[task]) for task in range(2)] == [True, True]
+        assert not torch.equal(expected[0], expected[1])
+
+    # More tasks than one load takes: every one comes back.
+    small = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    many = PiggybackModel(small)
+    many.attach_task_store(tmp_path / "many", cache_budget_bytes=0)
+    inputs = torch.randn(3, 6)
+    for task in range(70):
+        many.add_task(task, classes=[0, 1])
+        _random_masks(many, task, zero_fraction=0.5)
+        many.freeze_task(task)
+    with torch.no_grad():
+        expected = [many(inputs, task) for task in range(70)]
+        again = PiggybackModel(small)
+        assert again.attach_task_store(tmp_path / "many") == list(range(70))
+        assert all(torch.equal(again(inputs, task), expected[task]) for task in range(70))
+    assert again.stored_bytes() == many.stored_bytes()

@@ -17,6 +17,8 @@ from piggyback_avalanche.task_aware.task_state import task_key
 __all__ = ["PiggybackModel", "MASK_INITS"]
 
 MASK_INITS = ("1s", "uniform")
+
+_TASKS_PER_LOAD = 32
 """Ways to initialise a new task's mask scores."""
 
 
@@ -182,9 +184,15 @@ class PiggybackModel(TaskAwareModel):
         store.remove_unlisted_files()
         self.task_state.stored_parts = store
         added = store.tasks
-        for task in added:
-            self.load_state_dict({**self.state_dict(), **store.entries(self, task)})
-            self._offload(task)
+        # A few tasks per load: each load visits the whole model, and each
+        # task's masks leave memory right after.
+        for start in range(0, len(added), _TASKS_PER_LOAD):
+            chunk = added[start : start + _TASKS_PER_LOAD]
+            self.load_state_dict(
+                {**self.state_dict(), **{k: v for t in chunk for k, v in store.entries(self, t).items()}}
+            )
+            for task in chunk:
+                self._offload(task)
         for task in self.frozen_tasks:
             if task_key(task) not in self.task_state.stored_tasks:
                 self._store(task)
