@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from piggyback_avalanche import Piggyback, PiggybackModel
 from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 
 warnings.filterwarnings("ignore", message=".*QP solver.*")
@@ -87,3 +88,16 @@ def same_state(model, state):
     """Whether ``model``'s state dict equals ``state`` exactly (keys and values)."""
     now = model.state_dict()
     return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+
+
+@pytest.fixture
+def trained_piggyback(three_task_stream):
+    """A backbone, a Piggyback strategy and its model (in eval mode) with the
+    three tasks of ``three_task_stream`` learned and frozen."""
+    torch.manual_seed(0)
+    backbone = tiny_conv_net()
+    model = PiggybackModel(backbone)
+    strategy = Piggyback(model=model, mask_lr=1e-2, lr=1e-2, train_mb_size=16, train_epochs=2, evaluator=None)
+    for experience in three_task_stream.train_stream:
+        strategy.train(experience)
+    return backbone, strategy, model.eval()

@@ -53,22 +53,7 @@ def test_class_incremental_example_infers_the_tasks_without_labels():
 
 def test_task_store_example_learns_once_and_reads_the_tasks_back(tmp_path):
     def run():
-        completed = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "examples" / "task_store.py"),
-                "--store",
-                str(tmp_path / "store"),
-                "--epochs",
-                "1",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=ROOT,
-        )
-        assert completed.returncode == 0, completed.stderr[-2000:]
-        return completed.stdout
+        return _run_example("task_store.py", "--store", tmp_path / "store", "--epochs", 1)
 
     first, second = run(), run()
     accuracies = re.findall(r"task \d: accuracy ([0-9.]+)", first)

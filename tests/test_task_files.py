@@ -15,15 +15,10 @@ from piggyback_avalanche.task_aware.entropy_coding import CodeLayout, coded_layo
 
 
 @pytest.fixture
-def trained(three_task_stream):
+def trained(trained_piggyback):
     """A backbone, and a model on it with three frozen tasks."""
-    torch.manual_seed(0)
-    backbone = tiny_conv_net()
-    model = PiggybackModel(backbone)
-    strategy = Piggyback(model=model, mask_lr=1e-2, lr=1e-2, train_mb_size=16, train_epochs=2, evaluator=None)
-    for experience in three_task_stream.train_stream:
-        strategy.train(experience)
-    return backbone, model.eval()
+    backbone, _, model = trained_piggyback
+    return backbone, model
 
 
 def _logits(model, stream, task, as_task=None):

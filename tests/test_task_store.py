@@ -20,25 +20,13 @@ from piggyback_avalanche.task_aware.frozen_weight_cache import DEFAULT_BUDGET_BY
 from piggyback_avalanche.training.checkpoints import CheckpointError, save_experience_checkpoint
 
 
-@pytest.fixture
-def trained(three_task_stream):
-    """A backbone, a strategy and its model with three frozen tasks."""
-    torch.manual_seed(0)
-    backbone = tiny_conv_net()
-    model = PiggybackModel(backbone)
-    strategy = Piggyback(model=model, mask_lr=1e-2, lr=1e-2, train_mb_size=16, train_epochs=2, evaluator=None)
-    for experience in three_task_stream.train_stream:
-        strategy.train(experience)
-    return backbone, strategy, model.eval()
-
-
 def _logits(model, stream):
     with torch.no_grad():
         return [model.eval()(stacked_inputs(stream.test_stream[t]), t) for t in range(len(stream.test_stream))]
 
 
-def test_tasks_from_a_store_give_the_logits_of_tasks_in_memory(trained, three_task_stream, tmp_path):
-    backbone, _, model = trained
+def test_tasks_from_a_store_give_the_logits_of_tasks_in_memory(trained_piggyback, three_task_stream, tmp_path):
+    backbone, _, model = trained_piggyback
     expected = _logits(model, three_task_stream)
     in_memory = model.stored_bytes()
     assert model.attach_task_store(tmp_path / "store") == []
@@ -112,8 +100,8 @@ def test_tasks_frozen_after_attaching_are_appended(three_task_stream, tmp_path):
     assert not (tmp_path / "run.ckpt").exists()
 
 
-def test_a_damaged_or_foreign_store_is_refused_and_the_model_is_unchanged(trained, tmp_path):
-    backbone, _, model = trained
+def test_a_damaged_or_foreign_store_is_refused_and_the_model_is_unchanged(trained_piggyback, tmp_path):
+    backbone, _, model = trained_piggyback
     model.attach_task_store(tmp_path / "store")
     store = tmp_path / "store"
     manifest = json.loads((store / "store.json").read_text())
@@ -181,8 +169,8 @@ def test_a_damaged_or_foreign_store_is_refused_and_the_model_is_unchanged(traine
         PiggybackModel(backbone).attach_task_store(store / "store.json")
 
 
-def test_an_interrupted_append_leaves_every_earlier_task_bit_identical(trained, three_task_stream, tmp_path):
-    backbone, _, model = trained
+def test_an_interrupted_append_leaves_every_earlier_task_bit_identical(trained_piggyback, three_task_stream, tmp_path):
+    backbone, _, model = trained_piggyback
     expected = _logits(model, three_task_stream)
     model.attach_task_store(tmp_path / "store")
     store = tmp_path / "store"
@@ -235,8 +223,8 @@ def test_a_process_killed_while_appending_loses_only_the_task_being_added(tmp_pa
     assert TaskStore(store).tasks == [0, 1, 2, 3]
 
 
-def test_task_inference_over_stored_tasks_equals_it_in_memory(trained, three_task_stream, tmp_path):
-    backbone, _, model = trained
+def test_task_inference_over_stored_tasks_equals_it_in_memory(trained_piggyback, three_task_stream, tmp_path):
+    backbone, _, model = trained_piggyback
     x = torch.cat([stacked_inputs(e) for e in three_task_stream.test_stream])
     expected = {stacked: model.task_outputs(x, [0, 1, 2], stacked=stacked) for stacked in (True, False)}
     model.attach_task_store(tmp_path / "store")
@@ -247,8 +235,8 @@ def test_task_inference_over_stored_tasks_equals_it_in_memory(trained, three_tas
         assert torch.equal(logits, expected[stacked][0]) and torch.equal(features, expected[stacked][1])
 
 
-def test_stacked_groups_count_in_the_budget_and_overlapping_groups_are_dropped(trained, three_task_stream):
-    _, _, model = trained
+def test_stacked_groups_count_in_the_budget_and_overlapping_groups_are_dropped(trained_piggyback, three_task_stream):
+    _, _, model = trained_piggyback
     cache = model.frozen_weight_cache
     x = stacked_inputs(three_task_stream.test_stream[0])
     layer = model.masked_layers["3"]
@@ -265,8 +253,8 @@ def test_stacked_groups_count_in_the_budget_and_overlapping_groups_are_dropped(t
     )
 
 
-def test_the_cache_keeps_recent_tasks_within_its_budget_and_never_recomputes_them(trained, three_task_stream):
-    _, _, model = trained
+def test_the_cache_keeps_recent_tasks_within_its_budget_and_never_recomputes_them(trained_piggyback, three_task_stream):
+    _, _, model = trained_piggyback
     cache = model.frozen_weight_cache
     layer = model.masked_layers["3"]
     per_task = sum(m.weight.nbytes for m in model.masked_layers.values())
