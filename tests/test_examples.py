@@ -22,33 +22,19 @@ def test_readme_quickstart_is_the_example_file():
 
 
 def test_quickstart_runs_offline_and_learns_every_task():
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    accuracies = [float(a) for a in re.findall(r"task \d: accuracy ([0-9.]+)", completed.stdout)]
-    assert len(accuracies) == 3 and min(accuracies) > 0.8, completed.stdout
-    assert "frozen tasks: [0, 1, 2]" in completed.stdout
+    out = _run_example("quickstart.py")
+    accuracies = [float(a) for a in re.findall(r"task \d: accuracy ([0-9.]+)", out)]
+    assert len(accuracies) == 3 and min(accuracies) > 0.8, out
+    assert "frozen tasks: [0, 1, 2]" in out
 
 
 def test_class_incremental_example_infers_the_tasks_without_labels():
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "class_incremental.py")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    accuracy = float(re.search(r"accuracy over all ten digits: ([0-9.]+)", completed.stdout).group(1))
-    inferred = float(re.search(r"samples whose task was inferred right: ([0-9.]+)", completed.stdout).group(1))
+    out = _run_example("class_incremental.py")
+    accuracy = float(re.search(r"accuracy over all ten digits: ([0-9.]+)", out).group(1))
+    inferred = float(re.search(r"samples whose task was inferred right: ([0-9.]+)", out).group(1))
     # Ten classes (chance 0.1), five tasks (chance 0.2); fine-tuning one head would keep about 0.2.
-    assert accuracy > 0.8 and inferred > 0.85, completed.stdout
-    assert re.search(r"stored: \d+ KiB, no exemplar", completed.stdout)
+    assert accuracy > 0.8 and inferred > 0.85, out
+    assert re.search(r"stored: \d+ KiB, no exemplar", out)
 
 
 def test_task_store_example_learns_once_and_reads_the_tasks_back(tmp_path):
