@@ -378,3 +378,23 @@ def test_a_torchvision_resnet_and_many_tasks_come_back_from_a_store(tmp_path):
         assert again.attach_task_store(tmp_path / "many") == list(range(70))
         assert all(torch.equal(again(inputs, task), expected[task]) for task in range(70))
     assert again.stored_bytes() == many.stored_bytes()
+
+
+def test_packnet_switches_between_cached_tasks_too():
+    from piggyback_avalanche.methods.packnet import PackNetModel
+
+    model = PackNetModel(torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)))
+    for task in range(2):
+        model.add_task(task, classes=[0, 1])
+        model.prune(0.5)
+        model.freeze_task(task)
+    model.eval()
+    layer = next(iter(model.packnet_layers.values()))
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        first = [model(x, task) for task in range(2)]
+        cached = model.frozen_weight_cache.value("0", layer)
+        assert model.frozen_weight_cache.tasks() == ["0", "1"] and cached is not None
+        again = [model(x, task) for task in (0, 1)]
+    assert model.frozen_weight_cache.value("0", layer) is cached  # not recomputed on the way back
+    assert all(torch.equal(a, b) for a, b in zip(first, again)) and not torch.equal(first[0], first[1])

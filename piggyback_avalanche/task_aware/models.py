@@ -20,6 +20,7 @@ from avalanche.models import DynamicModule, MultiTaskModule
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
+from piggyback_avalanche.task_aware.frozen_weight_cache import FrozenWeightCache
 from piggyback_avalanche.task_aware.task_heads import TaskHeads
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
@@ -678,6 +679,13 @@ class TaskAwareModel(MultiHeadModel):
     def task_layers(self) -> Dict[str, TaskWeightLayer]:
         """The task-aware convolution and linear layers by qualified name."""
         return {n: m for n, m in self.backbone.named_modules() if isinstance(m, TaskWeightLayer)}
+
+    @property
+    def frozen_weight_cache(self) -> FrozenWeightCache:
+        """The effective weights of the frozen tasks used most recently,
+        shared by every layer; set its ``budget_bytes`` to keep more or
+        fewer of them."""
+        return self.task_state.frozen_weights
 
     @property
     def frozen_tasks(self) -> List[int]:

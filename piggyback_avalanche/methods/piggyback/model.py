@@ -10,7 +10,6 @@ from piggyback_avalanche.methods.piggyback.layers import MASKED_LAYER_TYPES, Mas
 from piggyback_avalanche.methods.piggyback.masks import get_mask_kind
 from piggyback_avalanche.methods.piggyback.task_files import load_tasks, save_tasks
 from piggyback_avalanche.methods.piggyback.task_store import TaskStore, TaskStoreError
-from piggyback_avalanche.task_aware.frozen_weight_cache import FrozenWeightCache
 from piggyback_avalanche.task_aware.models import TaskAwareModel
 from piggyback_avalanche.task_aware.task_state import task_key
 
@@ -136,12 +135,6 @@ class PiggybackModel(TaskAwareModel):
     def task_store(self) -> Optional[TaskStore]:
         """The task store that holds this model's frozen tasks' masks, if any."""
         return self.task_state.stored_parts  # type: ignore[return-value]  # only attach_task_store sets it
-
-    @property
-    def frozen_weight_cache(self) -> FrozenWeightCache:
-        """The effective weights of the frozen tasks used most recently; set
-        its ``budget_bytes`` to keep more than the last task's."""
-        return self.task_state.frozen_weights
 
     def attach_task_store(self, path: Union[str, Path], *, cache_budget_bytes: Optional[int] = None) -> List[int]:
         """Keep the frozen tasks' masks in the task store at ``path``
