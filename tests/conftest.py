@@ -101,3 +101,16 @@ def trained_piggyback(three_task_stream):
     for experience in three_task_stream.train_stream:
         strategy.train(experience)
     return backbone, strategy, model.eval()
+
+
+def packnet_mlp_with_tasks(tasks):
+    """A PackNet model on a small MLP with ``tasks`` two-class tasks, each
+    pruned by half and frozen."""
+    from piggyback_avalanche.methods.packnet import PackNetModel
+
+    model = PackNetModel(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)))
+    for task in range(tasks):
+        model.add_task(task, classes=[0, 1])
+        model.prune(0.5)
+        model.freeze_task(task)
+    return model

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import packnet_mlp_with_tasks
 
 from piggyback_avalanche.task_aware.bit_packing import pack_codes
 from piggyback_avalanche.task_aware.entropy_coding import (
@@ -138,13 +139,7 @@ def test_counts_are_stored_in_the_smallest_integer_type():
 
 
 def test_packnet_owners_are_coded_and_decode_back():
-    from piggyback_avalanche.methods.packnet import PackNetModel
-
-    model = PackNetModel(torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)))
-    for task in range(3):
-        model.add_task(task, classes=[0, 1])
-        model.prune(0.5)
-        model.freeze_task(task)
+    model = packnet_mlp_with_tasks(3)
     layouts = model.code_layouts()
     assert layouts == {"backbone.0.packed_owners": CodeLayout(numel=48, bits=2, rows=8)}
     state = model.state_dict()

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import same_state, stacked_inputs, state_copy, tiny_conv_net
+from conftest import packnet_mlp_with_tasks, same_state, stacked_inputs, state_copy, tiny_conv_net
 
 from piggyback_avalanche import Piggyback, PiggybackModel
 from piggyback_avalanche.evaluation import default_evaluator
@@ -381,14 +381,7 @@ def test_a_torchvision_resnet_and_many_tasks_come_back_from_a_store(tmp_path):
 
 
 def test_packnet_switches_between_cached_tasks_too():
-    from piggyback_avalanche.methods.packnet import PackNetModel
-
-    model = PackNetModel(torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)))
-    for task in range(2):
-        model.add_task(task, classes=[0, 1])
-        model.prune(0.5)
-        model.freeze_task(task)
-    model.eval()
+    model = packnet_mlp_with_tasks(2).eval()
     layer = next(iter(model.packnet_layers.values()))
     x = torch.randn(3, 6)
     with torch.no_grad():
