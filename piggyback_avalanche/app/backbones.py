@@ -1,5 +1,7 @@
-"""Backbones by name: small networks that train on a CPU, and torchvision's
-ImageNet models, optionally with their pretrained weights."""
+"""Backbones by name: small networks that train on a CPU (convolutional,
+residual, MLP, vision transformer), and torchvision's ImageNet models
+(ResNets, VGG, DenseNet, ViT-B/16, Swin-T, MaxViT-T), optionally with their
+pretrained weights."""
 
 import math
 from typing import Callable, Dict, List, Sequence
@@ -11,6 +13,7 @@ __all__ = [
     "small_cnn",
     "small_resnet",
     "mlp",
+    "small_vit",
     "torchvision_backbone",
     "WeightsUnavailableError",
     "BACKBONES",
@@ -104,6 +107,48 @@ def mlp(*, input_shape: Sequence[int], hidden: int = 256, num_classes: int = 10)
     )
 
 
+def small_vit(
+    *,
+    in_channels: int = 1,
+    image_size: int = 16,
+    num_classes: int = 10,
+    patch_size: int = 4,
+    width: int = 64,
+    depth: int = 4,
+    heads: int = 4,
+) -> nn.Module:
+    """A small torchvision ``VisionTransformer`` for small images: the same
+    family as ``vit_b_16`` (``nn.MultiheadAttention``, layer norm, class
+    token, learned positional embedding), sized to train on a CPU.
+
+    :param in_channels: input channels (torchvision's ViT takes 3; the patch
+        embedding is rebuilt for others).
+    :param image_size: the side of the square inputs.
+    :param num_classes: outputs of the classifier ``heads.head``.
+    :param patch_size: side of each patch (divides ``image_size``).
+    :param width: the tokens' width; the MLP is twice as wide.
+    :param depth: encoder blocks.
+    :param heads: attention heads (divides ``width``).
+    """
+    from torchvision.models import VisionTransformer
+
+    vit = VisionTransformer(
+        image_size=image_size,
+        patch_size=patch_size,
+        num_layers=depth,
+        num_heads=heads,
+        hidden_dim=width,
+        mlp_dim=2 * width,
+        num_classes=num_classes,
+    )
+    patches = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
+    # torchvision's initialisation of its own patch embedding.
+    nn.init.trunc_normal_(patches.weight, std=math.sqrt(1 / (in_channels * patch_size**2)))
+    nn.init.zeros_(patches.bias)
+    vit.conv_proj = patches
+    return vit
+
+
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights are neither cached nor downloadable from here."""
 
@@ -160,6 +205,12 @@ BACKBONES: Dict[str, BackboneBuilder] = {
     "small_cnn": _pretraining_is_the_runners("small_cnn", lambda shape: small_cnn(in_channels=shape[0])),
     "mlp": _pretraining_is_the_runners("mlp", lambda shape: mlp(input_shape=shape)),
     "small_resnet": _pretraining_is_the_runners("small_resnet", lambda shape: small_resnet(in_channels=shape[0])),
-    **{name: _torchvision(name) for name in ("resnet18", "resnet50", "vgg16", "vgg16_bn", "densenet121")},
+    "small_vit": _pretraining_is_the_runners(
+        "small_vit", lambda shape: small_vit(in_channels=shape[0], image_size=shape[-1])
+    ),
+    **{
+        name: _torchvision(name)
+        for name in ("resnet18", "resnet50", "vgg16", "vgg16_bn", "densenet121", "vit_b_16", "swin_t", "maxvit_t")
+    },
 }
 """Backbone names and their builders."""

@@ -1,23 +1,27 @@
 """The task machinery every method shares: the task state, task-aware
-layers, per-task normalization and heads, the multi-head and task-aware
+layers (convolutions, linear layers, attention; frozen ones too), per-task
+normalization and heads, the multi-head and task-aware
 models, the strategy they train with, the cache of frozen tasks' weights
 and the entropy coding of their packed codes at rest."""
 
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout, CodingError, decode_codes, encode_codes
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
+from piggyback_avalanche.task_aware.frozen_layers import FROZEN_LAYER_TYPES, FrozenLayer
 from piggyback_avalanche.task_aware.frozen_weight_cache import DEFAULT_BUDGET_BYTES, FrozenWeightCache
-from piggyback_avalanche.task_aware.models import MultiHeadModel, TaskAwareModel
+from piggyback_avalanche.task_aware.models import SHARED_EMBEDDINGS, MultiHeadModel, TaskAwareModel
 from piggyback_avalanche.task_aware.strategy import (
     DEFAULT_EVAL_MB_SIZE,
     DEFAULT_LR,
     DEFAULT_TRAIN_EPOCHS,
     DEFAULT_TRAIN_MB_SIZE,
     NonFiniteLossError,
+    OneRateStrategy,
     OptimizerFactory,
     TaskAwareStrategy,
     TaskOutOfMemoryError,
 )
+from piggyback_avalanche.task_aware.task_attention import ATTENTION_TYPES, TaskMultiheadAttention, TaskWindowAttention
 from piggyback_avalanche.task_aware.task_heads import ClassifierHead, TaskHeads
 from piggyback_avalanche.task_aware.task_inference import InferredTasks, TaskInference
 from piggyback_avalanche.task_aware.task_layers import SUPPORTED_LAYER_TYPES, TaskWeightLayer, task_layer_types
@@ -34,6 +38,12 @@ __all__ = [
     "SUPPORTED_LAYER_TYPES",
     "TaskNorm",
     "NORM_LAYER_TYPES",
+    "TaskMultiheadAttention",
+    "TaskWindowAttention",
+    "ATTENTION_TYPES",
+    "SHARED_EMBEDDINGS",
+    "FrozenLayer",
+    "FROZEN_LAYER_TYPES",
     "ClassifierHead",
     "TaskHeads",
     "MultiHeadModel",
@@ -49,6 +59,7 @@ __all__ = [
     "decode_codes",
     "experience_task_classes",
     "TaskAwareStrategy",
+    "OneRateStrategy",
     "OptimizerFactory",
     "NonFiniteLossError",
     "TaskOutOfMemoryError",

@@ -8,6 +8,7 @@ routes every sample through its own task.
 """
 
 import copy
+from functools import partial
 from itertools import chain
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
@@ -21,12 +22,29 @@ from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
 from piggyback_avalanche.task_aware.frozen_weight_cache import FrozenWeightCache
+from piggyback_avalanche.task_aware.task_attention import ATTENTION_TYPES
 from piggyback_avalanche.task_aware.task_heads import TaskHeads
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
 from piggyback_avalanche.task_aware.task_state import StackingUnsupportedError, TaskModule, TaskState, task_key
 
-__all__ = ["MultiHeadModel", "TaskAwareModel"]
+__all__ = ["MultiHeadModel", "TaskAwareModel", "SHARED_EMBEDDINGS"]
+
+SHARED_EMBEDDINGS = frozenset(
+    {
+        "class_token",
+        "cls_token",
+        "dist_token",
+        "reg_token",
+        "pos_embedding",
+        "pos_embed",
+        "relative_position_bias_table",
+    }
+)
+"""Names of the parameters that transformers hold outside any layer
+(torchvision's and timm's class and distillation tokens, positional
+embeddings, relative position bias tables): a task-aware model shares them
+frozen, as pretraining left them, like the backbone's weights."""
 
 _CHECKSUM_SAMPLES = 4096
 """Entries per shared tensor that evaluation's checksum reads."""
@@ -168,7 +186,10 @@ class MultiHeadModel(MultiTaskModule):
 
     def _convert(self, backbone: nn.Module, classifier_name: str) -> nn.Module:
         replaced: Dict[int, nn.Module] = {}
+        replaced_names: List[str] = []
         for name, module in list(backbone.named_modules(remove_duplicate=False)):
+            if any(name.startswith(f"{above}.") for above in replaced_names):
+                continue  # what lies below a replaced module is the replacement's
             if id(module) not in replaced:
                 replaced[id(module)] = self._task_aware(module, is_classifier=name == classifier_name)
             new = replaced[id(module)]
@@ -176,6 +197,7 @@ class MultiHeadModel(MultiTaskModule):
                 continue
             if not name:
                 return new
+            replaced_names.append(name)
             parent, _, attr = name.rpartition(".")
             setattr(backbone.get_submodule(parent), attr, new)
         return backbone
@@ -637,25 +659,35 @@ class TaskAwareModel(MultiHeadModel):
     # --- building ----------------------------------------------------------
 
     def _convert(self, backbone: nn.Module, classifier_name: str) -> nn.Module:
+        attention = [name for name, module in backbone.named_modules() if type(module) in ATTENTION_TYPES]
         unsupported = [
-            f"{name or '<backbone>'} ({type(module).__name__})"
+            f"{name or '<backbone>'} ({type(module).__name__}: {', '.join(names)})"
             for name, module in backbone.named_modules()
-            if any(p is not None for p in module._parameters.values())
-            and name != classifier_name
+            if name != classifier_name
             and type(module) not in self.layer_types
             and not isinstance(module, NORM_LAYER_TYPES)
+            and not any(name == above or name.startswith(f"{above}.") for above in attention)
+            for names in [[n for n, p in module._parameters.items() if p is not None and n not in SHARED_EMBEDDINGS]]
+            if names
         ]
         if unsupported:
             raise ValueError(
-                f"{type(self).__name__} cannot handle these modules with parameters: "
+                f"{type(self).__name__} cannot handle these modules' parameters: "
                 + ", ".join(unsupported)
                 + ". Supported: "
                 + ", ".join(t.__name__ for t in self.layer_types)
                 + " (task-aware weights), "
+                + ", ".join(t.__name__ for t in ATTENTION_TYPES)
+                + " (task-aware projections), "
                 + ", ".join(t.__name__ for t in NORM_LAYER_TYPES)
-                + " (per task). Express them with these layers, or fold them into "
-                "the classifier."
+                + " (per task), and parameters named "
+                + ", ".join(sorted(SHARED_EMBEDDINGS))
+                + " (shared and frozen). Express them with these layers, or fold them into the classifier."
             )
+        for module in backbone.modules():
+            for name in SHARED_EMBEDDINGS & set(module._parameters):
+                if module._parameters[name] is not None:
+                    module._parameters[name].requires_grad_(False)  # type: ignore[union-attr]
         backbone = super()._convert(backbone, classifier_name)
         if not any(isinstance(m, TaskWeightLayer) for m in backbone.modules()):
             raise ValueError(
@@ -665,6 +697,9 @@ class TaskAwareModel(MultiHeadModel):
         return backbone
 
     def _task_aware(self, module: nn.Module, *, is_classifier: bool) -> nn.Module:
+        if not is_classifier and type(module) in ATTENTION_TYPES:
+            twin = partial(self._task_aware, is_classifier=False)
+            return ATTENTION_TYPES[type(module)](module, twin=twin)
         if not is_classifier and type(module) in self.layer_types:
             return self.layer_types[type(module)].from_module(
                 module, task_state=self.task_state, **self._layer_settings

@@ -22,6 +22,7 @@ from piggyback_avalanche.task_aware.task_inference import InferencePer, TaskInfe
 
 __all__ = [
     "TaskAwareStrategy",
+    "OneRateStrategy",
     "DEFAULT_LR",
     "DEFAULT_TRAIN_EPOCHS",
     "DEFAULT_TRAIN_MB_SIZE",
@@ -444,3 +445,21 @@ class TaskAwareStrategy(SupervisedTemplate):
         self.model.recalibrate_norm_statistics(
             (inputs.to(self.device), task_labels.to(self.device)) for inputs, task_labels in batches
         )
+
+
+class OneRateStrategy(TaskAwareStrategy):
+    """A task-aware strategy that trains every parameter group at one
+    learning rate, ``lr``: for methods whose groups need no rates of their own.
+
+    :param model: the task-aware model (``model_type``).
+    :param lr: the learning rate of every parameter group.
+    :param kwargs: :class:`TaskAwareStrategy`'s arguments.
+    """
+
+    def __init__(self, *, model: TaskAwareModel, lr: float = DEFAULT_LR, **kwargs: Any) -> None:
+        check_positive("lr", lr)
+        self.lr = lr
+        super().__init__(model=model, **kwargs)
+
+    def group_learning_rates(self) -> Dict[str, float]:
+        return {name: self.lr for name in self.model.trainable_parameters()}

@@ -33,10 +33,16 @@ from avalanche.training import (
 from avalanche.training import PackNet as AvalanchePackNet
 from avalanche.training.templates import SupervisedTemplate
 
+from piggyback_avalanche.methods.bitfit.model import BitFitModel
+from piggyback_avalanche.methods.bitfit.strategy import BitFit
+from piggyback_avalanche.methods.lora.model import LoRAModel
+from piggyback_avalanche.methods.lora.strategy import LoRA
 from piggyback_avalanche.methods.packnet.model import PackNetModel
 from piggyback_avalanche.methods.packnet.strategy import DEFAULT_POST_PRUNE_EPOCHS, DEFAULT_PRUNE_RATIO, PackNet
 from piggyback_avalanche.methods.piggyback.model import PiggybackModel
 from piggyback_avalanche.methods.piggyback.strategy import Piggyback
+from piggyback_avalanche.methods.prompt.model import PromptTuningModel
+from piggyback_avalanche.methods.prompt.strategy import PromptTuning
 from piggyback_avalanche.methods.reference.models import ClassifierOnlyModel, IndividualNetworksModel
 from piggyback_avalanche.methods.reference.strategies import ClassifierOnly, IndividualNetworks
 from piggyback_avalanche.task_aware.models import MultiHeadModel
@@ -231,6 +237,9 @@ _register_ours("piggyback_ternary", Piggyback, PiggybackModel, threshold_fn="ter
 _register_ours("packnet", PackNet, PackNetModel)
 _register_ours("individual", IndividualNetworks, IndividualNetworksModel)
 _register_ours("classifier_only", ClassifierOnly, ClassifierOnlyModel)
+_register_ours("lora", LoRA, LoRAModel)
+_register_ours("bitfit", BitFit, BitFitModel)
+_register_ours("prompt", PromptTuning, PromptTuningModel)
 
 
 def _optimizer(model: nn.Module, lr: float, factory: Optional[OptimizerFactory]) -> torch.optim.Optimizer:

@@ -1,11 +1,19 @@
 """The reference points' layers: a copy of the weight per task (individual
 networks), or the backbone's weight shared and never trained (classifier
-only)."""
+only, with the shared machinery's :class:`FrozenLayer`)."""
 
 from typing import Dict, List, Optional, Sequence
 
 from torch import Tensor, nn
 
+from piggyback_avalanche.task_aware.frozen_layers import (
+    FROZEN_LAYER_TYPES,
+    FrozenConv1d,
+    FrozenConv2d,
+    FrozenConv3d,
+    FrozenLayer,
+    FrozenLinear,
+)
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer, task_layer_types
 from piggyback_avalanche.task_aware.task_state import TaskTensorDict
 
@@ -75,27 +83,8 @@ class CopiedLayer(TaskWeightLayer):
         return self._own(self.learning_biases, self.frozen_biases)
 
 
-class FrozenLayer(TaskWeightLayer):
-    """A layer that every task uses as the backbone has it, never trained."""
-
-    def add_task(self, task: str, *, classes: Sequence[int] = ()) -> None:
-        """Nothing to add: the layer is shared and frozen."""
-
-    def freeze_task(self, task: str) -> None:
-        """Nothing to freeze: the layer never trains."""
-
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
-        return {}
-
-    def task_weight(self) -> Tensor:
-        return self.weight
-
-
 COPIED_LAYER_TYPES = task_layer_types(CopiedLayer, prefix="Copied", doc="with a weight and bias per task.")
 """Layer types that individual networks copy per task, and their twins."""
 
-FROZEN_LAYER_TYPES = task_layer_types(FrozenLayer, prefix="Frozen", doc="shared by every task, never trained.")
-"""Layer types that the classifier-only reference keeps frozen, and their twins."""
 
 CopiedConv1d, CopiedConv2d, CopiedConv3d, CopiedLinear = COPIED_LAYER_TYPES.values()
-FrozenConv1d, FrozenConv2d, FrozenConv3d, FrozenLinear = FROZEN_LAYER_TYPES.values()

@@ -1,28 +1,12 @@
 """The paper's reference points as Avalanche strategies."""
 
-from typing import Any, Dict
-
-from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.methods.reference.models import ClassifierOnlyModel, IndividualNetworksModel
-from piggyback_avalanche.task_aware.models import TaskAwareModel
-from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, TaskAwareStrategy
+from piggyback_avalanche.task_aware.strategy import OneRateStrategy
 
 __all__ = ["IndividualNetworks", "ClassifierOnly"]
 
 
-class _OneLearningRate(TaskAwareStrategy):
-    """A task-aware strategy that trains every parameter group at ``lr``."""
-
-    def __init__(self, *, model: TaskAwareModel, lr: float = DEFAULT_LR, **kwargs: Any) -> None:
-        check_positive("lr", lr)
-        self.lr = lr
-        super().__init__(model=model, **kwargs)
-
-    def group_learning_rates(self) -> Dict[str, float]:
-        return {name: self.lr for name in self.model.trainable_parameters()}
-
-
-class IndividualNetworks(_OneLearningRate):
+class IndividualNetworks(OneRateStrategy):
     """A separate copy of the backbone fine-tuned for each task: the paper's
     upper reference point. Storage is T networks; nothing is forgotten.
 
@@ -34,7 +18,7 @@ class IndividualNetworks(_OneLearningRate):
     model_type = IndividualNetworksModel
 
 
-class ClassifierOnly(_OneLearningRate):
+class ClassifierOnly(OneRateStrategy):
     """The backbone frozen, batch norm included, and one head trained per
     task: the paper's lower reference point.
 

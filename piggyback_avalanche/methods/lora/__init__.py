@@ -1,0 +1,8 @@
+"""LoRA (Hu et al., ICLR 2022) per task: a frozen backbone, one learned
+low-rank update of every layer per task."""
+
+from piggyback_avalanche.methods.lora.layers import LOW_RANK_LAYER_TYPES, LowRankLayer
+from piggyback_avalanche.methods.lora.model import DEFAULT_ALPHA, DEFAULT_RANK, LoRAModel
+from piggyback_avalanche.methods.lora.strategy import LoRA
+
+__all__ = ["LoRAModel", "LoRA", "LowRankLayer", "LOW_RANK_LAYER_TYPES", "DEFAULT_RANK", "DEFAULT_ALPHA"]

@@ -1,0 +1,33 @@
+"""Layers that every task uses as the backbone has them, never trained:
+what a method that learns elsewhere (heads only, prompts) keeps of the
+backbone's convolutions and linear layers."""
+
+from typing import Dict, List, Sequence
+
+from torch import Tensor, nn
+
+from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer, task_layer_types
+
+__all__ = ["FrozenLayer", "FROZEN_LAYER_TYPES", "FrozenConv1d", "FrozenConv2d", "FrozenConv3d", "FrozenLinear"]
+
+
+class FrozenLayer(TaskWeightLayer):
+    """A layer that every task uses as the backbone has it, never trained."""
+
+    def add_task(self, task: str, *, classes: Sequence[int] = ()) -> None:
+        """Nothing to add: the layer is shared and frozen."""
+
+    def freeze_task(self, task: str) -> None:
+        """Nothing to freeze: the layer never trains."""
+
+    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+        return {}
+
+    def task_weight(self) -> Tensor:
+        return self.weight
+
+
+FROZEN_LAYER_TYPES = task_layer_types(FrozenLayer, prefix="Frozen", doc="shared by every task, never trained.")
+"""Layer types kept frozen and shared, and their twins."""
+
+FrozenConv1d, FrozenConv2d, FrozenConv3d, FrozenLinear = FROZEN_LAYER_TYPES.values()
