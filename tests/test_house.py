@@ -55,7 +55,9 @@ def test_the_shared_machinery_knows_no_method_and_methods_know_no_other_method()
         for f, ms in shared.items()
         if any(not m.startswith("piggyback_avalanche.task_aware") and m != "piggyback_avalanche.checks" for m in ms)
     }
-    for method in ("piggyback", "packnet", "reference"):
+    methods = sorted(p.name for p in (PACKAGE / "methods").iterdir() if (p / "__init__.py").exists())
+    assert methods == ["bitfit", "lora", "packnet", "piggyback", "prompt", "reference"]
+    for method in methods:
         for file, imported in _modules(f"methods/{method}").items():
             others = [
                 m
@@ -125,7 +127,9 @@ for i, experience in enumerate(stream.train_stream):
     strategy.train(experience)
     strategy.eval(stream.test_stream[: i + 1])
 run = {{"accuracy_matrix": [[0.5, None], [0.5, 0.5]], "model_bytes_per_experience": [1.0, 2.0]}}
-write_plots({{"piggyback": {{"runs": [run], "summary": {{}}}}}}, __import__("pathlib").Path({str(tmp_path)!r}))
+summary = {{"bytes_per_task": [4000.0, 10.0], "average_accuracy": [0.5, 0.01]}}
+written = write_plots({{"piggyback": {{"runs": [run], "summary": summary}}}}, __import__("pathlib").Path({str(tmp_path)!r}))
+assert written[-1].name == "accuracy_vs_bytes.png", written
 print(matplotlib.get_backend(), len(plt.get_fignums()))
 """
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -133,6 +137,7 @@ print(matplotlib.get_backend(), len(plt.get_fignums()))
     assert completed.stdout.split()[-2:] == ["svg", "0"]
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
         "accuracy_matrix_piggyback.png",
+        "accuracy_vs_bytes.png",
         "average_accuracy.png",
         "model_size.png",
     ]

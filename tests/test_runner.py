@@ -22,9 +22,18 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
     assert plots == [
         "accuracy_matrix_naive.png",
         "accuracy_matrix_piggyback.png",
+        "accuracy_vs_bytes.png",
         "average_accuracy.png",
         "model_size.png",
     ]
+    # Accuracy against bytes per task, in TensorBoard too: a figure and its numbers.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "accuracy_vs_bytes")).Reload()
+    assert events.Tags()["images"] == ["accuracy_vs_bytes_per_task"]
+    text = events.Tensors("accuracy_vs_bytes_per_task/text_summary")[0].tensor_proto.string_val[0].decode()
+    piggyback_bytes = statistics.mean(r["bytes_per_task"] for r in first["piggyback"]["runs"])
+    assert f"| piggyback | {piggyback_bytes:.0f} |" in text and "naive" in text
     piggyback_run = first["piggyback"]["runs"][0]
     # Zero forgetting: every column of the accuracy matrix is constant.
     matrix = piggyback_run["accuracy_matrix"]

@@ -144,7 +144,7 @@ def small_vit(
     patches = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
     # torchvision's initialisation of its own patch embedding.
     nn.init.trunc_normal_(patches.weight, std=math.sqrt(1 / (in_channels * patch_size**2)))
-    nn.init.zeros_(patches.bias)
+    nn.init.zeros_(patches.get_parameter("bias"))
     vit.conv_proj = patches
     return vit
 

@@ -28,6 +28,8 @@ __all__ = [
     "format_markdown",
     "write_tables",
     "write_plots",
+    "accuracy_vs_bytes_figure",
+    "write_comparison_to_tensorboard",
     "published_comparison",
     "Target",
     "TargetCheck",
@@ -60,6 +62,8 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     summary: Dict[str, Any] = {k: mean_std([r[k] for r in runs]) for k in keys}
     # None for strategies given task labels, and in results saved before task inference existed.
     summary["average_task_inference"] = mean_std([r.get("average_task_inference") for r in runs])
+    # None for models without tasks of their own, and in results saved before it was measured.
+    summary["bytes_per_task"] = mean_std([r.get("bytes_per_task") for r in runs])
     summary["accuracy"] = [mean_std(list(task)) for task in zip(*(r["accuracy"] for r in runs))]
     return summary
 
@@ -71,6 +75,7 @@ COLUMNS = [
     "BWT (points)",
     "size (MB)",
     "× one network",
+    "bytes per task (kB)",
     "train time (s)",
 ]
 
@@ -102,6 +107,7 @@ def _cells(results: Dict[str, Dict[str, Any]]) -> List[Tuple[str, int, Dict[str,
                     cell(s["bwt"]),
                     cell(s["model_bytes"], 1e-6, 2),
                     cell(s["networks"], 1.0, 2),
+                    cell(s.get("bytes_per_task"), 1e-3, 1),
                     cell(s["train_seconds"], 1.0, 0),
                 ],
             )
@@ -147,7 +153,8 @@ def write_tables(results: Dict[str, Dict[str, Any]], out_dir: Path, *, extra: st
 def write_plots(results: Dict[str, Dict[str, Any]], plot_dir: Path) -> List[Path]:
     """Matplotlib plots of the first seed's runs: the accuracy matrix of each
     strategy, average accuracy as tasks arrive, and model size against the
-    number of tasks, as PNG files.
+    number of tasks; and over every seed, accuracy against the bytes each
+    task adds (``accuracy_vs_bytes.png``), as PNG files.
 
     :return: the files written.
     """
@@ -180,7 +187,64 @@ def write_plots(results: Dict[str, Dict[str, Any]], plot_dir: Path) -> List[Path
         figure.tight_layout()
         written.append(plot_dir / filename)
         figure.savefig(written[-1], dpi=100)
+    try:
+        figure = accuracy_vs_bytes_figure(results)
+    except ValueError:  # no strategy stores anything per task
+        return written
+    written.append(plot_dir / "accuracy_vs_bytes.png")
+    figure.savefig(written[-1], dpi=100)
     return written
+
+
+def accuracy_vs_bytes_figure(results: Results) -> Figure:
+    """Average accuracy against the bytes each task adds (log scale), one
+    point per strategy (mean and standard deviation over seeds): what each
+    method buys per byte stored. Strategies without tasks of their own
+    (single-head baselines) are left out.
+
+    :raises ValueError: if no strategy has bytes per task.
+    """
+    found = [
+        (name, r["summary"].get("bytes_per_task"), r["summary"].get("average_accuracy")) for name, r in results.items()
+    ]
+    points = [(name, size, accuracy) for name, size, accuracy in found if size and accuracy and size[0] > 0]
+    if not points:
+        raise ValueError("No strategy in the results stores anything per task.")
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    for name, size, accuracy in points:
+        axes.errorbar(
+            size[0], 100 * accuracy[0], xerr=size[1], yerr=100 * accuracy[1], marker="o", capsize=3, label=name
+        )
+        axes.annotate(name, (size[0], 100 * accuracy[0]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axes.set_xscale("log")
+    axes.set_xlabel("bytes stored per task (log scale)")
+    axes.set_ylabel("average accuracy (%)")
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def write_comparison_to_tensorboard(results: Results, log_dir: Path) -> None:
+    """The accuracy-against-bytes figure and its numbers (one scalar pair
+    per strategy, as text) in a TensorBoard run of its own; nothing if no
+    strategy stores anything per task."""
+    try:
+        figure = accuracy_vs_bytes_figure(results)
+    except ValueError:
+        return
+    from torch.utils.tensorboard import SummaryWriter
+
+    rows = [
+        [name, f"{r['summary']['bytes_per_task'][0]:.0f}", f"{100 * r['summary']['average_accuracy'][0]:.1f}"]
+        for name, r in results.items()
+        if r["summary"].get("bytes_per_task") is not None
+    ]
+    with SummaryWriter(str(log_dir)) as writer:
+        writer.add_figure("accuracy_vs_bytes_per_task", figure)
+        writer.add_text(
+            "accuracy_vs_bytes_per_task", markdown_table(["strategy", "bytes per task", "avg accuracy (%)"], rows)
+        )
 
 
 def published_comparison(results: Results, *, backbone: str, tasks: Sequence[str] = FINE_GRAINED_TASKS) -> str:

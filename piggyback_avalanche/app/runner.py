@@ -32,6 +32,7 @@ from piggyback_avalanche.app.report import (
     published_comparison,
     read_targets,
     summarize,
+    write_comparison_to_tensorboard,
     write_plots,
     write_tables,
 )
@@ -207,8 +208,8 @@ def train_and_evaluate(
     :return: per-task final accuracy, average accuracy, average forgetting
         and BWT (over all but the last task), task-inference accuracy per
         task and on average (``None`` for strategies given task labels), model
-        size (bytes, exemplars included, and × one network), training
-        seconds, seconds per epoch and epochs run.
+        size (bytes, exemplars included, × one network, and bytes each task
+        adds), training seconds, seconds per epoch and epochs run.
     """
     timer = EpochTimer()
     evaluator = default_evaluator(tb_dir=log_dir, interactive=False)
@@ -267,6 +268,8 @@ def train_and_evaluate(
         "average_task_inference": sum(task_inference) / n if inferred else None,
         "model_bytes": size.result()["bytes"],
         "networks": size.result()["bytes"] / one_network,
+        # What each task adds (None for models without tasks of their own, as single-head baselines).
+        "bytes_per_task": size.result().get("bytes_per_task"),
         "train_seconds": seconds,
         "seconds_per_epoch": _mean(timer.seconds),
         "epochs": len(timer.seconds),
@@ -413,6 +416,7 @@ def run_benchmark(
     extra = published_comparison(results, backbone=backbone) if stream == "fine_grained" else ""
     write_tables(results, out_dir, extra=extra)
     write_plots(results, out_dir / "plots")
+    write_comparison_to_tensorboard(results, out_dir / "tensorboard" / "accuracy_vs_bytes")
     return results
 
 

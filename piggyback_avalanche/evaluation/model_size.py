@@ -88,9 +88,12 @@ class ModelSize(Metric[Dict[str, float]]):
 
     ``update(strategy)`` measures the strategy's model and state; ``result()``
     returns ``{"bytes": ..., "individual_networks_ratio": ...,
-    "bits_per_weight_per_task": ...}``: the stored bytes (model and strategy
-    state), their ratio to T separately stored networks, and for task-aware
-    models the bits of per-task state per task-aware weight and task.
+    "bytes_per_task": ..., "bits_per_weight_per_task": ...}``: the stored
+    bytes (model and strategy state), their ratio to T separately stored
+    networks, for multi-head models the bytes each task adds on average
+    (:meth:`~piggyback_avalanche.task_aware.models.MultiHeadModel.bytes_per_task`),
+    and for task-aware models the bits of per-task state per task-aware
+    weight and task.
     """
 
     def __init__(self) -> None:
@@ -105,6 +108,7 @@ class ModelSize(Metric[Dict[str, float]]):
         if tasks:
             individual = sum(model.network_bytes(t) for t in tasks)
             self._result["individual_networks_ratio"] = total / individual
+            self._result["bytes_per_task"] = model.bytes_per_task()
         if isinstance(model, TaskAwareModel) and tasks:
             self._result["bits_per_weight_per_task"] = model.task_state_bits_per_weight() / len(tasks)
 
@@ -118,13 +122,14 @@ class ModelSize(Metric[Dict[str, float]]):
 
 class ModelSizePluginMetric(AfterTrainingExpPluginMetric):
     """Emits, after each training experience, ``ModelSize_Bytes``,
-    ``ModelSize_IndividualNetworksRatio`` and
+    ``ModelSize_IndividualNetworksRatio``, ``ModelSize_BytesPerTask`` and
     ``ModelSize_BitsPerWeightPerTask`` (``/train_phase/train_stream``)."""
 
     name = "ModelSize"
     _names = {
         "bytes": "ModelSize_Bytes",
         "individual_networks_ratio": "ModelSize_IndividualNetworksRatio",
+        "bytes_per_task": "ModelSize_BytesPerTask",
         "bits_per_weight_per_task": "ModelSize_BitsPerWeightPerTask",
     }
 

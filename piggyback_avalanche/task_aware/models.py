@@ -412,6 +412,16 @@ class MultiHeadModel(MultiTaskModule):
         skip = set(self.template_state_keys())
         return sum(t.nbytes for k, t in self.state_dict().items() if k not in skip)
 
+    def bytes_per_task(self) -> float:
+        """Bytes that each learned task adds, on average: :meth:`stored_bytes`
+        less what every task shares (the backbone's frozen tensors), over
+        the tasks; what methods compare at equal cost. ``0.0`` before any task."""
+        if not self.tasks:
+            return 0.0
+        templates = set(self.template_state_keys())
+        shared = sum(t.nbytes for k, t in self.shared_state().items() if k not in templates)
+        return (self.stored_bytes() - shared) / len(self.tasks)
+
     def network_bytes(self, task: int) -> int:
         """Bytes of one plain network for ``task``: the backbone's layers and
         normalization once, with that task's head; T individual networks

@@ -20,7 +20,6 @@ from torch import Tensor
 
 from piggyback_avalanche.checks import check_count
 from piggyback_avalanche.task_aware.models import MultiHeadModel
-from piggyback_avalanche.task_aware.task_state import StackingUnsupportedError
 
 __all__ = [
     "TaskInference",
@@ -212,7 +211,10 @@ class TaskInference:
                 for a, b in ((stacked, single), (stacked_features, single_features))
             )
             why = "its stacked outputs differ from one pass per task"
-        except StackingUnsupportedError as error:
+        except RuntimeError as error:
+            # StackingUnsupportedError from a module that knows it cannot, or
+            # a shape error from code between modules that cannot carry
+            # stacked features (a ViT's reshape of its patch embedding).
             agree, why = False, str(error)
         if not agree:
             warnings.warn(
