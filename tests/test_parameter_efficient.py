@@ -148,7 +148,7 @@ def test_bitfit_learns_only_biases_norms_and_heads():
 def test_the_runner_passes_a_rank_per_point_and_a_lora_checkpoint_resumes_bit_for_bit(tmp_path):
     name, variant = parse_strategy("lora[rank=8]")
     settings = {**strategy_settings(name, {"lr": 1e-3, "mask_lr": 1e-4}, untrained_backbone=True), **variant}
-    assert settings == {"lr": 1e-3, "rank": 8}
+    assert settings == {"lr": 1e-3, "rank": 8}  # lora_lr keeps its default
     benchmark = _stream()
     learner = _strategy("lora", tiny_conv_net(), rank=2)
     learner.train(benchmark.train_stream[0])

@@ -3,6 +3,14 @@ low-rank update of every layer per task."""
 
 from piggyback_avalanche.methods.lora.layers import LOW_RANK_LAYER_TYPES, LowRankLayer
 from piggyback_avalanche.methods.lora.model import DEFAULT_ALPHA, DEFAULT_RANK, LoRAModel
-from piggyback_avalanche.methods.lora.strategy import LoRA
+from piggyback_avalanche.methods.lora.strategy import DEFAULT_LORA_LR, LoRA
 
-__all__ = ["LoRAModel", "LoRA", "LowRankLayer", "LOW_RANK_LAYER_TYPES", "DEFAULT_RANK", "DEFAULT_ALPHA"]
+__all__ = [
+    "LoRAModel",
+    "LoRA",
+    "DEFAULT_LORA_LR",
+    "LowRankLayer",
+    "LOW_RANK_LAYER_TYPES",
+    "DEFAULT_RANK",
+    "DEFAULT_ALPHA",
+]
