@@ -163,3 +163,16 @@ def test_the_ablations_benchmark_writes_a_table_per_claim_and_its_plots(tmp_path
     assert "| 0.0075 |" in claims and "| tasks reversed |" in claims and "small ResNet" in claims
     plots = sorted(p.name for p in tmp_path.glob("*.png"))
     assert plots == ["packnet_gap_digits.png", "threshold_digits.png", "zeros_per_layer_digits.png"]
+
+
+def test_vision_transformer_example_compares_methods_by_bytes_per_task():
+    rows = _table_rows(_run_example("vision_transformer.py", "--epochs", 1))
+    accuracy = {name: float(row[1]) for name, row in rows.items() if name != "method" and not name.startswith("-")}
+    size = {name: float(row[2].strip(" |").replace(",", "")) for name, row in rows.items() if name in accuracy}
+    assert sorted(accuracy) == sorted(
+        ["piggyback", "lora rank=1", "lora rank=8", "bitfit", "prompt", "classifier_only"]
+    ), rows
+    assert accuracy["piggyback"] > accuracy["classifier_only"] + 10
+    # Rank 8 stores eight times rank 1's factors, plus the same norms and head.
+    assert size["lora rank=8"] > 4 * size["lora rank=1"] > 4 * size["classifier_only"]
+    assert size["classifier_only"] < size["prompt"] < size["lora rank=1"]

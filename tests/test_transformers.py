@@ -188,3 +188,37 @@ def test_packnet_on_a_vit_counts_the_attention_projections():
     names = set(model.task_layers)
     assert {"encoder.layers.encoder_layer_0.self_attention.in_proj", "conv_proj"} <= names
     assert "encoder.layers.encoder_layer_0.self_attention.out_proj" in names
+
+
+def test_per_task_embeddings_are_learned_per_task_and_forget_nothing():
+    backbone = _vit()
+    token, positions = backbone.class_token.detach().clone(), backbone.encoder.pos_embedding.detach().clone()
+    learner = make_strategy(
+        "piggyback",
+        backbone,
+        task_embeddings=True,
+        train_epochs=1,
+        train_mb_size=8,
+        mask_lr=1e-2,
+        evaluator=default_evaluator(),
+    )
+    benchmark = _image_stream()
+    train_checking_earlier_tasks(learner, benchmark)
+    model = learner.model
+    # Each task trained its own copies; the backbone's stayed as they were.
+    own = model.task_tensors(0)
+    learned = own["backbone.parametrizations.class_token.0.frozen.0"]
+    assert not torch.equal(learned, token)
+    assert torch.equal(model.backbone.parametrizations.class_token.original, token)
+    assert torch.equal(model.backbone.encoder.parametrizations.pos_embedding.original, positions)
+    assert model.settings()["task_embeddings"] is True
+    # Counted per task: both embeddings, on top of what a task holds without them.
+    plain = make_strategy("piggyback", _vit(), train_epochs=1, train_mb_size=8, evaluator=default_evaluator())
+    for experience in benchmark.train_stream:
+        plain.train(experience)
+    assert model.bytes_per_task() == plain.model.bytes_per_task() + token.nbytes + positions.nbytes
+    x = stacked_inputs(benchmark.test_stream[1])
+    assert torch.allclose(model.export_task(1)(x), model.eval()(x, 1), atol=1e-5)
+    with pytest.raises(ValueError, match="task_embeddings=True gives each task its own.*has none of them"):
+        PiggybackModel(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Linear(3, 2)), task_embeddings=True)
+    assert "task_embeddings" not in plain.model.settings()

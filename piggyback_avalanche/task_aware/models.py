@@ -23,6 +23,7 @@ from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
 from piggyback_avalanche.task_aware.frozen_weight_cache import FrozenWeightCache
 from piggyback_avalanche.task_aware.task_attention import ATTENTION_TYPES
+from piggyback_avalanche.task_aware.task_embeddings import give_tasks_their_own
 from piggyback_avalanche.task_aware.task_heads import TaskHeads
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
@@ -645,8 +646,15 @@ class TaskAwareModel(MultiHeadModel):
     :param classifier: the ``nn.Linear`` replaced by per-task heads.
     :param task_batchnorm: each task learns its own normalization parameters
         and statistics; ``False`` shares the backbone's.
+    :param task_embeddings: each task learns its own copy of the backbone's
+        :data:`SHARED_EMBEDDINGS` (a transformer's class token, positional
+        embedding, relative position tables), trained with its head
+        (:class:`~piggyback_avalanche.task_aware.task_embeddings.TaskEmbedding`);
+        ``False`` shares them frozen.
     :param feature_statistics: see :class:`MultiHeadModel`.
     :param layer_settings: passed to every task-aware layer's ``from_module``.
+    :raises ValueError: for parameters the model cannot handle, named, and
+        for ``task_embeddings`` on a backbone without embeddings.
     """
 
     layer_types: Dict[Type[nn.Module], Type[TaskWeightLayer]] = {}
@@ -658,10 +666,12 @@ class TaskAwareModel(MultiHeadModel):
         *,
         classifier: Union[str, nn.Module, None] = None,
         task_batchnorm: bool = True,
+        task_embeddings: bool = False,
         feature_statistics: bool = False,
         layer_settings: Dict[str, Any],
     ) -> None:
         self.task_batchnorm = bool(task_batchnorm)
+        self.task_embeddings = bool(task_embeddings)
         self._layer_settings = layer_settings
         super().__init__(backbone, classifier=classifier, feature_statistics=feature_statistics)
         self._record_shared_checksum()
@@ -703,6 +713,11 @@ class TaskAwareModel(MultiHeadModel):
             raise ValueError(
                 "The backbone has no convolution or linear layer besides the "
                 f"classifier, so {type(self).__name__} has nothing to learn per task."
+            )
+        if self.task_embeddings and not give_tasks_their_own(backbone, SHARED_EMBEDDINGS, task_state=self.task_state):
+            raise ValueError(
+                f"task_embeddings=True gives each task its own {', '.join(sorted(SHARED_EMBEDDINGS))}, but the "
+                "backbone has none of them; build the model with task_embeddings=False."
             )
         return backbone
 
@@ -798,8 +813,9 @@ class TaskAwareModel(MultiHeadModel):
             "model": type(self).__name__,
             "task_batchnorm": self.task_batchnorm,
             **plain,
-            # Only when on, so that checkpoints written before the option still load.
+            # Only when on, so that checkpoints written before the options still load.
             **({"feature_statistics": True} if self.feature_statistics is not None else {}),
+            **({"task_embeddings": True} if self.task_embeddings else {}),
         }
 
     def task_state_bits_per_weight(self) -> float:

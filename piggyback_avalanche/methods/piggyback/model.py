@@ -50,6 +50,10 @@ class PiggybackModel(TaskAwareModel):
         and statistics; ``False`` keeps the backbone's frozen for all tasks
         (trained only on the first experience with
         ``train_backbone_on_first_experience``).
+    :param task_embeddings: each task learns its own copy of a
+        transformer's class token and positional embedding (see
+        :class:`~piggyback_avalanche.task_aware.models.TaskAwareModel`);
+        ``False`` shares them frozen.
 
     :param feature_statistics: each task also keeps its features' class
         means and covariance, for task inference by Mahalanobis distance
@@ -68,6 +72,7 @@ class PiggybackModel(TaskAwareModel):
         mask_scale: float = 1e-2,
         threshold: float = 5e-3,
         task_batchnorm: bool = True,
+        task_embeddings: bool = False,
         feature_statistics: bool = False,
     ) -> None:
         mask_kind = get_mask_kind(threshold_fn)
@@ -80,6 +85,7 @@ class PiggybackModel(TaskAwareModel):
             backbone,
             classifier=classifier,
             task_batchnorm=task_batchnorm,
+            task_embeddings=task_embeddings,
             feature_statistics=feature_statistics,
             layer_settings=dict(
                 mask_kind=mask_kind,
