@@ -112,6 +112,8 @@ def test_bad_settings_are_refused_before_any_work():
         LoRAModel(tiny_conv_net(), rank=0)
     with pytest.raises(ValueError, match="alpha must be a positive finite number, got -1.0"):
         LoRAModel(tiny_conv_net(), alpha=-1.0)
+    with pytest.raises(ValueError, match="lora_lr must be a positive finite number, got 0"):
+        make_strategy("lora", tiny_conv_net(), lora_lr=0)
     with pytest.raises(ValueError, match="prompt_length must be an int of at least 1"):
         PromptTuningModel(_vit(), prompt_length=0)
     with pytest.raises(ValueError, match=r"no positional embedding.*Pass prompt_after=.*or use a vision transformer"):

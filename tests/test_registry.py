@@ -13,12 +13,14 @@ from piggyback_avalanche.training.registry import registered_strategy
 
 ALL = [
     "agem",
+    "bitfit",
     "classifier_only",
     "cumulative",
     "ewc",
     "gdumb",
     "individual",
     "joint",
+    "lora",
     "lwf",
     "mas",
     "naive",
@@ -36,10 +38,11 @@ def _mlp():
 
 
 CLASS_INCREMENTAL_ONLY = ["der"]
+TRANSFORMERS_ONLY = ["prompt"]  # tested on vision transformers in test_parameter_efficient
 
 
 def test_every_name_is_registered():
-    assert available_strategies() == sorted(ALL + CLASS_INCREMENTAL_ONLY)
+    assert available_strategies() == sorted(ALL + CLASS_INCREMENTAL_ONLY + TRANSFORMERS_ONLY)
 
 
 @pytest.mark.parametrize("name", [n for n in ALL + CLASS_INCREMENTAL_ONLY if n != "packnet_avalanche"])
