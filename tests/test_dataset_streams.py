@@ -188,3 +188,13 @@ def test_pretrained_torchvision_weights_come_from_torch_hubs_cache(tmp_path, mon
     assert all(torch.equal(loaded[k], v) for k, v in weights.items())
     with pytest.raises(ValueError, match="small_cnn has no published weights"):
         BACKBONES["small_cnn"]((1, 8, 8), True)
+
+
+@pytest.mark.parametrize("name", ["vit_b_16", "swin_t", "maxvit_t"])
+def test_pretrained_transformers_offline_name_the_file_to_place(tmp_path, monkeypatch, no_network, name):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    with pytest.raises(WeightsUnavailableError, match="Without internet access, download") as error:
+        BACKBONES[name]((3, 224, 224), True)
+    assert f"place it at {tmp_path / 'hub' / 'checkpoints' / url.rsplit('/', 1)[-1]}" in str(error.value)
+    assert not list(tmp_path.rglob("*.pth"))  # no partial download left behind

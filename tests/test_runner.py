@@ -333,3 +333,26 @@ def test_the_residual_backbone_keeps_every_task_bit_exact(three_task_stream):
     assert model._classifier_name == "8" and len(model.task_layers) == 9  # 7 convolutions, 2 shortcuts
     strategy = Piggyback(model=model, mask_lr=1e-2, lr=1e-2, train_epochs=1, train_mb_size=16, evaluator=None)
     assert len(train_checking_earlier_tasks(strategy, three_task_stream)) == 3
+
+
+def test_runner_compares_lora_ranks_and_prompts_on_a_vision_transformer_by_bytes_per_task(tmp_path):
+    from piggyback_avalanche.methods.lora import LoRAModel
+
+    config = {"train_epochs": 1, "train_mb_size": 64, "lr": 1e-3}
+    results = run_benchmark(
+        stream="digits",
+        backbone="small_vit",
+        strategies=["prompt", "lora[rank=1]", "lora[rank=2]"],
+        seeds=[0],
+        out_dir=tmp_path,
+        config=config,
+        log=lambda line: None,
+    )
+    per_task = {name: r["runs"][0]["bytes_per_task"] for name, r in results.items()}
+    # One more rank costs every adapted layer (out + fan_in) float32 values per task.
+    layers = LoRAModel(BACKBONES["small_vit"]((1, 8, 8), False)).task_layers.values()
+    one_rank = sum(4 * (layer.weight.shape[0] + layer.weight[0].numel()) for layer in layers)
+    assert per_task["lora[rank=2]"] - per_task["lora[rank=1]"] == one_rank
+    assert per_task["prompt"] < per_task["lora[rank=1]"]
+    assert (tmp_path / "plots" / "accuracy_vs_bytes.png").stat().st_size > 10_000
+    assert "| bytes per task (kB) |" in (tmp_path / "results.md").read_text().splitlines()[0] + " |"
