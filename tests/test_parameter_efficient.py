@@ -175,3 +175,31 @@ def test_every_baseline_is_registered_with_its_metadata():
     assert {"rank", "alpha"} <= registered_strategy("lora").settings
     assert "prompt_length" in registered_strategy("prompt").settings
     assert math.isclose(LoRAModel(tiny_conv_net(), rank=4).task_layers["0"].scale, 2.0)
+
+
+@pytest.mark.parametrize("name", ["prompt", "lora", "bitfit"])
+def test_learns_a_class_incremental_stream_on_a_vit_by_inferring_tasks(name):
+    from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as dataset
+
+    from piggyback_avalanche.training.registry import registered_strategy
+
+    parts = synthetic_tasks([[0, 1], [2, 3]], n_train=96, seed=2)
+    train = dataset(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    test = dataset(torch.cat([p[2] for p in parts]), torch.cat([p[3] for p in parts]))
+    stream = nc_benchmark(train, test, n_experiences=2, task_labels=False, fixed_class_order=[0, 1, 2, 3])
+    learner = make_strategy(
+        name,
+        _vit(),
+        train_epochs=5,
+        train_mb_size=16,
+        evaluator=default_evaluator(),
+        **registered_strategy(name).class_incremental_settings,
+    )
+    for experience in stream.train_stream:
+        learner.train(experience)
+    with pytest.warns(UserWarning, match="in its own pass"):  # a ViT cannot stack tasks
+        metrics = learner.eval(stream.test_stream)
+    # Four classes over the stream, no task label at test time: chance is 1/4.
+    assert metrics["Top1_Acc_Stream/eval_phase/test_stream/Task000"] > 0.4
+    assert metrics["TaskInference_Acc_Stream/eval_phase/test_stream"] > 0.6
