@@ -203,3 +203,17 @@ def test_learns_a_class_incremental_stream_on_a_vit_by_inferring_tasks(name):
     # Four classes over the stream, no task label at test time: chance is 1/4.
     assert metrics["Top1_Acc_Stream/eval_phase/test_stream/Task000"] > 0.4
     assert metrics["TaskInference_Acc_Stream/eval_phase/test_stream"] > 0.6
+
+
+def test_packnet_counts_its_weight_owners_as_the_tasks_bytes(three_task_stream):
+    learner = _strategy("packnet", tiny_conv_net(), post_prune_epochs=1)
+    train_checking_earlier_tasks(learner, three_task_stream)
+    model = learner.model
+    owners = sum(layer.packed_owners.nbytes + layer.task_order.nbytes for layer in model.task_layers.values())
+    # Three tasks and "free": 2 bits per weight, shared by the tasks.
+    weights = sum(layer.weight.numel() for layer in model.task_layers.values())
+    assert sum(layer.packed_owners.nbytes for layer in model.task_layers.values()) == sum(
+        math.ceil(layer.weight.numel() * 2 / 8) for layer in model.task_layers.values()
+    ) and weights > 0
+    by_hand = owners + sum(_own_norm_and_head_bytes(model, task) for task in range(3))
+    assert model.bytes_per_task() == pytest.approx(by_hand / 3)

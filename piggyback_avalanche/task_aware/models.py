@@ -415,13 +415,17 @@ class MultiHeadModel(MultiTaskModule):
 
     def bytes_per_task(self) -> float:
         """Bytes that each learned task adds, on average: :meth:`stored_bytes`
-        less what every task shares (the backbone's frozen tensors), over
-        the tasks; what methods compare at equal cost. ``0.0`` before any task."""
+        less the backbone's tensors that every task shares, over the tasks;
+        shared tensors that record the tasks (``TaskModule.task_record_keys``:
+        PackNet's owners) count as the tasks'. What methods compare at equal
+        cost; ``0.0`` before any task."""
         if not self.tasks:
             return 0.0
-        templates = set(self.template_state_keys())
-        shared = sum(t.nbytes for k, t in self.shared_state().items() if k not in templates)
-        return (self.stored_bytes() - shared) / len(self.tasks)
+        not_backbone = set(self.template_state_keys()) | {
+            prefix + k for prefix, module in self._named_task_modules() for k in module.task_record_keys()
+        }
+        backbone = sum(t.nbytes for k, t in self.shared_state().items() if k not in not_backbone)
+        return (self.stored_bytes() - backbone) / len(self.tasks)
 
     def network_bytes(self, task: int) -> int:
         """Bytes of one plain network for ``task``: the backbone's layers and

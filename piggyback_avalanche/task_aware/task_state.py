@@ -330,6 +330,12 @@ class TaskModule:
         them, so they do not count in what the model stores."""
         return []
 
+    def task_record_keys(self) -> List[str]:
+        """State-dict keys of tensors every task shares that record what the
+        tasks learned (PackNet's weight owners): they exist because of the
+        tasks, so they count as the tasks' bytes, not the backbone's."""
+        return []
+
     def plain_bytes(self, task: str) -> int:
         """Bytes of the plain layer this module stands for, as ``task`` alone
         would need it in a network of its own."""

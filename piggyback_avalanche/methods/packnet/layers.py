@@ -139,6 +139,9 @@ class PackNetLayer(TaskWeightLayer):
     def task_state_bytes(self) -> int:
         return self.packed_owners.nbytes
 
+    def task_record_keys(self) -> List[str]:
+        return ["packed_owners", "task_order"]
+
     def code_layouts(self) -> Dict[str, CodeLayout]:
         if not len(self.task_order):
             return {}
