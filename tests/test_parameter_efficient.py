@@ -212,8 +212,10 @@ def test_packnet_counts_its_weight_owners_as_the_tasks_bytes(three_task_stream):
     owners = sum(layer.packed_owners.nbytes + layer.task_order.nbytes for layer in model.task_layers.values())
     # Three tasks and "free": 2 bits per weight, shared by the tasks.
     weights = sum(layer.weight.numel() for layer in model.task_layers.values())
-    assert sum(layer.packed_owners.nbytes for layer in model.task_layers.values()) == sum(
-        math.ceil(layer.weight.numel() * 2 / 8) for layer in model.task_layers.values()
-    ) and weights > 0
+    assert (
+        sum(layer.packed_owners.nbytes for layer in model.task_layers.values())
+        == sum(math.ceil(layer.weight.numel() * 2 / 8) for layer in model.task_layers.values())
+        and weights > 0
+    )
     by_hand = owners + sum(_own_norm_and_head_bytes(model, task) for task in range(3))
     assert model.bytes_per_task() == pytest.approx(by_hand / 3)

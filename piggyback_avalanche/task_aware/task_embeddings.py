@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, TaskTensorDict, task_keys_below
+from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, TaskTensorDict, add_loaded_tasks
 
 __all__ = ["TaskEmbedding", "FixedEmbedding", "give_tasks_their_own"]
 
@@ -92,12 +92,10 @@ class TaskEmbedding(TaskModule, nn.Module):
             return FixedEmbedding(self(self._original).detach().clone())
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
-        for name, store in self._stores().items():
-            found = task_keys_below(state_dict, f"{prefix}{name}.")
-            for task in found - set(store.keys()):
-                store.add(task, torch.empty(self.shape, dtype=self._original.dtype, device=self._original.device))
-            if store.holds == "learning":  # the model cleared the set before its modules load
-                self.task_state.learning.update(found)
+        def empty(store: TaskTensorDict, incoming: Tensor) -> Tensor:
+            return torch.empty(self.shape, dtype=self._original.dtype, device=self._original.device)
+
+        add_loaded_tasks(self._stores(), state_dict, prefix, self.task_state, empty)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -20,8 +20,8 @@ from piggyback_avalanche.task_aware.task_state import (
     TaskState,
     TaskTensorDict,
     VersionedCache,
+    add_loaded_tasks,
     stacked_width,
-    task_keys_below,
 )
 
 __all__ = ["TaskWeightLayer", "task_layer_types", "SUPPORTED_LAYER_TYPES"]
@@ -311,14 +311,11 @@ class TaskWeightLayer(TaskModule, nn.Module):
         return result
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
-        for name, store in self._stores().items():
-            found = task_keys_below(state_dict, f"{prefix}{name}.")
-            for task in found - set(store.keys()):
-                incoming = state_dict[f"{prefix}{name}.{task}"]
-                shape = incoming.shape if store.shape is None else store.shape
-                store.add(task, torch.empty(shape, dtype=incoming.dtype, device=self.weight.device))
-            if store.holds == "learning":  # the model cleared the set before its layers load
-                self.task_state.learning.update(found)
+        def empty(store: TaskTensorDict, incoming: Tensor) -> Tensor:
+            shape = incoming.shape if store.shape is None else store.shape
+            return torch.empty(shape, dtype=incoming.dtype, device=self.weight.device)
+
+        add_loaded_tasks(self._stores(), state_dict, prefix, self.task_state, empty)
         self._caches.clear()
         self.task_state.frozen_weights.clear()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -27,6 +27,7 @@ __all__ = [
     "stacked_width",
     "task_key",
     "task_keys_below",
+    "add_loaded_tasks",
 ]
 
 
@@ -199,6 +200,26 @@ def task_key(task: Union[int, Tensor]) -> str:
 def task_keys_below(state_dict: Dict[str, Tensor], prefix: str) -> Set[str]:
     """The task keys found directly below ``prefix`` in a state dict."""
     return {k[len(prefix) :].split(".", 1)[0] for k in state_dict if k.startswith(prefix)}
+
+
+def add_loaded_tasks(
+    stores: Dict[str, "TaskTensorDict"],
+    state_dict: Dict[str, Tensor],
+    prefix: str,
+    task_state: "TaskState",
+    empty: Callable[["TaskTensorDict", Tensor], Tensor],
+) -> None:
+    """Before a module loads ``state_dict``: give each of its per-task
+    ``stores`` (by attribute name) a tensor ``empty(store, incoming)`` for
+    every task the state dict holds and the store lacks, for the load to
+    fill, and mark the tasks of ``"learning"`` stores as learning (the model
+    cleared the set before its modules load)."""
+    for name, store in stores.items():
+        found = task_keys_below(state_dict, f"{prefix}{name}.")
+        for task in found - set(store.keys()):
+            store.add(task, empty(store, state_dict[f"{prefix}{name}.{task}"]))
+        if store.holds == "learning":
+            task_state.learning.update(found)
 
 
 TaskRole = Literal["learning", "frozen"]

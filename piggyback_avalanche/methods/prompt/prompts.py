@@ -11,7 +11,7 @@ from piggyback_avalanche.task_aware.task_state import (
     TaskModule,
     TaskState,
     TaskTensorDict,
-    task_keys_below,
+    add_loaded_tasks,
 )
 
 __all__ = ["TaskPrompts", "AppendedPrompts"]
@@ -113,10 +113,8 @@ class TaskPrompts(TaskModule, nn.Module):
         return torch.cat([tokens, prompts.expand(tokens.shape[0], -1, -1)], dim=1)
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
-        for name, store in self._stores().items():
-            found = task_keys_below(state_dict, f"{prefix}{name}.")
-            for task in found - set(store.keys()):
-                store.add(task, torch.empty(self.length, self.width, **self._tensor_options()))
-            if store.holds == "learning":  # the model cleared the set before its modules load
-                self.task_state.learning.update(found)
+        def empty(store: TaskTensorDict, incoming: Tensor) -> Tensor:
+            return torch.empty(self.length, self.width, **self._tensor_options())
+
+        add_loaded_tasks(self._stores(), state_dict, prefix, self.task_state, empty)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
