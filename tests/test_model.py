@@ -62,7 +62,7 @@ def test_invalid_hyperparameters_raise(kwargs, message):
 
 def test_unsupported_layers_are_named():
     backbone = nn.Sequential(nn.Conv2d(1, 2, 3), nn.PReLU(), nn.Flatten(), nn.Linear(2, 3))
-    with pytest.raises(ValueError, match=r"1 \(PReLU\).*Supported: Conv1d, Conv2d, Conv3d, Linear"):
+    with pytest.raises(ValueError, match=r"1 \(PReLU: weight\).*Supported: Conv1d, Conv2d, Conv3d, Linear"):
         PiggybackModel(backbone)
     with pytest.raises(ValueError, match="no nn.Linear"):
         PiggybackModel(nn.Sequential(nn.Conv2d(1, 2, 3)))

@@ -73,8 +73,8 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
         ),
         (
             ["--backbone", "vgg"],
-            "unknown backbone 'vgg'; choose from \\['densenet121', 'mlp', 'resnet18', 'resnet50', "
-            "'small_cnn', 'small_resnet', 'vgg16', 'vgg16_bn'\\]",
+            "unknown backbone 'vgg'; choose from \\['densenet121', 'maxvit_t', 'mlp', 'resnet18', 'resnet50', "
+            "'small_cnn', 'small_resnet', 'small_vit', 'swin_t', 'vgg16', 'vgg16_bn', 'vit_b_16'\\]",
         ),
         (["--data-root", "/nonexistent"], "--data-root /nonexistent: no such folder"),
         (["--crop-size", "0"], "--crop-size must be at least 1"),
@@ -241,7 +241,13 @@ def test_the_shipped_targets_and_presets_are_valid_and_selectable_by_name(tmp_pa
         assert (strategy, "average_accuracy") in offline and (strategy, "average_forgetting") in offline
     paper = {(t.backbone, t.metric): t.value for t in targets if t.stream == "fine_grained"}
     assert paper[("resnet50", "task0_error")] == 18.23 and paper[("vgg16", "task2_error")] == 6.93
-    assert sorted(shipped_presets()) == ["offline_default", "paper_resnet50", "paper_vgg16", "split_cifar100"]
+    assert sorted(shipped_presets()) == [
+        "offline_default",
+        "offline_transformer",
+        "paper_resnet50",
+        "paper_vgg16",
+        "split_cifar100",
+    ]
     for name in shipped_presets():
         args = _parse(["--config", name])
         assert args.stream == shipped_presets()[name]["stream"] and args.strategies, name
