@@ -1,6 +1,7 @@
 """Piggyback (Mallya, Davis & Lazebnik, ECCV 2018) for Avalanche: one learned
 binary mask per task over a frozen backbone, next to PackNet, the paper's
-reference points and Avalanche's baselines.
+reference points, LoRA, BitFit and prompt tuning per task, and Avalanche's
+baselines.
 
 The library: :mod:`~piggyback_avalanche.task_aware` (the machinery every
 method shares), :mod:`~piggyback_avalanche.methods` (one package per method),
@@ -23,6 +24,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
     import avalanche.training  # noqa: F401, E402
 
+from piggyback_avalanche.methods.bitfit import BitFit, BitFitModel  # noqa: E402
+from piggyback_avalanche.methods.lora import LoRA, LoRAModel  # noqa: E402
 from piggyback_avalanche.methods.packnet import PACKNET_PAPER_SETTINGS, PackNet, PackNetModel  # noqa: E402
 from piggyback_avalanche.methods.piggyback import (  # noqa: E402
     PIGGYBACK_PAPER_SETTINGS,
@@ -31,6 +34,7 @@ from piggyback_avalanche.methods.piggyback import (  # noqa: E402
     binarize,
     ternarize,
 )
+from piggyback_avalanche.methods.prompt import PromptTuning, PromptTuningModel  # noqa: E402
 from piggyback_avalanche.methods.reference import (  # noqa: E402
     ClassifierOnly,
     ClassifierOnlyModel,
@@ -51,6 +55,12 @@ __all__ = [
     "IndividualNetworks",
     "ClassifierOnlyModel",
     "ClassifierOnly",
+    "LoRAModel",
+    "LoRA",
+    "BitFitModel",
+    "BitFit",
+    "PromptTuningModel",
+    "PromptTuning",
     "make_strategy",
     "available_strategies",
     "register_strategy",
