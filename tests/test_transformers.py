@@ -222,3 +222,22 @@ def test_per_task_embeddings_are_learned_per_task_and_forget_nothing():
     with pytest.raises(ValueError, match="task_embeddings=True gives each task its own.*has none of them"):
         PiggybackModel(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Linear(3, 2)), task_embeddings=True)
     assert "task_embeddings" not in plain.model.settings()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, classifier", [("vit_b_16", "heads.head"), ("swin_t", "head"), ("maxvit_t", "classifier.5")]
+)
+def test_torchvisions_own_transformers_convert_and_compute_as_themselves(name, classifier):
+    import torchvision
+
+    backbone = torchvision.models.get_model(name, weights=None).eval()
+    model = PiggybackModel(backbone)
+    assert model._classifier_name == classifier
+    model.add_task(0, classes=list(range(5)))
+    model.eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        original = _features(backbone, backbone.get_submodule(classifier), x)
+        converted = _features(model, model.heads, x)
+    assert torch.allclose(converted, original, atol=1e-4), (converted - original).abs().max()
