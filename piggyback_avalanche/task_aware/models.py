@@ -29,7 +29,7 @@ from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
 from piggyback_avalanche.task_aware.task_state import StackingUnsupportedError, TaskModule, TaskState, task_key
 
-__all__ = ["MultiHeadModel", "TaskAwareModel", "SHARED_EMBEDDINGS"]
+__all__ = ["MultiHeadModel", "TaskAwareModel", "SettingFreeModel", "SHARED_EMBEDDINGS"]
 
 SHARED_EMBEDDINGS = frozenset(
     {
@@ -957,3 +957,32 @@ class TaskAwareModel(MultiHeadModel):
         # their learning stores hold.
         self.task_state.learning = set()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class SettingFreeModel(TaskAwareModel):
+    """A task-aware model whose layers take no settings and whose
+    normalization is per task or shared as the method defines it
+    (``per_task_norm``), never as the caller chooses: the reference points
+    and BitFit.
+
+    :param backbone: the network to copy and convert.
+    :param classifier: the ``nn.Linear`` replaced by per-task heads.
+    :param feature_statistics: see :class:`MultiHeadModel`.
+    """
+
+    per_task_norm: bool
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        classifier: Union[str, nn.Module, None] = None,
+        feature_statistics: bool = False,
+    ) -> None:
+        super().__init__(
+            backbone,
+            classifier=classifier,
+            task_batchnorm=self.per_task_norm,
+            feature_statistics=feature_statistics,
+            layer_settings={},
+        )

@@ -1,16 +1,12 @@
 """BitFitModel: any backbone, its biases and normalization learned per task."""
 
-from typing import Union
-
-from torch import nn
-
 from piggyback_avalanche.methods.bitfit.layers import BIAS_TUNED_LAYER_TYPES
-from piggyback_avalanche.task_aware.models import TaskAwareModel
+from piggyback_avalanche.task_aware.models import SettingFreeModel
 
 __all__ = ["BitFitModel"]
 
 
-class BitFitModel(TaskAwareModel):
+class BitFitModel(SettingFreeModel):
     """BitFit per task (Ben Zaken, Ravfogel & Goldberg, ACL 2022): the
     backbone's weights frozen and shared; each task learns its own biases,
     normalization layers (parameters and statistics) and head.
@@ -23,18 +19,4 @@ class BitFitModel(TaskAwareModel):
     """
 
     layer_types = BIAS_TUNED_LAYER_TYPES  # type: ignore[assignment]
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        *,
-        classifier: Union[str, nn.Module, None] = None,
-        feature_statistics: bool = False,
-    ) -> None:
-        super().__init__(
-            backbone,
-            classifier=classifier,
-            task_batchnorm=True,
-            feature_statistics=feature_statistics,
-            layer_settings={},
-        )
+    per_task_norm = True

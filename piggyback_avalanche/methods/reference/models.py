@@ -7,39 +7,13 @@ Piggyback so that every method shares heads, normalization and routing.
   one trained head per task (the lower bound).
 """
 
-from typing import Union
-
-from torch import nn
-
 from piggyback_avalanche.methods.reference.layers import COPIED_LAYER_TYPES, FROZEN_LAYER_TYPES
-from piggyback_avalanche.task_aware.models import TaskAwareModel
+from piggyback_avalanche.task_aware.models import SettingFreeModel
 
 __all__ = ["IndividualNetworksModel", "ClassifierOnlyModel"]
 
 
-class _ReferenceModel(TaskAwareModel):
-    """A reference point: the backbone conversion of every method, with the
-    normalization per task or shared as the reference defines it."""
-
-    per_task_norm: bool
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        *,
-        classifier: Union[str, nn.Module, None] = None,
-        feature_statistics: bool = False,
-    ) -> None:
-        super().__init__(
-            backbone,
-            classifier=classifier,
-            task_batchnorm=self.per_task_norm,
-            feature_statistics=feature_statistics,
-            layer_settings={},
-        )
-
-
-class IndividualNetworksModel(_ReferenceModel):
+class IndividualNetworksModel(SettingFreeModel):
     """One copy of the backbone per task, all of it trained on that task:
     the reference of separately fine-tuned networks. Storage is T networks;
     forgetting is zero since no copy is trained twice.
@@ -54,7 +28,7 @@ class IndividualNetworksModel(_ReferenceModel):
     per_task_norm = True
 
 
-class ClassifierOnlyModel(_ReferenceModel):
+class ClassifierOnlyModel(SettingFreeModel):
     """The backbone frozen, batch norm included, with one trained head per
     task: the lower reference point.
 
