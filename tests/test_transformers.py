@@ -241,3 +241,33 @@ def test_torchvisions_own_transformers_convert_and_compute_as_themselves(name, c
         original = _features(backbone, backbone.get_submodule(classifier), x)
         converted = _features(model, model.heads, x)
     assert torch.allclose(converted, original, atol=1e-4), (converted - original).abs().max()
+
+
+def test_torchs_transformer_encoder_computes_each_task_with_its_own_weights():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    backbone = nn.Sequential(
+        nn.Linear(4, 16), nn.TransformerEncoder(layer, 2, enable_nested_tensor=True), nn.Flatten(), nn.Linear(48, 3)
+    ).eval()
+    model = PiggybackModel(backbone, classifier="3")
+    model.add_task(0, classes=[0, 1, 2])
+    model.eval()
+    x, padding = torch.randn(5, 3, 4), torch.tensor([[False, False, True]] * 5)
+    with torch.no_grad():
+        # Before learning, masks are all ones: the backbone itself (its fused path included).
+        original = _features(backbone, backbone[3], x)
+        assert torch.allclose(_features(model, model.heads, x), original, atol=1e-5)
+    # A task's mask changes what the encoder computes, with or without a padding
+    # mask (which used to send torch to its fused path, on the shared weights).
+    linear1 = model.backbone[1].layers[0].linear1
+    with torch.no_grad():
+        linear1.scores["0"][:] = -1.0
+        changed = _features(model, model.heads, x)
+        assert not torch.allclose(changed, original, atol=1e-3)
+        encoder = model.backbone[1]
+        with model.task_state.use("0"):
+            padded = encoder(model.backbone[0](x), src_key_padding_mask=padding)
+        assert not padded.is_nested and padded.shape == (5, 3, 16)
+    model.freeze_task(0)
+    with torch.no_grad():
+        assert torch.equal(_features(model, model.heads, x), changed)

@@ -718,6 +718,11 @@ class TaskAwareModel(MultiHeadModel):
                 "The backbone has no convolution or linear layer besides the "
                 f"classifier, so {type(self).__name__} has nothing to learn per task."
             )
+        for module in backbone.modules():
+            if isinstance(module, nn.TransformerEncoder):
+                # Its nested-tensor path runs fused kernels on its layers' own
+                # tensors: the shared weights, not the task's.
+                module.use_nested_tensor = False
         if self.task_embeddings and not give_tasks_their_own(backbone, SHARED_EMBEDDINGS, task_state=self.task_state):
             raise ValueError(
                 f"task_embeddings=True gives each task its own {', '.join(sorted(SHARED_EMBEDDINGS))}, but the "

@@ -23,11 +23,18 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention, shifted_
 
 from piggyback_avalanche.task_aware.task_state import StackingUnsupportedError, TaskState
 
-__all__ = ["TaskMultiheadAttention", "TaskWindowAttention", "ATTENTION_TYPES", "LinearTwin"]
+__all__ = [
+    "TaskMultiheadAttention",
+    "TaskWindowAttention",
+    "TaskTransformerEncoderLayer",
+    "ATTENTION_TYPES",
+    "LinearTwin",
+]
 
-LinearTwin = Callable[[nn.Linear], nn.Module]
-"""Makes the owning model's task-aware twin of an ``nn.Linear`` (sharing
-its weight and bias)."""
+LinearTwin = Callable[[nn.Module], nn.Module]
+"""The owning model's conversion of a module: the task-aware twin of an
+``nn.Linear`` (sharing its weight and bias), a per-task norm, a task-aware
+attention; anything else as it is."""
 
 
 def _linear_holding(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
@@ -171,10 +178,49 @@ class TaskWindowAttention(nn.Module):
         )
 
 
+class TaskTransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """``nn.TransformerEncoderLayer`` whose children are task-aware (its
+    attention a :class:`TaskMultiheadAttention`, its linears the method's
+    twins, its norms per task) and whose forward pass always calls them.
+
+    torch's own forward takes a fused inference path that reads
+    ``linear1.weight`` and the other tensors directly, the shared weights
+    instead of the task's; this forward is torch's other path, the one that
+    calls the modules.
+
+    :param layer: the backbone's encoder layer.
+    :param twin: the owning model's conversion of a child module.
+    """
+
+    def __init__(self, layer: nn.TransformerEncoderLayer, *, twin: LinearTwin) -> None:
+        nn.Module.__init__(self)
+        self.norm_first = layer.norm_first
+        self.activation_relu_or_gelu = layer.activation_relu_or_gelu
+        self.activation = layer.activation
+        for name, child in layer.named_children():
+            setattr(self, name, twin(child))
+
+    def forward(
+        self,
+        src: Tensor,
+        src_mask: Optional[Tensor] = None,
+        src_key_padding_mask: Optional[Tensor] = None,
+        is_causal: bool = False,
+    ) -> Tensor:
+        x = src
+        if self.norm_first:
+            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
+            return x + self._ff_block(self.norm2(x))
+        x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
+        return self.norm2(x + self._ff_block(x))
+
+
 ATTENTION_TYPES: Dict[Type[nn.Module], Callable[..., nn.Module]] = {
     nn.MultiheadAttention: TaskMultiheadAttention,
     ShiftedWindowAttention: TaskWindowAttention,
+    nn.TransformerEncoderLayer: TaskTransformerEncoderLayer,
 }
-"""Attention types (exact types: Swin V2's subclass keeps more parameters)
-and the task-aware modules that replace them, built as
-``replacement(attention, twin=...)``; everything below them is theirs."""
+"""Attention types and transformer layers (exact types: Swin V2's subclass
+keeps more parameters) and the task-aware modules that replace them, built
+as ``replacement(module, twin=...)``, where ``twin`` converts a child
+module as the model would; everything below them is theirs."""
