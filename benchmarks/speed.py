@@ -17,6 +17,7 @@ the same machine state.
 
     python benchmarks/speed.py                      # CPU: ResNet-18 at 32 px / batch 32 and 64 px / batch 64
     python benchmarks/speed.py --device cuda        # ResNet-50 and DenseNet-121, 224 px, batch 64, bf16
+    python benchmarks/speed.py --network vit_b_16:224:8 swin_t:224:8 --repeats 5   # transformers
 """
 
 import argparse
@@ -213,6 +214,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--network",
+        nargs="+",
+        metavar="NAME:SIZE:BATCH",
+        help="measure these torchvision networks instead of the device's defaults, e.g. vit_b_16:224:8",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     print(
@@ -228,7 +235,10 @@ def main() -> None:
         "| eval uncached × | peak memory × | task switch ms |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for network, size, batch, dtype in SETTINGS[device.type]:
+    settings = SETTINGS[device.type]
+    if args.network:
+        settings = [(n, int(size), int(batch), None) for n, size, batch in (spec.split(":") for spec in args.network)]
+    for network, size, batch, dtype in settings:
         r = measure(network, size, batch, dtype, device, args.repeats)
         print(
             f"| {network} | {size} px | {batch} | {str(dtype).replace('torch.', '') if dtype else 'float32'} "

@@ -271,3 +271,32 @@ def test_torchs_transformer_encoder_computes_each_task_with_its_own_weights():
     model.freeze_task(0)
     with torch.no_grad():
         assert torch.equal(_features(model, model.heads, x), changed)
+
+
+def test_vit_attention_takes_the_fused_kernel_with_each_tasks_own_weights(monkeypatch):
+    model = PiggybackModel(_vit())  # 2 encoder blocks
+    for task in (0, 1):
+        model.add_task(task, classes=list(range(5)))
+    attention = model.backbone.encoder.layers[0].self_attention
+    with torch.no_grad():
+        attention.in_proj.scores["1"][: attention.embed_dim] = -1.0  # task 1 drops every query weight
+    model.eval()
+    x = torch.randn(3, 3, 16, 16)
+    calls = []
+    fused_kernel = torch._native_multi_head_attention
+    monkeypatch.setattr(torch, "_native_multi_head_attention", lambda *args: calls.append(1) or fused_kernel(*args))
+
+    def features(task):
+        with torch.no_grad(), model.task_state.use(str(task)):
+            return _features(model.backbone, model.heads, x)
+
+    fused = [features(task) for task in (0, 1)]
+    assert len(calls) == 4  # both blocks, both tasks
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        unfused = [features(task) for task in (0, 1)]
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    assert len(calls) == 4
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fused, unfused))
+    assert not torch.allclose(fused[0], fused[1], atol=1e-3)  # the kernel computed with each task's weights

@@ -17,6 +17,7 @@ like any other.
 
 from typing import Callable, Dict, List, Optional, Tuple, Type
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.swin_transformer import ShiftedWindowAttention, shifted_window_attention
@@ -66,8 +67,10 @@ class TaskMultiheadAttention(nn.Module):
     Same state-dict layout as the original apart from the input
     projection, which becomes a layer (``in_proj.weight`` and
     ``in_proj.bias`` instead of ``in_proj_weight`` and ``in_proj_bias``);
-    same forward signature and results as its slow path (the fused fast
-    path takes no per-task weights).
+    same forward signature, and the same two paths: the fused inference
+    kernel where ``nn.MultiheadAttention`` takes it (evaluation without
+    gradients, self-attention, no masks), given the task's weights, and
+    ``F.multi_head_attention_forward`` otherwise.
 
     :param attention: the backbone's attention, with one input projection
         for query, key and value and no ``bias_k``/``bias_v``.
@@ -105,10 +108,44 @@ class TaskMultiheadAttention(nn.Module):
         if task_state is not None:
             _refuse_stacked(task_state, "nn.MultiheadAttention")
         batched = query.dim() == 3
-        if self.batch_first and batched:
-            query, key, value = (x.transpose(1, 0) for x in (query, key, value))
         in_weight, in_bias = _weight_and_bias(self.in_proj)
         out_weight, out_bias = _weight_and_bias(self.out_proj)
+        fused = (
+            # nn.MultiheadAttention's own conditions for its fused inference
+            # kernel, which takes the weights as arguments: the task's here.
+            not self.training
+            and not torch.is_grad_enabled()
+            and self.batch_first
+            and batched
+            and query is key
+            and key is value
+            and attn_mask is None
+            and key_padding_mask is None
+            and not need_weights
+            and not is_causal
+            and not self.add_zero_attn
+            and self.num_heads % 2 == 0
+            and not torch.is_autocast_enabled()
+            and torch.backends.mha.get_fastpath_enabled()
+        )
+        if fused and in_bias is not None and out_bias is not None:
+            return torch._native_multi_head_attention(
+                query,
+                key,
+                value,
+                self.embed_dim,
+                self.num_heads,
+                in_weight,
+                in_bias,
+                out_weight,
+                out_bias,
+                None,
+                False,
+                average_attn_weights,
+                None,
+            )
+        if self.batch_first and batched:
+            query, key, value = (x.transpose(1, 0) for x in (query, key, value))
         output, weights = F.multi_head_attention_forward(
             query,
             key,
