@@ -219,3 +219,20 @@ def test_packnet_counts_its_weight_owners_as_the_tasks_bytes(three_task_stream):
     )
     by_hand = owners + sum(_own_norm_and_head_bytes(model, task) for task in range(3))
     assert model.bytes_per_task() == pytest.approx(by_hand / 3)
+
+
+@pytest.mark.parametrize("name, build", [("lora", tiny_conv_net), ("bitfit", tiny_conv_net), ("prompt", _vit)])
+def test_periodic_evaluation_during_training_changes_nothing_learned(name, build):
+    benchmark = _stream()
+    learner = make_strategy(name, build(), train_epochs=2, train_mb_size=8, eval_every=1, evaluator=default_evaluator())
+    recorded = {}
+    for task, experience in enumerate(benchmark.train_stream):
+        learner.train(experience, eval_streams=[benchmark.test_stream[: task + 1]])
+        learner.model.eval()
+        with torch.no_grad():
+            for seen in range(task + 1):
+                logits = learner.model(stacked_inputs(benchmark.test_stream[seen]), seen)
+                assert torch.equal(logits, recorded.setdefault(seen, logits)), (name, seen)
+    # Periodic evaluation ran during training, on every task seen so far, and scored them.
+    periodic = learner.evaluator.get_all_metrics()["Top1_Acc_Exp/eval_phase/test_stream/Task002/Exp002"]
+    assert len(periodic[1]) >= 3 and all(0.0 <= v <= 1.0 for v in periodic[1])
