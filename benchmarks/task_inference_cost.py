@@ -9,7 +9,11 @@ Tasks are frozen Piggyback tasks with random masks (the cost does not
 depend on what the masks learned). Columns: the entropy score (the
 network's cost alone) and relative Mahalanobis (plus the feature
 statistics) with 1, 8 or 32 tasks stacked per pass, and the fallback for
-networks that cannot stack (the whole model once per task). Each figure is
+networks that cannot stack (the whole model once per task); then
+backbone Mahalanobis (the default), which scores every task from one pass
+through the backbone alone and then computes each chosen task on its
+samples: per sample (as many chosen tasks as the samples spread over) and
+per batch (one). Each figure is
 the inferred batch's time over one plain forward pass of the exported
 task; times are medians of repeated calls after a warm-up, measured side
 by side in one run.
@@ -68,8 +72,10 @@ def _measure(name: str, build: Callable[[], torch.nn.Module], tasks: int, batch:
     ]
     one_by_one = TaskInference(per="sample", score="entropy")
     one_by_one._stacking_works[model] = False  # the fallback: one pass per task through the whole model
+    backbone = [TaskInference(per=per, score="backbone_mahalanobis") for per in ("sample", "batch")]  # type: ignore[arg-type]
     ratios = [
-        _median_seconds(partial(inference, model, x), repeats) / plain_s for inference in [*inferences, one_by_one]
+        _median_seconds(partial(inference, model, x), repeats) / plain_s
+        for inference in [*inferences, one_by_one, *backbone]
     ]
     row = [name, str(tasks), f"{plain_s * 1e3:.2f}", *(f"{r:.1f}x" for r in ratios)]
     print(row, flush=True)
@@ -92,7 +98,12 @@ def main() -> None:
     print(f"\nbatch {args.batch}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
     header = ["backbone", "tasks", "plain forward ms"]
     header += [f"{score}, {n} per pass" for score in ("entropy", "rel. Mahalanobis") for n in PASSES]
-    print(markdown_table([*header, "entropy, fallback (model per task)"], rows))
+    header += [
+        "entropy, fallback (model per task)",
+        "backbone Mahalanobis, per sample",
+        "backbone Mahalanobis, per batch",
+    ]
+    print(markdown_table(header, rows))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 DeiT, each through Avalanche's loop with Piggyback and PackNet."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -180,6 +181,27 @@ def test_task_inference_on_a_vit_computes_tasks_one_pass_each():
         learner.train(experience)
     with pytest.warns(UserWarning, match="computes each task of this PiggybackModel in its own pass"):
         results = learner.eval(benchmark.test_stream[:2])
+    assert 0.0 < results["TaskInference_Acc_Stream/eval_phase/test_stream"] <= 1.0
+
+
+def test_task_inference_on_a_vit_with_the_backbone_score_runs_no_pass_per_task():
+    learner = make_strategy(
+        "piggyback",
+        _vit(),
+        train_epochs=1,
+        train_mb_size=8,
+        mask_lr=1e-2,
+        task_inference="sample",
+        feature_statistics=True,
+        evaluator=default_evaluator(),
+    )
+    benchmark = _image_stream()
+    for experience in benchmark.train_stream[:2]:
+        learner.train(experience)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*in its own pass")  # no task is computed on every sample
+        results = learner.eval(benchmark.test_stream[:2])
+    assert learner.task_inference.score_name(learner.model) == "backbone_mahalanobis"
     assert 0.0 < results["TaskInference_Acc_Stream/eval_phase/test_stream"] <= 1.0
 
 

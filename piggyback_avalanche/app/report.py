@@ -53,8 +53,9 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     ``[mean, std]`` pairs (``accuracy``: one pair per task)."""
 
     def mean_std(found: List[Optional[float]]) -> Optional[List[float]]:
-        values = [v for v in found if v is not None]
-        if len(values) < len(found):  # a figure the strategy does not have (task inference)
+        # None: a figure the strategy does not have (task inference); NaN in results saved before it was None.
+        values = [v for v in found if v is not None and not math.isnan(v)]
+        if len(values) < len(found):
             return None
         return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
 
@@ -361,6 +362,10 @@ def _parse_metric(metric: str) -> Tuple[str, Optional[int]]:
 def _metric_value(summary: Dict[str, Any], metric: str) -> float:
     kind, task = _parse_metric(metric)
     if task is None:
+        if summary[kind] is None:
+            raise ValueError(
+                f"target {metric}: the strategy has no such figure (single-head baselines have no networks)"
+            )
         return summary[kind][0] * (1 if kind == "networks" else 100)
     if task >= len(summary["accuracy"]):
         raise ValueError(f"target {metric} names task {task}, but the stream has {len(summary['accuracy'])} tasks")

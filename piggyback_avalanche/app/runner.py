@@ -257,7 +257,8 @@ def train_and_evaluate(
     matrix = [[None if math.isnan(v) else v for v in row] for row in matrix]
     sizes = evaluator.get_all_metrics()["ModelSize_Bytes/train_phase/train_stream"][1]
     model = strategy.model
-    one_network = model.network_bytes(model.tasks[0]) if isinstance(model, MultiHeadModel) else math.nan
+    # None for single-head baselines: no task of theirs is a network of its own to compare with.
+    one_network = model.network_bytes(model.tasks[0]) if isinstance(model, MultiHeadModel) else None
     return {
         "accuracy": accuracy,
         "average_accuracy": sum(accuracy) / n,
@@ -267,7 +268,7 @@ def train_and_evaluate(
         "task_inference_accuracy": task_inference if inferred else None,
         "average_task_inference": sum(task_inference) / n if inferred else None,
         "model_bytes": size.result()["bytes"],
-        "networks": size.result()["bytes"] / one_network,
+        "networks": None if one_network is None else size.result()["bytes"] / one_network,
         # What each task adds (None for models without tasks of their own, as single-head baselines).
         "bytes_per_task": size.result().get("bytes_per_task"),
         "train_seconds": seconds,

@@ -1,21 +1,24 @@
-"""Per-task statistics of the features a task's head reads: the basis of
-task-inference scores that tell a task's own data from the others' better
-than its logits do.
+"""Per-task statistics of features: the basis of task-inference scores
+that tell a task's own data from the others' better than its logits do.
 
+A model keeps one set for the features each task's head reads under the
+task's own weights, and, where its backbone stays fixed, one for the
+features of the backbone alone, which every task shares (see
+:meth:`~piggyback_avalanche.task_aware.models.MultiHeadModel.fit_feature_statistics`).
 Each task keeps the mean feature of each of its classes and the precision
-(inverse) of their pooled within-class covariance, estimated after it
-trains from its training data under its final mask. The Mahalanobis score
-of a sample under a task is minus its squared distance to the nearest class
-mean of that task (Lee et al., 2018); the relative score subtracts the
-distance to the task's overall feature distribution (Ren et al., 2021), a
-likelihood ratio between "this task's classes" and "this task's inputs",
-as task predictors such as TPL use. Each task's feature space is its own,
-so both are standardised by the mean and spread of the task's distances
-on its own training data before tasks are compared: a task whose own data
-lies far from its means does not lose every sample for that.
+(inverse) of their pooled within-class covariance, estimated once it is
+frozen from its training data. The Mahalanobis score of a sample under a
+task is minus its squared distance to the nearest class mean of that task
+(Lee et al., 2018); the relative score subtracts the distance to the task's
+overall feature distribution (Ren et al., 2021), a likelihood ratio between
+"this task's classes" and "this task's inputs", as task predictors such as
+TPL use. Both are standardised by the mean and spread of the task's
+distances on its own training data before tasks are compared: a task whose
+own data lies far from its means (its own feature space, or a covariance
+estimated from few samples) does not lose every sample for that.
 """
 
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +39,24 @@ samples per task cannot estimate a full covariance of many features
 (chosen on class-incremental Split MNIST, see BENCHMARKS.md)."""
 
 _STATISTICS = ("class_means", "precisions", "means", "overall_precisions", "calibrations")
+_OVERALL_STATISTICS = ("means", "overall_precisions")
+
+
+class _Stacked(NamedTuple):
+    """The statistics of several tasks side by side (zeros for a task
+    without statistics): class means padded to the most classes ``(T, C, F)``
+    with a padding mask ``(T, C)``, precisions ``(T, F, F)``, calibrations
+    ``(T, 2)`` or ``(T, 4)``, each class mean's ``m'Pm`` ``(T, C)``, and,
+    for relative statistics, overall means ``(T, F)`` and precisions
+    ``(T, F, F)``."""
+
+    means: Tensor
+    padding: Tensor
+    precisions: Tensor
+    calibrations: Tensor
+    constants: Tensor
+    overall_means: Optional[Tensor]
+    overall_precisions: Optional[Tensor]
 
 
 class TaskFeatureStatistics(TaskModule, nn.Module):
@@ -45,26 +66,38 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
     :param task_state: the owning model's task state.
     :param placement: a tensor on the device and of the dtype the statistics take.
     :param shrinkage: see :data:`DEFAULT_SHRINKAGE`.
+    :param relative: also keep the mean and precision of all the task's
+        features, for :meth:`relative_squared_distances` (one more ``F x F``
+        matrix per task).
     """
 
     _placement: Tensor
 
     def __init__(
-        self, features: int, *, task_state: TaskState, placement: Tensor, shrinkage: float = DEFAULT_SHRINKAGE
+        self,
+        features: int,
+        *,
+        task_state: TaskState,
+        placement: Tensor,
+        shrinkage: float = DEFAULT_SHRINKAGE,
+        relative: bool = True,
     ) -> None:
         super().__init__()
         self.features = features
         self.task_state = task_state
         self.shrinkage = shrinkage
+        self.relative = relative
+        self._names = tuple(n for n in _STATISTICS if relative or n not in _OVERALL_STATISTICS)
         # (classes, F) per task: the class means, in the order of the head's classes.
         self.class_means = TaskTensorDict(trainable=False, holds="frozen")
         # (F, F): precision of the pooled within-class covariance.
         self.precisions = TaskTensorDict(trainable=False, holds="frozen", shape=(features, features))
-        # (F,) and (F, F): mean and precision of all the task's features.
-        self.means = TaskTensorDict(trainable=False, holds="frozen", shape=(features,))
-        self.overall_precisions = TaskTensorDict(trainable=False, holds="frozen", shape=(features, features))
-        # (4,): mean and standard deviation of the class and relative distances on the task's own data.
-        self.calibrations = TaskTensorDict(trainable=False, holds="frozen", shape=(4,))
+        if relative:
+            # (F,) and (F, F): mean and precision of all the task's features.
+            self.means = TaskTensorDict(trainable=False, holds="frozen", shape=(features,))
+            self.overall_precisions = TaskTensorDict(trainable=False, holds="frozen", shape=(features, features))
+        # (2,) or (4,): mean and standard deviation of the class (and relative) distances on the task's own data.
+        self.calibrations = TaskTensorDict(trainable=False, holds="frozen", shape=(4 if relative else 2,))
         self._cache = VersionedCache()
         # Zero-size, not saved: where and in which dtype new statistics go.
         self.register_buffer("_placement", placement.new_empty(0), persistent=False)
@@ -88,24 +121,27 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
             raise ValueError(f"Task {task}: no training sample of class(es) {missing} to estimate feature statistics.")
         class_means = torch.zeros(len(classes), self.features, dtype=torch.float64).index_add_(0, rows, features)
         class_means /= counts[:, None]
-        mean = features.mean(0)
         centred = features - class_means[rows]
-        within = centred.T @ centred / len(features)
-        overall = (features - mean).T @ (features - mean) / len(features)
         place = self._placement
         self._store(self.class_means, task, class_means.to(place))
-        self._store(self.means, task, mean.to(place))
-        self._store(self.precisions, task, self._precision(within).to(place))
-        self._store(self.overall_precisions, task, self._precision(overall).to(place))
-        self._store(self.calibrations, task, place.new_tensor([0.0, 1.0, 0.0, 1.0]))
+        self._store(self.precisions, task, self._precision(centred.T @ centred / len(features)).to(place))
+        self._store(self.calibrations, task, self._uncalibrated())
+        if self.relative:
+            mean = features.mean(0)
+            overall = (features - mean).T @ (features - mean) / len(features)
+            self._store(self.means, task, mean.to(place))
+            self._store(self.overall_precisions, task, self._precision(overall).to(place))
         own = features.to(place)[:, None, :]
-        class_distances = self.squared_distances(own, [task], calibrated=False)[:, 0]
-        relative = self.relative_squared_distances(own, [task], calibrated=False)[:, 0]
-        spread = [class_distances.std().clamp_min(1e-6), relative.std().clamp_min(1e-6)]
-        self._store(
-            self.calibrations, task, torch.stack([class_distances.mean(), spread[0], relative.mean(), spread[1]])
-        )
+        distances = [self.squared_distances(own, [task], calibrated=False)[:, 0]]
+        if self.relative:
+            distances.append(self.relative_squared_distances(own, [task], calibrated=False)[:, 0])
+        calibration = [value for d in distances for value in (d.mean(), d.std().clamp_min(1e-6))]
+        self._store(self.calibrations, task, torch.stack(calibration))
         return len(features)
+
+    def _uncalibrated(self) -> Tensor:
+        """Calibrations that leave distances as they are: mean 0, spread 1."""
+        return self._placement.new_tensor([0.0, 1.0] * (2 if self.relative else 1))
 
     @staticmethod
     def _store(store: TaskTensorDict, task: str, tensor: Tensor) -> None:
@@ -125,33 +161,31 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
         """Whether ``task`` has statistics."""
         return task in self.precisions
 
-    def _stacked(self, tasks: Sequence[str]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """The statistics of ``tasks`` side by side: class means padded to the
-        most classes ``(T, C, F)`` with a padding mask ``(T, C)``, precisions
-        ``(T, F, F)``, overall means ``(T, F)`` and precisions ``(T, F, F)``,
-        calibrations ``(T, 4)``, and each class mean's ``m'Pm`` ``(T, C)``;
-        zeros for a task without statistics."""
+    def _stacked(self, tasks: Sequence[str]) -> _Stacked:
+        """The statistics of ``tasks`` side by side, cached while they stay as they are."""
 
-        def compute() -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        def compute() -> _Stacked:
             have = [t for t in tasks if self.has(t)]
             most = max((len(self.class_means[t]) for t in have), default=1)
             place, count, f = self._placement, len(tasks), self.features
             means = place.new_zeros(count, most, f)
             padding = torch.ones(count, most, dtype=torch.bool, device=place.device)
-            precisions, overall_means, overall = (place.new_zeros(count, f, f), place.new_zeros(count, f),
-                                                  place.new_zeros(count, f, f))  # fmt: skip
-            calibrations = place.new_tensor([[0.0, 1.0, 0.0, 1.0]] * count)
+            precisions = place.new_zeros(count, f, f)
+            calibrations = self._uncalibrated().repeat(count, 1)
+            overall_means = place.new_zeros(count, f) if self.relative else None
+            overall = place.new_zeros(count, f, f) if self.relative else None
             for row, task in enumerate(tasks):
                 if task in have:
                     classes = len(self.class_means[task])
                     means[row, :classes] = self.class_means[task]
                     padding[row, :classes] = False
                     precisions[row] = self.precisions[task]
-                    overall_means[row] = self.means[task]
-                    overall[row] = self.overall_precisions[task]
                     calibrations[row] = self.calibrations[task]
+                    if overall_means is not None and overall is not None:
+                        overall_means[row] = self.means[task]
+                        overall[row] = self.overall_precisions[task]
             constants = torch.einsum("tcf,tfg,tcg->tc", means, precisions, means)
-            return means, padding, precisions, overall_means, overall, calibrations, constants
+            return _Stacked(means, padding, precisions, calibrations, constants, overall_means, overall)
 
         return self._cache.get_for_tasks(tasks, VersionedCache.state_key(self), compute)
 
@@ -164,34 +198,37 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
         ``calibrated``: standardised by the task's distances on its own
         training data. ``inf`` for a task without statistics yet (one still
         learning: its statistics are estimated when it ends)."""
-        means, padding, precisions, _, _, calibrations, constants = self._stacked(tasks)
-        distances = self._class_distances(features, means, padding, precisions, constants)
+        stacked = self._stacked(tasks)
+        distances = self._class_distances(features, stacked)
         if calibrated:
-            distances = (distances - calibrations[:, 0]) / calibrations[:, 1]
+            distances = (distances - stacked.calibrations[:, 0]) / stacked.calibrations[:, 1]
         return distances.masked_fill(self._missing(tasks, features), float("inf"))
 
     def relative_squared_distances(self, features: Tensor, tasks: Sequence[str], *, calibrated: bool = True) -> Tensor:
         """:meth:`squared_distances` minus the squared distance to each
         task's overall feature distribution, ``(batch, T)``; ``inf`` for a
-        task without statistics."""
-        means, padding, precisions, overall_means, overall, calibrations, constants = self._stacked(tasks)
-        diff = features - overall_means  # (batch, T, F)
-        background = (torch.einsum("btf,tfg->btg", diff, overall) * diff).sum(-1)
-        distances = self._class_distances(features, means, padding, precisions, constants) - background
+        task without statistics.
+
+        :raises ValueError: for statistics kept without ``relative``.
+        """
+        stacked = self._stacked(tasks)
+        if stacked.overall_means is None or stacked.overall_precisions is None:
+            raise ValueError("These statistics keep no overall distribution: build them with relative=True.")
+        diff = features - stacked.overall_means  # (batch, T, F)
+        background = (torch.einsum("btf,tfg->btg", diff, stacked.overall_precisions) * diff).sum(-1)
+        distances = self._class_distances(features, stacked) - background
         if calibrated:
-            distances = (distances - calibrations[:, 2]) / calibrations[:, 3]
+            distances = (distances - stacked.calibrations[:, 2]) / stacked.calibrations[:, 3]
         return distances.masked_fill(self._missing(tasks, features), float("inf"))
 
     @staticmethod
-    def _class_distances(
-        features: Tensor, means: Tensor, padding: Tensor, precisions: Tensor, constants: Tensor
-    ) -> Tensor:
+    def _class_distances(features: Tensor, stacked: _Stacked) -> Tensor:
         # (x - m)' P (x - m) = x'Px - 2 m'Px + m'Pm: one product with P per
         # sample and task, not one per class.
-        projected = torch.einsum("btf,tfg->btg", features, precisions)  # Px, P symmetric
+        projected = torch.einsum("btf,tfg->btg", features, stacked.precisions)  # Px, P symmetric
         own = (projected * features).sum(-1, keepdim=True)  # (batch, T, 1)
-        cross = torch.einsum("btg,tcg->btc", projected, means)  # m'Px
-        return (own - 2 * cross + constants).masked_fill(padding, float("inf")).amin(-1)
+        cross = torch.einsum("btg,tcg->btc", projected, stacked.means)  # m'Px
+        return (own - 2 * cross + stacked.constants).masked_fill(stacked.padding, float("inf")).amin(-1)
 
     # --- what the module says about its state ----------------------------------
 
@@ -205,11 +242,11 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
         return {}
 
     def task_state_keys(self, task: str) -> List[str]:
-        return [f"{name}.{task}" for name in _STATISTICS if task in getattr(self, name)]
+        return [f"{name}.{task}" for name in self._names if task in getattr(self, name)]
 
     def frozen_task_state_schema(self, task: str) -> Dict[str, torch.dtype]:
         dtype = self._placement.dtype
-        return {f"{name}.{task}": dtype for name in _STATISTICS}
+        return {f"{name}.{task}": dtype for name in self._names}
 
     def plain_bytes(self, task: str) -> int:
         return 0  # a network of its own needs no task inference
@@ -218,7 +255,7 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
         return nn.Identity()
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
-        for name in _STATISTICS:
+        for name in self._names:
             store: TaskTensorDict = getattr(self, name)
             for task in task_keys_below(state_dict, f"{prefix}{name}.") - set(store.keys()):
                 store.add(task, torch.empty_like(state_dict[f"{prefix}{name}.{task}"]))

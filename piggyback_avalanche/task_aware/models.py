@@ -10,7 +10,7 @@ routes every sample through its own task.
 import copy
 from functools import partial
 from itertools import chain
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,7 @@ from piggyback_avalanche.task_aware.task_embeddings import give_tasks_their_own
 from piggyback_avalanche.task_aware.task_heads import TaskHeads
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
+from piggyback_avalanche.task_aware.task_scores import TaskScore
 from piggyback_avalanche.task_aware.task_state import StackingUnsupportedError, TaskModule, TaskState, task_key
 
 __all__ = ["MultiHeadModel", "TaskAwareModel", "SettingFreeModel", "SHARED_EMBEDDINGS"]
@@ -149,8 +150,11 @@ class MultiHeadModel(MultiTaskModule):
     :param feature_statistics: each task also keeps the mean feature of
         each class and the precision of their covariance (see
         :class:`~piggyback_avalanche.task_aware.feature_statistics.TaskFeatureStatistics`),
-        for the ``"mahalanobis"`` and ``"relative_mahalanobis"`` task-inference
-        scores; they count in :meth:`stored_bytes`.
+        of its own features (``feature_statistics``: the ``"mahalanobis"`` and
+        ``"relative_mahalanobis"`` task-inference scores) and, where the
+        backbone stays fixed (:meth:`backbone_stays_fixed`), of the backbone's
+        (``backbone_feature_statistics``: ``"backbone_mahalanobis"``); they
+        count in :meth:`stored_bytes`.
     :raises ValueError: for a backbone that holds Avalanche's multi-task or
         dynamic modules (its own heads would fight the per-task heads).
     """
@@ -176,10 +180,15 @@ class MultiHeadModel(MultiTaskModule):
         self._classifier_name = _find_classifier(backbone, classifier)
         self.backbone = self._convert(copy.deepcopy(backbone), self._classifier_name)
         self.feature_statistics: Optional[TaskFeatureStatistics] = None
+        self.backbone_feature_statistics: Optional[TaskFeatureStatistics] = None
         if feature_statistics:
-            self.feature_statistics = TaskFeatureStatistics(
-                self.heads.in_features, task_state=self.task_state, placement=self.heads._placement
-            )
+            features, placement = self.heads.in_features, self.heads._placement
+            self.feature_statistics = TaskFeatureStatistics(features, task_state=self.task_state, placement=placement)
+            if self.backbone_stays_fixed():
+                # Its score needs no overall distribution: that would be one more F x F per task.
+                self.backbone_feature_statistics = TaskFeatureStatistics(
+                    features, task_state=self.task_state, placement=placement, relative=False
+                )
         for prefix, module in self._named_task_modules():
             module.state_prefix = prefix
 
@@ -561,28 +570,70 @@ class MultiHeadModel(MultiTaskModule):
         finally:
             hook.remove()
 
-    def task_scores(self) -> Dict[str, Callable[..., Tensor]]:
+    @torch.no_grad()
+    def backbone_features(self, x: Tensor) -> Tensor:
+        """The features the heads read, ``(batch, F)``, from one pass through
+        the backbone alone (:meth:`TaskState.use_backbone`): what every task
+        shares, for task inference.
+
+        :raises ValueError: for a model in training mode.
+        """
+        self._check_input_device(x)
+        if self.training:
+            raise ValueError(f"backbone_features serves task inference: call {type(self).__name__}.eval() first.")
+        captured: List[Tensor] = []
+        hook = self.heads.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        try:
+            with self.task_state.use_backbone():
+                self.backbone(x)
+        finally:
+            hook.remove()
+        return captured[0]
+
+    def backbone_stays_fixed(self) -> bool:
+        """Whether the backbone alone computes the same once no task trains
+        it, whatever tasks come later: what statistics of its features need.
+        The baselines' multi-head model trains its whole backbone with every
+        task, so not here."""
+        return False
+
+    def task_scores(self) -> Dict[str, TaskScore]:
         """Task-inference scores that need what this model stores, by name
-        (see :data:`~piggyback_avalanche.task_aware.task_inference.TaskScore`):
+        (see :class:`~piggyback_avalanche.task_aware.task_scores.TaskScore`):
         the Mahalanobis scores when the model keeps feature statistics (a
         task still learning has none yet, and claims no sample)."""
-        statistics = self.feature_statistics
-        if statistics is None:
-            return {}
+        statistics, backbone_statistics = self.feature_statistics, self.backbone_feature_statistics
+        scores: Dict[str, TaskScore] = {}
+        if statistics is not None:
 
-        def mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
-            return -statistics.squared_distances(features, [task_key(t) for t in tasks])
+            def mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
+                return -statistics.squared_distances(features, [task_key(t) for t in tasks])
 
-        def relative_mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
-            return -statistics.relative_squared_distances(features, [task_key(t) for t in tasks])
+            def relative_mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
+                return -statistics.relative_squared_distances(features, [task_key(t) for t in tasks])
 
-        return {"mahalanobis": mahalanobis, "relative_mahalanobis": relative_mahalanobis}
+            scores["mahalanobis"] = TaskScore(from_task_outputs=mahalanobis)
+            scores["relative_mahalanobis"] = TaskScore(from_task_outputs=relative_mahalanobis)
+        if backbone_statistics is not None:
+
+            def backbone_mahalanobis(features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
+                per_task = features.unsqueeze(1).expand(-1, len(tasks), -1)
+                return -backbone_statistics.squared_distances(per_task, [task_key(t) for t in tasks])
+
+            scores["backbone_mahalanobis"] = TaskScore(from_backbone_features=backbone_mahalanobis)
+            if statistics is not None:
+                # Both standardised distances: what the backbone and the task's own features each say.
+                scores["backbone_and_relative_mahalanobis"] = TaskScore(
+                    from_task_outputs=relative_mahalanobis, from_backbone_features=backbone_mahalanobis
+                )
+        return scores
 
     @torch.no_grad()
     def fit_feature_statistics(self, task: int, batches: Iterable[Tuple[Tensor, Tensor]]) -> int:
         """Estimate ``task``'s feature statistics from ``(inputs, labels)``
         batches of its training data, with the model as it is now (in eval
-        mode); what a strategy calls when a task ends.
+        mode): those of the task's own features, and of the backbone's where
+        the model keeps them. A strategy calls it when the task is frozen.
 
         :return: the number of samples seen.
         :raises ValueError: if the model keeps no feature statistics.
@@ -593,8 +644,16 @@ class MultiHeadModel(MultiTaskModule):
         self.eval()
         try:
             key = task_key(task)
-            pairs = ((self.task_outputs(inputs, [task], stacked=False)[1][:, 0], labels) for inputs, labels in batches)
-            return self.feature_statistics.fit(key, pairs, classes=self.heads.head(key).classes)
+            classes = self.heads.head(key).classes
+            own: List[Tuple[Tensor, Tensor]] = []
+            backbone: List[Tuple[Tensor, Tensor]] = []
+            for inputs, labels in batches:
+                own.append((self.task_outputs(inputs, [task], stacked=False)[1][:, 0], labels))
+                if self.backbone_feature_statistics is not None:
+                    backbone.append((self.backbone_features(inputs), labels))
+            if self.backbone_feature_statistics is not None:
+                self.backbone_feature_statistics.fit(key, backbone, classes=classes)
+            return self.feature_statistics.fit(key, own, classes=classes)
         finally:
             self.train(was_training)
 
@@ -748,6 +807,11 @@ class TaskAwareModel(MultiHeadModel):
     def task_layers(self) -> Dict[str, TaskWeightLayer]:
         """The task-aware convolution and linear layers by qualified name."""
         return {n: m for n, m in self.backbone.named_modules() if isinstance(m, TaskWeightLayer)}
+
+    def backbone_stays_fixed(self) -> bool:
+        """The backbone trains only with the task that trains it (if any),
+        unless a task-aware module changes it with every task (PackNet's)."""
+        return not any(module.changes_backbone_with_tasks for _, module in self._named_task_modules())
 
     @property
     def frozen_weight_cache(self) -> FrozenWeightCache:

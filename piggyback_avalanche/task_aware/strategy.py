@@ -407,11 +407,12 @@ class TaskAwareStrategy(SupervisedTemplate):
     def _after_training_exp(self, **kwargs) -> None:
         if self.recalibrate_norm_statistics:
             self._recalibrate_norm_statistics()
-        if self.model.feature_statistics is not None:
-            self._fit_feature_statistics()
         # Freeze before the plugins run, so metrics see the final state.
         for task in self.model.learning_tasks:
             self.model.freeze_task(task)
+        if self.model.feature_statistics is not None:
+            # Once frozen: a task that trained the backbone has now handed it its final norms.
+            self._fit_feature_statistics()
         self._restore_point = None  # the experience is complete
         super()._after_training_exp(**kwargs)
 

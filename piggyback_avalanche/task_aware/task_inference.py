@@ -2,9 +2,11 @@
 gives no task label at test time (class-incremental streams, or
 task-incremental ones with the labels withheld).
 
-Every candidate task computes the input (all of them in one stacked pass,
-see :meth:`MultiHeadModel.task_outputs`), a score says how much each task
-recognises it as its own, and the best-scoring task answers: per sample, or
+A score (:mod:`~piggyback_avalanche.task_aware.task_scores`) says how much
+each task recognises the input as its own, from one pass through the
+backbone that every task shares, or from every candidate task's own pass
+(all of them in stacked passes, see :meth:`MultiHeadModel.task_outputs`),
+and the best-scoring task answers: per sample, or
 per mini-batch when every sample of a batch comes from one task (SupSup's
 "GNu" setting, an assumption on the data that belongs with every figure).
 """
@@ -13,76 +15,25 @@ import math
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple, get_args
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, cast, get_args
 
 import torch
 from torch import Tensor
 
 from piggyback_avalanche.checks import check_count
 from piggyback_avalanche.task_aware.models import MultiHeadModel
+from piggyback_avalanche.task_aware.task_scores import DEFAULT_SCORES, TASK_SCORES, TaskScore
 
 __all__ = [
     "TaskInference",
     "InferredTasks",
-    "TaskScore",
-    "TASK_SCORES",
-    "DEFAULT_TASK_SCORE",
-    "DEFAULT_STATISTICS_SCORE",
     "DEFAULT_TASKS_PER_PASS",
     "InferencePer",
-    "entropy_score",
-    "max_logit_score",
-    "energy_score",
 ]
 
 InferencePer = Literal["sample", "batch"]
 """Whether each sample gets its own task (``"sample"``) or each evaluation
 mini-batch one task for all its samples (``"batch"``)."""
-
-TaskScore = Callable[[Tensor, Tensor, MultiHeadModel, Sequence[int]], Tensor]
-"""``score(logits, features, model, tasks) -> (batch, T)``: how strongly each
-task claims each sample, higher is more; ``logits`` ``(batch, T, W)`` with
-``-inf`` where a task has no class, ``features`` ``(batch, T, F)`` (what
-each task's head reads)."""
-
-
-def _finite_logits(logits: Tensor) -> Tensor:
-    return logits.masked_fill(~torch.isfinite(logits), float("-inf"))
-
-
-def entropy_score(logits: Tensor, features: Tensor, model: MultiHeadModel, tasks: Sequence[int]) -> Tensor:
-    """Minus the entropy of each task's softmax over its classes (SupSup):
-    a task is confident on its own data."""
-    log_p = torch.log_softmax(_finite_logits(logits), dim=-1)
-    p = log_p.exp()
-    return torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
-
-
-def max_logit_score(logits: Tensor, features: Tensor, model: MultiHeadModel, tasks: Sequence[int]) -> Tensor:
-    """The largest logit of each task (Hendrycks et al., 2022)."""
-    return logits.amax(-1)
-
-
-def energy_score(logits: Tensor, features: Tensor, model: MultiHeadModel, tasks: Sequence[int]) -> Tensor:
-    """Minus the free energy, ``logsumexp`` of each task's logits over its
-    classes (Liu et al., 2020)."""
-    return torch.logsumexp(logits, dim=-1)
-
-
-TASK_SCORES: Dict[str, TaskScore] = {
-    "entropy": entropy_score,
-    "max_logit": max_logit_score,
-    "energy": energy_score,
-}
-"""The scores task inference can use, by name; a model that stores feature
-statistics adds its own (see :meth:`MultiHeadModel.task_scores`)."""
-
-DEFAULT_TASK_SCORE = "entropy"
-"""The default score of a model without feature statistics: the best of the
-logit scores per sample and per batch in BENCHMARKS.md."""
-
-DEFAULT_STATISTICS_SCORE = "relative_mahalanobis"
-"""The default score of a model with feature statistics (BENCHMARKS.md)."""
 
 DEFAULT_TASKS_PER_PASS = 8
 """Tasks computed side by side in one pass; it bounds the activation memory
@@ -111,11 +62,15 @@ class TaskInference:
 
     :param per: ``"sample"`` (no assumption on the data) or ``"batch"`` (all
         samples of a batch come from one task; SupSup's "GNu" setting).
-    :param score: a name from :data:`TASK_SCORES`, or one the model offers
-        (``"mahalanobis"``, ``"relative_mahalanobis"`` for a model with
-        feature statistics); ``None``: :data:`DEFAULT_STATISTICS_SCORE` for
-        a model with feature statistics, else :data:`DEFAULT_TASK_SCORE`.
-    :param tasks_per_pass: tasks computed side by side in one pass.
+    :param score: a name from
+        :data:`~piggyback_avalanche.task_aware.task_scores.TASK_SCORES`, or
+        one the model offers (``"backbone_mahalanobis"``, ``"mahalanobis"``,
+        ``"relative_mahalanobis"`` for a model with feature statistics);
+        ``None``: the first of
+        :data:`~piggyback_avalanche.task_aware.task_scores.DEFAULT_SCORES`
+        that the model offers.
+    :param tasks_per_pass: tasks computed side by side in one pass, for
+        scores that read every task's outputs.
     """
 
     def __init__(
@@ -142,7 +97,8 @@ class TaskInference:
         """The score used for ``model``."""
         if self.score is not None:
             return self.score
-        return DEFAULT_STATISTICS_SCORE if DEFAULT_STATISTICS_SCORE in model.task_scores() else DEFAULT_TASK_SCORE
+        offered = self._scores(model)
+        return next(name for name in DEFAULT_SCORES if name in offered)
 
     def check_model(self, model: MultiHeadModel) -> None:
         """Raise, naming the choices, if ``model`` cannot compute the score."""
@@ -150,36 +106,48 @@ class TaskInference:
             raise ValueError(
                 f"Unknown task-inference score {self.score!r} for a {type(model).__name__}; it offers "
                 f"{sorted(self._scores(model))}. Feature-statistics scores need a model built with them "
-                "(e.g. PiggybackModel(backbone, feature_statistics=True))."
+                "(e.g. PiggybackModel(backbone, feature_statistics=True)); backbone_mahalanobis also needs "
+                "a backbone that no task changes (not PackNet's)."
             )
 
     @staticmethod
     def _scores(model: MultiHeadModel) -> Dict[str, TaskScore]:
         return {**TASK_SCORES, **model.task_scores()}
 
-    def task_scores(self, model: MultiHeadModel, x: Tensor, tasks: Sequence[int]) -> Tuple[Tensor, Tensor]:
-        """Each task's score for each sample, ``(batch, T)``, and its logits,
-        ``(batch, T, W)``; the tasks computed ``tasks_per_pass`` at a time."""
+    def task_scores(self, model: MultiHeadModel, x: Tensor, tasks: Sequence[int]) -> Tuple[Tensor, Optional[Tensor]]:
+        """Each task's score for each sample, ``(batch, T)``, and, when the
+        score reads every task's outputs, their logits, ``(batch, T, W)``
+        (the tasks computed ``tasks_per_pass`` at a time); else ``None``."""
         self.check_model(model)
         score = self._scores(model)[self.score_name(model)]
-        stacked = self._stacks(model, x, tasks)
-        scores: List[Tensor] = []
-        logits: List[Tensor] = []
-        for start in range(0, len(tasks), self.tasks_per_pass):
-            group = list(tasks[start : start + self.tasks_per_pass])
-            group_logits, features = model.task_outputs(x, group, stacked=stacked)
-            scores.append(score(group_logits, features, model, group))
-            logits.append(group_logits)
-        width = max(part.shape[-1] for part in logits)
-        padded = [torch.nn.functional.pad(part, (0, width - part.shape[-1]), value=-math.inf) for part in logits]
-        return torch.cat(scores, dim=1), torch.cat(padded, dim=1)
+        total: Optional[Tensor] = None
+        logits: Optional[Tensor] = None
+        if score.from_backbone_features is not None:
+            total = score.from_backbone_features(model.backbone_features(x), model, tasks)
+        if score.from_task_outputs is not None:
+            stacked = self._stacks(model, x, tasks)
+            parts: List[Tensor] = []
+            groups: List[Tensor] = []
+            for start in range(0, len(tasks), self.tasks_per_pass):
+                group = list(tasks[start : start + self.tasks_per_pass])
+                group_logits, features = model.task_outputs(x, group, stacked=stacked)
+                parts.append(score.from_task_outputs(group_logits, features, model, group))
+                groups.append(group_logits)
+            width = max(part.shape[-1] for part in groups)
+            logits = torch.cat(
+                [torch.nn.functional.pad(part, (0, width - part.shape[-1]), value=-math.inf) for part in groups], dim=1
+            )
+            total = torch.cat(parts, dim=1) if total is None else total + torch.cat(parts, dim=1)
+        assert total is not None  # a TaskScore has at least one part
+        return total, logits
 
     @torch.no_grad()
     def __call__(self, model: MultiHeadModel, x: Tensor, *, width: Optional[int] = None) -> InferredTasks:
         """Infer the task of each sample of ``x`` among the model's learned
-        tasks, and answer with its logits: those of the pass that scored the
-        tasks, equal to ``model(x, tasks)`` for the inferred tasks up to
-        floating-point rounding (stacked tasks run other kernels).
+        tasks, and answer with its logits: equal to ``model(x, tasks)`` for
+        the inferred tasks up to floating-point rounding (the logits of the
+        pass that scored the tasks, when the score read them: stacked tasks
+        run other kernels).
 
         :param model: a model with at least one task, in eval mode.
         :param x: the input batch.
@@ -191,10 +159,15 @@ class TaskInference:
             raise ValueError(f"This {type(model).__name__} has learned no task yet: there is no task to infer.")
         scores, logits = self.task_scores(model, x, tasks)
         chosen = scores.mean(0).argmax().expand(x.shape[0]) if self.per == "batch" else scores.argmax(1)
-        answer = logits[torch.arange(x.shape[0], device=x.device), chosen]
-        if width is not None and width > answer.shape[1]:
+        inferred = torch.as_tensor(tasks, device=x.device)[chosen]
+        if logits is not None:
+            answer = logits[torch.arange(x.shape[0], device=x.device), chosen]
+        else:  # one pass per chosen task, on its samples
+            answer = cast(Tensor, model(x, inferred))
+        width = max(width or 0, model.max_class_label)
+        if width > answer.shape[1]:
             answer = torch.nn.functional.pad(answer, (0, width - answer.shape[1]), value=-math.inf)
-        return InferredTasks(logits=answer, tasks=torch.as_tensor(tasks, device=x.device)[chosen])
+        return InferredTasks(logits=answer, tasks=inferred)
 
     def _stacks(self, model: MultiHeadModel, x: Tensor, tasks: Sequence[int]) -> bool:
         """Whether stacked passes give this model's outputs: checked once per

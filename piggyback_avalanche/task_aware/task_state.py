@@ -40,6 +40,11 @@ class StoredParts(Protocol):
         ...
 
 
+# The key of the untrained task that TaskState.use_backbone runs: not a task
+# label's key (those are digits), so no task's state is ever read for it.
+_BACKBONE_PASS = "backbone"
+
+
 class TaskState:
     """The task a model computes right now, the tasks it is learning, and the
     learning task (if any) that also trains the backbone's shared parameters.
@@ -83,6 +88,14 @@ class TaskState:
             yield
         finally:
             self.current, self.untrained_classes = previous
+
+    @contextmanager
+    def use_backbone(self) -> Iterator[None]:
+        """Run the enclosed forward pass through the backbone alone, as an
+        untrained task computes it (:meth:`use_untrained`): the features
+        every task shares, whatever each task has learned."""
+        with self.use_untrained(_BACKBONE_PASS, classes=(0,)):
+            yield
 
     @contextmanager
     def use_stacked(self, tasks: Sequence[str]) -> Iterator[None]:
@@ -306,6 +319,12 @@ class TaskModule:
     task_state: TaskState
     state_prefix: str = ""
     """The module's state-dict prefix in its model (set by the model)."""
+
+    changes_backbone_with_tasks: bool = False
+    """Whether learning a task changes what this module computes for the
+    backbone alone (:meth:`TaskState.use_backbone`) beyond the task that
+    trains the backbone: PackNet writes every task's weights into the shared
+    weight. Statistics of the backbone's features need it ``False``."""
 
     def add_task(self, task: str, *, classes: Sequence[int]) -> None:
         """Start learning ``task``, whose class labels are ``classes``."""

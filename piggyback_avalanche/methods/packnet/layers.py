@@ -47,6 +47,7 @@ class PackNetLayer(TaskWeightLayer):
 
     task_order: Tensor
     packed_owners: Tensor
+    changes_backbone_with_tasks = True  # each frozen task's weights are written into ``weight``
 
     def _init_task_weights(self) -> None:
         shape = tuple(self.weight.shape)

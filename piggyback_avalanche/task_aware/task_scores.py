@@ -1,0 +1,103 @@
+"""Task-inference scores: how strongly each learned task claims each sample.
+
+A score reads the outputs of every task's own pass (its logits, and the
+features its head reads), or the features of one pass through the backbone
+alone, which every task shares, or both; it says which, so that task
+inference computes only what the score reads. Scores built on the logits
+are offered by every model; those built on feature statistics by a model
+that keeps them (:meth:`MultiHeadModel.task_scores`).
+"""
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # the models offer scores of their own: they import this module
+    from piggyback_avalanche.task_aware.models import MultiHeadModel
+
+__all__ = [
+    "TaskScore",
+    "TaskOutputScore",
+    "BackboneFeatureScore",
+    "TASK_SCORES",
+    "DEFAULT_SCORES",
+    "entropy_score",
+    "max_logit_score",
+    "energy_score",
+]
+
+TaskOutputScore = Callable[[Tensor, Tensor, "MultiHeadModel", Sequence[int]], Tensor]
+"""``score(logits, features, model, tasks) -> (batch, T)`` from each task's
+pass: ``logits`` ``(batch, T, W)`` with ``-inf`` where a task has no class,
+``features`` ``(batch, T, F)`` (what each task's head reads)."""
+
+BackboneFeatureScore = Callable[[Tensor, "MultiHeadModel", Sequence[int]], Tensor]
+"""``score(features, model, tasks) -> (batch, T)`` from one pass through the
+backbone alone: ``features`` ``(batch, F)``, what the heads read."""
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """How strongly each task claims each sample, ``(batch, T)``, higher is
+    more: the sum of the parts it has.
+
+    :ivar from_task_outputs: the part read from every task's own pass; task
+        inference then runs all the tasks (stacked where the network allows).
+    :ivar from_backbone_features: the part read from one pass through the
+        backbone alone, whatever the number of tasks; a score with only this
+        part costs one pass to score every task, and one more for the chosen
+        tasks' logits.
+    """
+
+    from_task_outputs: Optional[TaskOutputScore] = None
+    from_backbone_features: Optional[BackboneFeatureScore] = None
+
+    def __post_init__(self) -> None:
+        if self.from_task_outputs is None and self.from_backbone_features is None:
+            raise ValueError("A TaskScore reads the tasks' outputs, the backbone's features, or both; it has neither.")
+
+    @property
+    def reads_task_outputs(self) -> bool:
+        """Whether every task's pass has to run."""
+        return self.from_task_outputs is not None
+
+
+def _finite_logits(logits: Tensor) -> Tensor:
+    return logits.masked_fill(~torch.isfinite(logits), float("-inf"))
+
+
+def entropy_score(logits: Tensor, features: Tensor, model: "MultiHeadModel", tasks: Sequence[int]) -> Tensor:
+    """Minus the entropy of each task's softmax over its classes (SupSup):
+    a task is confident on its own data."""
+    log_p = torch.log_softmax(_finite_logits(logits), dim=-1)
+    p = log_p.exp()
+    return torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
+
+
+def max_logit_score(logits: Tensor, features: Tensor, model: "MultiHeadModel", tasks: Sequence[int]) -> Tensor:
+    """The largest logit of each task (Hendrycks et al., 2022)."""
+    return logits.amax(-1)
+
+
+def energy_score(logits: Tensor, features: Tensor, model: "MultiHeadModel", tasks: Sequence[int]) -> Tensor:
+    """Minus the free energy, ``logsumexp`` of each task's logits over its
+    classes (Liu et al., 2020)."""
+    return torch.logsumexp(logits, dim=-1)
+
+
+TASK_SCORES: Dict[str, TaskScore] = {
+    "entropy": TaskScore(from_task_outputs=entropy_score),
+    "max_logit": TaskScore(from_task_outputs=max_logit_score),
+    "energy": TaskScore(from_task_outputs=energy_score),
+}
+"""The scores every model offers, by name; a model that keeps feature
+statistics adds its own (see :meth:`MultiHeadModel.task_scores`)."""
+
+DEFAULT_SCORES: Tuple[str, ...] = ("backbone_mahalanobis", "relative_mahalanobis", "entropy")
+"""The default score: the first of these that the model offers. The
+backbone's feature statistics infer the task best per sample, and with one
+pass for every task; a model whose backbone changes with its tasks (PackNet)
+falls back to its tasks' own features, and one without statistics to the
+best logit score (BENCHMARKS.md)."""
