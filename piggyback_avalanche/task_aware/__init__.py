@@ -26,6 +26,7 @@ from piggyback_avalanche.task_aware.task_heads import ClassifierHead, TaskHeads
 from piggyback_avalanche.task_aware.task_inference import InferredTasks, TaskInference
 from piggyback_avalanche.task_aware.task_layers import SUPPORTED_LAYER_TYPES, TaskWeightLayer, task_layer_types
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
+from piggyback_avalanche.task_aware.task_scores import TASK_SCORES, TaskScore
 from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, TaskTensorDict, task_key
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "TaskAwareModel",
     "TaskInference",
     "InferredTasks",
+    "TaskScore",
+    "TASK_SCORES",
     "TaskFeatureStatistics",
     "FrozenWeightCache",
     "DEFAULT_BUDGET_BYTES",

@@ -64,8 +64,10 @@ class TaskInference:
         samples of a batch come from one task; SupSup's "GNu" setting).
     :param score: a name from
         :data:`~piggyback_avalanche.task_aware.task_scores.TASK_SCORES`, or
-        one the model offers (``"backbone_mahalanobis"``, ``"mahalanobis"``,
-        ``"relative_mahalanobis"`` for a model with feature statistics);
+        one the model offers (``"mahalanobis"``, ``"relative_mahalanobis"``
+        for a model with feature statistics; ``"backbone_mahalanobis"`` and
+        ``"backbone_and_relative_mahalanobis"`` where its backbone stays
+        fixed too);
         ``None``: the first of
         :data:`~piggyback_avalanche.task_aware.task_scores.DEFAULT_SCORES`
         that the model offers.
