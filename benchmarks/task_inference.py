@@ -41,7 +41,13 @@ from piggyback_avalanche.task_aware.task_inference import TaskInference
 from piggyback_avalanche.task_aware.task_scores import TASK_SCORES
 
 MB, LR, BATCH_OF_ONE_TASK = 32, 1e-3, 64
-SCORES = [*TASK_SCORES, "mahalanobis", "relative_mahalanobis", "backbone_mahalanobis"]
+SCORES = [
+    *TASK_SCORES,
+    "mahalanobis",
+    "relative_mahalanobis",
+    "backbone_mahalanobis",
+    "backbone_and_relative_mahalanobis",
+]
 
 
 def _tensors(stream: Any) -> List[Any]:
@@ -96,7 +102,8 @@ def _piggyback(
     own = sum(t.nbytes for t in model.feature_statistics.state_dict().values())
     shared = sum(t.nbytes for t in model.backbone_feature_statistics.state_dict().values())
     network = model.stored_bytes() - own - shared
-    reads = {"mahalanobis": own, "relative_mahalanobis": own, "backbone_mahalanobis": shared}
+    reads = {"mahalanobis": own, "relative_mahalanobis": own, "backbone_mahalanobis": shared,
+             "backbone_and_relative_mahalanobis": own + shared}  # fmt: skip
     rows = {"piggyback, task labels given": {"accuracy": _accuracy(lambda x, k: model(x, k).argmax(1), test, 256),
                                              "task inference": 1.0, "bytes": network,
                                              "seconds per task": seconds_per_task}}  # fmt: skip

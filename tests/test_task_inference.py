@@ -2,6 +2,7 @@
 
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -318,6 +319,16 @@ def test_backbone_statistics_are_estimated_once_the_task_that_trains_the_backbon
     assert torch.allclose(model.backbone_feature_statistics.class_means["0"], means, atol=1e-5)
     strategy.train(benchmark.train_stream[1])
     assert torch.equal(model.eval().backbone_features(x), after)  # later tasks leave it as it is
+
+
+def test_inferring_tasks_by_entropy_by_default_warns_and_names_the_fix():
+    with pytest.warns(UserWarning, match="feature_statistics=True for the Mahalanobis scores"):
+        Piggyback(model=PiggybackModel(tiny_conv_net(6)), task_inference="sample")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # chosen on purpose, or with statistics: no warning
+        Piggyback(model=PiggybackModel(tiny_conv_net(6)), task_inference="sample", task_score="entropy")
+        Piggyback(model=PiggybackModel(tiny_conv_net(6), feature_statistics=True), task_inference="batch")
+        Piggyback(model=PiggybackModel(tiny_conv_net(6)))
 
 
 def test_bad_settings_are_refused_before_any_work():

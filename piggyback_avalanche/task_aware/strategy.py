@@ -2,6 +2,7 @@
 experience adds its tasks to a task-aware model, trains only them and
 freezes them when it ends."""
 
+import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type, Union
 
 import torch
@@ -206,6 +207,13 @@ class TaskAwareStrategy(SupervisedTemplate):
             task_inference = TaskInference(per=task_inference, score=task_score)
         if task_inference is not None:
             task_inference.check_model(model)
+            if task_inference.score is None and not model.task_scores():
+                warnings.warn(
+                    f"{name} will infer tasks by the entropy of each task's head, which is near chance per sample "
+                    "when heads train briefly (BENCHMARKS.md). Build the model with feature_statistics=True for "
+                    "the Mahalanobis scores, or pass task_score= to choose a logit score on purpose.",
+                    stacklevel=3,
+                )
         self.task_inference: Optional[TaskInference] = task_inference
         self.mb_inferred_tasks: Optional[torch.Tensor] = None
         """The inferred task of each sample of the last evaluation mini-batch

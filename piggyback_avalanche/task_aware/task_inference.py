@@ -36,11 +36,12 @@ InferencePer = Literal["sample", "batch"]
 mini-batch one task for all its samples (``"batch"``)."""
 
 DEFAULT_TASKS_PER_PASS = 8
-"""Tasks computed side by side in one pass; it bounds the activation memory
-of task inference at this many times one task's. On 2 CPU cores
-(BENCHMARKS.md) it was the fastest for an MLP (2.5x over one task per pass);
-a small CNN's convolutions grouped over many tasks are memory-bound there,
-and 8 cost 14 % more than one per pass, 32 twice as much. A GPU may want more."""
+"""Tasks computed side by side in one pass, for scores that read every
+task's outputs; it bounds the activation memory of task inference at this
+many times one task's. On 2 CPU cores (BENCHMARKS.md, 100 tasks) it was the
+fastest for an MLP (2.2x over one task per pass); a small CNN's convolutions
+grouped over many tasks are memory-bound there, and 8 cost 1.6x one per
+pass. A GPU may want more."""
 
 
 @dataclass(frozen=True)
