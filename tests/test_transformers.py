@@ -166,7 +166,8 @@ def test_unsupported_transformer_parameters_are_refused_by_name():
         PiggybackModel(nn.Sequential(attention, nn.Linear(8, 2)), classifier="1")
 
 
-def test_task_inference_on_a_vit_computes_tasks_one_pass_each():
+def _inferring_vit_learner(**settings):
+    """Piggyback on a small ViT that has learned two experiences without task labels."""
     learner = make_strategy(
         "piggyback",
         _vit(),
@@ -175,32 +176,26 @@ def test_task_inference_on_a_vit_computes_tasks_one_pass_each():
         mask_lr=1e-2,
         task_inference="sample",
         evaluator=default_evaluator(),
+        **settings,
     )
     benchmark = _image_stream()
     for experience in benchmark.train_stream[:2]:
         learner.train(experience)
+    return learner, benchmark.test_stream[:2]
+
+
+def test_task_inference_on_a_vit_computes_tasks_one_pass_each():
+    learner, test_stream = _inferring_vit_learner(task_score="entropy")
     with pytest.warns(UserWarning, match="computes each task of this PiggybackModel in its own pass"):
-        results = learner.eval(benchmark.test_stream[:2])
+        results = learner.eval(test_stream)
     assert 0.0 < results["TaskInference_Acc_Stream/eval_phase/test_stream"] <= 1.0
 
 
 def test_task_inference_on_a_vit_with_the_backbone_score_runs_no_pass_per_task():
-    learner = make_strategy(
-        "piggyback",
-        _vit(),
-        train_epochs=1,
-        train_mb_size=8,
-        mask_lr=1e-2,
-        task_inference="sample",
-        feature_statistics=True,
-        evaluator=default_evaluator(),
-    )
-    benchmark = _image_stream()
-    for experience in benchmark.train_stream[:2]:
-        learner.train(experience)
+    learner, test_stream = _inferring_vit_learner(feature_statistics=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*in its own pass")  # no task is computed on every sample
-        results = learner.eval(benchmark.test_stream[:2])
+        results = learner.eval(test_stream)
     assert learner.task_inference.score_name(learner.model) == "backbone_mahalanobis"
     assert 0.0 < results["TaskInference_Acc_Stream/eval_phase/test_stream"] <= 1.0
 
