@@ -25,6 +25,7 @@ from piggyback_avalanche.evaluation.task_inference_accuracy import (
     task_inference_accuracy_metrics,
 )
 from piggyback_avalanche.methods.packnet.model import PackNetModel
+from piggyback_avalanche.methods.piggyback.task_files import TaskFileError
 from piggyback_avalanche.task_aware import MultiHeadModel
 from piggyback_avalanche.task_aware.task_inference import TaskInference
 
@@ -369,6 +370,46 @@ def test_task_files_carry_the_feature_statistics(tmp_path):
     found = TaskInference(per="sample")(loaded.eval(), x)
     assert torch.equal(found.tasks, expected.tasks) and torch.equal(found.logits, expected.logits)
     assert found.tasks.tolist() == [0] * 30 + [1] * 30 + [2] * 30
+
+
+def test_tasks_saved_without_the_backbones_statistics_load_and_infer_with_their_own(tmp_path):
+    benchmark = _class_incremental()
+    backbone = tiny_conv_net(6)
+    strategy = Piggyback(
+        model=PiggybackModel(backbone, feature_statistics=True), task_inference="sample", train_epochs=1, evaluator=None
+    )
+    _train(strategy, benchmark)
+    model = strategy.model.eval()
+    x = torch.cat([_inputs(experience)[0] for experience in benchmark.test_stream])
+    expected = TaskInference(per="sample", score="relative_mahalanobis")(model, x)
+    # What a model of the previous version wrote: no statistics of the backbone's features.
+    model.backbone_feature_statistics = None
+    model.save_tasks(tmp_path / "earlier.pt")
+    loaded = PiggybackModel(backbone, feature_statistics=True)
+    assert loaded.load_tasks(tmp_path / "earlier.pt") == [0, 1, 2]
+    assert loaded.backbone_feature_statistics.tasks() == []
+    inference = TaskInference(per="sample")
+    assert inference.score_name(loaded.eval()) == "relative_mahalanobis"  # the backbone's score is not offered
+    found = inference(loaded, x)
+    assert torch.equal(found.tasks, expected.tasks) and torch.equal(found.logits, expected.logits)
+
+
+def test_a_task_file_with_part_of_the_backbones_statistics_is_refused_by_name(tmp_path):
+    backbone = tiny_conv_net(6)
+    strategy = Piggyback(
+        model=PiggybackModel(backbone, feature_statistics=True), task_inference="sample", train_epochs=1, evaluator=None
+    )
+    _train(strategy, _class_incremental())
+    strategy.model.save_task(tmp_path / "one.pt", 1)
+    payload = torch.load(tmp_path / "one.pt", weights_only=True)
+    payload["tasks"][1].pop("backbone_feature_statistics.precisions.1")
+    torch.save(payload, tmp_path / "damaged.pt")
+    fresh = PiggybackModel(backbone, feature_statistics=True)
+    with pytest.raises(
+        TaskFileError, match=r"missing: \['backbone_feature_statistics.precisions.1'\]; unexpected: \[\]"
+    ):
+        fresh.load_tasks(tmp_path / "damaged.pt")
+    assert fresh.tasks == []
 
 
 def test_the_runner_runs_a_class_incremental_stream_with_exemplars_counted(tmp_path):

@@ -42,6 +42,12 @@ _STATISTICS = ("class_means", "precisions", "means", "overall_precisions", "cali
 _OVERALL_STATISTICS = ("means", "overall_precisions")
 
 
+def _uncalibrated(relative: bool) -> List[float]:
+    """Calibrations that leave distances as they are: mean 0 and spread 1
+    for the class distances (and the relative ones)."""
+    return [0.0, 1.0] * (2 if relative else 1)
+
+
 class _Stacked(NamedTuple):
     """The statistics of several tasks side by side (zeros for a task
     without statistics): class means padded to the most classes ``(T, C, F)``
@@ -96,8 +102,8 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
             # (F,) and (F, F): mean and precision of all the task's features.
             self.means = TaskTensorDict(trainable=False, holds="frozen", shape=(features,))
             self.overall_precisions = TaskTensorDict(trainable=False, holds="frozen", shape=(features, features))
-        # (2,) or (4,): mean and standard deviation of the class (and relative) distances on the task's own data.
-        self.calibrations = TaskTensorDict(trainable=False, holds="frozen", shape=(4 if relative else 2,))
+        # Mean and standard deviation of the class (and relative) distances on the task's own data.
+        self.calibrations = TaskTensorDict(trainable=False, holds="frozen", shape=(len(_uncalibrated(relative)),))
         self._cache = VersionedCache()
         # Zero-size, not saved: where and in which dtype new statistics go.
         self.register_buffer("_placement", placement.new_empty(0), persistent=False)
@@ -140,8 +146,7 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
         return len(features)
 
     def _uncalibrated(self) -> Tensor:
-        """Calibrations that leave distances as they are: mean 0, spread 1."""
-        return self._placement.new_tensor([0.0, 1.0] * (2 if self.relative else 1))
+        return self._placement.new_tensor(_uncalibrated(self.relative))
 
     @staticmethod
     def _store(store: TaskTensorDict, task: str, tensor: Tensor) -> None:
@@ -160,6 +165,10 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
     def has(self, task: str) -> bool:
         """Whether ``task`` has statistics."""
         return task in self.precisions
+
+    def tasks(self) -> List[str]:
+        """The tasks that have statistics."""
+        return self.precisions.keys()
 
     def _stacked(self, tasks: Sequence[str]) -> _Stacked:
         """The statistics of ``tasks`` side by side, cached while they stay as they are."""

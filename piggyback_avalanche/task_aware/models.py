@@ -337,6 +337,16 @@ class MultiHeadModel(MultiTaskModule):
             for k, dtype in module.frozen_task_state_schema(key).items()
         }
 
+    def optional_task_state_keys(self, task: int) -> List[str]:
+        """The keys of :meth:`frozen_task_state_schema` that a task file may
+        lack: the backbone's feature statistics, which files written before
+        they existed do not hold (the task then has none, and the scores
+        that read them are not offered)."""
+        statistics = self.backbone_feature_statistics
+        if statistics is None:
+            return []
+        return [statistics.state_prefix + k for k in statistics.frozen_task_state_schema(task_key(task))]
+
     def code_layouts(self) -> Dict[str, CodeLayout]:
         """The state-dict keys that hold packed codes (masks, owners), with
         their layouts: what task files and checkpoints store entropy-coded
@@ -601,31 +611,35 @@ class MultiHeadModel(MultiTaskModule):
         """Task-inference scores that need what this model stores, by name
         (see :class:`~piggyback_avalanche.task_aware.task_scores.TaskScore`):
         the Mahalanobis scores when the model keeps feature statistics (a
-        task still learning has none yet, and claims no sample)."""
+        task still learning has none yet, and claims no sample); those of
+        the backbone's features only while every task with statistics has
+        them there too."""
         statistics, backbone_statistics = self.feature_statistics, self.backbone_feature_statistics
-        scores: Dict[str, TaskScore] = {}
-        if statistics is not None:
+        if statistics is None:
+            return {}
 
-            def mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
-                return -statistics.squared_distances(features, [task_key(t) for t in tasks])
+        def mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
+            return -statistics.squared_distances(features, [task_key(t) for t in tasks])
 
-            def relative_mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
-                return -statistics.relative_squared_distances(features, [task_key(t) for t in tasks])
+        def relative_mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
+            return -statistics.relative_squared_distances(features, [task_key(t) for t in tasks])
 
-            scores["mahalanobis"] = TaskScore(from_task_outputs=mahalanobis)
-            scores["relative_mahalanobis"] = TaskScore(from_task_outputs=relative_mahalanobis)
-        if backbone_statistics is not None:
+        scores = {
+            "mahalanobis": TaskScore(from_task_outputs=mahalanobis),
+            "relative_mahalanobis": TaskScore(from_task_outputs=relative_mahalanobis),
+        }
+        # Tasks loaded from files written before the backbone's statistics existed have none there.
+        if backbone_statistics is not None and set(backbone_statistics.tasks()) >= set(statistics.tasks()):
 
             def backbone_mahalanobis(features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
                 per_task = features.unsqueeze(1).expand(-1, len(tasks), -1)
                 return -backbone_statistics.squared_distances(per_task, [task_key(t) for t in tasks])
 
             scores["backbone_mahalanobis"] = TaskScore(from_backbone_features=backbone_mahalanobis)
-            if statistics is not None:
-                # Both standardised distances: what the backbone and the task's own features each say.
-                scores["backbone_and_relative_mahalanobis"] = TaskScore(
-                    from_task_outputs=relative_mahalanobis, from_backbone_features=backbone_mahalanobis
-                )
+            # Both standardised distances: what the backbone and the task's own features each say.
+            scores["backbone_and_relative_mahalanobis"] = TaskScore(
+                from_task_outputs=relative_mahalanobis, from_backbone_features=backbone_mahalanobis
+            )
         return scores
 
     @torch.no_grad()

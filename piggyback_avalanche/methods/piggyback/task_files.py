@@ -180,17 +180,21 @@ def task_entries(model: "PiggybackModel", payload: Dict[str, Any], path: Any, ta
                 f"Task {task} in {path} does not decode ({error}). Copy it again from its source."
             ) from None
     expected = model.frozen_task_state_schema(task)
-    if not isinstance(entries, dict) or set(entries) != set(expected):
-        found = sorted(entries) if isinstance(entries, dict) else type(entries).__name__
+    if not isinstance(entries, dict):
         raise TaskFileError(
-            f"Task {task} in {path} does not hold what a frozen task of this model holds (expected "
-            f"{sorted(expected)}, found {found}); it is corrupt, or from another backbone "
-            "architecture or classifier."
+            f"Task {task} in {path} holds a {type(entries).__name__}, not tensors by key; it is corrupt."
+        )
+    missing, unexpected = set(expected) - set(entries), set(entries) - set(expected)
+    if unexpected or missing not in (set(), set(model.optional_task_state_keys(task))):
+        raise TaskFileError(
+            f"Task {task} in {path} does not hold what a frozen task of this model holds (missing: "
+            f"{sorted(missing)}; unexpected: {sorted(unexpected)}); it is corrupt, from another backbone "
+            "architecture or classifier, or written by a model with other settings (feature_statistics)."
         )
     wrong = {
         k: entries[k]
         for k, dtype in expected.items()
-        if not isinstance(entries[k], torch.Tensor) or entries[k].dtype != dtype
+        if k in entries and (not isinstance(entries[k], torch.Tensor) or entries[k].dtype != dtype)
     }
     if wrong:
         details = ", ".join(
@@ -198,7 +202,7 @@ def task_entries(model: "PiggybackModel", payload: Dict[str, Any], path: Any, ta
         )
         raise TaskFileError(f"Task {task} in {path} holds tensors of the wrong type ({details}); it is corrupt.")
     # The model lists a task's keys in the same order for every label.
-    return {new: entries[old] for old, new in zip(expected, model.frozen_task_state_schema(label))}
+    return {new: entries[old] for old, new in zip(expected, model.frozen_task_state_schema(label)) if old in entries}
 
 
 def read_task_file(
