@@ -355,18 +355,24 @@ def test_bad_settings_are_refused_before_any_work():
     assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
 
 
-def test_task_files_carry_the_feature_statistics(tmp_path):
-    benchmark = _class_incremental()
-    backbone = tiny_conv_net(6)
+def _learned_with_statistics(backbone, benchmark):
+    """A Piggyback model with feature statistics that has learned the stream without task labels."""
     strategy = Piggyback(
         model=PiggybackModel(backbone, feature_statistics=True), task_inference="sample", train_epochs=1, evaluator=None
     )
     _train(strategy, benchmark)
-    strategy.model.save_tasks(tmp_path / "tasks.pt")
+    return strategy.model
+
+
+def test_task_files_carry_the_feature_statistics(tmp_path):
+    benchmark = _class_incremental()
+    backbone = tiny_conv_net(6)
+    model = _learned_with_statistics(backbone, benchmark)
+    model.save_tasks(tmp_path / "tasks.pt")
     loaded = PiggybackModel(backbone, feature_statistics=True)
     assert loaded.load_tasks(tmp_path / "tasks.pt") == [0, 1, 2]
     x = torch.cat([_inputs(experience)[0] for experience in benchmark.test_stream])
-    expected = TaskInference(per="sample")(strategy.model.eval(), x)
+    expected = TaskInference(per="sample")(model.eval(), x)
     found = TaskInference(per="sample")(loaded.eval(), x)
     assert torch.equal(found.tasks, expected.tasks) and torch.equal(found.logits, expected.logits)
     assert found.tasks.tolist() == [0] * 30 + [1] * 30 + [2] * 30
@@ -375,11 +381,7 @@ def test_task_files_carry_the_feature_statistics(tmp_path):
 def test_tasks_saved_without_the_backbones_statistics_load_and_infer_with_their_own(tmp_path):
     benchmark = _class_incremental()
     backbone = tiny_conv_net(6)
-    strategy = Piggyback(
-        model=PiggybackModel(backbone, feature_statistics=True), task_inference="sample", train_epochs=1, evaluator=None
-    )
-    _train(strategy, benchmark)
-    model = strategy.model.eval()
+    model = _learned_with_statistics(backbone, benchmark).eval()
     x = torch.cat([_inputs(experience)[0] for experience in benchmark.test_stream])
     expected = TaskInference(per="sample", score="relative_mahalanobis")(model, x)
     # What a model of the previous version wrote: no statistics of the backbone's features.
@@ -396,11 +398,7 @@ def test_tasks_saved_without_the_backbones_statistics_load_and_infer_with_their_
 
 def test_a_task_file_with_part_of_the_backbones_statistics_is_refused_by_name(tmp_path):
     backbone = tiny_conv_net(6)
-    strategy = Piggyback(
-        model=PiggybackModel(backbone, feature_statistics=True), task_inference="sample", train_epochs=1, evaluator=None
-    )
-    _train(strategy, _class_incremental())
-    strategy.model.save_task(tmp_path / "one.pt", 1)
+    _learned_with_statistics(backbone, _class_incremental()).save_task(tmp_path / "one.pt", 1)
     payload = torch.load(tmp_path / "one.pt", weights_only=True)
     payload["tasks"][1].pop("backbone_feature_statistics.precisions.1")
     torch.save(payload, tmp_path / "damaged.pt")
