@@ -98,20 +98,29 @@ class TaskInference:
 
     def score_name(self, model: MultiHeadModel) -> str:
         """The score used for ``model``."""
-        if self.score is not None:
-            return self.score
-        offered = self._scores(model)
-        return next(name for name in DEFAULT_SCORES if name in offered)
+        return self._name(self._scores(model))
 
     def check_model(self, model: MultiHeadModel) -> None:
         """Raise, naming the choices, if ``model`` cannot compute the score."""
-        if self.score_name(model) not in self._scores(model):
+        self._score(model)
+
+    def _name(self, offered: Dict[str, TaskScore]) -> str:
+        if self.score is not None:
+            return self.score
+        return next(name for name in DEFAULT_SCORES if name in offered)
+
+    def _score(self, model: MultiHeadModel) -> TaskScore:
+        """The score for ``model``, from one look at what it offers (once per batch)."""
+        offered = self._scores(model)
+        name = self._name(offered)
+        if name not in offered:
             raise ValueError(
                 f"Unknown task-inference score {self.score!r} for a {type(model).__name__}; it offers "
-                f"{sorted(self._scores(model))}. Feature-statistics scores need a model built with them "
+                f"{sorted(offered)}. Feature-statistics scores need a model built with them "
                 "(e.g. PiggybackModel(backbone, feature_statistics=True)); backbone_mahalanobis also needs "
                 "a backbone that no task changes (not PackNet's)."
             )
+        return offered[name]
 
     @staticmethod
     def _scores(model: MultiHeadModel) -> Dict[str, TaskScore]:
@@ -121,8 +130,7 @@ class TaskInference:
         """Each task's score for each sample, ``(batch, T)``, and, when the
         score reads every task's outputs, their logits, ``(batch, T, W)``
         (the tasks computed ``tasks_per_pass`` at a time); else ``None``."""
-        self.check_model(model)
-        score = self._scores(model)[self.score_name(model)]
+        score = self._score(model)
         total: Optional[Tensor] = None
         logits: Optional[Tensor] = None
         if score.from_backbone_features is not None:
