@@ -242,6 +242,7 @@ def test_the_shipped_targets_and_presets_are_valid_and_selectable_by_name(tmp_pa
     paper = {(t.backbone, t.metric): t.value for t in targets if t.stream == "fine_grained"}
     assert paper[("resnet50", "task0_error")] == 18.23 and paper[("vgg16", "task2_error")] == 6.93
     assert sorted(shipped_presets()) == [
+        "offline_class_incremental",
         "offline_default",
         "offline_transformer",
         "paper_resnet50",
@@ -252,6 +253,12 @@ def test_the_shipped_targets_and_presets_are_valid_and_selectable_by_name(tmp_pa
         args = _parse(["--config", name])
         assert args.stream == shipped_presets()[name]["stream"] and args.strategies, name
     assert _parse(["--config", "paper_resnet50"]).lr_decay_epochs == [15]
+    class_incremental = _parse(["--config", "offline_class_incremental"])
+    assert (class_incremental.scenario, class_incremental.mask_lr) == ("class_incremental", 1e-3)
+    # A flag overrides the stream and keeps the preset's scenario.
+    assert _parse(["--config", "offline_class_incremental", "--stream", "class_incremental_digits"]).scenario == (
+        "class_incremental"
+    )
     assert _parse(["--config", "offline_default", "--check-targets"]).targets == targets
     # A file of the user's still works, and wins over a shipped name.
     own = tmp_path / "offline_default"
@@ -259,7 +266,10 @@ def test_the_shipped_targets_and_presets_are_valid_and_selectable_by_name(tmp_pa
     assert _parse(["--config", str(own)]).seeds == [4]
     with pytest.raises(SystemExit):
         _parse(["--config", "nonexistent_preset"])
-    assert "no shipped preset of that name; shipped: ['offline_default'" in capsys.readouterr().err
+    assert (
+        "no shipped preset of that name; shipped: ['offline_class_incremental', 'offline_default'"
+        in capsys.readouterr().err
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(["--list-configs"])
     assert exit_info.value.code == 0
