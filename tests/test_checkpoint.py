@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import stacked_inputs, tiny_conv_net
+from conftest import resealed, stacked_inputs, tiny_conv_net
 
 from piggyback_avalanche import PackNet, Piggyback, PiggybackModel
 from piggyback_avalanche.evaluation import default_evaluator
@@ -143,10 +143,10 @@ def test_bad_checkpoints_are_refused_and_leave_the_strategy_unchanged(three_task
 
     state = torch.load(path, weights_only=False)
     for change, message in (
-        ({"format": 99}, "has format 99; this version reads format 2"),
+        ({"format": 99}, "has format 99; this version reads format 3"),
         ({"strategy": "PackNet"}, "is of a PackNet, not of this Piggyback"),
     ):
-        torch.save({**state, **change}, tmp_path / "changed.ckpt")
+        torch.save(resealed({**state, **change}), tmp_path / "changed.ckpt")
         with pytest.raises(CheckpointError, match=message):
             load_experience_checkpoint(target, tmp_path / "changed.ckpt")
         assert unchanged()
@@ -158,14 +158,15 @@ def test_bad_checkpoints_are_refused_and_leave_the_strategy_unchanged(three_task
     )
     flipped = {**coded, "crc32": coded["crc32"] + 1}
     torch.save(
-        {**state, "model_state": {**state["model_state"], "backbone.3.packed_masks.0": flipped}}, tmp_path / "c.ckpt"
+        resealed({**state, "model_state": {**state["model_state"], "backbone.3.packed_masks.0": flipped}}),
+        tmp_path / "c.ckpt",
     )
     with pytest.raises(CheckpointError, match="holds masks that do not decode \\(backbone.3.packed_masks.0: .*corrupt"):
         load_experience_checkpoint(target, tmp_path / "c.ckpt")
     assert unchanged()
 
     state["model_state"]["backbone.0.weight"] = torch.zeros(3, 1, 3, 3)  # a weight of another shape
-    torch.save(state, tmp_path / "changed.ckpt")
+    torch.save(resealed(state), tmp_path / "changed.ckpt")
     with pytest.raises(CheckpointError, match="does not fit this model"):
         load_experience_checkpoint(target, tmp_path / "changed.ckpt")
     assert unchanged()
@@ -248,7 +249,7 @@ def test_a_code_payload_in_the_runners_checkpoint_folder_runs_nothing(tmp_path):
     [
         (lambda s: s.pop("clock"), "incomplete or malformed \\(KeyError\\('clock'\\)\\)"),
         (lambda s: s["clock"].update(items=[]), "another training clock"),
-        (lambda s: s["rng"].pop("numpy"), "incomplete or malformed"),
+        (lambda s: s["rng"].pop("numpy"), "numpy's generator state is malformed \\(KeyError"),
         (
             lambda s: s["metrics"].__setitem__(0, {"__plain__": "object", "class": "subprocess:Popen", "state": {}}),
             "subprocess:Popen is not a class of Avalanche or piggyback_avalanche",
@@ -261,7 +262,7 @@ def test_an_internally_wrong_checkpoint_is_refused_before_anything_changes(
 ):
     path, state = _saved_state(three_task_stream, tmp_path)
     change(state)
-    torch.save(state, tmp_path / "wrong.ckpt")
+    torch.save(resealed(state), tmp_path / "wrong.ckpt")
     target = _strategy()
     unchanged = _unchanged(target)
     with pytest.raises(CheckpointError, match=message):

@@ -20,7 +20,7 @@ from piggyback_avalanche.methods.piggyback.layers import MaskedConv2d
 from piggyback_avalanche.methods.piggyback.masks import get_mask_kind
 from piggyback_avalanche.task_aware import TaskAwareModel, TaskAwareStrategy, TaskState, TaskWeightLayer
 from piggyback_avalanche.task_aware.task_layers import task_layer_types
-from piggyback_avalanche.task_aware.task_state import TaskTensorDict
+from piggyback_avalanche.task_aware.task_state import TaskTensorDict, TensorSpec
 from piggyback_avalanche.training import registry
 
 PACKAGE = Path(__file__).resolve().parents[1] / "piggyback_avalanche"
@@ -214,10 +214,10 @@ def test_a_new_method_needs_no_edit_in_metrics_task_files_or_the_runner():
         assert size.result()["bits_per_weight_per_task"] == 8 * 24 / 12 / 2
         model = strategy.model
         assert model.frozen_task_state_schema(0) == {
-            "backbone.0.frozen_scales.0": torch.float32,
-            "backbone.2.heads.0.weight": torch.float32,
-            "backbone.2.heads.0.bias": torch.float32,
-            "backbone.2.heads.0.inactive_units": torch.bool,
+            "backbone.0.frozen_scales.0": TensorSpec(torch.float32, (3, 1)),
+            "backbone.2.heads.0.weight": TensorSpec(torch.float32, ("classes", 3)),
+            "backbone.2.heads.0.bias": TensorSpec(torch.float32, ("classes",)),
+            "backbone.2.heads.0.inactive_units": TensorSpec(torch.bool, ("classes",)),
         }
         assert sorted(model.shared_state_keys()) == ["backbone.0.bias", "backbone.0.weight"]
     finally:

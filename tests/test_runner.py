@@ -56,9 +56,15 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
     assert logged[4:] == ["classifier_only, seed 0: training", "classifier_only, seed 1: training"]
     assert again["piggyback"]["runs"] == runs
 
+    # Other settings in the same folder: refused before any work, naming the
+    # setting; the folder's runs, tables and TensorBoard runs stay as they were.
     logged.clear()
-    run_benchmark(strategies=["naive"], **{**kwargs, "config": {**config, "lr": 2e-3}})
-    assert logged == ["naive, seed 0: training", "naive, seed 1: training"]  # settings changed
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="holds runs of other settings \\(config.lr: 0.001 there, 0.002 now\\)"):
+        run_benchmark(strategies=["naive"], **{**kwargs, "config": {**config, "lr": 2e-3}})
+    assert logged == [] and {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    saved = json.loads((tmp_path / "runs" / "naive" / "seed0.json").read_text())
+    assert saved["settings"]["lr"] == 1e-3 and saved["settings"]["seed"] == 0  # what the run was made with
 
 
 @pytest.mark.parametrize(
@@ -81,7 +87,7 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
         (["--check-targets", "missing.csv"], "--check-targets: .*No such file"),
         (["--strategies", "piggyback", "pnn"], "unknown strategies \\['pnn'\\]; choose from \\['agem'"),
         # No machine has 100 GPUs, so this holds with or without CUDA.
-        (["--device", "cuda:99"], "--device cuda:99: this machine has \\d+ CUDA device\\(s\\); use --device cpu"),
+        (["--device", "cuda:99"], "--device: cuda:99: this machine has \\d+ CUDA device\\(s\\); use --device cpu"),
         (["--device", "toaster"], "is not a device"),
         (["--epochs", "0"], "--epochs, --pretrain-epochs, --mb-size and --crop-size must be at least 1"),
         (["--config", "missing.json"], "missing.json: no such file, and no shipped preset"),
@@ -130,8 +136,8 @@ def test_streams_with_a_source_task_get_a_pretrained_cached_backbone(tmp_path):
         "classifier_only, seed 0: training",
         "pretraining mlp on the source task of mnist_transfer (1 epochs)",
     ]
-    (cached_file,) = (tmp_path / "pretrained").glob("mlp-source*-seed0-epochs1.pt")
-    cached = torch.load(cached_file, weights_only=True)
+    (cached_file,) = (tmp_path / "pretrained").glob("mlp-source*-seed0-epochs1-*.pt")
+    cached = torch.load(cached_file, weights_only=True)["state_dict"]
     torch.manual_seed(0)
     untrained = BACKBONES["mlp"]((1, 16, 16), False).state_dict()
     assert cached.keys() == untrained.keys()

@@ -54,8 +54,9 @@ def reference(tmp_path_factory):
     [
         ("train", 250),  # piggyback, seed 1, experience 1: resumes from its checkpoint
         ("checkpoint", 7),  # halfway through piggyback seed 1's second checkpoint
-        ("result", 2),  # halfway through piggyback seed 1's result file
-        ("result", 3),  # naive seed 0's result: naive is not checkpointed and starts over
+        # The runner's first write records the folder's settings (settings.json).
+        ("result", 3),  # halfway through piggyback seed 1's result file
+        ("result", 4),  # naive seed 0's result: naive is not checkpointed and starts over
     ],
 )
 def test_a_run_killed_at_any_point_completes_to_the_same_results(reference, tmp_path, point, nth):

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from conftest import same_state, stacked_inputs, state_copy, synthetic_tasks, tiny_conv_net
+from conftest import resealed, same_state, stacked_inputs, state_copy, synthetic_tasks, tiny_conv_net
 from torch import nn
 
 from piggyback_avalanche import Piggyback, PiggybackModel
@@ -45,7 +45,7 @@ def test_a_task_file_holds_coded_masks_norms_and_head_only(trained, tmp_path):
     _, model = trained
     model.save_task(tmp_path / "one.tasks", 1)
     payload = torch.load(tmp_path / "one.tasks", weights_only=True)
-    assert payload["version"] == 2 and payload["settings"]["threshold_fn"] == "binarizer"
+    assert payload["version"] == 3 and payload["settings"]["threshold_fn"] == "binarizer"
     entries = payload["tasks"][1]
     coded = {k: v for k, v in entries.items() if ".packed_masks." in k}
     assert all(is_coded(v) for v in coded.values())
@@ -86,7 +86,8 @@ def test_version_1_files_with_bit_packed_masks_still_load(trained, three_task_st
     model.save_tasks(tmp_path / "all.tasks")
     payload = torch.load(tmp_path / "all.tasks", weights_only=True)
     raw = {task: {k: model.state_dict()[k] for k in model.task_state_keys(task)} for task in payload["tasks"]}
-    torch.save({**payload, "version": 1, "tasks": raw}, tmp_path / "v1.tasks")
+    v1 = {k: v for k, v in payload.items() if k != "checksum"}
+    torch.save({**v1, "version": 1, "tasks": raw}, tmp_path / "v1.tasks")
     fresh = PiggybackModel(backbone)
     assert fresh.load_tasks(tmp_path / "v1.tasks") == [0, 1, 2]
     for task in range(3):
@@ -110,7 +111,7 @@ def test_loading_checks_everything_first_and_leaves_the_model_unchanged(trained,
     cases.append((garbage, {}, "truncated, corrupt or not a task file"))
     payload = torch.load(path, weights_only=True)
     for name, change, message in (
-        ("version", {"version": 3}, "of version 3; this version of piggyback-avalanche reads versions 1, 2"),
+        ("version", {"version": 4}, "of version 4; this version of piggyback-avalanche reads versions 1, 2, 3"),
         (
             "ternary",
             {"settings": {**payload["settings"], "threshold_fn": "ternarizer"}},
@@ -119,7 +120,7 @@ def test_loading_checks_everything_first_and_leaves_the_model_unchanged(trained,
         (
             "shape",
             {"tasks": {0: {**payload["tasks"][0], "backbone.3.packed_masks.0": torch.zeros(3, dtype=torch.uint8)}}},
-            "do not fit this model's layers",
+            "backbone.3.packed_masks.0: shape \\(3,\\), not \\(54,\\)",
         ),
         (
             "flipped",
@@ -127,7 +128,7 @@ def test_loading_checks_everything_first_and_leaves_the_model_unchanged(trained,
             "Task 0 in .* does not decode \\(backbone.8.packed_masks.0: .*the stream is corrupt\\)",
         ),
     ):
-        torch.save({**payload, **change}, tmp_path / f"{name}.tasks")
+        torch.save(resealed({**payload, **change}), tmp_path / f"{name}.tasks")
         cases.append((tmp_path / f"{name}.tasks", {}, message))
     cases.append((tmp_path / "missing.tasks", {}, "No task file at"))
     cases.append((path, {"tasks": [4]}, "has no task\\(s\\) \\[4\\]; it holds tasks \\[0, 1, 2\\]"))
@@ -247,7 +248,7 @@ def test_bad_labels_are_named_before_the_file_is_read(trained, tmp_path, call, m
         (lambda t: t.pop("backbone.1.tasks.1.running_var"), "does not hold what a frozen task"),
         (
             lambda t: t.update({"backbone.0.packed_masks.1": torch.ones(7)}),
-            "wrong type \\(backbone.0.packed_masks.1: torch.float32, not torch.uint8\\)",
+            "do not fit this model \\(backbone.0.packed_masks.1: torch.float32, not torch.uint8\\)",
         ),
         (
             lambda t: t.update({"backbone.10.heads.1.inactive_units": t["backbone.10.heads.1.inactive_units"].int()}),
@@ -260,7 +261,7 @@ def test_a_task_with_a_part_missing_or_of_the_wrong_type_is_refused(trained, tmp
     model.save_task(tmp_path / "one.tasks", 1)
     payload = torch.load(tmp_path / "one.tasks", weights_only=True)
     damage(payload["tasks"][1])
-    torch.save(payload, tmp_path / "damaged.tasks")
+    torch.save(resealed(payload), tmp_path / "damaged.tasks")
     fresh = PiggybackModel(backbone)
     state = state_copy(fresh)
     with pytest.raises(TaskFileError, match=message):

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import synthetic_tasks, tiny_conv_net
+from conftest import resealed, synthetic_tasks, tiny_conv_net
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
@@ -401,7 +401,7 @@ def test_a_task_file_with_part_of_the_backbones_statistics_is_refused_by_name(tm
     _learned_with_statistics(backbone, _class_incremental()).save_task(tmp_path / "one.pt", 1)
     payload = torch.load(tmp_path / "one.pt", weights_only=True)
     payload["tasks"][1].pop("backbone_feature_statistics.precisions.1")
-    torch.save(payload, tmp_path / "damaged.pt")
+    torch.save(resealed(payload), tmp_path / "damaged.pt")
     fresh = PiggybackModel(backbone, feature_statistics=True)
     with pytest.raises(
         TaskFileError, match=r"missing: \['backbone_feature_statistics.precisions.1'\]; unexpected: \[\]"

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import packnet_mlp_with_tasks, same_state, stacked_inputs, state_copy, tiny_conv_net
+from conftest import packnet_mlp_with_tasks, resealed, same_state, stacked_inputs, state_copy, tiny_conv_net
 
 from piggyback_avalanche import Piggyback, PiggybackModel
 from piggyback_avalanche.evaluation import default_evaluator
@@ -100,6 +100,11 @@ def test_tasks_frozen_after_attaching_are_appended(three_task_stream, tmp_path):
     assert not (tmp_path / "run.ckpt").exists()
 
 
+def _store_file(folder, task):
+    """The path of ``task``'s file, as the store's manifest names it."""
+    return folder / json.loads((folder / "store.json").read_text())["tasks"][str(task)]["file"]
+
+
 def test_a_damaged_or_foreign_store_is_refused_and_the_model_is_unchanged(trained_piggyback, tmp_path):
     backbone, _, model = trained_piggyback
     model.attach_task_store(tmp_path / "store")
@@ -112,6 +117,7 @@ def test_a_damaged_or_foreign_store_is_refused_and_the_model_is_unchanged(traine
         for path in store.iterdir():
             (folder / path.name).write_bytes(path.read_bytes())
         prepare(folder)
+        files = {p.name: p.read_bytes() for p in folder.iterdir()}
         target = PiggybackModel(backbone)
         target.add_task(7, classes=[0, 1])
         target.freeze_task(7)
@@ -119,16 +125,17 @@ def test_a_damaged_or_foreign_store_is_refused_and_the_model_is_unchanged(traine
         with pytest.raises(TaskStoreError, match=message):
             target.attach_task_store(folder)
         assert same_state(target, before) and target.tasks == [7] and target.task_store is None
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == files  # the store is as it was
 
     refused(
         "does not match its recorded SHA-256",
-        lambda f: (f / "task-1.tasks").write_bytes((f / "task-1.tasks").read_bytes()[:-50]),
+        lambda f: _store_file(f, 1).write_bytes(_store_file(f, 1).read_bytes()[:-50]),
     )
     refused(
         "does not match its recorded SHA-256",
-        lambda f: (f / "task-1.tasks").write_bytes((f / "task-2.tasks").read_bytes()),
+        lambda f: _store_file(f, 1).write_bytes(_store_file(f, 2).read_bytes()),
     )
-    refused("No task file at", lambda f: (f / "task-2.tasks").unlink())
+    refused("No task file at", lambda f: _store_file(f, 2).unlink())
     refused("Cannot read task store", lambda f: (f / "store.json").write_text("{not json"))
     refused("is not a piggyback-avalanche task store", lambda f: (f / "store.json").write_text("[]"))
     refused("of version 9", lambda f: (f / "store.json").write_text(json.dumps({**manifest, "version": 9})))
@@ -141,19 +148,27 @@ def test_a_damaged_or_foreign_store_is_refused_and_the_model_is_unchanged(traine
         lambda f: (f / "store.json").write_text(json.dumps({**manifest, "backbone_fingerprint": "0" * 64})),
     )
 
-    def corrupt_stream(folder):
-        # The file's bytes and the manifest agree, but a mask's coded stream is damaged.
-        payload = torch.load(folder / "task-1.tasks", weights_only=True)
-        entries = payload["tasks"][1]
-        key = next(k for k, v in entries.items() if isinstance(v, dict) and v["stream"].numel())
-        entries[key] = {**entries[key], "crc32": entries[key]["crc32"] + 1}
-        torch.save(payload, folder / "task-1.tasks")
-        data = (folder / "task-1.tasks").read_bytes()
+    def rewritten(folder, change):
+        # The file's bytes and the manifest agree (and so does the file's own
+        # checksum), but what it holds was changed: a crafted store.
+        path = _store_file(folder, 1)
+        payload = torch.load(path, weights_only=True)
+        change(payload["tasks"][1])
+        torch.save(resealed(payload), path)
+        data = path.read_bytes()
         listed = json.loads((folder / "store.json").read_text())
         listed["tasks"]["1"].update(sha256=hashlib.sha256(data).hexdigest(), file_bytes=len(data))
         (folder / "store.json").write_text(json.dumps(listed))
 
-    refused("Task 1 in .* does not decode .*CRC-32 does not match", corrupt_stream)
+    def corrupt_stream(entries):
+        key = next(k for k, v in entries.items() if isinstance(v, dict) and v["stream"].numel())
+        entries[key] = {**entries[key], "crc32": entries[key]["crc32"] + 1}
+
+    refused("Task 1 in .* does not decode .*CRC-32 does not match", lambda f: rewritten(f, corrupt_stream))
+    refused(
+        "backbone.10.heads.1.weight: shape \\(3, 17\\), not \\(classes, 16\\)",
+        lambda f: rewritten(f, lambda e: e.update({"backbone.10.heads.1.weight": torch.zeros(3, 17)})),
+    )
 
     other = tiny_conv_net()  # another backbone: its fingerprint differs
     target = PiggybackModel(other)
@@ -169,38 +184,24 @@ def test_a_damaged_or_foreign_store_is_refused_and_the_model_is_unchanged(traine
         PiggybackModel(backbone).attach_task_store(store / "store.json")
 
 
-def test_an_interrupted_append_leaves_every_earlier_task_bit_identical(trained_piggyback, three_task_stream, tmp_path):
-    backbone, _, model = trained_piggyback
-    expected = _logits(model, three_task_stream)
-    model.attach_task_store(tmp_path / "store")
-    store = tmp_path / "store"
-    files = {p.name: p.read_bytes() for p in store.iterdir()}
-    # What a process killed while appending task 3 leaves: its file half
-    # written (a partial file), or whole but not yet in the manifest.
-    (store / ".task-3.tasks.x1.partial").write_bytes(files["task-0.tasks"][:100])
-    (store / "task-3.tasks").write_bytes(files["task-0.tasks"])
-    fresh = PiggybackModel(backbone)
-    assert fresh.attach_task_store(store) == [0, 1, 2]
-    assert sorted(p.name for p in store.iterdir()) == ["store.json", "task-0.tasks", "task-1.tasks", "task-2.tasks"]
-    assert all((store / name).read_bytes() == data for name, data in files.items())
-    assert [torch.equal(a, b) for a, b in zip(_logits(fresh, three_task_stream), expected)] == [True] * 3
-
-
 KILLED_APPEND = """
 import os, signal, sys, torch
 sys.path.insert(0, {tests!r})
 from conftest import tiny_conv_net
 from piggyback_avalanche import PiggybackModel
-from piggyback_avalanche.methods.piggyback import task_store
+from piggyback_avalanche.methods.piggyback.task_store import TaskStore
 torch.manual_seed(0)
 model = PiggybackModel(tiny_conv_net())
 model.attach_task_store({store!r})
-real_write = task_store.write_atomically
-def write_then_die(path, write, **kwargs):
-    real_write(path, write, **kwargs)
-    if path.name == "task-3.tasks":  # the task file is written, the manifest not yet
+link = TaskStore._link_under_new_name
+def link_and_die(self, temporary, task):
+    if task == 3 and not {linked}:
         os.kill(os.getpid(), signal.SIGKILL)
-task_store.write_atomically = write_then_die
+    made = link(self, temporary, task)
+    if task == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return made
+TaskStore._link_under_new_name = link_and_die
 for task in range(5):
     model.add_task(task, classes=[0, 1])
     model.freeze_task(task)
@@ -208,19 +209,33 @@ for task in range(5):
 
 
 @pytest.mark.slow
-def test_a_process_killed_while_appending_loses_only_the_task_being_added(tmp_path):
+@pytest.mark.parametrize(
+    "linked",
+    [
+        True,  # task 3's file is written and linked under its name, the manifest not written yet
+        False,  # task 3's temporary file is written, not linked yet
+    ],
+)
+def test_a_process_killed_while_appending_loses_only_the_task_being_added(tmp_path, linked):
     store = tmp_path / "store"
-    script = KILLED_APPEND.format(tests=os.path.dirname(__file__), store=str(store))
+    script = KILLED_APPEND.format(tests=os.path.dirname(__file__), store=str(store), linked=linked)
+    user_file = store / ".notes.partial"
+    store.mkdir()
+    user_file.write_text("mine")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == -9, result.stderr
     assert TaskStore(store).tasks == [0, 1, 2]
+    leftovers = sorted(p.name for p in store.iterdir() if p.name.endswith(".piggyback-partial"))
+    assert len(leftovers) == 1  # task 3's temporary file
     torch.manual_seed(0)
     model = PiggybackModel(tiny_conv_net())
     assert model.attach_task_store(store) == [0, 1, 2]
-    assert not (store / "task-3.tasks").exists()  # the unlisted file is gone
-    model.add_task(3, classes=[0, 1])  # and the label is free again
-    model.freeze_task(3)
+    model.add_task(3, classes=[0, 1])  # the label is free again
+    model.freeze_task(3)  # the append, under the store's lock, removes what the killed one left
     assert TaskStore(store).tasks == [0, 1, 2, 3]
+    listed = {_store_file(store, t).name for t in range(4)}
+    assert sorted(p.name for p in store.iterdir()) == sorted([*listed, "store.json", ".notes.partial"])
+    assert user_file.read_text() == "mine"
 
 
 def test_task_inference_over_stored_tasks_equals_it_in_memory(trained_piggyback, three_task_stream, tmp_path):

@@ -54,7 +54,15 @@ from piggyback_avalanche.benchmarks.offline import (
 from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.evaluation.evaluator import default_evaluator
 from piggyback_avalanche.evaluation.model_size import ModelSize
-from piggyback_avalanche.files import remove_partial_files, write_atomically
+from piggyback_avalanche.files import (
+    FolderBusyError,
+    FolderLock,
+    check_checksum,
+    read_saved,
+    stale_partial_files,
+    with_checksum,
+    write_atomically,
+)
 from piggyback_avalanche.methods.packnet import DEFAULT_POST_PRUNE_EPOCHS, DEFAULT_PRUNE_RATIO
 from piggyback_avalanche.methods.packnet.model import check_prune_ratio
 from piggyback_avalanche.methods.piggyback import DEFAULT_MASK_LR
@@ -148,6 +156,10 @@ def pretrain(
     return backbone.cpu().eval()
 
 
+class _CorruptCache(ValueError):
+    """A cached pretrained backbone that is not what the runner wrote."""
+
+
 def _backbone(
     name: str,
     stream: str,
@@ -157,29 +169,64 @@ def _backbone(
     pretrained: bool,
     seed: int,
     cache_dir: Path,
-    pretrain_epochs: int,
-    lr: float,
-    mb_size: int,
-    device: str,
+    pretraining: Dict[str, Any],
     log: Callable[[str], None],
 ) -> nn.Module:
     """A fresh backbone: with published weights if ``pretrained``; else
     pretrained on the source task if the stream has one, from a cache under
-    ``cache_dir`` after the first time."""
+    ``cache_dir`` after the first time.
+
+    :param pretraining: ``epochs``, ``lr``, ``mb_size`` and ``device`` of
+        the pretraining; a cached backbone is reused only for the same ones,
+        and one that fails its checksum or holds non-finite values is
+        pretrained again.
+    """
     torch.manual_seed(seed)
     backbone = BACKBONES[name](input_shape, pretrained)
     if source is None or pretrained:
         return backbone
-    # Keyed by the source task itself, so streams that share it share the backbone.
+    # Keyed by the source task itself, so streams that share it share the
+    # backbone, and by every setting that changes what pretraining makes.
     source_key = hashlib.sha256(source[0].numpy().tobytes() + source[1].numpy().tobytes()).hexdigest()[:12]
-    path = cache_dir / f"{name}-source{source_key}-seed{seed}-epochs{pretrain_epochs}.pt"
+    settings = {**pretraining, "device": torch.device(pretraining["device"]).type, "seed": seed, "backbone": name}
+    path = cache_dir / f"{name}-source{source_key}-seed{seed}-epochs{pretraining['epochs']}-{_run_key(**settings)}.pt"
     if path.exists():
-        backbone.load_state_dict(torch.load(path, weights_only=True))
-        return backbone
-    log(f"pretraining {name} on the source task of {stream} ({pretrain_epochs} epochs)")
-    pretrain(backbone, source, epochs=pretrain_epochs, lr=lr, mb_size=mb_size, device=device, seed=seed)
-    write_atomically(path, lambda f: torch.save(backbone.state_dict(), f), binary=True)
+        try:
+            backbone.load_state_dict(_read_cached_backbone(path, settings))
+            return backbone
+        except _CorruptCache as error:
+            log(f"{error}; pretraining again")
+    log(f"pretraining {name} on the source task of {stream} ({pretraining['epochs']} epochs)")
+    pretrain(
+        backbone,
+        source,
+        epochs=pretraining["epochs"],
+        lr=pretraining["lr"],
+        mb_size=pretraining["mb_size"],
+        device=pretraining["device"],
+        seed=seed,
+    )
+    cached = with_checksum({"settings": settings, "state_dict": dict(backbone.state_dict())})
+    write_atomically(path, lambda f: torch.save(cached, f), binary=True)
     return backbone
+
+
+def _read_cached_backbone(path: Path, settings: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """A cached backbone's weights, whole, finite and made with ``settings``.
+
+    :raises _CorruptCache: naming what is wrong.
+    """
+    remedy = "The runner pretrains it again."
+    cached = read_saved(path, weights_only=True, error=_CorruptCache, what="cached backbone", remedy=remedy)
+    if not isinstance(cached, dict) or not isinstance(cached.get("state_dict"), dict):
+        raise _CorruptCache(f"The cached backbone {path} is not one the runner wrote")
+    check_checksum(cached, error=_CorruptCache, what="cached backbone", path=path, remedy=remedy)
+    if cached.get("settings") != settings:
+        raise _CorruptCache(f"The cached backbone {path} was pretrained with other settings")
+    state = cached["state_dict"]
+    if not all(isinstance(t, torch.Tensor) and bool(torch.isfinite(t).all()) for t in state.values()):
+        raise _CorruptCache(f"The cached backbone {path} holds values that are not finite")
+    return state
 
 
 def train_and_evaluate(
@@ -329,6 +376,12 @@ def run_benchmark(
     ``out_dir/runs`` with the same settings, and write the results tables
     (:mod:`~piggyback_avalanche.app.report`) and plots.
 
+    One output folder holds runs of one configuration: the settings every
+    run shares are recorded in ``out_dir/settings.json`` by the first call,
+    and a later call with others is refused (adding strategies or seeds is
+    not another configuration). One runner at a time writes to a folder
+    (an OS lock on it); a finished run is never overwritten.
+
     :param stream: a key of :data:`STREAMS`.
     :param backbone: a key of :data:`~piggyback_avalanche.app.backbones.BACKBONES`.
     :param config: Avalanche and strategy arguments for every strategy
@@ -344,81 +397,227 @@ def run_benchmark(
     :param scenario: one of :data:`SCENARIOS`; streams without task labels
         (:data:`CLASS_INCREMENTAL_STREAMS`) need ``"class_incremental"``.
     :return: ``{strategy: {"runs": [result per seed], "summary": {...}}}``.
-    :raises ValueError: for a scenario the stream or a strategy cannot run,
-        before any training.
+    :raises ValueError: before any training: for a scenario the stream or a
+        strategy cannot run, an output folder that holds runs of other
+        settings, lies below a file or is in use by another runner.
     :raises DatasetUnavailableError: if the stream's data is missing and
         cannot be downloaded.
     :raises WeightsUnavailableError: likewise for pretrained weights.
     """
     check_scenario(scenario, stream, [parse_strategy(spec)[0] for spec in strategies])
-    removed = remove_partial_files(out_dir)
+    out_settings = {
+        "stream": stream,
+        "backbone": backbone,
+        "scenario": scenario,
+        "pretrained": pretrained,
+        "pretrain_epochs": pretrain_epochs,
+        "crop_size": crop_size if stream == "fine_grained" else None,
+        "config": config,
+    }
+    _check_out_folder(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with FolderLock(out_dir, what="output folder", wait_seconds=0):
+            return _run_locked(
+                out_dir, out_settings, strategies, seeds, data_root=data_root, crop_size=crop_size, log=log
+            )
+    except FolderBusyError as error:
+        raise ValueError(f"{error.strerror} (another piggyback-bench is running on --out {out_dir})") from None
+
+
+_OUT_SETTINGS = "settings.json"
+"""The file in an output folder that records the settings its runs share."""
+
+_RUNNER_FOLDERS = ("runs", "checkpoints", "pretrained", "plots")
+"""The runner's own subfolders of an output folder, where its writers leave
+temporary files if killed (TensorBoard's folder holds the event writer's
+files, which are never temporary)."""
+
+
+def _check_out_settings(out_dir: Path, settings: Dict[str, Any]) -> None:
+    """Record the settings every run in ``out_dir`` shares, or refuse
+    settings other than those recorded, naming each difference: one output
+    folder, one configuration, never two mixed in its tables and TensorBoard
+    runs."""
+    path = out_dir / _OUT_SETTINGS
+    current = json.loads(json.dumps(settings, default=str))  # as JSON keeps it (tuples become lists)
+    if path.exists():
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(
+                f"{path} is unreadable ({error}); delete it (the runs stay) or give another --out."
+            ) from None
+        if recorded != current:
+            flat_recorded, flat_current = _flatten(recorded), _flatten(current)
+            differences = ", ".join(
+                f"{k}: {flat_recorded.get(k, 'unset')!r} there, {flat_current.get(k, 'unset')!r} now"
+                for k in sorted(set(flat_recorded) | set(flat_current))
+                if flat_recorded.get(k) != flat_current.get(k)
+            )
+            raise ValueError(
+                f"--out {out_dir} holds runs of other settings ({differences}); give another --out for these "
+                "settings, or run with the recorded ones."
+            )
+        return
+    _write_json(path, current)
+
+
+def _flatten(settings: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(settings, dict):
+        return {prefix.rstrip("."): settings}
+    return {k: v for key, value in settings.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+
+
+def _remove_leftovers(out_dir: Path) -> int:
+    """Remove the temporary files that killed writers left in the runner's
+    own folders; the output folder's lock, held, proves none is being
+    written.
+
+    :return: how many were removed.
+    """
+    folders = [out_dir]
+    for name in _RUNNER_FOLDERS:
+        below = out_dir / name
+        if below.is_dir() and not below.is_symlink():
+            folders += [below, *(p for p in below.rglob("*") if p.is_dir() and not p.is_symlink())]
+    removed = [path for folder in folders for path in stale_partial_files(folder)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return len(removed)
+
+
+def _check_out_folder(out_dir: Path) -> None:
+    """Refuse an output folder that is, or lies below, something other than
+    a folder, before anything is made."""
+    for path in (out_dir, *out_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out_dir else f"lies below {path}, which is a file"
+                raise ValueError(f"--out {out_dir} {where}; give a folder (it is created if missing)")
+            return
+
+
+def _run_locked(
+    out_dir: Path,
+    out_settings: Dict[str, Any],
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    data_root: Optional[Path],
+    crop_size: int,
+    log: Callable[[str], None],
+) -> Dict[str, Dict[str, Any]]:
+    """:func:`run_benchmark` while it holds the output folder's lock."""
+    stream, pretrained = out_settings["stream"], out_settings["pretrained"]
+    built = {seed: STREAMS[stream](seed=seed, data_root=data_root, crop_size=crop_size) for seed in seeds}
+    pretrains = built[seeds[0]][0] is not None and not pretrained  # every seed's stream has a source, or none
+    out_settings = {**out_settings, "pretrain_epochs": out_settings["pretrain_epochs"] if pretrains else None}
+    _check_out_settings(out_dir, out_settings)
+    removed = _remove_leftovers(out_dir)
     if removed:
-        log(f"removed {len(removed)} partial file(s) that an interrupted run left in {out_dir}")
-    results: Dict[str, Dict[str, Any]] = {}
-    built: Dict[int, Tuple[Optional[SourceTask], Any]] = {}
+        log(f"removed {removed} partial file(s) that an interrupted run left in {out_dir}")
+    backbone, config, scenario = out_settings["backbone"], out_settings["config"], out_settings["scenario"]
+    pretraining = {
+        "epochs": out_settings["pretrain_epochs"],
+        "lr": config.get("lr", DEFAULT_LR),
+        "mb_size": config.get("train_mb_size", DEFAULT_TRAIN_MB_SIZE),
+        "device": config.get("device", "cpu"),
+    }
+    # Every run's key and saved result first: a finished run of other
+    # settings is refused before any work, never overwritten.
+    planned = []
     for spec in strategies:
         name, variant = parse_strategy(spec)
-        runs = []
         for seed in seeds:
-            if seed not in built:
-                built[seed] = STREAMS[stream](seed=seed, data_root=data_root, crop_size=crop_size)
-            source, benchmark = built[seed]
-            pretrains = source is not None and not pretrained
-            settings = strategy_settings(name, config, untrained_backbone=source is None and not pretrained)
+            untrained = built[seed][0] is None and not pretrained
+            settings = strategy_settings(name, config, untrained_backbone=untrained)
             if scenario == "class_incremental":
                 settings.update(registered_strategy(name).class_incremental_settings or {})
             settings.update(variant)
-            key = _run_key(
-                stream=stream,
-                backbone=backbone,
-                strategy=spec,
-                seed=seed,
-                pretrained=pretrained,
-                pretrain_epochs=pretrain_epochs if pretrains else 0,
-                crop_size=crop_size if stream == "fine_grained" else None,
+            run_settings = {
+                **{k: v for k, v in out_settings.items() if k != "config"},
+                "strategy": spec,
+                "seed": seed,
+                # What the backbone was pretrained with, for streams with a source task.
+                "pretraining": pretraining if pretrains else None,
                 **settings,
-            )
+            }
+            key = _run_key(**run_settings)
             path = out_dir / "runs" / spec / f"seed{seed}.json"
             saved = _read_result(path)
-            if saved.get("key") == key:
-                log(f"{spec}, seed {seed}: already done ({path})")
-                runs.append(saved["result"])
-                continue
-            log(f"{spec}, seed {seed}: training")
-            network = _backbone(
-                backbone,
-                stream,
-                source,
-                benchmark.train_stream[0].dataset[0][0].shape,
-                pretrained=pretrained,
-                seed=seed,
-                cache_dir=out_dir / "pretrained",
-                pretrain_epochs=pretrain_epochs,
-                lr=config.get("lr", DEFAULT_LR),
-                mb_size=config.get("train_mb_size", DEFAULT_TRAIN_MB_SIZE),
-                device=config.get("device", "cpu"),
-                log=log,
-            )
-            torch.manual_seed(seed)
-            checkpoint = out_dir / "checkpoints" / spec / f"seed{seed}-{key}.ckpt"
-            result = train_and_evaluate(
-                name,
-                benchmark,
-                network,
-                log_dir=out_dir / "tensorboard" / spec / f"seed{seed}",
-                progress=f"{spec}, seed {seed}",
-                checkpoint=checkpoint,
-                **settings,
-            )
-            _write_json(path, {"key": key, "result": result})
-            checkpoint.unlink(missing_ok=True)  # the result file is the record now
-            runs.append(result)
-        results[spec] = {"runs": runs, "summary": summarize(runs)}
+            if saved and saved.get("key") != key:
+                raise ValueError(
+                    f"{path} holds a finished run of {spec}, seed {seed} with other settings (an earlier version "
+                    "of the package, or a file from elsewhere); it is never overwritten. Delete it to run it "
+                    "again, or give another --out."
+                )
+            planned.append((spec, name, seed, settings, run_settings, key, path, saved))
+    results: Dict[str, Dict[str, Any]] = {spec: {"runs": []} for spec in strategies}
+    for spec, name, seed, settings, run_settings, key, path, saved in planned:
+        runs = results[spec]["runs"]
+        if saved:
+            log(f"{spec}, seed {seed}: already done ({path})")
+            runs.append(saved["result"])
+            continue
+        source, benchmark = built[seed]
+        log(f"{spec}, seed {seed}: training")
+        network = _backbone(
+            backbone,
+            stream,
+            source,
+            benchmark.train_stream[0].dataset[0][0].shape,
+            pretrained=pretrained,
+            seed=seed,
+            cache_dir=out_dir / "pretrained",
+            pretraining=pretraining,
+            log=log,
+        )
+        torch.manual_seed(seed)
+        checkpoint = out_dir / "checkpoints" / spec / f"seed{seed}-{key}.ckpt"
+        result = train_and_evaluate(
+            name,
+            benchmark,
+            network,
+            log_dir=out_dir / "tensorboard" / spec / f"seed{seed}",
+            progress=f"{spec}, seed {seed}",
+            checkpoint=checkpoint,
+            **settings,
+        )
+        _write_json(path, {"key": key, "settings": run_settings, "result": result})
+        checkpoint.unlink(missing_ok=True)  # the result file is the record now
+        runs.append(result)
+    for spec in strategies:
+        results[spec]["summary"] = summarize(results[spec]["runs"])
     extra = published_comparison(results, backbone=backbone) if stream == "fine_grained" else ""
     write_tables(results, out_dir, extra=extra)
     write_plots(results, out_dir / "plots")
     write_comparison_to_tensorboard(results, out_dir / "tensorboard" / "accuracy_vs_bytes")
     return results
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+"""The device types a run can train on."""
+
+
+def check_device(device: Any) -> None:
+    """Refuse a device that is not one of :data:`DEVICE_TYPES` or that this
+    machine does not have, naming what it has.
+
+    :raises ValueError: naming the device and the fix.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"{device!r} is not a device: {error}") from None
+    if parsed.type not in DEVICE_TYPES:
+        raise ValueError(f"{device}: runs train on {', '.join(DEVICE_TYPES)}, not {parsed.type}; use --device cpu")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= count:
+            raise ValueError(f"{device}: this machine has {count} CUDA device(s); use --device cpu")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{device}: this machine has no MPS device; use --device cpu")
 
 
 def parse_strategy(spec: str) -> Tuple[str, Dict[str, Any]]:
@@ -431,6 +630,11 @@ def parse_strategy(spec: str) -> Tuple[str, Dict[str, Any]]:
     match = re.fullmatch(r"([A-Za-z0-9_]+)(?:\[([^\[\]]*)\])?", spec)
     if match is None:
         raise ValueError(f"{spec!r} is not a strategy name, or name[key=value,...]")
+    if re.search(r"[/\\\x00]", spec) or len(spec.encode()) > 200:
+        # The spec names the run's folders under --out.
+        raise ValueError(
+            f"{spec!r}: a strategy's settings name its folders, so they hold no '/', '\\' or NUL and stay under 200 bytes"
+        )
     settings: Dict[str, Any] = {}
     for item in filter(None, (match.group(2) or "").split(",")):
         key, equals, text = item.partition("=")
@@ -630,14 +834,15 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         accepted = registered_strategy(name).accepted(variant)
         if accepted != variant:
             parser.error(f"--strategies {spec}: {name} takes no setting {sorted(set(variant) - set(accepted))}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        parser.error(f"--device {args.device!r} is not a device: {error}")
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= count:
-            parser.error(f"--device {args.device}: this machine has {count} CUDA device(s); use --device cpu")
+    for flag, device in [("--device", args.device)] + [
+        (f"--strategies {spec}", variant["device"])
+        for spec, (_, variant) in zip(args.strategies, parsed)
+        if "device" in variant
+    ]:
+        try:
+            check_device(device)
+        except ValueError as error:
+            parser.error(f"{flag}: {error}")
     if min(args.epochs, args.mb_size, args.pretrain_epochs, args.crop_size) < 1:
         parser.error("--epochs, --pretrain-epochs, --mb-size and --crop-size must be at least 1")
     rates = {"--lr": args.lr, "--mask-lr": args.mask_lr, "--post-prune-lr": args.post_prune_lr}
@@ -653,8 +858,12 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error(f"--prune-ratio: {error}")
     if args.post_prune_epochs < 0 or any(e < 1 for e in args.lr_decay_epochs):
         parser.error("--post-prune-epochs must be at least 0 and every --lr-decay-epochs value at least 1")
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} is a file; give a folder (it is created if missing)")
+    try:
+        _check_out_folder(args.out)
+    except ValueError as error:
+        parser.error(str(error))
+    if min(args.seeds) < 0:
+        parser.error(f"--seeds {args.seeds}: a seed is a non-negative int")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds {args.seeds} repeats a seed; give each seed once")
     if args.data_root is not None and not args.data_root.is_dir():

@@ -27,12 +27,13 @@ from piggyback_avalanche.task_aware.task_inference import InferredTasks, TaskInf
 from piggyback_avalanche.task_aware.task_layers import SUPPORTED_LAYER_TYPES, TaskWeightLayer, task_layer_types
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
 from piggyback_avalanche.task_aware.task_scores import TASK_SCORES, TaskScore
-from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, TaskTensorDict, task_key
+from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, TaskTensorDict, TensorSpec, task_key
 
 __all__ = [
     "TaskState",
     "TaskTensorDict",
     "TaskModule",
+    "TensorSpec",
     "task_key",
     "TaskWeightLayer",
     "task_layer_types",

@@ -21,7 +21,7 @@ corrupt.
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 import constriction
 import numpy as np
@@ -221,11 +221,25 @@ def encode_state(state: Mapping[str, Any], layouts: Mapping[str, CodeLayout]) ->
     return {key: encode_codes(value, layouts[key]) if key in layouts else value for key, value in state.items()}
 
 
-def decode_state(state: Mapping[str, Any]) -> Dict[str, Any]:
+def decode_state(state: Mapping[str, Any], *, largest: Optional[CodeLayout] = None) -> Dict[str, Any]:
     """``state`` with every coded tensor decoded to its packed codes.
 
-    :raises CodingError: naming the first key that does not decode.
+    :param largest: the most codes and rows a coded tensor may declare
+        (what the largest layer of the model that reads them has), checked
+        for every tensor before any is decoded, so that a small file cannot
+        make decoding allocate or loop beyond what the model needs.
+    :raises CodingError: naming the first key that does not decode or
+        declares more than ``largest``.
     """
+    if largest is not None:
+        for key, value in state.items():
+            if is_coded(value):
+                layout = coded_layout(value)
+                if layout.numel > largest.numel or layout.rows > largest.rows:
+                    raise CodingError(
+                        f"{key}: declares {layout.numel} codes in {layout.rows} rows, more than the model's largest "
+                        f"layer holds ({largest.numel} in {largest.rows})"
+                    )
     decoded = {}
     for key, value in state.items():
         if is_coded(value):

@@ -27,6 +27,7 @@ from piggyback_avalanche.task_aware.task_state import (
     TaskModule,
     TaskState,
     TaskTensorDict,
+    TensorSpec,
     VersionedCache,
     task_keys_below,
 )
@@ -253,9 +254,11 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
     def task_state_keys(self, task: str) -> List[str]:
         return [f"{name}.{task}" for name in self._names if task in getattr(self, name)]
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, torch.dtype]:
+    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
         dtype = self._placement.dtype
-        return {f"{name}.{task}": dtype for name in self._names}
+        # The class means: one row per class of the task, a number the task chooses.
+        shapes = {name: getattr(self, name).shape or ("task classes", self.features) for name in self._names}
+        return {f"{name}.{task}": TensorSpec(dtype, shapes[name]) for name in self._names}
 
     def plain_bytes(self, task: str) -> int:
         return 0  # a network of its own needs no task inference

@@ -28,7 +28,13 @@ from piggyback_avalanche.task_aware.task_heads import TaskHeads
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
 from piggyback_avalanche.task_aware.task_scores import TaskScore
-from piggyback_avalanche.task_aware.task_state import StackingUnsupportedError, TaskModule, TaskState, task_key
+from piggyback_avalanche.task_aware.task_state import (
+    StackingUnsupportedError,
+    TaskModule,
+    TaskState,
+    TensorSpec,
+    task_key,
+)
 
 __all__ = ["MultiHeadModel", "TaskAwareModel", "SettingFreeModel", "SHARED_EMBEDDINGS"]
 
@@ -327,14 +333,14 @@ class MultiHeadModel(MultiTaskModule):
         key = task_key(task)
         return [prefix + k for prefix, module in self._named_task_modules() for k in module.task_state_keys(key)]
 
-    def frozen_task_state_schema(self, task: int) -> Dict[str, torch.dtype]:
+    def frozen_task_state_schema(self, task: int) -> Dict[str, TensorSpec]:
         """The state-dict keys that a frozen ``task`` holds (whether or not
-        the model has it), with their dtypes, in a fixed order."""
+        the model has it), with what each tensor must be, in a fixed order."""
         key = task_key(task)
         return {
-            prefix + k: dtype
+            prefix + k: spec
             for prefix, module in self._named_task_modules()
-            for k, dtype in module.frozen_task_state_schema(key).items()
+            for k, spec in module.frozen_task_state_schema(key).items()
         }
 
     def optional_task_state_keys(self, task: int) -> List[str]:

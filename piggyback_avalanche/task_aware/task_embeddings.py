@@ -13,7 +13,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, TaskTensorDict, add_loaded_tasks
+from piggyback_avalanche.task_aware.task_state import (
+    TaskModule,
+    TaskState,
+    TaskTensorDict,
+    TensorSpec,
+    add_loaded_tasks,
+)
 
 __all__ = ["TaskEmbedding", "FixedEmbedding", "give_tasks_their_own"]
 
@@ -81,8 +87,8 @@ class TaskEmbedding(TaskModule, nn.Module):
     def task_state_keys(self, task: str) -> List[str]:
         return [f"{name}.{task}" for name, store in self._stores().items() if task in store]
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, torch.dtype]:
-        return {f"frozen.{task}": self._original.dtype}
+    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
+        return {f"frozen.{task}": TensorSpec(self._original.dtype, self.shape)}
 
     def plain_bytes(self, task: str) -> int:
         return self._original.nbytes

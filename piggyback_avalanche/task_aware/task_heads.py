@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from piggyback_avalanche.task_aware.task_state import (
     TaskModule,
     TaskState,
+    TensorSpec,
     VersionedCache,
     stacked_width,
     task_keys_below,
@@ -107,11 +108,13 @@ class TaskHeads(TaskModule, nn.Module):
     def task_state_keys(self, task: str) -> List[str]:
         return [f"heads.{task}.{k}" for k in self.heads[task].state_dict()] if task in self.heads else []
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, torch.dtype]:
-        schema = {f"heads.{task}.weight": self._placement.dtype}
+    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
+        # One output per class label up to the largest: a size the task chooses.
+        dtype = self._placement.dtype
+        schema = {f"heads.{task}.weight": TensorSpec(dtype, ("classes", self.in_features))}
         if self.bias:
-            schema[f"heads.{task}.bias"] = self._placement.dtype
-        schema[f"heads.{task}.inactive_units"] = torch.bool
+            schema[f"heads.{task}.bias"] = TensorSpec(dtype, ("classes",))
+        schema[f"heads.{task}.inactive_units"] = TensorSpec(torch.bool, ("classes",))
         return schema
 
     def plain_bytes(self, task: str) -> int:

@@ -19,6 +19,7 @@ from piggyback_avalanche.task_aware.task_state import (
     TaskModule,
     TaskState,
     TaskTensorDict,
+    TensorSpec,
     VersionedCache,
     add_loaded_tasks,
     stacked_width,
@@ -226,9 +227,9 @@ class TaskWeightLayer(TaskModule, nn.Module):
     def task_state_keys(self, task: str) -> List[str]:
         return [f"{name}.{task}" for name, store in self._stores().items() if task in store]
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, torch.dtype]:
+    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
         return {
-            f"{name}.{task}": store.dtype or self.weight.dtype
+            f"{name}.{task}": TensorSpec(store.dtype or self.weight.dtype, store.shape)
             for name, store in self._stores().items()
             if store.holds == "frozen"
         }

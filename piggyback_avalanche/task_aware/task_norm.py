@@ -12,6 +12,7 @@ from piggyback_avalanche.task_aware.task_state import (
     StackingUnsupportedError,
     TaskModule,
     TaskState,
+    TensorSpec,
     stacked_width,
     task_keys_below,
 )
@@ -83,10 +84,13 @@ class TaskNorm(TaskModule, nn.Module):
     def task_state_keys(self, task: str) -> List[str]:
         return [f"tasks.{task}.{k}" for k in self.tasks[task].state_dict()] if task in self.tasks else []
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, torch.dtype]:
+    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
         if not self.per_task:
             return {}
-        return {f"tasks.{task}.{k}": v.dtype for k, v in self.base.state_dict().items()}
+        return {
+            f"tasks.{task}.{k}": TensorSpec(v.dtype, tuple(v.shape), non_negative=k == "running_var")
+            for k, v in self.base.state_dict().items()
+        }
 
     def template_state_keys(self) -> List[str]:
         return [f"base.{k}" for k in self.base.state_dict()] if self.per_task else []

@@ -8,6 +8,7 @@ the keys under which their tensors appear in the state dict.
 
 import operator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Protocol, Sequence, Set, Tuple, Union
 
@@ -21,6 +22,7 @@ __all__ = [
     "TaskState",
     "TaskTensorDict",
     "TaskModule",
+    "TensorSpec",
     "StackingUnsupportedError",
     "StoredParts",
     "VersionedCache",
@@ -238,6 +240,47 @@ def add_loaded_tasks(
 TaskRole = Literal["learning", "frozen"]
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    """What one tensor of a frozen task must be, so that a file can be
+    checked against the model before anything is allocated or changed.
+
+    :param dtype: its dtype.
+    :param shape: its sizes; an ``int`` is fixed by the model, a ``str``
+        names a size the task chooses (the number of its classes), the same
+        wherever the name recurs in the task; ``None``: any shape.
+    :param non_negative: every value is at least 0 (a variance).
+    """
+
+    dtype: torch.dtype
+    shape: Optional[Tuple[Union[int, str], ...]]
+    non_negative: bool = False
+
+    def problem(self, tensor: Any, sizes: Dict[str, int]) -> Optional[str]:
+        """What is wrong with ``tensor`` (``None`` if nothing), given the
+        named ``sizes`` seen so far in its task (updated with its own)."""
+        if not isinstance(tensor, Tensor):
+            return f"a {type(tensor).__name__}, not a tensor"
+        if tensor.dtype != self.dtype:
+            return f"{tensor.dtype}, not {self.dtype}"
+        if self.shape is not None:
+            expected = tuple(sizes.get(d, d) if isinstance(d, str) else d for d in self.shape)
+            shown = str(tuple(expected)).replace("'", "")
+            if tensor.dim() != len(self.shape) or any(
+                isinstance(e, int) and e != n for e, n in zip(expected, tensor.shape)
+            ):
+                return f"shape {tuple(tensor.shape)}, not {shown}"
+            for name, size in zip(self.shape, tensor.shape):
+                if isinstance(name, str):
+                    sizes[name] = int(size)
+        if tensor.dtype.is_floating_point or tensor.dtype.is_complex:
+            if not bool(torch.isfinite(tensor).all()):
+                return "values that are not finite (NaN or infinite)"
+            if self.non_negative and bool((tensor < 0).any()):
+                return "negative values where every value is at least 0"
+        return None
+
+
 class TaskTensorDict(nn.Module):
     """One tensor per task, held as parameters (trainable) or as buffers.
 
@@ -343,10 +386,10 @@ class TaskModule:
         module keeps nothing of its own for it)."""
         raise NotImplementedError
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, torch.dtype]:
-        """The state-dict keys a frozen ``task`` holds here, with their
-        dtypes, whether or not the module has it: what a task file must give
-        for it, in a fixed order."""
+    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
+        """The state-dict keys a frozen ``task`` holds here, with what each
+        tensor must be, whether or not the module has the task: what a task
+        file must give for it, in a fixed order."""
         raise NotImplementedError
 
     def code_layouts(self) -> Dict[str, CodeLayout]:

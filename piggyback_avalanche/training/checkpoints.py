@@ -18,13 +18,22 @@ experience and ends with the same metrics as an uninterrupted run.
         save_experience_checkpoint(strategy, "run.ckpt", next_experience=i + 1)
 """
 
+import random
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Set, Union
 
+import numpy as np
 import torch
+from torch import nn
 
-from piggyback_avalanche.files import read_saved, refuse_unless_loadable, write_atomically
-from piggyback_avalanche.task_aware.entropy_coding import CodingError, decode_state, encode_state
+from piggyback_avalanche.files import (
+    check_checksum,
+    read_saved,
+    refuse_unless_loadable,
+    with_checksum,
+    write_atomically,
+)
+from piggyback_avalanche.task_aware.entropy_coding import CodeLayout, CodingError, decode_state, encode_state
 from piggyback_avalanche.task_aware.restore_point import capture_rng, restore_rng
 from piggyback_avalanche.task_aware.strategy import TaskAwareStrategy
 from piggyback_avalanche.training.plain_state import PlainStateError, from_plain, to_plain
@@ -37,9 +46,9 @@ __all__ = [
     "load_experience_checkpoint",
 ]
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 """Version of the checkpoint layout; loading refuses other versions (1:
-pickled metric state, no longer read)."""
+pickled metric state; 2: no checksum; neither is read any more)."""
 
 PathLike = Union[str, Path]
 
@@ -71,10 +80,57 @@ def _rng_state() -> Dict[str, Any]:
     return {**state, "numpy": numpy_state, "python": to_plain(state["python"])}
 
 
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    name, keys, position, has_gauss, gauss = state["numpy"]
-    numpy_state = (name, keys.numpy(), position, has_gauss, gauss)
-    restore_rng({**state, "numpy": numpy_state, "python": from_plain(state["python"])})
+def _decode_rng_state(state: Any, path: Path) -> Dict[str, Any]:
+    """A checkpoint's generator states, as :func:`restore_rng` takes them,
+    each tried on a generator of its own first: a malformed one is refused
+    before anything changes.
+
+    :raises CheckpointError: naming the generator whose state is malformed.
+    """
+
+    def malformed(what: str, error: Any = None) -> CheckpointError:
+        cause = f" ({type(error).__name__}: {error})" if error is not None else ""
+        return CheckpointError(f"Checkpoint {path}: {what} is malformed{cause}; delete it to start over.")
+
+    if not isinstance(state, dict):
+        raise malformed("the random generators' state")
+    try:
+        torch.Generator().set_state(state["torch"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        raise malformed("torch's generator state", error) from None
+    cuda = state.get("cuda")
+    if not isinstance(cuda, list) or not all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in cuda):
+        raise malformed("the CUDA generators' state")
+    try:
+        name, keys, position, has_gauss, gauss = state["numpy"]
+        numpy_state = (name, keys.numpy(), position, has_gauss, gauss)
+        np.random.RandomState().set_state(numpy_state)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise malformed("numpy's generator state", error) from None
+    try:
+        python_state = from_plain(state["python"])
+        random.Random().setstate(python_state)
+    except (KeyError, TypeError, ValueError, PlainStateError) as error:
+        raise malformed("Python's generator state", error) from None
+    return {"torch": state["torch"], "cuda": cuda, "numpy": numpy_state, "python": python_state}
+
+
+def _non_finite(state: Dict[str, Any]) -> list:
+    """The keys of ``state``'s floating-point tensors that hold NaN or infinite values."""
+    return [
+        key
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def _largest_layout(model: nn.Module) -> CodeLayout:
+    """The most codes (and rows) any tensor of ``model`` could be coded in:
+    a mask or owner code per weight of its largest tensor."""
+    tensors = [t for t in model.state_dict().values() if t.dim()]
+    return CodeLayout(
+        numel=max((t.numel() for t in tensors), default=0), bits=1, rows=max((t.shape[0] for t in tensors), default=1)
+    )
 
 
 def _stateful_loggers(strategy: Any) -> list:
@@ -103,6 +159,12 @@ def save_experience_checkpoint(strategy: Any, path: PathLike, *, next_experience
             f"Tasks {strategy.model.learning_tasks} are still being learned; save a checkpoint "
             "between experiences, after train() has returned."
         )
+    non_finite = _non_finite(strategy.model.state_dict())
+    if non_finite:
+        raise CheckpointError(
+            f"The model holds values that are not finite (NaN or infinite) in {non_finite[:5]}: its training "
+            "diverged, and a checkpoint of it could not be resumed. Nothing was written."
+        )
     stored = sorted(int(t) for t in strategy.model.task_state.stored_tasks)
     if stored:
         raise CheckpointError(
@@ -120,18 +182,20 @@ def save_experience_checkpoint(strategy: Any, path: PathLike, *, next_experience
         }
     except PlainStateError as error:
         raise CheckpointError(f"Cannot checkpoint this evaluator's state: {error}.") from error
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "strategy": type(strategy).__name__,
-        "model": type(strategy.model).__name__,
-        "settings": {"strategy": strategy.settings(), "model": strategy.model.settings()},
-        "metric_names": [type(m).__name__ for m in evaluator.metrics],
-        "next_experience": int(next_experience),
-        # Masks and owners entropy-coded, as in task files.
-        "model_state": encode_state(strategy.model.state_dict(), strategy.model.code_layouts()),
-        **plain,
-        "rng": _rng_state(),
-    }
+    state = with_checksum(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "strategy": type(strategy).__name__,
+            "model": type(strategy.model).__name__,
+            "settings": {"strategy": strategy.settings(), "model": strategy.model.settings()},
+            "metric_names": [type(m).__name__ for m in evaluator.metrics],
+            "next_experience": int(next_experience),
+            # Masks and owners entropy-coded, as in task files.
+            "model_state": encode_state(strategy.model.state_dict(), strategy.model.code_layouts()),
+            **plain,
+            "rng": _rng_state(),
+        }
+    )
     write_atomically(path, lambda file: torch.save(state, file), binary=True)
 
 
@@ -180,9 +244,10 @@ def load_experience_checkpoint(
             f"Checkpoint {path} has format {found!r}; this version reads format {CHECKPOINT_FORMAT}. "
             "Delete it to start over."
         )
+    check_checksum(state, error=CheckpointError, what="checkpoint", path=path, remedy="Delete it to start over.")
     try:
         restored = _decode(strategy, state, path, set(accept_changed_settings))
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise CheckpointError(
             f"Checkpoint {path} is incomplete or malformed ({error!r}); delete it to start over."
         ) from error
@@ -202,7 +267,7 @@ def load_experience_checkpoint(
     for logger, rows in zip(_stateful_loggers(strategy), restored["loggers"]):
         logger.load_state_dict(rows)
     vars(strategy.clock).update(restored["clock"])
-    _set_rng_state(state["rng"])
+    restore_rng(restored["rng"])
     return restored["next_experience"]
 
 
@@ -251,12 +316,19 @@ def _decode(strategy: Any, state: Dict[str, Any], path: Path, accepted: Set[str]
         raise CheckpointError(f"Checkpoint {path} holds malformed metric state.")
     if not isinstance(state["next_experience"], int) or state["next_experience"] < 0:
         raise CheckpointError(f"Checkpoint {path} names no valid next experience.")
-    for name in ("torch", "cuda", "numpy", "python"):
-        state["rng"][name]  # noqa: B018 - a KeyError names what is missing
+    rng = _decode_rng_state(state["rng"], path)
+    if not isinstance(state["model_state"], dict):
+        raise CheckpointError(f"Checkpoint {path} holds no model state.")
     try:
-        model_state = decode_state(state["model_state"])
+        model_state = decode_state(state["model_state"], largest=_largest_layout(strategy.model))
     except CodingError as error:
         raise CheckpointError(f"Checkpoint {path} holds masks that do not decode ({error}); it is corrupt.") from None
+    non_finite = _non_finite(model_state)
+    if non_finite:
+        raise CheckpointError(
+            f"Checkpoint {path} holds values that are not finite in {non_finite[:5]}; it is corrupt. Delete it "
+            "to start over."
+        )
     refuse_unless_loadable(
         strategy.model,
         model_state,
@@ -264,4 +336,4 @@ def _decode(strategy: Any, state: Dict[str, Any], path: Path, accepted: Set[str]
         message=f"Checkpoint {path} does not fit this model ({{cause}}); build the strategy on the same "
         "backbone and model settings as the interrupted run.",
     )
-    return {**decoded, "model_state": model_state, "next_experience": state["next_experience"]}
+    return {**decoded, "model_state": model_state, "next_experience": state["next_experience"], "rng": rng}

@@ -2,11 +2,10 @@
 
 from typing import Dict, List, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer, task_layer_types
-from piggyback_avalanche.task_aware.task_state import TaskTensorDict
+from piggyback_avalanche.task_aware.task_state import TaskTensorDict, TensorSpec
 
 __all__ = [
     "BiasTunedLayer",
@@ -45,7 +44,7 @@ class BiasTunedLayer(TaskWeightLayer):
         """``{"biases": [...]}``: the learning tasks' biases."""
         return {"biases": [self.learning_biases[t] for t in self.learning_biases.keys()]}  # type: ignore[misc]
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, torch.dtype]:
+    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
         return {} if self.bias is None else super().frozen_task_state_schema(task)
 
     def task_state_bytes(self) -> int:

@@ -16,9 +16,9 @@ from piggyback_avalanche.task_aware.task_state import task_key
 __all__ = ["PiggybackModel", "MASK_INITS"]
 
 MASK_INITS = ("1s", "uniform")
+"""Ways to initialise a new task's mask scores."""
 
 _TASKS_PER_LOAD = 32
-"""Ways to initialise a new task's mask scores."""
 
 
 class PiggybackModel(TaskAwareModel):
@@ -170,19 +170,23 @@ class PiggybackModel(TaskAwareModel):
             )
         store = TaskStore(path)
         store.check_model(self)
-        clashing = sorted(set(store.tasks) & set(self.tasks))
+        added = store.tasks
+        clashing = sorted(set(added) & set(self.tasks))
         if clashing:
             raise TaskStoreError(
                 f"Task label(s) {clashing} are in the model and in the task store {store.path}; attach the "
                 "store to a model without them (a model built on the same backbone)."
             )
-        for task in store.tasks:  # every file, checked before anything changes
+        for task in added:  # every file, checked before anything changes
             store.entries(self, task)
+        # The model's own frozen tasks go to the store first, all or none: if
+        # the folder cannot take them, neither the store nor the model changes.
+        own = [t for t in self.frozen_tasks if task_key(t) not in self.task_state.stored_tasks]
+        if own:
+            store.append_tasks(self, own)
         if cache_budget_bytes is not None:
             self.frozen_weight_cache.budget_bytes = cache_budget_bytes
-        store.remove_unlisted_files()
         self.task_state.stored_parts = store
-        added = store.tasks
         # A few tasks per load: each load visits the whole model, and each
         # task's masks leave memory right after.
         for start in range(0, len(added), _TASKS_PER_LOAD):
@@ -192,9 +196,8 @@ class PiggybackModel(TaskAwareModel):
             )
             for task in chunk:
                 self._offload(task)
-        for task in self.frozen_tasks:
-            if task_key(task) not in self.task_state.stored_tasks:
-                self._store(task)
+        for task in own:
+            self._offload(task)
         return added
 
     def _store(self, task: int) -> None:
@@ -223,7 +226,12 @@ class PiggybackModel(TaskAwareModel):
 
     def freeze_task(self, task: int) -> None:
         """Finish a task; with a task store attached, append it there and
-        drop its masks from memory."""
+        drop its masks from memory.
+
+        :raises TaskStoreError: if the store cannot take the task (a full
+            disk, a removed folder); the task stays frozen in memory, whole,
+            and ``save_task`` can write it elsewhere.
+        """
         super().freeze_task(task)
         if self.task_store is not None:
             self._store(task)

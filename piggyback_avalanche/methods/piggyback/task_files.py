@@ -16,8 +16,20 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Union
 
 import torch
 
-from piggyback_avalanche.files import read_saved, refuse_unless_loadable, write_atomically
-from piggyback_avalanche.task_aware.entropy_coding import CodingError, decode_state, encode_state
+from piggyback_avalanche.files import (
+    check_checksum,
+    read_saved,
+    refuse_unless_loadable,
+    with_checksum,
+    write_atomically,
+)
+from piggyback_avalanche.task_aware.entropy_coding import (
+    CodingError,
+    coded_layout,
+    decode_state,
+    encode_state,
+    is_coded,
+)
 from piggyback_avalanche.task_aware.models import MultiHeadModel
 from piggyback_avalanche.task_aware.task_state import task_key
 
@@ -35,12 +47,14 @@ __all__ = [
     "read_task_file",
     "check_learned_on",
     "task_entries",
+    "check_task_tensors",
     "settings_of",
 ]
 
 TASK_FILE_FORMAT = "piggyback-avalanche task file"
-TASK_FILE_VERSION = 2
-_READABLE_VERSIONS = (1, 2)  # version 1 stored the masks bit-packed, not coded
+TASK_FILE_VERSION = 3
+# Version 1 stored the masks bit-packed, not coded; version 3 added a checksum over everything.
+_READABLE_VERSIONS = (1, 2, 3)
 
 PathLike = Union[str, Path]
 
@@ -127,14 +141,18 @@ def task_file_payload(
     for task in tasks:
         resident = {k: v.detach().cpu() for k, v in model.task_tensors(task).items()}
         parts = {**resident, **model.stored_task_parts(task)}
+        # What could not be loaded back is never written (a task whose training diverged).
+        check_task_tensors(model, task, parts, f"Task {task} of this model")
         entries[task] = encode_state(parts, model.frozen_code_layouts(task))
-    return {
-        "format": TASK_FILE_FORMAT,
-        "version": TASK_FILE_VERSION,
-        "backbone_fingerprint": fingerprint or backbone_fingerprint(model),
-        "settings": settings_of(model),
-        "tasks": entries,
-    }
+    return with_checksum(
+        {
+            "format": TASK_FILE_FORMAT,
+            "version": TASK_FILE_VERSION,
+            "backbone_fingerprint": fingerprint or backbone_fingerprint(model),
+            "settings": settings_of(model),
+            "tasks": entries,
+        }
+    )
 
 
 def check_learned_on(
@@ -163,64 +181,119 @@ def check_learned_on(
         )
 
 
-def task_entries(model: "PiggybackModel", payload: Dict[str, Any], path: Any, task: int, label: int) -> Dict[str, Any]:
-    """Task ``task`` of a task file's payload, decoded and checked against
-    what a frozen task of ``model`` holds, under the model's keys for task
-    ``label``.
+def _check_structure(payload: Dict[str, Any], path: Any) -> None:
+    """Refuse a payload whose parts are not what a task file holds, before
+    any of them is used."""
+    tasks = payload.get("tasks")
+    problem = None
+    if not isinstance(payload.get("backbone_fingerprint"), str):
+        problem = "no backbone fingerprint"
+    elif not isinstance(payload.get("settings"), dict) or not all(isinstance(k, str) for k in payload["settings"]):
+        problem = "no settings"
+    elif not isinstance(tasks, dict) or not tasks:
+        problem = "no tasks"
+    else:
+        for task, entries in tasks.items():
+            if isinstance(task, bool) or not isinstance(task, int) or task < 0:
+                problem = f"a task labelled {task!r}"
+            elif not isinstance(entries, dict) or not all(
+                isinstance(k, str) and (isinstance(v, torch.Tensor) or is_coded(v)) for k, v in entries.items()
+            ):
+                problem = f"task {task} as something other than tensors by key"
+            if problem:
+                break
+    if problem:
+        raise TaskFileError(f"{path} holds {problem}; it is corrupt or not a {TASK_FILE_FORMAT}. Copy it again.")
 
-    :raises TaskFileError: for a task that does not decode or does not
-        hold what a frozen task holds, at the right dtypes.
+
+def check_task_tensors(model: MultiHeadModel, task: int, entries: Dict[str, Any], what: str) -> None:
+    """Refuse ``entries`` (a frozen ``task``'s tensors by the model's keys,
+    masks still coded or packed) that are not what the model's frozen task
+    holds: keys, coded layouts (checked before anything is decoded), dtypes,
+    shapes (a head's classes agreeing across its tensors), finite values and
+    non-negative variances.
+
+    :param what: where the task comes from, for the message ("Task 1 in x.tasks").
+    :raises TaskFileError: naming each tensor that does not fit.
     """
-    entries = payload["tasks"][task]
-    if isinstance(entries, dict):
-        try:
-            entries = decode_state(entries)
-        except CodingError as error:
-            raise TaskFileError(
-                f"Task {task} in {path} does not decode ({error}). Copy it again from its source."
-            ) from None
     expected = model.frozen_task_state_schema(task)
-    if not isinstance(entries, dict):
-        raise TaskFileError(
-            f"Task {task} in {path} holds a {type(entries).__name__}, not tensors by key; it is corrupt."
-        )
     missing, unexpected = set(expected) - set(entries), set(entries) - set(expected)
     if unexpected or missing not in (set(), set(model.optional_task_state_keys(task))):
         raise TaskFileError(
-            f"Task {task} in {path} does not hold what a frozen task of this model holds (missing: "
+            f"{what} does not hold what a frozen task of this model holds (missing: "
             f"{sorted(missing)}; unexpected: {sorted(unexpected)}); it is corrupt, from another backbone "
             "architecture or classifier, or written by a model with other settings (feature_statistics)."
         )
-    wrong = {
-        k: entries[k]
-        for k, dtype in expected.items()
-        if k in entries and (not isinstance(entries[k], torch.Tensor) or entries[k].dtype != dtype)
-    }
-    if wrong:
-        details = ", ".join(
-            f"{k}: {getattr(v, 'dtype', type(v).__name__)}, not {expected[k]}" for k, v in wrong.items()
+    layouts = model.frozen_code_layouts(task)
+    problems: Dict[str, str] = {}
+    for key, value in entries.items():
+        if is_coded(value):
+            try:
+                declared: Any = coded_layout(value)
+            except CodingError as error:
+                declared = error
+            if key not in layouts:
+                problems[key] = "coded codes where the model keeps plain values"
+            elif declared != layouts[key]:
+                problems[key] = f"coded codes laid out as {declared}, not {layouts[key]}"
+    sizes: Dict[str, int] = {}
+    for key, spec in expected.items():
+        value = entries.get(key)
+        if value is not None and key not in problems and not is_coded(value):
+            problem = spec.problem(value, sizes)
+            if problem is not None:
+                problems[key] = problem
+    if problems:
+        details = "; ".join(f"{k}: {v}" for k, v in problems.items())
+        raise TaskFileError(
+            f"{what} holds tensors that do not fit this model ({details}); it is corrupt, from another backbone "
+            "architecture or classifier, or of another dtype (model.to(dtype) converts the model)."
         )
-        raise TaskFileError(f"Task {task} in {path} holds tensors of the wrong type ({details}); it is corrupt.")
+
+
+def task_entries(model: "PiggybackModel", payload: Dict[str, Any], path: Any, task: int, label: int) -> Dict[str, Any]:
+    """Task ``task`` of a task file's payload, checked against what a frozen
+    task of ``model`` holds (:func:`check_task_tensors`) and decoded, under
+    the model's keys for task ``label``.
+
+    :raises TaskFileError: for a task that does not fit or does not decode.
+    """
+    entries = payload["tasks"][task]
+    what = f"Task {task} in {path}"
+    check_task_tensors(model, task, entries, what)
+    try:  # a coded tensor decodes to the packed size of the layout just checked
+        entries = decode_state(entries)
+    except CodingError as error:
+        raise TaskFileError(f"{what} does not decode ({error}). Copy it again from its source.") from None
     # The model lists a task's keys in the same order for every label.
+    expected = model.frozen_task_state_schema(task)
     return {new: entries[old] for old, new in zip(expected, model.frozen_task_state_schema(label)) if old in entries}
 
 
 def read_task_file(
-    path: Path, *, sha256: Optional[str] = None, remedy: str = "Copy it again from its source."
+    path: Path, *, sha256: Optional[str] = None, remedy: str = "Copy it again from its source.", **read: Any
 ) -> Dict[str, Any]:
-    """A task file's payload, of a readable format and version.
+    """A task file's payload, of a readable format and version, whole
+    (its checksum, from version 3 on) and of the right structure.
 
     :param sha256: the file's recorded SHA-256 (a task store records it).
     :param remedy: what to do about a file that cannot be read.
+    :param read: passed to :func:`~piggyback_avalanche.files.read_saved`.
     """
-    payload = read_saved(path, weights_only=True, error=TaskFileError, what="task file", remedy=remedy, sha256=sha256)
+    payload = read_saved(
+        path, weights_only=True, error=TaskFileError, what="task file", remedy=remedy, sha256=sha256, **read
+    )
     if not isinstance(payload, dict) or payload.get("format") != TASK_FILE_FORMAT:
         raise TaskFileError(f"{path} is not a {TASK_FILE_FORMAT}.")
-    if payload.get("version") not in _READABLE_VERSIONS:
+    version = payload.get("version")
+    if isinstance(version, bool) or version not in _READABLE_VERSIONS:
         raise TaskFileError(
-            f"{path} is a task file of version {payload.get('version')!r}; this version of "
+            f"{path} is a task file of version {version!r}; this version of "
             f"piggyback-avalanche reads versions {', '.join(map(str, _READABLE_VERSIONS))}. Upgrade the package, or re-export the tasks."
         )
+    if version >= 3:
+        check_checksum(payload, error=TaskFileError, what="task file", path=path, remedy=remedy)
+    _check_structure(payload, path)
     return payload
 
 

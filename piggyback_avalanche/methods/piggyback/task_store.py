@@ -5,17 +5,41 @@ memory.
 A task store is a folder:
 
 - ``store.json``, the manifest: format, version, the backbone's fingerprint,
-  the mask settings, and per task its file, the file's SHA-256 and sizes;
-- one task file per task (``task-<label>.tasks``, the format of
+  the mask settings, and per task its file, the file's SHA-256 and size;
+- one task file per task (``task-<label>-<random>.tasks``, the format of
   :mod:`~piggyback_avalanche.methods.piggyback.task_files`, masks
   entropy-coded).
 
-Appending a task writes its file atomically, then the manifest atomically:
-a crash at any moment leaves the store as it was, or with the new task
-whole; a task file the manifest does not list is ignored and replaced by
-the next append of that label. Reading a task checks its file against the
-manifest's SHA-256 before anything is loaded from it. The manifest is JSON,
-so opening a store runs no code.
+Several processes (and several models of one process) may append to one
+store; nothing they write is lost, and nothing of anyone else's is ever
+removed or replaced:
+
+- **One writer at a time.** An append takes the folder's OS lock
+  (:class:`~piggyback_avalanche.files.FolderLock`), reads the manifest as
+  it is now, and adds its tasks to it; it never rewrites the manifest from
+  an older copy. Readers need no lock: the manifest is replaced
+  atomically, and a file it lists is never changed or removed.
+- **New names only.** A task file is written to a temporary file, flushed,
+  then hard-linked to a name that must not exist yet (a random part makes
+  it one no user would choose); then the manifest lists it; then the
+  temporary name goes. A link never replaces anything, a symbolic link
+  planted in the folder included, and the manifest replaces a planted link
+  rather than writing through it.
+- **All or nothing.** Tasks appended together (a model's own tasks when it
+  attaches) enter the manifest in one write; if any file fails (a full
+  disk, a read-only folder), the files this append made are removed and the
+  store is as it was.
+- **Only provably own leftovers are removed**, and only under the lock: the
+  temporary files a killed append left (:data:`~piggyback_avalanche.files.PARTIAL_SUFFIX`),
+  and a task file it linked but never listed, recognised as the same file
+  (same inode) as such a temporary file. A file the user put in the folder,
+  or an unlisted task file of unknown origin, stays.
+- **A store never shrinks.** A manifest that lost tasks this object saw,
+  or a folder removed while attached, is refused, never written over.
+
+Reading a task checks its file against the manifest's SHA-256, and the
+file's own checksum, before anything is loaded from it. The manifest is
+JSON, so opening a store runs no code.
 
 A model attached to a store (:meth:`PiggybackModel.attach_task_store`) keeps
 in memory only the backbone, every task's normalization and head, and the
@@ -26,16 +50,27 @@ budget.
 
 import copy
 import hashlib
+import io
 import json
+import os
 import re
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from piggyback_avalanche.files import remove_partial_files, write_atomically
+from piggyback_avalanche.files import (
+    FolderBusyError,
+    FolderLock,
+    flush_folder,
+    read_bytes,
+    stale_partial_files,
+    write_atomically,
+    write_temporary,
+)
 from piggyback_avalanche.methods.piggyback.task_files import (
     TaskFileError,
     backbone_fingerprint,
@@ -55,7 +90,9 @@ __all__ = ["TASK_STORE_FORMAT", "TASK_STORE_VERSION", "TaskStoreError", "TaskSto
 TASK_STORE_FORMAT = "piggyback-avalanche task store"
 TASK_STORE_VERSION = 1
 MANIFEST_NAME = "store.json"
-_TASK_FILE = re.compile(r"task-(\d+)\.tasks")
+# Stores written before the random part (task-<label>.tasks) still open.
+_TASK_FILE = re.compile(r"task-(\d+)(?:-[0-9a-f]{12})?\.tasks")
+_REMEDY = "Restore the folder from a copy, or give a new folder."
 
 
 class TaskStoreError(TaskFileError):
@@ -74,21 +111,38 @@ def _as_store_error() -> Iterator[None]:
         raise TaskStoreError(str(error)) from None
 
 
+def _writer(data: bytes) -> Callable[[IO[Any]], Any]:
+    """What writes ``data`` to an open file."""
+    return lambda file: file.write(data)
+
+
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 class TaskStore:
     """A folder of frozen tasks, one task file each, listed in a manifest.
 
     Opening a folder without a manifest makes an empty store there (the
-    manifest is written with the first task).
+    folder and the manifest are written with the first task).
 
     :param path: the store's folder.
     :raises TaskStoreError: for a manifest that is unreadable, of another
         format or version, or malformed; or a path that is not a folder.
     """
 
+    lock_wait_seconds: float = 120.0
+    """How long an append waits for another writer before it gives up."""
+
     def __init__(self, path: Union[str, Path]) -> None:
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise TaskStoreError(f"{self.path} is not a folder; a task store is a folder. Give a folder's path.")
+        self._lock = FolderLock(self.path, what="task store", wait_seconds=self.lock_wait_seconds)
+        # The manifest as this object last read or wrote it. Entries never
+        # change once listed, so a task's entry here stays right.
         self._manifest: Optional[Dict[str, Any]] = self._read_manifest()
         # The decoded parts of the task read last: a model reads one task's
         # parts layer by layer.
@@ -101,15 +155,15 @@ class TaskStore:
         return self.path / MANIFEST_NAME
 
     def _read_manifest(self) -> Optional[Dict[str, Any]]:
-        if not self.manifest_path.exists():
+        if not os.path.lexists(self.manifest_path):
             return None
-        remedy = "Restore the folder from a copy, or give a new folder."
+        text = read_bytes(self.manifest_path, error=TaskStoreError, what="task store manifest", follow_symlinks=False)
         try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError) as error:
-            raise TaskStoreError(f"Cannot read task store {self.path} ({error}): {remedy}") from None
+            manifest = json.loads(text)
+        except ValueError as error:
+            raise TaskStoreError(f"Cannot read task store {self.path} ({error}): {_REMEDY}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != TASK_STORE_FORMAT:
-            raise TaskStoreError(f"{self.path} is not a {TASK_STORE_FORMAT}. {remedy}")
+            raise TaskStoreError(f"{self.path} is not a {TASK_STORE_FORMAT}. {_REMEDY}")
         if manifest.get("version") != TASK_STORE_VERSION:
             raise TaskStoreError(
                 f"{self.path} is a task store of version {manifest.get('version')!r}; this version of "
@@ -126,15 +180,37 @@ class TaskStore:
                 and isinstance(entry, dict)
                 and all(isinstance(entry.get(k), t) for k, t in fields.items())
                 and _TASK_FILE.fullmatch(entry["file"])
+                and _TASK_FILE.fullmatch(entry["file"]).group(1) == label  # type: ignore[union-attr]
                 for label, entry in tasks.items()
             )
+            or len({entry["file"] for entry in tasks.values()}) != len(tasks)
         ):
-            raise TaskStoreError(f"The manifest of task store {self.path} is malformed. {remedy}")
+            raise TaskStoreError(f"The manifest of task store {self.path} is malformed. {_REMEDY}")
         return manifest
+
+    def _reread_manifest(self) -> Optional[Dict[str, Any]]:
+        """The manifest as it is on disk now, refused if it lost or changed a
+        task this object has seen (the store was edited, replaced or
+        removed): a store never shrinks."""
+        seen = (self._manifest or {}).get("tasks", {})
+        if seen and not self.path.is_dir():
+            raise self._gone()
+        current = self._read_manifest()
+        listed = (current or {}).get("tasks", {})
+        lost = sorted((int(t) for t, entry in seen.items() if listed.get(t) != entry), key=int)
+        if lost:
+            raise TaskStoreError(
+                f"The manifest of task store {self.path} no longer lists task(s) {lost} as they were: it was edited "
+                f"or replaced outside this package. {_REMEDY}"
+            )
+        return current
 
     @property
     def tasks(self) -> List[int]:
-        """The task labels the store holds."""
+        """The task labels the store holds, as its manifest lists them now
+        (other processes may have appended since this object was made)."""
+        if os.path.lexists(self.manifest_path) or (self._manifest or {}).get("tasks"):
+            self._manifest = self._reread_manifest()
         return sorted(int(t) for t in (self._manifest or {}).get("tasks", {}))
 
     def file_bytes(self, task: int) -> int:
@@ -168,6 +244,7 @@ class TaskStore:
                 self.path / entry["file"],
                 sha256=entry["sha256"],
                 remedy="The task store is damaged: restore it from a copy.",
+                follow_symlinks=False,
             )
         fingerprint = (self._manifest or {}).get("backbone_fingerprint")
         if list(payload["tasks"]) != [task] or payload["backbone_fingerprint"] != fingerprint:
@@ -175,7 +252,7 @@ class TaskStore:
         return payload
 
     def entries(self, model: "PiggybackModel", task: int) -> Dict[str, Any]:
-        """``task``'s state, decoded and checked against ``model``, under the
+        """``task``'s state, checked against ``model`` and decoded, under the
         model's keys."""
         payload = self.read(task)
         with _as_store_error():
@@ -201,6 +278,7 @@ class TaskStore:
         # A copy (a restore point's) reads the same folder, and drops what it read last.
         copied = TaskStore.__new__(TaskStore)
         copied.path = self.path
+        copied._lock = copy.deepcopy(self._lock, memo)
         copied._manifest = copy.deepcopy(self._manifest, memo)
         copied._last_read = None
         return copied
@@ -208,22 +286,61 @@ class TaskStore:
     # --- appending -------------------------------------------------------------
 
     def append(self, model: "PiggybackModel", task: int) -> None:
-        """Write the frozen ``task`` of ``model`` to the store: its file,
-        then the manifest, each atomically.
+        """Write the frozen ``task`` of ``model`` to the store (see
+        :meth:`append_tasks`)."""
+        self.append_tasks(model, [task])
 
-        :raises TaskStoreError: for a task the store already holds, or a
-            model on another backbone or with other settings than the
-            store's tasks.
+    def append_tasks(self, model: "PiggybackModel", tasks: Sequence[int]) -> None:
+        """Write the frozen ``tasks`` of ``model`` to the store, all or none:
+        their files, then one manifest that adds them to what the store
+        holds now (whoever else appended meanwhile).
+
+        :raises TaskStoreError: for a task the store already holds, a model
+            on another backbone or with other settings than the store's
+            tasks, a store that lost tasks or was removed, another writer
+            that holds the store for too long, or a write that fails (a full
+            disk, a read-only folder); the store is then as it was.
         """
-        if task in self.tasks:
-            raise TaskStoreError(f"Task store {self.path} already holds task {task}; a stored task never changes.")
         fingerprint = backbone_fingerprint(model)
+        # The files' bytes are made before the lock is taken: writers wait only for each other's writes.
+        encoded = {}
+        for task in tasks:
+            buffer = io.BytesIO()
+            torch.save(task_file_payload(model, [task], fingerprint=fingerprint), buffer)
+            encoded[task] = buffer.getvalue()
+        if not (self._manifest or {}).get("tasks"):
+            # A store not written yet: its folder is made. A store this object
+            # has seen tasks in is never made again (_reread_manifest).
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise TaskStoreError(f"Cannot make the task store's folder {self.path}: {error.strerror}.") from None
+        try:
+            with self._lock:
+                self._append_locked(model, encoded, fingerprint)
+        except FolderBusyError as error:
+            raise TaskStoreError(str(error.strerror)) from None
+        except FileNotFoundError:  # the folder went before the lock was taken
+            raise self._gone() from None
+
+    def _gone(self) -> TaskStoreError:
+        return TaskStoreError(
+            f"The task store {self.path} is gone (its folder was removed or moved); the tasks it held can no "
+            "longer be read, and it is not made again. Restore the folder, or attach a new store."
+        )
+
+    def _append_locked(self, model: "PiggybackModel", encoded: Dict[int, bytes], fingerprint: str) -> None:
+        manifest = self._reread_manifest()
+        self._remove_leftovers(manifest)
+        held = sorted(set(encoded) & {int(t) for t in (manifest or {}).get("tasks", {})})
+        if held:
+            raise TaskStoreError(
+                f"Task store {self.path} already holds task(s) {held}; a stored task never changes. Give the "
+                "new task another label, or attach the store to read it."
+            )
+        self._manifest = manifest
         self.check_model(model, fingerprint=fingerprint)
-        payload = task_file_payload(model, [task], fingerprint=fingerprint)
-        name = f"task-{task}.tasks"
-        write_atomically(self.path / name, lambda file: torch.save(payload, file), binary=True)
-        data = (self.path / name).read_bytes()
-        manifest = self._manifest if self._manifest is not None and self._manifest["tasks"] else None
+        manifest = manifest if manifest is not None and manifest["tasks"] else None
         manifest = manifest or {
             "format": TASK_STORE_FORMAT,
             "version": TASK_STORE_VERSION,
@@ -231,26 +348,63 @@ class TaskStore:
             "settings": settings_of(model),
             "tasks": {},
         }
-        entry = {
-            "file": name,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "file_bytes": len(data),
-        }
-        updated = {**manifest, "tasks": {**manifest["tasks"], str(task): entry}}
-        write_atomically(self.manifest_path, lambda file: json.dump(updated, file, indent=1))
+        written: List[Tuple[Path, Path]] = []  # (temporary file, its link under the task's name)
+        mode = _umask_mode()
+        try:
+            entries = {}
+            for task, data in encoded.items():
+                temporary = write_temporary(self.path, "task", _writer(data), binary=True, mode=mode)
+                written.append((temporary, temporary))
+                final = self._link_under_new_name(temporary, task)
+                written[-1] = (temporary, final)
+                entries[str(task)] = {
+                    "file": final.name,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "file_bytes": len(data),
+                }
+            updated = {**manifest, "tasks": {**manifest["tasks"], **entries}}
+            write_atomically(self.manifest_path, lambda file: json.dump(updated, file, indent=1), follow_symlinks=False)
+        except OSError as error:
+            for temporary, final in written:  # only what this append made
+                final.unlink(missing_ok=True)
+                temporary.unlink(missing_ok=True)
+            raise TaskStoreError(
+                f"Cannot append task(s) {sorted(encoded)} to the task store {self.path} ({error.strerror or error}); "
+                "the store is as it was. Free space or give a writable folder."
+            ) from None
+        for temporary, _ in written:
+            temporary.unlink()
+        flush_folder(self.path)
         self._manifest = updated
 
-    def remove_unlisted_files(self) -> List[Path]:
-        """Delete what interrupted appends left: partial files, and task
-        files the manifest does not list.
+    def _link_under_new_name(self, temporary: Path, task: int) -> Path:
+        """Link ``temporary`` to a task-file name that does not exist yet
+        (``link(2)`` refuses any existing name, a symbolic link included)."""
+        while True:
+            final = self.path / f"task-{task}-{secrets.token_hex(6)}.tasks"
+            try:
+                os.link(temporary, final)
+                return final
+            except FileExistsError:
+                continue
 
-        :return: the files removed.
-        """
-        removed = remove_partial_files(self.path)
-        listed = {entry["file"] for entry in (self._manifest or {}).get("tasks", {}).values()}
-        if self.path.is_dir():
-            for path in sorted(self.path.iterdir()):
-                if _TASK_FILE.fullmatch(path.name) and path.name not in listed:
-                    path.unlink()
-                    removed.append(path)
-        return removed
+    def _remove_leftovers(self, manifest: Optional[Dict[str, Any]]) -> None:
+        """Remove what appends killed midway left, and only that: their
+        temporary files (none is being written while the lock is held), and
+        task files linked to one of them but never listed."""
+        partials = stale_partial_files(self.path)
+        if not partials:
+            return
+        ours = set()
+        for partial in partials:
+            info = os.lstat(partial)
+            ours.add((info.st_dev, info.st_ino))
+        listed = {entry["file"] for entry in (manifest or {}).get("tasks", {}).values()}
+        for entry in os.scandir(self.path):
+            if entry.name in listed or not _TASK_FILE.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+                continue
+            info = entry.stat(follow_symlinks=False)
+            if (info.st_dev, info.st_ino) in ours:
+                os.unlink(entry.path)
+        for partial in partials:
+            partial.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from piggyback_avalanche.task_aware.task_state import (
     TaskModule,
     TaskState,
     TaskTensorDict,
+    TensorSpec,
     add_loaded_tasks,
 )
 
@@ -88,8 +89,8 @@ class TaskPrompts(TaskModule, nn.Module):
     def task_state_keys(self, task: str) -> List[str]:
         return [f"{name}.{task}" for name, store in self._stores().items() if task in store]
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, torch.dtype]:
-        return {f"frozen_prompts.{task}": self._tensor_options()["dtype"]}
+    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
+        return {f"frozen_prompts.{task}": TensorSpec(self._tensor_options()["dtype"], (self.length, self.width))}
 
     def plain_bytes(self, task: str) -> int:
         return sum(t.nbytes for t in self.module.state_dict().values())
