@@ -5,7 +5,7 @@ from torch import nn
 
 from piggyback_avalanche import PiggybackModel
 from piggyback_avalanche.methods.piggyback.layers import MaskedConv2d, MaskedLinear
-from piggyback_avalanche.task_aware import TaskHeads, TaskNorm
+from piggyback_avalanche.task_aware import MASKED_LOGIT, TaskHeads, TaskNorm
 
 
 def _model_with_tasks(classes_per_task, **kwargs):
@@ -79,9 +79,10 @@ def test_mixed_task_batch_equals_single_task_batches():
             rows = tasks == task
             alone = model(x[rows], task)
             torch.testing.assert_close(mixed[rows, :width], alone, rtol=1e-5, atol=1e-6)
-            assert torch.all(mixed[rows, width:] == float("-inf"))
-        # A batch of a single task takes the same path as an int label.
-        assert torch.equal(model(x, torch.full((9,), 1)), model(x, 1))
+            assert torch.all(mixed[rows, width:] == MASKED_LOGIT)
+        # A batch of one task, given per sample, is the int label's logits widened to max_class_label.
+        one = model(x, torch.full((9,), 1))
+        assert one.shape == (9, 8) and torch.equal(one[:, :3], model(x, 1)) and (one[:, 3:] == MASKED_LOGIT).all()
 
 
 def test_padding_never_wins_over_negative_logits():
@@ -104,7 +105,7 @@ def test_head_masks_labels_the_task_does_not_have():
     with torch.no_grad():
         out = model(torch.randn(3, 1, 8, 8), 0)
     assert out.shape == (3, 7)
-    assert torch.isinf(out[:, [0, 1, 2, 3, 5]]).all() and torch.isfinite(out[:, [4, 6]]).all()
+    assert (out[:, [0, 1, 2, 3, 5]] == MASKED_LOGIT).all() and (out[:, [4, 6]] > MASKED_LOGIT).all()
 
 
 def test_unknown_task_label_names_known_tasks():

@@ -26,7 +26,7 @@ from piggyback_avalanche.evaluation.task_inference_accuracy import (
 )
 from piggyback_avalanche.methods.packnet.model import PackNetModel
 from piggyback_avalanche.methods.piggyback.task_files import TaskFileError
-from piggyback_avalanche.task_aware import MultiHeadModel
+from piggyback_avalanche.task_aware import MASKED_LOGIT, MultiHeadModel
 from piggyback_avalanche.task_aware.task_inference import TaskInference
 
 CLASSES = [[0, 1], [2, 3], [4, 5]]
@@ -81,9 +81,9 @@ def test_separable_tasks_are_inferred_exactly_through_avalanches_loop(per):
         inferred = TaskInference(per=per)(model, x, width=6)
         assert inferred.tasks.tolist() == [k] * len(y)
         assert inferred.logits.shape == (len(y), 6)
-        task_aware = nn.functional.pad(model(x, k), (0, 4 - 2 * k), value=-torch.inf)
-        assert torch.equal(torch.isinf(inferred.logits), torch.isinf(task_aware))
-        finite = torch.isfinite(task_aware)
+        task_aware = nn.functional.pad(model(x, k), (0, 4 - 2 * k), value=MASKED_LOGIT)
+        assert torch.equal(inferred.logits == MASKED_LOGIT, task_aware == MASKED_LOGIT)
+        finite = task_aware != MASKED_LOGIT
         assert torch.allclose(inferred.logits[finite], task_aware[finite], atol=1e-5)
         assert set(inferred.logits.argmax(1).tolist()) <= set(CLASSES[k])
         right += int((inferred.logits.argmax(1) == y).sum())
@@ -286,7 +286,7 @@ def test_the_backbone_score_costs_one_pass_for_every_task_and_answers_with_the_c
     assert passes.samples == [len(x)] + [int((inferred.tasks == t).sum()) for t in chosen]
     if per == "sample":
         assert chosen == [0, 1, 2]
-    task_aware = nn.functional.pad(model(x, inferred.tasks), (0, 2), value=-torch.inf)
+    task_aware = nn.functional.pad(model(x, inferred.tasks), (0, 2), value=MASKED_LOGIT)
     assert torch.equal(inferred.logits, task_aware)  # the same pass: bit for bit
     # Both statistics: the sum of the two standardised scores, from both kinds of pass.
     tasks = model.tasks

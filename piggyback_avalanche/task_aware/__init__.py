@@ -22,7 +22,7 @@ from piggyback_avalanche.task_aware.strategy import (
     TaskOutOfMemoryError,
 )
 from piggyback_avalanche.task_aware.task_attention import ATTENTION_TYPES, TaskMultiheadAttention, TaskWindowAttention
-from piggyback_avalanche.task_aware.task_heads import ClassifierHead, TaskHeads
+from piggyback_avalanche.task_aware.task_heads import MASKED_LOGIT, ClassifierHead, TaskHeads
 from piggyback_avalanche.task_aware.task_inference import InferredTasks, TaskInference
 from piggyback_avalanche.task_aware.task_layers import SUPPORTED_LAYER_TYPES, TaskWeightLayer, task_layer_types
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
@@ -48,6 +48,7 @@ __all__ = [
     "FROZEN_LAYER_TYPES",
     "ClassifierHead",
     "TaskHeads",
+    "MASKED_LOGIT",
     "MultiHeadModel",
     "TaskAwareModel",
     "TaskInference",

@@ -13,6 +13,7 @@ from itertools import chain
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avalanche.benchmarks.scenarios import CLExperience
@@ -24,7 +25,7 @@ from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatist
 from piggyback_avalanche.task_aware.frozen_weight_cache import FrozenWeightCache
 from piggyback_avalanche.task_aware.task_attention import ATTENTION_TYPES
 from piggyback_avalanche.task_aware.task_embeddings import give_tasks_their_own
-from piggyback_avalanche.task_aware.task_heads import TaskHeads
+from piggyback_avalanche.task_aware.task_heads import MASKED_LOGIT, TaskHeads, unmasked
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
 from piggyback_avalanche.task_aware.task_scores import TaskScore
@@ -301,6 +302,8 @@ class MultiHeadModel(MultiTaskModule):
             for task, classes in task_classes.items():
                 if task_key(task) not in self.heads.heads:
                     self._untrained_task_classes[task] = list(classes)
+                    # Its untrained head answers over its classes: the logits widen as in training.
+                    self.max_class_label = max(self.max_class_label, max(int(c) for c in classes) + 1)
             return
         for task, classes in task_classes.items():
             if task_key(task) not in self.heads.heads:
@@ -490,10 +493,18 @@ class MultiHeadModel(MultiTaskModule):
     # --- forward -------------------------------------------------------------
 
     def forward(self, x: Tensor, task_labels: Union[int, Tensor, None] = None) -> Union[Tensor, Dict[int, Tensor]]:
-        """Logits of each sample under its own task.
+        """Logits of each sample under its own task, as Avalanche's
+        multi-task models give them.
 
-        Mini-batches may mix tasks; heads of different widths are padded with
-        ``-inf``, which never wins an argmax.
+        With one task label per sample (a tensor, what Avalanche's
+        strategies pass), the logits are :attr:`max_class_label` wide, as
+        wide as the classes of every task the model knows, so that code
+        indexing them by class label (``MaskedCrossEntropy``, the cumulative
+        accuracy metric) reads every class; with one ``int`` label for the
+        batch, as wide as that task's head. A class a task does not have,
+        and a column beyond its head, holds :data:`~piggyback_avalanche.task_aware.task_heads.MASKED_LOGIT`:
+        finite (losses that weigh every column stay finite), and never
+        winning an argmax.
 
         :param x: the input batch.
         :param task_labels: one task label for the whole batch, one per
@@ -512,10 +523,7 @@ class MultiHeadModel(MultiTaskModule):
         if isinstance(task_labels, Tensor) and task_labels.dim() > 0:
             if task_labels.shape[0] != x.shape[0]:
                 raise ValueError(f"Got {task_labels.shape[0]} task labels for {x.shape[0]} samples.")
-            tasks = torch.unique(task_labels).tolist()
-            if len(tasks) > 1:
-                return self._forward_mixed(x, task_labels, tasks)
-            task_labels = tasks[0]
+            return self._forward_per_sample(x, task_labels, torch.unique(task_labels).tolist())
         return self.forward_single_task(x, task_labels)
 
     def to(self, *args: Any, **kwargs: Any) -> Any:
@@ -577,7 +585,7 @@ class MultiHeadModel(MultiTaskModule):
                 if features.shape[-1] == self.heads.in_features:  # the heads read features every task shares
                     features = features.unsqueeze(1).expand(-1, len(keys), -1)
                 return logits, features.view(x.shape[0], len(keys), self.heads.in_features)
-            outputs = [self.forward_single_task(x, int(key)) for key in keys]
+            outputs = [unmasked(self.forward_single_task(x, int(key))) for key in keys]
             width = max(output.shape[1] for output in outputs)
             logits = outputs[0].new_full((x.shape[0], len(keys), width), float("-inf"))
             for row, output in enumerate(outputs):
@@ -677,11 +685,15 @@ class MultiHeadModel(MultiTaskModule):
         finally:
             self.train(was_training)
 
-    def _forward_mixed(self, x: Tensor, task_labels: Tensor, tasks: List[int]) -> Tensor:
+    def _forward_per_sample(self, x: Tensor, task_labels: Tensor, tasks: List[int]) -> Tensor:
+        """Each sample's logits under its task, :attr:`max_class_label` wide
+        (a mini-batch of one task is computed whole)."""
+        if len(tasks) == 1:
+            out = self.forward_single_task(x, tasks[0])
+            return F.pad(out, (0, self.max_class_label - out.shape[1]), value=MASKED_LOGIT)
         rows = [task_labels == t for t in tasks]
         outputs = [self.forward_single_task(x[r], t) for r, t in zip(rows, tasks)]
-        width = max(o.shape[1] for o in outputs)
-        out = outputs[0].new_full((x.shape[0], width), float("-inf"))
+        out = outputs[0].new_full((x.shape[0], self.max_class_label), MASKED_LOGIT)
         for r, o in zip(rows, outputs):
             out[r, : o.shape[1]] = o
         return out

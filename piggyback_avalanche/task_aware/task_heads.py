@@ -1,7 +1,7 @@
 """Per-task classifier heads, in place of the backbone's classifier."""
 
 import copy
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Final, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,14 +16,29 @@ from piggyback_avalanche.task_aware.task_state import (
     task_keys_below,
 )
 
-__all__ = ["ClassifierHead", "TaskHeads"]
+__all__ = ["ClassifierHead", "TaskHeads", "MASKED_LOGIT", "unmasked"]
+
+MASKED_LOGIT = -1e4
+"""The logit of a class that a task's head does not have, and of the columns
+beyond its classes: finite, as Avalanche's ``MultiHeadClassifier`` masks its
+inactive units, so that losses that weigh every column (Avalanche's
+``MaskedCrossEntropy``, one-hot or label-smoothed cross-entropy) stay
+finite; far below any trained logit, so it never wins an argmax and its
+softmax probability is 0 in float32 (and in float16, where it is exact)."""
+
+
+def unmasked(logits: Tensor) -> Tensor:
+    """``logits`` with the masked columns (:data:`MASKED_LOGIT`, or ``-inf``
+    from a stacked pass) at ``-inf``: what task-inference scores read, so
+    that a column no task has weighs nothing."""
+    return logits.masked_fill(~torch.isfinite(logits) | (logits == MASKED_LOGIT), float("-inf"))
 
 
 class ClassifierHead(nn.Linear):
     """A task's classifier: one output per class label up to the largest one.
 
-    Outputs of labels the task does not have are ``-inf``, so they never win
-    an argmax and get zero probability.
+    Outputs of labels the task does not have are :data:`MASKED_LOGIT`, so
+    they never win an argmax and get zero probability.
 
     :param in_features: feature size.
     :param classes: the class labels of the task.
@@ -31,6 +46,7 @@ class ClassifierHead(nn.Linear):
     """
 
     inactive_units: Tensor
+    masked_logit: Final[float] = MASKED_LOGIT  # a constant TorchScript can read (it reads no module global)
     __jit_unused_properties__ = ["classes"]  # Python-side bookkeeping, not for scripted models
 
     def __init__(
@@ -54,7 +70,7 @@ class ClassifierHead(nn.Linear):
         return torch.nonzero(~self.inactive_units).flatten().tolist()
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.linear(input, self.weight, self.bias).masked_fill(self.inactive_units, float("-inf"))
+        return F.linear(input, self.weight, self.bias).masked_fill(self.inactive_units, self.masked_logit)
 
 
 class TaskHeads(TaskModule, nn.Module):
@@ -130,7 +146,7 @@ class TaskHeads(TaskModule, nn.Module):
         classes = self.task_state.untrained_classes
         if classes is not None:
             # An untrained head knows nothing: equal logits for its classes.
-            logits = input.new_full((input.shape[0], max(classes) + 1), float("-inf"))
+            logits = input.new_full((input.shape[0], max(classes) + 1), MASKED_LOGIT)
             logits[:, list(classes)] = 0.0
             return logits
         return self.heads[self.task_state.key()](input)
@@ -157,7 +173,8 @@ class TaskHeads(TaskModule, nn.Module):
 
     def _stacked_forward(self, input: Tensor, tasks: Tuple[str, ...]) -> Tensor:
         """Every stacked task's head at once, their logits side by side:
-        ``(batch, T * W)`` for the widest head's ``W``."""
+        ``(batch, T * W)`` for the widest head's ``W``, ``-inf`` where a task
+        has no class (for task inference's scores alone)."""
         weight, bias, inactive = self._stacked_heads_of(tasks)
         if stacked_width(input.shape[-1], self.in_features, len(tasks), "TaskHeads"):
             logits = torch.einsum("bti,twi->btw", input.unflatten(-1, (len(tasks), self.in_features)), weight)

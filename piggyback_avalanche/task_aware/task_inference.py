@@ -22,6 +22,7 @@ from torch import Tensor
 
 from piggyback_avalanche.checks import check_count
 from piggyback_avalanche.task_aware.models import MultiHeadModel
+from piggyback_avalanche.task_aware.task_heads import MASKED_LOGIT
 from piggyback_avalanche.task_aware.task_scores import DEFAULT_SCORES, TASK_SCORES, TaskScore
 
 __all__ = [
@@ -49,7 +50,8 @@ class InferredTasks:
     """What task inference answers for a batch.
 
     :ivar logits: ``(batch, width)``: each sample's logits under its inferred
-        task, ``-inf`` at classes that task does not have.
+        task, :data:`~piggyback_avalanche.task_aware.task_heads.MASKED_LOGIT`
+        at classes that task does not have.
     :ivar tasks: ``(batch,)``: the inferred task of each sample.
     """
 
@@ -177,8 +179,9 @@ class TaskInference:
             answer = cast(Tensor, model(x, inferred))
         width = max(width or 0, model.max_class_label)
         if width > answer.shape[1]:
-            answer = torch.nn.functional.pad(answer, (0, width - answer.shape[1]), value=-math.inf)
-        return InferredTasks(logits=answer, tasks=inferred)
+            answer = torch.nn.functional.pad(answer, (0, width - answer.shape[1]), value=MASKED_LOGIT)
+        # A stacked pass masks with -inf; the answer masks as the model's forward does.
+        return InferredTasks(logits=answer.masked_fill(answer == -math.inf, MASKED_LOGIT), tasks=inferred)
 
     def _stacks(self, model: MultiHeadModel, x: Tensor, tasks: Sequence[int]) -> bool:
         """Whether stacked passes give this model's outputs: checked once per

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from piggyback_avalanche.task_aware.task_heads import unmasked
+
 if TYPE_CHECKING:  # the models offer scores of their own: they import this module
     from piggyback_avalanche.task_aware.models import MultiHeadModel
 
@@ -64,14 +66,10 @@ class TaskScore:
         return self.from_task_outputs is not None
 
 
-def _finite_logits(logits: Tensor) -> Tensor:
-    return logits.masked_fill(~torch.isfinite(logits), float("-inf"))
-
-
 def entropy_score(logits: Tensor, features: Tensor, model: "MultiHeadModel", tasks: Sequence[int]) -> Tensor:
     """Minus the entropy of each task's softmax over its classes (SupSup):
     a task is confident on its own data."""
-    log_p = torch.log_softmax(_finite_logits(logits), dim=-1)
+    log_p = torch.log_softmax(unmasked(logits), dim=-1)
     p = log_p.exp()
     return torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
 
