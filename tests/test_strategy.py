@@ -217,14 +217,26 @@ def test_retraining_a_frozen_task_is_refused(three_task_stream):
     assert torch.equal(model.state_dict()["backbone.0.packed_masks.0"], masks)
 
 
-def test_stream_without_task_labels_is_refused():
+def test_stream_without_task_labels_is_refused_and_task_labels_in_the_data_are_enough():
+    from torch.utils.data import TensorDataset
+
     from avalanche.benchmarks import benchmark_from_datasets
     from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+    from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
+    from avalanche.benchmarks.utils.data_attribute import DataAttribute
 
     x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % 2
-    stream = benchmark_from_datasets(train=[_make_taskaware_tensor_classification_dataset(x, y)])
-    with pytest.raises(ValueError, match="no task labels.*task_incremental_benchmark"):
-        _strategy(PiggybackModel(tiny_conv_net())).train(stream.train_stream[0])
+    unlabelled = ClassificationDataset([TensorDataset(x, y)], data_attributes=[DataAttribute(y, "targets")])
+    strategy = _strategy(PiggybackModel(tiny_conv_net()))
+    with pytest.raises(
+        ValueError, match="no task labels \\(neither the experience nor its data.*task_incremental_benchmark"
+    ):
+        strategy.train(benchmark_from_datasets(train=[unlabelled]).train_stream[0])
+    assert strategy.model.tasks == []
+    # The experience has no task labels, its data has: the data's are the task's.
+    stream = benchmark_from_datasets(train=[_make_taskaware_tensor_classification_dataset(x, y, task_labels=3)])
+    strategy.train(stream.train_stream[0])
+    assert strategy.model.frozen_tasks == [3]
 
 
 @pytest.mark.parametrize(

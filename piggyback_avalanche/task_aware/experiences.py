@@ -7,7 +7,38 @@ import torch
 
 from avalanche.benchmarks.scenarios import CLExperience
 
-__all__ = ["experience_task_classes", "experience_classes"]
+__all__ = ["experience_task_classes", "experience_classes", "experience_task_labels", "origin_experience_index"]
+
+
+def experience_task_labels(experience: CLExperience) -> List[int]:
+    """The task labels of an experience: its own ``task_labels``, or, for an
+    experience that does not carry them (an online stream's sub-experience),
+    those of its data.
+
+    :raises ValueError: if neither the experience nor its data has task
+        labels, naming how to give them.
+    """
+    task_labels = getattr(experience, "task_labels", None)
+    if task_labels is None:
+        dataset = getattr(experience, "dataset", None)
+        task_labels = getattr(dataset, "targets_task_labels", None) if dataset is not None else None
+        if task_labels is not None:
+            task_labels = torch.unique(torch.as_tensor(list(task_labels))).tolist()
+    if task_labels is None:
+        raise ValueError(
+            "The experience has no task labels (neither the experience nor its data carries them), but a "
+            "task-aware model learns one set of task parameters per task label. Make the stream task-aware, "
+            "e.g. with avalanche.benchmarks.scenarios.task_aware.task_incremental_benchmark(bm) or "
+            "with_task_labels(bm), or learn it class-incrementally with task_inference='sample'."
+        )
+    return sorted({int(t) for t in task_labels})
+
+
+def origin_experience_index(experience: CLExperience) -> int:
+    """The index of the experience in its stream; for an online stream's
+    sub-experience, that of the experience it was cut from."""
+    origin = getattr(experience, "origin_experience", None)
+    return int((origin if origin is not None else experience).current_experience)
 
 
 def experience_task_classes(experience: CLExperience) -> Dict[int, List[int]]:
@@ -22,17 +53,7 @@ def experience_task_classes(experience: CLExperience) -> Dict[int, List[int]]:
     :raises ValueError: if the experience has no task labels or no data.
     """
     dataset = getattr(experience, "dataset", None)
-    # Avalanche's templates pass task labels to the model only when the
-    # experience itself has them, so the dataset's labels are not enough.
-    task_labels = getattr(experience, "task_labels", None)
-    if task_labels is None:
-        raise ValueError(
-            "The experience has no task labels, but Piggyback learns one mask per "
-            "task. Make the stream task-aware, e.g. with "
-            "avalanche.benchmarks.scenarios.task_aware.task_incremental_benchmark(bm) "
-            "or with_task_labels(bm)."
-        )
-    tasks = sorted({int(t) for t in task_labels})
+    tasks = experience_task_labels(experience)
     if dataset is not None and len(dataset) == 0:
         raise ValueError(
             f"Experience {getattr(experience, 'current_experience', '?')} (task(s) {tasks}) holds no samples: "

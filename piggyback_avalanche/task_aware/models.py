@@ -76,6 +76,31 @@ def _refuse_avalanche_dynamic_modules(backbone: nn.Module, model_name: str) -> N
         )
 
 
+_HOOKS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+)
+"""The hooks a module keeps (torch's own dictionaries)."""
+
+
+def _carry_hooks(module: nn.Module, replacement: nn.Module) -> None:
+    """Give ``replacement`` the hooks registered on the backbone's ``module``
+    that it stands for, so that they fire in the model too; a replacement
+    that runs ``module`` itself (a per-task norm around it) fires them
+    already."""
+    if replacement is module or any(inner is module for inner in replacement.modules()):
+        return
+    for name in _HOOKS:
+        hooks = getattr(module, name, None)
+        if hooks:
+            getattr(replacement, name).update(hooks)
+
+
 def _output_linear(backbone: nn.Module) -> Union[str, None]:
     """The qualified name of the ``nn.Linear`` whose output is the backbone's
     output, found by tracing its forward pass; ``None`` if it cannot be traced."""
@@ -149,6 +174,12 @@ class MultiHeadModel(MultiTaskModule):
     backbone is left as it is: this is the multi-head model of the baselines
     that train the whole network (fine-tuning, EWC, LwF, replay, ...).
 
+    The model works on a copy of the backbone, which stays yours as it was.
+    Hooks registered on it before the model is built come along (a layer's
+    hooks move to its task-aware replacement); hooks registered on your
+    backbone afterwards never fire in the model: register them on
+    ``model.backbone`` (``model.backbone.get_submodule(name)``).
+
     :param backbone: the network to copy.
     :param classifier: the ``nn.Linear`` replaced by per-task heads, as a
         module of the backbone or its qualified name; ``None`` finds the
@@ -209,6 +240,7 @@ class MultiHeadModel(MultiTaskModule):
                 continue  # what lies below a replaced module is the replacement's
             if id(module) not in replaced:
                 replaced[id(module)] = self._task_aware(module, is_classifier=name == classifier_name)
+                _carry_hooks(module, replaced[id(module)])
             new = replaced[id(module)]
             if new is module:
                 continue
@@ -930,6 +962,22 @@ class TaskAwareModel(MultiHeadModel):
         return 8.0 * sum(layer.task_state_bytes() for layer in layers) / sum(layer.weight.numel() for layer in layers)
 
     @torch.no_grad()
+    def _learning_batch_norms(self) -> List[nn.modules.batchnorm._BatchNorm]:
+        """The learning tasks' batch norms that keep running statistics."""
+        return [
+            norm
+            for _, module in self._named_task_modules()
+            if isinstance(module, TaskNorm)
+            for norm in module.learning_norms()
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats
+        ]
+
+    def has_norm_statistics(self) -> bool:
+        """Whether a learning task keeps batch-norm running statistics, which
+        :meth:`recalibrate_norm_statistics` re-estimates (a network without
+        batch norm has none, and needs no pass)."""
+        return bool(self._learning_batch_norms())
+
     def recalibrate_norm_statistics(self, batches: Iterable[Tuple[Tensor, Tensor]]) -> int:
         """Re-estimate the running statistics of the learning tasks' batch
         norm from ``batches``, as a plain average over them, with the layers
@@ -947,13 +995,7 @@ class TaskAwareModel(MultiHeadModel):
         :raises ValueError: if ``batches`` is empty; the statistics are then
             left as they were.
         """
-        norms = [
-            norm
-            for _, module in self._named_task_modules()
-            if isinstance(module, TaskNorm)
-            for norm in module.learning_norms()
-            if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats
-        ]
+        norms = self._learning_batch_norms()
         saved = [copy.deepcopy(norm.state_dict()) for norm in norms]
         momenta = [norm.momentum for norm in norms]
         was_training = self.training

@@ -2,22 +2,32 @@
 experience adds its tasks to a task-aware model, trains only them and
 freezes them when it ends."""
 
+import functools
+import inspect
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch.nn import CrossEntropyLoss, Module
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import MultiStepLR
 
+from avalanche.benchmarks.scenarios.online import OnlineCLExperience
 from avalanche.core import BasePlugin
-from avalanche.training.plugins import EWCPlugin, LRSchedulerPlugin, MASPlugin, SynapticIntelligencePlugin
+from avalanche.models import DynamicModule
 from avalanche.training.plugins.evaluation import EvaluationPlugin, default_evaluator
 from avalanche.training.templates import SupervisedTemplate
+from avalanche.training.templates.base import PositionalArgumentsDeprecatedWarning
 
 from piggyback_avalanche.checks import check_count, check_positive
-from piggyback_avalanche.task_aware.experiences import experience_classes, experience_task_classes
+from piggyback_avalanche.task_aware.experiences import (
+    experience_classes,
+    experience_task_classes,
+    experience_task_labels,
+    origin_experience_index,
+)
 from piggyback_avalanche.task_aware.models import TaskAwareModel
+from piggyback_avalanche.task_aware.plugin_support import refuse_unfit_plugins
 from piggyback_avalanche.task_aware.restore_point import RestorePoint
 from piggyback_avalanche.task_aware.task_inference import InferencePer, TaskInference
 
@@ -51,41 +61,21 @@ OptimizerFactory = Callable[[List[Dict]], Optimizer]
 """Builds an optimizer from a list of parameter groups (each with its ``lr``)."""
 
 
-_REGULARIZATION_PLUGINS = (EWCPlugin, SynapticIntelligencePlugin, MASPlugin)
-
-
-def _refuse_plugins(strategy_name: str, plugins: Sequence[BasePlugin]) -> None:
-    """Refuse plugins that cannot act on a strategy that trains each task
-    with its own fresh optimizer and never trains a learned task again."""
-    for plugin in plugins:
-        if isinstance(plugin, LRSchedulerPlugin):
-            raise ValueError(
-                f"LRSchedulerPlugin cannot work with {strategy_name}: it builds a fresh optimizer for each "
-                "experience, over that experience's task only, so a scheduler built on another optimizer "
-                "would change nothing. Use lr_decay_epochs=(...) and lr_decay_factor=... (a step schedule "
-                "within each experience), or optimizer_factory=... for another optimizer."
-            )
-        if isinstance(plugin, _REGULARIZATION_PLUGINS):
-            raise ValueError(
-                f"{type(plugin).__name__} penalises changes to weights that earlier tasks used, but "
-                f"{strategy_name} never trains a learned task's parameters again (its forgetting is zero "
-                "by construction), so there is nothing for it to act on. Drop the plugin; to compare with "
-                f"{type(plugin).__name__.replace('Plugin', '')} itself, use make_strategy('ewc' | 'si' | 'mas', backbone)."
-            )
-
-
 def _refuse_shared_task_labels(strategy_name: str, experience: Any) -> None:
     """Refuse a stream whose experiences share task labels (a
     class-incremental stream) before its first experience trains: a task is
     learned once, in one experience."""
+    # An online stream's sub-experiences share their experience's task: its
+    # experience is the one compared with the others of its stream.
+    experience = getattr(experience, "origin_experience", None) or experience
     stream = getattr(experience, "origin_stream", None)
     if stream is None:
         return
-    labels = set(experience.task_labels)
+    labels = set(experience_task_labels(experience))
     sharing = [
         other.current_experience
         for other in stream
-        if other.current_experience != experience.current_experience and labels & set(other.task_labels)
+        if other.current_experience != experience.current_experience and labels & set(experience_task_labels(other))
     ]
     if sharing:
         raise ValueError(
@@ -96,6 +86,73 @@ def _refuse_shared_task_labels(strategy_name: str, experience: Any) -> None:
             "experience: use nc_benchmark(..., task_labels=True), return_task_id=True, or "
             "avalanche.benchmarks.scenarios.task_aware.task_incremental_benchmark(bm)."
         )
+
+
+_AVALANCHE_POSITIONAL_ARGUMENTS = (
+    "model",
+    "optimizer",
+    "criterion",
+    "train_mb_size",
+    "train_epochs",
+    "eval_mb_size",
+    "device",
+    "plugins",
+    "evaluator",
+    "eval_every",
+)
+"""The order in which Avalanche's strategies still take positional arguments
+(``Naive(model, optimizer, criterion, ...)``)."""
+
+
+def _taking_avalanche_positional_arguments(init: Callable[..., None], class_name: str) -> Callable[..., None]:
+    """``init``, also taking positional arguments in Avalanche's order (with
+    Avalanche's deprecation warning), whatever order ``init`` declares its
+    keyword-only arguments in."""
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if args:
+            if len(args) > len(_AVALANCHE_POSITIONAL_ARGUMENTS):
+                raise TypeError(
+                    f"{class_name} takes at most {len(_AVALANCHE_POSITIONAL_ARGUMENTS)} positional arguments, in "
+                    f"Avalanche's order ({', '.join(_AVALANCHE_POSITIONAL_ARGUMENTS)}); got {len(args)}. Pass "
+                    "the others by name."
+                )
+            named = dict(zip(_AVALANCHE_POSITIONAL_ARGUMENTS, args))
+            twice = sorted(set(named) & set(kwargs))
+            if twice:
+                raise TypeError(f"{class_name} got {twice} both by position and by name; pass each once.")
+            warnings.warn(
+                f"{class_name} got {len(args)} positional argument(s), taken as {list(named)} in Avalanche's order; "
+                "as Avalanche asks, pass them by name.",
+                PositionalArgumentsDeprecatedWarning,
+                stacklevel=2,
+            )
+            kwargs.update(named)
+        init(self, **kwargs)
+
+    __init__.__signature__ = inspect.signature(init)  # type: ignore[attr-defined]
+    return __init__
+
+
+def _optimizer_factory(optimizer: Any, optimizer_factory: Optional["OptimizerFactory"]) -> "OptimizerFactory":
+    """The factory that builds each experience's optimizer, from Avalanche's
+    ``optimizer=`` (a class or a factory) or ``optimizer_factory=``."""
+    if optimizer is not None and optimizer_factory is not None:
+        raise ValueError("Pass optimizer= or optimizer_factory=, not both: they say the same thing.")
+    if isinstance(optimizer, Optimizer):
+        raise ValueError(
+            f"optimizer= got an optimizer ({type(optimizer).__name__}) built over a model's parameters; these "
+            "strategies build a fresh one for each experience, over that experience's task only. Pass its class "
+            f"(optimizer=torch.optim.{type(optimizer).__name__}) or a factory of parameter groups "
+            f"(optimizer=lambda groups: torch.optim.{type(optimizer).__name__}(groups, momentum=0.9)); the "
+            "learning rates are the strategy's own (lr=..., and mask_lr=... for Piggyback)."
+        )
+    if optimizer is None:
+        return optimizer_factory or _adam
+    if not callable(optimizer):
+        raise ValueError(f"optimizer= takes an optimizer class or a factory of parameter groups, got {optimizer!r}.")
+    return optimizer  # a class takes the parameter groups as its first argument, as a factory does
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -132,8 +189,13 @@ class TaskAwareStrategy(SupervisedTemplate):
     :param lr_decay_epochs: epochs (counted within each training phase) after
         which every learning rate is multiplied by ``lr_decay_factor``.
     :param lr_decay_factor: the factor of the step schedule.
-    :param optimizer_factory: builds the optimizer from the parameter groups;
-        defaults to ``torch.optim.Adam``, fused where torch supports it.
+    :param optimizer: Avalanche's argument, for the optimizer each experience
+        gets: an optimizer class (``torch.optim.SGD``) or a factory of
+        parameter groups; ``None``: ``torch.optim.Adam``, fused where torch
+        supports it. An optimizer already built over a model's parameters is
+        refused, naming what to pass instead: each experience's optimizer
+        covers that experience's task only, at the strategy's learning rates.
+    :param optimizer_factory: the same, by this package's older name.
     :param recalibrate_norm_statistics: before freezing, re-estimate the
         learning tasks' batch-norm running statistics with one pass over the
         experience's training data (eval transforms) through the final
@@ -154,17 +216,34 @@ class TaskAwareStrategy(SupervisedTemplate):
     :param base_kwargs: Avalanche's usual arguments, passed to
         ``SupervisedTemplate`` (``criterion``, ``train_mb_size``,
         ``train_epochs``, ``eval_mb_size``, ``device``, ``plugins``,
-        ``evaluator``, ``eval_every``, ...).
+        ``evaluator``, ``eval_every``, ...). As with Avalanche's strategies,
+        the first of them may come by position, in Avalanche's order
+        (``Piggyback(model, optimizer, criterion, ...)``, with Avalanche's
+        deprecation warning). Plugins that cannot apply are refused here
+        (:mod:`~piggyback_avalanche.task_aware.plugin_support`).
+
+    **Online streams** (Avalanche's ``split_online_stream``): a task learns
+    over all of its sub-experiences, with one optimizer, and is frozen at its
+    last one (``access_task_boundaries=True``), or, without task boundaries,
+    when the data of another task arrives. The passes that re-estimate its
+    batch-norm statistics and fit its feature statistics read its last
+    sub-experience: online data is seen once.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)  # Avalanche wraps __init__ in its own positional-argument support
+        cls.__init__ = _taking_avalanche_positional_arguments(cls.__init__, cls.__name__)  # type: ignore[method-assign]
 
     model_type: Type[TaskAwareModel] = TaskAwareModel
     model: TaskAwareModel
+    optimizer: Optional[Optimizer]
     train_epochs: int
 
     def __init__(
         self,
         *,
         model: TaskAwareModel,
+        optimizer: Union[None, Type[Optimizer], OptimizerFactory] = None,
         lr_decay_epochs: Sequence[int] = (),
         lr_decay_factor: float = 0.1,
         optimizer_factory: Optional[OptimizerFactory] = None,
@@ -187,7 +266,14 @@ class TaskAwareStrategy(SupervisedTemplate):
                 f"{name} trains a {model_name}, got {type(model).__name__}. "
                 f"Wrap your network: {name}(model={model_name}(backbone), ...)."
             )
-        _refuse_plugins(name, plugins or [])
+        nested = [path for path, module in model.named_modules() if path and isinstance(module, DynamicModule)]
+        if nested:
+            raise ValueError(
+                f"The {model_name} holds Avalanche dynamic modules of its own ({', '.join(nested)}): Avalanche "
+                "would adapt them to every experience besides the model, adding every task twice. Give the "
+                "strategy one task-aware model; keep other models outside it."
+            )
+        refuse_unfit_plugins(name, [*(plugins or []), criterion], infers_tasks=task_inference is not None)
         check_positive("lr_decay_factor", lr_decay_factor)
         check_count("train_mb_size", train_mb_size)
         check_count("train_epochs", train_epochs)
@@ -196,7 +282,7 @@ class TaskAwareStrategy(SupervisedTemplate):
             raise ValueError(f"lr_decay_epochs must be positive epoch counts, got {decay_epochs}.")
         self.lr_decay_epochs = decay_epochs
         self.lr_decay_factor = lr_decay_factor
-        self.optimizer_factory: OptimizerFactory = optimizer_factory or _adam
+        self.optimizer_factory: OptimizerFactory = _optimizer_factory(optimizer, optimizer_factory)
         self.recalibrate_norm_statistics = recalibrate_norm_statistics
         if task_score is not None and not isinstance(task_inference, str):
             raise ValueError(
@@ -219,6 +305,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         """The inferred task of each sample of the last evaluation mini-batch
         (``None`` when tasks were not inferred)."""
         self._eval_width = 0
+        self._optimized: List[int] = []  # the parameters the optimizer was built over
         self.lr_scheduler: Optional[MultiStepLR] = None
         super().__init__(
             model=model,
@@ -258,11 +345,17 @@ class TaskAwareStrategy(SupervisedTemplate):
         }
 
     def check_model_and_optimizer(self, **kwargs) -> None:
-        # Every experience adds a task and starts a fresh optimizer over it.
+        # Every experience adds a task and starts a fresh optimizer over it
+        # (an online task's sub-experiences go on with the one they have).
         self.model = self.model_adaptation()
         if self.is_training:
             self._check_labels_fit_heads()
-        self.make_optimizer(**kwargs)
+        # The optimizer holds the parameters it was built over, so their ids stay theirs.
+        if self.optimizer is None or self._optimized != self._trainable_parameter_ids():
+            self.make_optimizer(**kwargs)
+
+    def _trainable_parameter_ids(self) -> List[int]:
+        return [id(p) for params in self.model.trainable_parameters().values() for p in params]
 
     def _check_labels_fit_heads(self) -> None:
         """Refuse an experience whose samples carry class labels that its
@@ -313,15 +406,17 @@ class TaskAwareStrategy(SupervisedTemplate):
     def experience_tasks(self, experience: Any) -> Dict[int, List[int]]:
         """The tasks that training ``experience`` learns, with their classes:
         the stream's task labels, or with task inference the experience's
-        number as the one task, over all its classes."""
+        number as the one task, over all its classes (for an online
+        sub-experience, those of the experience it was cut from)."""
+        whole = getattr(experience, "origin_experience", None) or experience
         if self.task_inference is None:
-            return experience_task_classes(experience)
-        return {int(experience.current_experience): experience_classes(experience)}
+            return experience_task_classes(whole)
+        return {origin_experience_index(experience): experience_classes(whole)}
 
     def training_task(self) -> int:
         """The task the current experience learns (or would learn), with
         task inference."""
-        return int(self.experience.current_experience)
+        return origin_experience_index(self.experience)
 
     def forward(self) -> Any:
         """Avalanche's forward pass; with task inference, training passes the
@@ -329,7 +424,9 @@ class TaskAwareStrategy(SupervisedTemplate):
         (the stream's task labels are never read)."""
         self.mb_inferred_tasks = None
         if self.task_inference is None:
-            return super().forward()
+            # Avalanche passes the batch's task labels only when the experience
+            # says it has them; an online sub-experience carries them in its data alone.
+            return self.model(self.mb_x, self.mb_task_id)
         if self.is_training or not self.model.tasks:
             # Training, or nothing learned yet: the model as it stands before its first task.
             return self.model(self.mb_x, self.training_task())
@@ -368,6 +465,13 @@ class TaskAwareStrategy(SupervisedTemplate):
     def refuse_before_training(self, experience: Any) -> None:
         """Raise, naming the problem and the fix, if ``experience`` cannot be
         trained; called for every experience before ``train`` does any work."""
+        if isinstance(experience, OnlineCLExperience) and not experience.access_task_boundaries:
+            raise ValueError(
+                f"{type(self).__name__} freezes each task when its data ends, but an online stream without task "
+                "boundaries never says when (experience "
+                f"{experience.current_experience}). Cut the stream with split_online_stream(..., "
+                "access_task_boundaries=True)."
+            )
         tasks = self.experience_tasks(experience)
         if self.task_inference is None:
             _refuse_shared_task_labels(type(self).__name__, experience)
@@ -375,31 +479,62 @@ class TaskAwareStrategy(SupervisedTemplate):
         frozen = sorted(set(tasks) & set(self.model.frozen_tasks))
         if frozen:
             raise ValueError(
-                f"Experience {experience.current_experience} was learned already: with task inference, "
+                f"Experience {origin_experience_index(experience)} was learned already: with task inference, "
                 f"training experience k learns task k, and task(s) {frozen} are frozen. Train each "
                 "experience of a stream once, or start a new model for another stream."
             )
 
     def backward(self) -> None:
         if not torch.isfinite(self.loss):
+            cause, fix = self._non_finite_loss_cause()
             raise NonFiniteLossError(
                 f"The loss is {self.loss.item()} at experience {self.experience.current_experience} "
                 f"(tasks {self.model.learning_tasks}), epoch {self.clock.train_exp_epochs}, iteration "
-                f"{self.clock.train_epoch_iterations} of the epoch. Nothing was frozen or saved, so the last "
-                "checkpoint is intact. Check the inputs for NaN or infinite values, or lower the learning "
-                "rates, then resume from the checkpoint."
+                f"{self.clock.train_epoch_iterations} of the epoch: {cause}. Nothing was frozen or saved, so the "
+                f"last checkpoint is intact. {fix}"
             )
         super().backward()
 
+    def _non_finite_loss_cause(self) -> Tuple[str, str]:
+        """What made the loss NaN or infinite (the inputs, the model's
+        outputs, or the criterion on finite outputs), and what to do."""
+        inputs, outputs = self.mb_x, self.mb_output
+        if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+            return "the inputs hold NaN or infinite values", "Clean the data, then resume from the checkpoint."
+        if isinstance(outputs, torch.Tensor) and not bool(torch.isfinite(outputs).all()):
+            return (
+                "the model's outputs are NaN or infinite on finite inputs: training diverged",
+                "Lower the learning rates, then resume from the checkpoint.",
+            )
+        return (
+            f"the inputs and the model's outputs are finite, so the criterion ({type(self._criterion).__name__}) "
+            "made it: it does not fit these outputs (the task's logits, as wide as every class the model knows, "
+            "masked classes at a finite MASKED_LOGIT) or these targets",
+            "Use a criterion that takes logits and class labels, such as the default CrossEntropyLoss, then resume "
+            "from the checkpoint.",
+        )
+
     def make_optimizer(self, **kwargs) -> None:
-        """A fresh optimizer over the learning tasks' parameters only."""
+        """A fresh optimizer over the learning tasks' parameters only.
+
+        :raises ValueError: if no task is being learned (before the first
+            experience, the model has nothing to train): ``train`` builds it
+            for every experience, after adding the experience's task.
+        """
         lrs = self.group_learning_rates()
         param_groups = [
             {"params": params, "lr": lrs[name], "name": name}
             for name, params in self.model.trainable_parameters().items()
             if params
         ]
+        if not param_groups:
+            raise ValueError(
+                f"{type(self).__name__} has no task being learned, so there is nothing to optimise: train() "
+                "builds a fresh optimizer for every experience, after adding the experience's task. Call "
+                "train(experience) instead of make_optimizer()."
+            )
         self.optimizer = self.optimizer_factory(param_groups)
+        self._optimized = self._trainable_parameter_ids()
         self.lr_scheduler = MultiStepLR(self.optimizer, milestones=self.lr_decay_epochs, gamma=self.lr_decay_factor)
 
     def _after_training_epoch(self, **kwargs: Any) -> None:
@@ -413,14 +548,16 @@ class TaskAwareStrategy(SupervisedTemplate):
         super()._before_training_exp(**kwargs)
 
     def _after_training_exp(self, **kwargs) -> None:
-        if self.recalibrate_norm_statistics:
-            self._recalibrate_norm_statistics()
-        # Freeze before the plugins run, so metrics see the final state.
-        for task in self.model.learning_tasks:
-            self.model.freeze_task(task)
-        if self.model.feature_statistics is not None:
-            # Once frozen: a task that trained the backbone has now handed it its final norms.
-            self._fit_feature_statistics()
+        # An online task goes on learning until its last sub-experience.
+        if not isinstance(self.experience, OnlineCLExperience) or self.experience.is_last_subexp:
+            if self.recalibrate_norm_statistics and self.model.has_norm_statistics():
+                self._recalibrate_norm_statistics()
+            # Freeze before the plugins run, so metrics see the final state.
+            for task in self.model.learning_tasks:
+                self.model.freeze_task(task)
+            if self.model.feature_statistics is not None:
+                # Once frozen: a task that trained the backbone has now handed it its final norms.
+                self._fit_feature_statistics()
         self._restore_point = None  # the experience is complete
         super()._after_training_exp(**kwargs)
 

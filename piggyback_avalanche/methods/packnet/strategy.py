@@ -2,6 +2,9 @@
 
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
+from avalanche.benchmarks.scenarios.online import OnlineCLExperience
+from avalanche.training.plugins import EarlyStoppingPlugin
+
 from piggyback_avalanche.checks import check_count, check_positive
 from piggyback_avalanche.methods.packnet.model import PackNetModel, check_prune_ratio
 from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, TaskAwareStrategy
@@ -43,6 +46,13 @@ class PackNet(TaskAwareStrategy):
     retrains the kept ones for ``post_prune_epochs`` at ``post_prune_lr`` with
     a fresh optimizer, then freezes them. Earlier tasks' weights sit outside
     every optimizer, so momentum and weight decay cannot move them.
+
+    An experience has ``train_epochs + post_prune_epochs`` epochs, counted on
+    by Avalanche's clock: periodic evaluation (``eval_every``) counts them
+    all and always evaluates the pruned, retrained model last. The
+    retraining is a training phase of its own for ``EarlyStoppingPlugin``:
+    it stops (and restores the best weights of) each phase apart, so it can
+    never undo the pruning.
 
     :param model: a :class:`~piggyback_avalanche.methods.packnet.model.PackNetModel`.
     :param prune_ratio: the share of each layer's free weights to release
@@ -111,6 +121,24 @@ class PackNet(TaskAwareStrategy):
             )
         return float(self.prune_ratio[position])
 
+    def refuse_before_training(self, experience: Any) -> None:
+        if isinstance(experience, OnlineCLExperience):
+            raise ValueError(
+                "PackNet trains a task on the whole experience, prunes it, then retrains it on the whole "
+                "experience again; an online stream gives a task's data once, in pieces. Train PackNet on the "
+                "stream the online one was cut from, or use Piggyback, which learns online."
+            )
+        super().refuse_before_training(experience)
+
+    def _before_training_exp(self, **kwargs: Any) -> None:
+        # Periodic evaluation plans the experience's last evaluation from
+        # train_epochs; this experience has the retraining epochs too.
+        epochs, self.train_epochs = self.train_epochs, self.train_epochs + self.post_prune_epochs
+        try:
+            super()._before_training_exp(**kwargs)
+        finally:
+            self.train_epochs = epochs
+
     def _train_exp(self, experience: Any, eval_streams: Any = None, **kwargs: Any) -> None:
         # Looked up first, so that a missing ratio stops before any training.
         ratio = self.ratio_for(len(self.model.frozen_tasks))
@@ -118,6 +146,16 @@ class PackNet(TaskAwareStrategy):
         self.model.prune(ratio)
         if not self.post_prune_epochs:
             return
+        # The retraining is a training phase of its own: a stop requested in
+        # the last epoch of training ended that phase, not this one, and early
+        # stopping starts again from the pruned model (restoring its best
+        # weights from before the pruning would undo it). Avalanche has no
+        # callback for a phase within an experience, so the one plugin that
+        # keeps per-phase state is reset here.
+        self._stop_training = False
+        for plugin in self.plugins:
+            if isinstance(plugin, EarlyStoppingPlugin):
+                plugin.before_training_exp(self)
         epochs, self.train_epochs, self._phase_lr = self.train_epochs, self.post_prune_epochs, self.post_prune_lr
         try:
             self.make_optimizer()
