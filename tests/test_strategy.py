@@ -212,7 +212,7 @@ def test_retraining_a_frozen_task_is_refused(three_task_stream):
     strategy = _strategy(model)
     strategy.train(three_task_stream.train_stream[0])
     masks = model.state_dict()["backbone.0.packed_masks.0"].clone()
-    with pytest.raises(ValueError, match="already learned and is frozen"):
+    with pytest.raises(ValueError, match="already learned and are frozen"):
         strategy.train(three_task_stream.train_stream[0])
     assert torch.equal(model.state_dict()["backbone.0.packed_masks.0"], masks)
 

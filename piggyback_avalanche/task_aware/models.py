@@ -1021,11 +1021,10 @@ class TaskAwareModel(MultiHeadModel):
         return samples
 
     def _revisit(self, task: int, classes: Sequence[int]) -> None:
-        if task_key(task) not in self.task_state.learning:
-            raise ValueError(
-                f"Task {task} was already learned and is frozen; a learned task is "
-                "never changed. Give this experience a new task label."
-            )
+        # Adapting to an experience again (Avalanche may, through pre_adapt and
+        # its recursion) changes nothing; training a frozen task again is
+        # refused by the strategy, before any work.
+        super()._revisit(task, classes)
 
     # --- the shared tensors stay as the frozen tasks learned them ----------------
 

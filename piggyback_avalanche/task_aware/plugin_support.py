@@ -15,7 +15,7 @@ plugin table is checked against it).
 """
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Optional, Sequence, Tuple, Type
 
 from avalanche.training.losses import ICaRLLossPlugin, MaskedCrossEntropy
 from avalanche.training.plugins import (
@@ -65,15 +65,16 @@ class PluginSupport:
     :param works: whether the strategies run it.
     :param reason: what it does with the strategies, or why it cannot apply.
     :param instead: for a refused plugin, what to use instead.
-    :param refused_with_task_inference: a plugin that works with task labels
-        and is refused with task inference, and why.
+    :param unless: for a plugin that works, when it does not:
+        ``unless(plugin, infers_tasks)`` says why (and what to do) for a
+        configuration of it that cannot apply, or ``""``.
     """
 
     plugins: Tuple[Type[Any], ...]
     works: bool
     reason: str
     instead: str = ""
-    refused_with_task_inference: str = ""
+    unless: Optional[Callable[[Any, bool], str]] = None
 
     def refusal(self, strategy_name: str, plugin: Any, *, infers_tasks: bool) -> Optional[str]:
         """Why ``strategy_name`` refuses ``plugin`` and what to use instead,
@@ -81,8 +82,9 @@ class PluginSupport:
         name = type(plugin).__name__
         if not self.works:
             return f"{name} cannot work with {strategy_name}: {self.reason} Instead: {self.instead}"
-        if infers_tasks and self.refused_with_task_inference:
-            return f"{name} cannot work with {strategy_name}(task_inference=...): {self.refused_with_task_inference}"
+        why = self.unless(plugin, infers_tasks) if self.unless is not None else ""
+        if why:
+            return f"{name} cannot work with {strategy_name}{'(task_inference=...)' if infers_tasks else ''}: {why}"
         return None
 
 
@@ -115,15 +117,26 @@ AVALANCHE_PLUGINS: Tuple[PluginSupport, ...] = (
         works=True,
         reason="runs and changes nothing: replayed samples pass through their own frozen task, which no "
         "gradient changes; its buffer costs memory and counts in the model size.",
-        refused_with_task_inference="with task inference every training sample trains the experience's task, "
-        "so replayed samples of earlier classes would train its head on classes it does not have. Drop the "
-        "plugin; task inference needs no exemplars.",
+        unless=lambda plugin, infers_tasks: (
+            "with task inference every training sample trains the experience's task, so replayed samples of "
+            "earlier classes would train its head on classes it does not have. Drop the plugin; task inference "
+            "needs no exemplars."
+            if infers_tasks
+            else ""
+        ),
     ),
     PluginSupport(
         (MaskedCrossEntropy,),
         works=True,
-        reason="as the criterion: the logits are as wide as every class the model knows, masked with a finite "
-        "value, so every mask ('seen', 'new', 'old', 'all') gives a finite loss.",
+        reason="as the criterion, with mask='new': the cross-entropy over the experience's classes, which are its "
+        "task's head's classes.",
+        unless=lambda plugin, infers_tasks: (
+            f"mask={plugin.mask!r} weighs classes of other tasks, which a sample's task has no logit for (each task "
+            "has its own head; those columns hold MASKED_LOGIT, whose softmax is 0 and whose log makes the loss "
+            "NaN). Use MaskedCrossEntropy(mask='new'), or the default CrossEntropyLoss."
+            if getattr(plugin, "mask", "new") != "new"
+            else ""
+        ),
     ),
     PluginSupport(
         (LRSchedulerPlugin,),

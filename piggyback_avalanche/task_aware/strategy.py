@@ -306,6 +306,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         (``None`` when tasks were not inferred)."""
         self._eval_width = 0
         self._optimized: List[int] = []  # the parameters the optimizer was built over
+        self._sub_experiences_trained: Dict[int, int] = {}  # of each experience of an online stream
         self.lr_scheduler: Optional[MultiStepLR] = None
         super().__init__(
             model=model,
@@ -475,6 +476,12 @@ class TaskAwareStrategy(SupervisedTemplate):
         tasks = self.experience_tasks(experience)
         if self.task_inference is None:
             _refuse_shared_task_labels(type(self).__name__, experience)
+            frozen = sorted(set(tasks) & set(self.model.frozen_tasks))
+            if frozen:
+                raise ValueError(
+                    f"Task(s) {frozen} of experience {experience.current_experience} were already learned and are "
+                    "frozen; a learned task is never changed. Give this experience a new task label."
+                )
             return
         frozen = sorted(set(tasks) & set(self.model.frozen_tasks))
         if frozen:
@@ -547,9 +554,20 @@ class TaskAwareStrategy(SupervisedTemplate):
         self._restore_point = RestorePoint(self.model, self.clock, unchanging=self.model.frozen_task_parts())
         super()._before_training_exp(**kwargs)
 
+    def _task_ends_with(self, experience: Any) -> bool:
+        """Whether ``experience`` ends its task: any experience but an online
+        stream's sub-experience, and that at the last of its experience."""
+        if not isinstance(experience, OnlineCLExperience):
+            return True
+        origin = origin_experience_index(experience)
+        self._sub_experiences_trained[origin] = self._sub_experiences_trained.get(origin, 0) + 1
+        # Avalanche 0.6 does not mark the last sub-experience of an experience
+        # whose size is a multiple of experience_size: the count says it too.
+        return bool(experience.is_last_subexp) or self._sub_experiences_trained[origin] == experience.sub_stream_length
+
     def _after_training_exp(self, **kwargs) -> None:
         # An online task goes on learning until its last sub-experience.
-        if not isinstance(self.experience, OnlineCLExperience) or self.experience.is_last_subexp:
+        if self._task_ends_with(self.experience):
             if self.recalibrate_norm_statistics and self.model.has_norm_statistics():
                 self._recalibrate_norm_statistics()
             # Freeze before the plugins run, so metrics see the final state.
