@@ -763,3 +763,20 @@ def test_packnet_with_sgd_and_adam(optimizer):
     metrics, learned = run_stream(strategy, benchmark, experiences=3)
     assert_forgets_nothing(strategy, benchmark, learned)
     assert isinstance(strategy.optimizer, optimizer)
+
+
+def test_the_readme_lists_every_avalanche_plugin_with_its_verdict():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        match = re.match(r"\| ((?:`\w+`(?:, )?)+) \| (works|refused)", line)
+        if match:
+            for name in re.findall(r"`(\w+)`", match.group(1)):
+                rows[name] = match.group(2)
+    expected = {
+        cls.__name__: "works" if entry.works else "refused" for entry in AVALANCHE_PLUGINS for cls in entry.plugins
+    }
+    assert rows == expected
