@@ -2,9 +2,26 @@
 that each rule and its message live in one place."""
 
 import math
-from typing import Any
+import sys
+import warnings
+from typing import Any, Type
 
-__all__ = ["check_positive", "check_count"]
+__all__ = ["check_positive", "check_count", "warn_caller"]
+
+# Frames of these packages (and of functools' wrappers, which Avalanche's and
+# our constructors go through) are not the user's line.
+_LIBRARY_PREFIXES = ("piggyback_avalanche", "avalanche", "functools", "torch")
+
+
+def warn_caller(message: str, category: Type[Warning] = UserWarning) -> None:
+    """Warn, pointing at the first line outside this package, Avalanche,
+    torch and functools: the user's own line, however deeply wrapped the
+    call that warns is."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in _LIBRARY_PREFIXES:
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def check_positive(name: str, value: Any) -> None:

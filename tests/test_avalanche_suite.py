@@ -780,3 +780,21 @@ def test_the_readme_lists_every_avalanche_plugin_with_its_verdict():
         cls.__name__: "works" if entry.works else "refused" for entry in AVALANCHE_PLUGINS for cls in entry.plugins
     }
     assert rows == expected
+
+
+def test_the_batch_norm_pass_runs_only_where_there_is_batch_norm():
+    """One more pass over the experience re-estimates batch-norm statistics;
+    a backbone without batch norm has none to re-estimate, and gets no pass."""
+
+    def forward_passes(backbone):
+        strategy = build("piggyback", backbone=backbone, train_mb_size=16)
+        calls = []
+        strategy.model.register_forward_pre_hook(lambda module, args: calls.append(strategy.is_training))
+        strategy.train(fast_benchmark().train_stream[0])
+        return len(calls), strategy.clock.train_exp_iterations
+
+    passes, iterations = forward_passes(SimpleMLP(input_size=6, hidden_size=10))
+    assert passes == iterations
+    with_norms = nn.Sequential(nn.Linear(6, 10), nn.BatchNorm1d(10), nn.ReLU(), nn.Linear(10, 10))
+    passes, iterations = forward_passes(with_norms)
+    assert passes == iterations + 8  # 120 samples in batches of 16, once more

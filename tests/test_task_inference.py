@@ -322,14 +322,36 @@ def test_backbone_statistics_are_estimated_once_the_task_that_trains_the_backbon
     assert torch.equal(model.eval().backbone_features(x), after)  # later tasks leave it as it is
 
 
-def test_inferring_tasks_by_entropy_by_default_warns_and_names_the_fix():
-    with pytest.warns(UserWarning, match="feature_statistics=True for the Mahalanobis scores"):
-        Piggyback(model=PiggybackModel(tiny_conv_net(6)), task_inference="sample")
+def test_asking_for_task_inference_is_enough_for_the_best_score():
+    """The model has learned nothing when the strategy is built, so the
+    strategy makes it keep the statistics the best scores read."""
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # chosen on purpose, or with statistics: no warning
-        Piggyback(model=PiggybackModel(tiny_conv_net(6)), task_inference="sample", task_score="entropy")
-        Piggyback(model=PiggybackModel(tiny_conv_net(6), feature_statistics=True), task_inference="batch")
-        Piggyback(model=PiggybackModel(tiny_conv_net(6)))
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message="No loggers specified")  # Avalanche's own
+        strategy = Piggyback(model=PiggybackModel(tiny_conv_net(6)), task_inference="sample", evaluator=None)
+    model = strategy.model
+    assert model.feature_statistics is not None and model.backbone_feature_statistics is not None
+    assert strategy.task_inference.score_name(model) == "backbone_mahalanobis"
+    assert model.settings()["feature_statistics"] is True  # checkpoints record it
+    benchmark = _class_incremental()
+    _train(strategy, benchmark)
+    assert model.backbone_feature_statistics.tasks() == ["0", "1", "2"] and model.tasks == [0, 1, 2]
+    assert not Piggyback(model=PiggybackModel(tiny_conv_net(6)), evaluator=None).model.feature_statistics  # only then
+
+
+def test_a_model_that_learned_tasks_without_statistics_warns_at_the_users_line():
+    model = PiggybackModel(tiny_conv_net(6))
+    model.add_task(0, classes=[0, 1])
+    model.freeze_task(0)
+    with pytest.warns(
+        UserWarning, match="learned tasks \\[0\\] without feature statistics.*feature_statistics=True"
+    ) as caught:
+        Piggyback(model=model, task_inference="sample")
+    assert caught[0].filename == __file__  # the user's line, not the library's or Avalanche's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # chosen on purpose: no warning
+        warnings.filterwarnings("ignore", message="No loggers specified")  # Avalanche's own
+        Piggyback(model=model, task_inference="sample", task_score="entropy")
 
 
 def test_bad_settings_are_refused_before_any_work():

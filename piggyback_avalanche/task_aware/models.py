@@ -220,15 +220,37 @@ class MultiHeadModel(MultiTaskModule):
         self.feature_statistics: Optional[TaskFeatureStatistics] = None
         self.backbone_feature_statistics: Optional[TaskFeatureStatistics] = None
         if feature_statistics:
-            features, placement = self.heads.in_features, self.heads._placement
-            self.feature_statistics = TaskFeatureStatistics(features, task_state=self.task_state, placement=placement)
-            if self.backbone_stays_fixed():
-                # Its score needs no overall distribution: that would be one more F x F per task.
-                self.backbone_feature_statistics = TaskFeatureStatistics(
-                    features, task_state=self.task_state, placement=placement, relative=False
-                )
+            self.keep_feature_statistics()
         for prefix, module in self._named_task_modules():
             module.state_prefix = prefix
+
+    def keep_feature_statistics(self) -> None:
+        """From now on every task keeps the statistics of its features (and,
+        where the backbone stays fixed, of the backbone's), as
+        ``feature_statistics=True`` makes it: what the Mahalanobis
+        task-inference scores read. A strategy asked to infer tasks calls it
+        before the first task.
+
+        :raises ValueError: if the model has learned tasks without them
+            (their statistics cannot be made afterwards).
+        """
+        if self.feature_statistics is not None:
+            return
+        if self.tasks:
+            raise ValueError(
+                f"This {type(self).__name__} has learned tasks {self.tasks} without feature statistics, which cannot "
+                "be made afterwards; build the model with feature_statistics=True before its first task."
+            )
+        features, placement = self.heads.in_features, self.heads._placement
+        self.feature_statistics = TaskFeatureStatistics(features, task_state=self.task_state, placement=placement)
+        if self.backbone_stays_fixed():
+            # Its score needs no overall distribution: that would be one more F x F per task.
+            self.backbone_feature_statistics = TaskFeatureStatistics(
+                features, task_state=self.task_state, placement=placement, relative=False
+            )
+        for prefix, module in self._named_task_modules():
+            module.state_prefix = prefix
+        self._shared_keys = None
 
     # --- building ----------------------------------------------------------
 

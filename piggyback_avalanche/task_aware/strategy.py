@@ -4,7 +4,6 @@ freezes them when it ends."""
 
 import functools
 import inspect
-import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -19,7 +18,7 @@ from avalanche.training.plugins.evaluation import EvaluationPlugin, default_eval
 from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.templates.base import PositionalArgumentsDeprecatedWarning
 
-from piggyback_avalanche.checks import check_count, check_positive
+from piggyback_avalanche.checks import check_count, check_positive, warn_caller
 from piggyback_avalanche.task_aware.experiences import (
     experience_classes,
     experience_task_classes,
@@ -122,11 +121,10 @@ def _taking_avalanche_positional_arguments(init: Callable[..., None], class_name
             twice = sorted(set(named) & set(kwargs))
             if twice:
                 raise TypeError(f"{class_name} got {twice} both by position and by name; pass each once.")
-            warnings.warn(
+            warn_caller(
                 f"{class_name} got {len(args)} positional argument(s), taken as {list(named)} in Avalanche's order; "
                 "as Avalanche asks, pass them by name.",
                 PositionalArgumentsDeprecatedWarning,
-                stacklevel=2,
             )
             kwargs.update(named)
         init(self, **kwargs)
@@ -292,13 +290,17 @@ class TaskAwareStrategy(SupervisedTemplate):
         if isinstance(task_inference, str):
             task_inference = TaskInference(per=task_inference, score=task_score)
         if task_inference is not None:
+            if task_inference.score is None and not model.task_scores() and not model.tasks:
+                # Asking for task inference is enough: the model has learned nothing
+                # yet, so it can still keep the statistics the best scores read.
+                model.keep_feature_statistics()
             task_inference.check_model(model)
             if task_inference.score is None and not model.task_scores():
-                warnings.warn(
+                warn_caller(
                     f"{name} will infer tasks by the entropy of each task's head, which is near chance per sample "
-                    "when heads train briefly (BENCHMARKS.md). Build the model with feature_statistics=True for "
-                    "the Mahalanobis scores, or pass task_score= to choose a logit score on purpose.",
-                    stacklevel=3,
+                    f"when heads train briefly: the model learned tasks {model.tasks} without feature statistics. "
+                    "Build the model with feature_statistics=True for the Mahalanobis scores, or pass task_score= "
+                    "to choose a logit score on purpose."
                 )
         self.task_inference: Optional[TaskInference] = task_inference
         self.mb_inferred_tasks: Optional[torch.Tensor] = None

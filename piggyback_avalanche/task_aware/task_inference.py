@@ -12,7 +12,6 @@ per mini-batch when every sample of a batch comes from one task (SupSup's
 """
 
 import math
-import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Dict, List, Literal, Optional, Sequence, Tuple, cast, get_args
@@ -20,7 +19,7 @@ from typing import Dict, List, Literal, Optional, Sequence, Tuple, cast, get_arg
 import torch
 from torch import Tensor
 
-from piggyback_avalanche.checks import check_count
+from piggyback_avalanche.checks import check_count, warn_caller
 from piggyback_avalanche.task_aware.models import MultiHeadModel
 from piggyback_avalanche.task_aware.task_heads import MASKED_LOGIT
 from piggyback_avalanche.task_aware.task_scores import DEFAULT_SCORES, TASK_SCORES, TaskScore
@@ -204,10 +203,9 @@ class TaskInference:
             # stacked features (a ViT's reshape of its patch embedding).
             agree, why = False, str(error)
         if not agree:
-            warnings.warn(
+            warn_caller(
                 f"Task inference computes each task of this {type(model).__name__} in its own pass, "
-                f"which costs one pass per task: the network cannot compute tasks side by side ({why}).",
-                stacklevel=3,
+                f"which costs one pass per task: the network cannot compute tasks side by side ({why})."
             )
         self._stacking_works[model] = agree
         return agree
