@@ -254,14 +254,20 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every run")
     parser.add_argument("--streams", nargs="+", default=list(STREAMS), choices=list(STREAMS), help="streams to run")
     parser.add_argument(
+        "--epochs", type=int, help="epochs per task (default: the offline default preset's); targets hold for those"
+    )
+    parser.add_argument(
         "--record-targets",
         action="store_true",
         help="append to the shipped targets a target for every run that has none (in a clone: the repository's file)",
     )
     args = parser.parse_args()
     preset = shipped_presets()["offline_default"]
+    epochs = preset["epochs"] if args.epochs is None else args.epochs
+    if args.record_targets and epochs != preset["epochs"]:
+        parser.error(f"--record-targets records targets for the preset's {preset['epochs']} epochs; drop --epochs")
     config = {
-        "train_epochs": preset["epochs"],
+        "train_epochs": epochs,
         "train_mb_size": preset["mb_size"],
         "lr": preset["lr"],
         "mask_lr": preset["mask_lr"],
@@ -297,7 +303,8 @@ def main() -> int:
         ]:
             if args.record_targets:
                 recorded += _record_targets(results, targets, stream=name, backbone=backbone)
-            checks += check_targets(results, targets, stream=name, backbone=backbone)
+            if epochs == preset["epochs"]:  # the shipped targets hold for the preset's epochs
+                checks += check_targets(results, targets, stream=name, backbone=backbone)
         report.append(_tables(stream, runs["main"], runs["main"], runs["reversed"], depth))
         plots = _plots(args.out, stream, runs["main"], runs["main"], runs["reversed"])
         report.append("Plots: " + ", ".join(str(p) for p in plots))
@@ -309,7 +316,10 @@ def main() -> int:
     if recorded:
         print(f"Recorded {recorded} new targets in {shipped_targets_path()}.")
     short = [c for c in checks if not c.passed]
-    print(f"{len(checks) - len(short)} of {len(checks)} targets met.")
+    if epochs == preset["epochs"]:
+        print(f"{len(checks) - len(short)} of {len(checks)} targets met.")
+    else:
+        print(f"Targets not checked: they hold for {preset['epochs']} epochs per task, these runs had {epochs}.")
     return 1 if short else 0
 
 

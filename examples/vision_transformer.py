@@ -27,6 +27,8 @@ from piggyback_avalanche.evaluation import default_evaluator
 parser = argparse.ArgumentParser(description="Piggyback, LoRA, BitFit and prompts on a vision transformer")
 parser.add_argument("--pretrained", action="store_true", help="torchvision's ImageNet ViT-B/16 (downloads once)")
 parser.add_argument("--epochs", type=int, default=3)
+parser.add_argument("--pretrain-epochs", type=int, default=20, help="of the small ViT on the source task")
+parser.add_argument("--tasks", type=int, default=5, help="learn the first TASKS tasks of the stream")
 parser.add_argument("--device", default="cpu")
 args = parser.parse_args()
 
@@ -46,7 +48,7 @@ if args.pretrained:
     benchmark = tensor_task_stream(tasks)
 else:
     backbone = small_vit(in_channels=1, image_size=16)
-    pretrain(backbone, source, epochs=20, lr=1e-3, mb_size=32, device=args.device, seed=0)
+    pretrain(backbone, source, epochs=args.pretrain_epochs, lr=1e-3, mb_size=32, device=args.device, seed=0)
 
 print("| method | avg accuracy (%) | bytes per task |")
 print("|---|---|---|")
@@ -67,9 +69,9 @@ for name, settings in [
         evaluator=default_evaluator(interactive=False),
         **settings,
     )
-    for experience in benchmark.train_stream:
+    for experience in benchmark.train_stream[: args.tasks]:
         strategy.train(experience)
-    results = strategy.eval(benchmark.test_stream)
+    results = strategy.eval(benchmark.test_stream[: args.tasks])
     accuracy = [v for k, v in results.items() if k.startswith("Top1_Acc_Exp/eval_phase/test_stream/")]
     label = name + "".join(f" {k}={v}" for k, v in settings.items())
     print(f"| {label} | {100 * sum(accuracy) / len(accuracy):.1f} | {strategy.model.bytes_per_task():,.0f} |")
