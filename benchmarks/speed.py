@@ -9,6 +9,10 @@ For every setting it prints, as ratios to the plain network:
   (masks unpacked and applied on every forward);
 - peak memory of training (CUDA: allocator peak; CPU: peak resident memory of
   a child process that runs only that training);
+- one epoch of ``strategy.train(experience)`` through Avalanche's loop
+  (``--avalanche-loop``): Piggyback (its batch-norm pass included) against
+  Avalanche's ``Naive`` fine-tuning the same network, each experience a new
+  task of ``--experience-size`` samples;
 
 and, for the network, the bytes one task adds, the masks of 100 tasks at one
 bit per weight, and the time a task switch takes (unpacking every mask of a
@@ -18,6 +22,7 @@ the same machine state.
     python benchmarks/speed.py                      # CPU: ResNet-18 at 32 px / batch 32 and 64 px / batch 64
     python benchmarks/speed.py --device cuda        # ResNet-50 and DenseNet-121, 224 px, batch 64, bf16
     python benchmarks/speed.py --network vit_b_16:224:8 swin_t:224:8 --repeats 5   # transformers
+    python benchmarks/speed.py --avalanche-loop --network resnet18:32:32 --repeats 5 # train() through Avalanche
 """
 
 import argparse
@@ -190,6 +195,47 @@ def measure(network: str, size: int, batch: int, dtype, device: torch.device, re
     return result
 
 
+def avalanche_loop(
+    network: str, size: int, batch: int, device: torch.device, repeats: int, experience_size: int
+) -> Dict[str, float]:
+    """Seconds of one-epoch ``train(experience)`` through Avalanche's loop:
+    Piggyback (defaults: batch-norm pass included) and Avalanche's Naive
+    fine-tuning the plain network with Adam, interleaved; every call a new
+    experience (for Piggyback a new task) of the same size."""
+    from avalanche.training import Naive
+
+    from piggyback_avalanche import Piggyback
+    from piggyback_avalanche.benchmarks.streams import tensor_task_stream
+
+    torch.manual_seed(0)
+    experiences = repeats + 2  # two warm-ups each
+    data = [
+        (torch.randn(experience_size, 3, size, size), torch.randint(0, 10, (experience_size,)))
+        for _ in range(experiences)
+    ]
+    stream = tensor_task_stream([(x, y, x[:batch], y[:batch]) for x, y in data]).train_stream
+    plain = torchvision.models.get_model(network, weights=None, num_classes=10)
+    settings = dict(train_mb_size=batch, train_epochs=1, device=device, evaluator=None)
+    network_copy = copy.deepcopy(plain)
+    optimizer = torch.optim.Adam(network_copy.parameters(), lr=1e-3, fused=device.type in ("cpu", "cuda"))
+    fine_tuning = Naive(model=network_copy, optimizer=optimizer, **settings)
+    piggyback = Piggyback(model=PiggybackModel(plain), **settings)
+    turn = iter(range(experiences * 2))
+    seconds = _time_interleaved(
+        {
+            "fine-tuning": lambda: fine_tuning.train(stream[next(turn) % experiences]),
+            "piggyback": lambda: piggyback.train(stream[piggyback.clock.train_exp_counter]),
+        },
+        repeats - 1,
+        device,
+    )
+    return {
+        "loop_ratio": seconds["piggyback"] / seconds["fine-tuning"],
+        "loop_s_fine_tuning": seconds["fine-tuning"],
+        "loop_s_piggyback": seconds["piggyback"],
+    }
+
+
 def mask_storage(network: str, tasks: int = 100) -> Dict[str, float]:
     """Bytes of one task and of ``tasks`` tasks' masks, at 1 bit, 1 byte
     and 4 bytes per weight."""
@@ -215,6 +261,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument(
+        "--avalanche-loop", action="store_true", help="only one-epoch train() through Avalanche's loop, per network"
+    )
+    parser.add_argument("--experience-size", type=int, default=2048, help="samples per experience of --avalanche-loop")
+    parser.add_argument(
         "--network",
         nargs="+",
         metavar="NAME:SIZE:BATCH",
@@ -230,14 +280,25 @@ def main() -> None:
             else f", {torch.get_num_threads()} threads"
         )
     )
+    settings = SETTINGS[device.type]
+    if args.network:
+        settings = [(n, int(size), int(batch), None) for n, size, batch in (spec.split(":") for spec in args.network)]
+    if args.avalanche_loop:
+        print("| network | input | batch | experience | train() × | fine-tuning s | piggyback s |")
+        print("|---|---|---|---|---|---|---|")
+        for network, size, batch, _ in settings:
+            r = avalanche_loop(network, size, batch, device, args.repeats, args.experience_size)
+            print(
+                f"| {network} | {size} px | {batch} | {args.experience_size} | {r['loop_ratio']:.2f} "
+                f"| {r['loop_s_fine_tuning']:.2f} | {r['loop_s_piggyback']:.2f} |",
+                flush=True,
+            )
+        return
     print(
         "| network | input | batch | dtype | train step × | fine-tuning ms | piggyback ms | eval cached × "
         "| eval uncached × | peak memory × | task switch ms |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    settings = SETTINGS[device.type]
-    if args.network:
-        settings = [(n, int(size), int(batch), None) for n, size, batch in (spec.split(":") for spec in args.network)]
     for network, size, batch, dtype in settings:
         r = measure(network, size, batch, dtype, device, args.repeats)
         print(

@@ -16,7 +16,6 @@ from piggyback_avalanche.app.backbones import small_cnn
 from piggyback_avalanche.app.report import markdown_table
 from piggyback_avalanche.app.runner import strategy_settings, train_and_evaluate
 from piggyback_avalanche.benchmarks.offline import DIGITS_TASKS, digits_task_stream
-from piggyback_avalanche.methods.piggyback import DEFAULT_MASK_LR
 from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, DEFAULT_TRAIN_EPOCHS
 
 __all__ = ["main", "run_demo", "format_table", "TASKS", "METHODS"]
@@ -51,7 +50,7 @@ def _forgetting(matrix: List[List[Optional[float]]]) -> List[Optional[float]]:
 def run_demo(
     *,
     epochs: int = DEFAULT_TRAIN_EPOCHS,
-    mask_lr: float = DEFAULT_MASK_LR,
+    mask_lr: Optional[float] = None,
     lr: float = DEFAULT_LR,
     seed: int = 0,
     tasks: Sequence[str] = TASKS,
@@ -101,7 +100,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=DEFAULT_TRAIN_EPOCHS, help="epochs per task")
-    parser.add_argument("--mask-lr", type=float, default=DEFAULT_MASK_LR, help="Piggyback's mask learning rate")
+    parser.add_argument(
+        "--mask-lr", type=float, help="Piggyback's mask learning rate (default: one per experience, from its steps)"
+    )
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="learning rate of heads, norms and whole networks")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the initial backbone")
     args = parser.parse_args(argv)

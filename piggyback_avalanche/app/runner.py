@@ -37,6 +37,7 @@ from piggyback_avalanche.app.report import (
     write_tables,
 )
 from piggyback_avalanche.app.shipped import SHIPPED_TARGETS, read_preset, shipped_presets, shipped_targets_path
+from piggyback_avalanche.app.tuning import TUNING_PROTOCOLS, OptunaUnavailableError, tune_settings, tuning_benchmark
 from piggyback_avalanche.benchmarks.datasets import (
     CLASSIC_STREAMS,
     FINE_GRAINED_TASKS,
@@ -65,7 +66,6 @@ from piggyback_avalanche.files import (
 )
 from piggyback_avalanche.methods.packnet import DEFAULT_POST_PRUNE_EPOCHS, DEFAULT_PRUNE_RATIO
 from piggyback_avalanche.methods.packnet.model import check_prune_ratio
-from piggyback_avalanche.methods.piggyback import DEFAULT_MASK_LR
 from piggyback_avalanche.task_aware import MultiHeadModel
 from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, DEFAULT_TRAIN_EPOCHS, DEFAULT_TRAIN_MB_SIZE
 from piggyback_avalanche.training.checkpoints import (
@@ -129,6 +129,31 @@ classic benchmarks and the paper's fine-grained tasks."""
 
 CLASS_INCREMENTAL_STREAMS = frozenset({"class_incremental_mnist", "class_incremental_digits"})
 """Streams without task labels: they run only in the class-incremental scenario."""
+
+EVALUATED_ON = ("test", "validation")
+"""``test``: the stream's test experiences; ``validation``: a fifth of each
+training experience, held out (the rest trains), so that settings can be
+chosen without reading the test stream."""
+
+VALIDATION_SIZE = 0.2
+"""The share of each training experience held out for validation."""
+
+
+def validation_benchmark(benchmark: Any, *, seed: int) -> Any:
+    """``benchmark`` with :data:`VALIDATION_SIZE` of each training experience
+    held out as its test stream (Avalanche's
+    ``benchmark_with_validation_stream``): nothing of the test stream is read.
+    Experiences keep their task labels."""
+    from types import SimpleNamespace
+
+    from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+    from avalanche.benchmarks.scenarios.validation_scenario import benchmark_with_validation_stream
+
+    split = benchmark_with_validation_stream(benchmark, validation_size=VALIDATION_SIZE, shuffle=True, seed=seed)
+    if hasattr(benchmark.train_stream[0], "task_labels"):
+        split = with_task_labels(split)
+    return SimpleNamespace(train_stream=split.train_stream, test_stream=split.valid_stream)
+
 
 SCENARIOS = ("task_incremental", "class_incremental")
 """``task_incremental``: task labels at training and test time;
@@ -290,7 +315,7 @@ def train_and_evaluate(
         found = {
             int(name.rsplit("/Exp", 1)[1]): value
             for name, value in metrics.items()
-            if name.startswith(f"{prefix}/eval_phase/test_stream/") and "/Exp" in name
+            if name.startswith(f"{prefix}/eval_phase/{tests.name}_stream/") and "/Exp" in name
         }
         return [found.get(t, missing) for t in range(tasks)]
 
@@ -370,6 +395,10 @@ def run_benchmark(
     data_root: Optional[Path] = None,
     crop_size: int = 224,
     scenario: str = "task_incremental",
+    evaluate_on: str = "test",
+    tune_trials: int = 0,
+    tune_protocol: str = "validation",
+    tune_tasks: int = 2,
     log: Callable[[str], None] = print,
 ) -> Dict[str, Dict[str, Any]]:
     """Run every (strategy, seed), reusing runs already saved under
@@ -396,6 +425,17 @@ def run_benchmark(
     :param crop_size: image side of the fine-grained stream.
     :param scenario: one of :data:`SCENARIOS`; streams without task labels
         (:data:`CLASS_INCREMENTAL_STREAMS`) need ``"class_incremental"``.
+    :param evaluate_on: one of :data:`EVALUATED_ON`: the test stream, or
+        validation data held out of the training experiences
+        (:func:`validation_benchmark`), to choose settings on.
+    :param tune_trials: with more than 0, each strategy's settings in its
+        registered search space (those its spec does not fix) are first
+        chosen in that many Optuna trials on validation data, never on the
+        test stream (:mod:`~piggyback_avalanche.app.tuning`), then every
+        seed runs with them; results.md and results.json record the
+        protocol and the values chosen.
+    :param tune_protocol: one of :data:`~piggyback_avalanche.app.tuning.TUNING_PROTOCOLS`.
+    :param tune_tasks: the experiences the ``"first_tasks"`` protocol tunes on.
     :return: ``{strategy: {"runs": [result per seed], "summary": {...}}}``.
     :raises ValueError: before any training: for a scenario the stream or a
         strategy cannot run, an output folder that holds runs of other
@@ -405,10 +445,23 @@ def run_benchmark(
     :raises WeightsUnavailableError: likewise for pretrained weights.
     """
     check_scenario(scenario, stream, [parse_strategy(spec)[0] for spec in strategies])
+    if evaluate_on not in EVALUATED_ON:
+        raise ValueError(f"Unknown evaluate_on {evaluate_on!r}; choose one of {list(EVALUATED_ON)}.")
+    if tune_trials and evaluate_on == "validation":
+        raise ValueError(
+            "Tuning chooses settings on validation data and then evaluates them on the test stream; evaluating "
+            "on the validation data it chose them on would report a tuned figure. Drop one of the two."
+        )
+    if tune_protocol not in TUNING_PROTOCOLS:
+        raise ValueError(f"Unknown tuning protocol {tune_protocol!r}; choose one of {list(TUNING_PROTOCOLS)}.")
     out_settings = {
         "stream": stream,
         "backbone": backbone,
         "scenario": scenario,
+        "evaluated_on": evaluate_on,
+        "tuning": {"trials": tune_trials, "protocol": tune_protocol, "first_tasks": tune_tasks}
+        if tune_trials
+        else None,
         "pretrained": pretrained,
         "pretrain_epochs": pretrain_epochs,
         "crop_size": crop_size if stream == "fine_grained" else None,
@@ -423,6 +476,25 @@ def run_benchmark(
             )
     except FolderBusyError as error:
         raise ValueError(f"{error.strerror} (another piggyback-bench is running on --out {out_dir})") from None
+
+
+def tuning_report(tuned: Dict[str, Dict[str, Any]]) -> str:
+    """The section of results.md that says how each tuned strategy's settings
+    were chosen (empty without tuning)."""
+    if not tuned:
+        return ""
+    lines = ["", "## Tuned settings", ""]
+    for spec, record in tuned.items():
+        where = "a fifth of each training experience" if record["protocol"] == "validation" else (
+            f"a fifth of the first {record['first_tasks']} training experiences"
+        )  # fmt: skip
+        values = ", ".join(f"{k}={v:.3g}" for k, v in sorted(record["chosen"].items()))
+        lines.append(
+            f"- **{spec}**: {values}, chosen by {record['trials']} Optuna trials (TPE, seed {record['seed']}) on "
+            f"validation data ({where}, held out; the test stream never read), validation accuracy "
+            f"{100 * record['validation_accuracy']:.1f} %."
+        )
+    return "\n".join(lines) + "\n"
 
 
 _OUT_SETTINGS = "settings.json"
@@ -511,6 +583,11 @@ def _run_locked(
     """:func:`run_benchmark` while it holds the output folder's lock."""
     stream, pretrained = out_settings["stream"], out_settings["pretrained"]
     built = {seed: STREAMS[stream](seed=seed, data_root=data_root, crop_size=crop_size) for seed in seeds}
+    validation: Dict[int, Any] = {}
+    if out_settings["evaluated_on"] == "validation" or out_settings["tuning"]:
+        validation = {seed: validation_benchmark(bm, seed=seed) for seed, (_, bm) in built.items()}
+    if out_settings["evaluated_on"] == "validation":
+        built = {seed: (source, validation[seed]) for seed, (source, _) in built.items()}
     pretrains = built[seeds[0]][0] is not None and not pretrained  # every seed's stream has a source, or none
     out_settings = {**out_settings, "pretrain_epochs": out_settings["pretrain_epochs"] if pretrains else None}
     _check_out_settings(out_dir, out_settings)
@@ -524,17 +601,62 @@ def _run_locked(
         "mb_size": config.get("train_mb_size", DEFAULT_TRAIN_MB_SIZE),
         "device": config.get("device", "cpu"),
     }
+
+    def base_settings(name: str, variant: Dict[str, Any], seed: int) -> Dict[str, Any]:
+        settings = strategy_settings(name, config, untrained_backbone=built[seed][0] is None and not pretrained)
+        if scenario == "class_incremental":
+            settings.update(registered_strategy(name).class_incremental_settings or {})
+        return {**settings, **variant}
+
+    def backbone_for(seed: int, benchmark: Any) -> nn.Module:
+        return _backbone(
+            backbone,
+            stream,
+            built[seed][0],
+            benchmark.train_stream[0].dataset[0][0].shape,
+            pretrained=pretrained,
+            seed=seed,
+            cache_dir=out_dir / "pretrained",
+            pretraining=pretraining,
+            log=log,
+        )
+
+    tuned: Dict[str, Dict[str, Any]] = {}
+    if out_settings["tuning"]:
+        tuning, seed = out_settings["tuning"], seeds[0]
+        trial_benchmark = tuning_benchmark(
+            validation[seed], protocol=tuning["protocol"], first_tasks=tuning["first_tasks"]
+        )
+        for spec in strategies:
+            name, variant = parse_strategy(spec)
+            space = {k: r for k, r in registered_strategy(name).search_space.items() if k not in variant}
+            if not space:
+                continue
+            log(f"{spec}: tuning {sorted(space)} on validation data ({tuning['trials']} trials, seed {seed})")
+
+            def evaluate(values: Dict[str, float], name: str = name, spec: str = spec) -> float:
+                settings = {**base_settings(name, parse_strategy(spec)[1], seed), **values}
+                network = backbone_for(seed, trial_benchmark)
+                torch.manual_seed(seed)
+                return float(train_and_evaluate(name, trial_benchmark, network, **settings)["average_accuracy"])
+
+            chosen, accuracy = tune_settings(
+                label=spec,
+                space=space,
+                evaluate=evaluate,
+                trials=tuning["trials"],
+                seed=seed,
+                journal=out_dir / "tuning" / "trials.journal",
+            )
+            tuned[spec] = {**tuning, "seed": seed, "chosen": chosen, "validation_accuracy": accuracy}
+            log(f"{spec}: chose {chosen} (validation accuracy {100 * accuracy:.1f} %)")
     # Every run's key and saved result first: a finished run of other
     # settings is refused before any work, never overwritten.
     planned = []
     for spec in strategies:
         name, variant = parse_strategy(spec)
         for seed in seeds:
-            untrained = built[seed][0] is None and not pretrained
-            settings = strategy_settings(name, config, untrained_backbone=untrained)
-            if scenario == "class_incremental":
-                settings.update(registered_strategy(name).class_incremental_settings or {})
-            settings.update(variant)
+            settings = {**base_settings(name, variant, seed), **tuned.get(spec, {}).get("chosen", {})}
             run_settings = {
                 **{k: v for k, v in out_settings.items() if k != "config"},
                 "strategy": spec,
@@ -560,19 +682,9 @@ def _run_locked(
             log(f"{spec}, seed {seed}: already done ({path})")
             runs.append(saved["result"])
             continue
-        source, benchmark = built[seed]
+        benchmark = built[seed][1]
         log(f"{spec}, seed {seed}: training")
-        network = _backbone(
-            backbone,
-            stream,
-            source,
-            benchmark.train_stream[0].dataset[0][0].shape,
-            pretrained=pretrained,
-            seed=seed,
-            cache_dir=out_dir / "pretrained",
-            pretraining=pretraining,
-            log=log,
-        )
+        network = backbone_for(seed, benchmark)
         torch.manual_seed(seed)
         checkpoint = out_dir / "checkpoints" / spec / f"seed{seed}-{key}.ckpt"
         result = train_and_evaluate(
@@ -589,7 +701,10 @@ def _run_locked(
         runs.append(result)
     for spec in strategies:
         results[spec]["summary"] = summarize(results[spec]["runs"])
+        if spec in tuned:
+            results[spec]["tuning"] = tuned[spec]
     extra = published_comparison(results, backbone=backbone) if stream == "fine_grained" else ""
+    extra += tuning_report(tuned)
     write_tables(results, out_dir, extra=extra)
     write_plots(results, out_dir / "plots")
     write_comparison_to_tensorboard(results, out_dir / "tensorboard" / "accuracy_vs_bytes")
@@ -715,6 +830,28 @@ def _parser() -> argparse.ArgumentParser:
         choices=SCENARIOS,
         help="class_incremental: no task labels at test time (ours infer the task; Avalanche's baselines use one head)",
     )
+    add(
+        "--evaluate-on",
+        default="test",
+        choices=EVALUATED_ON,
+        help=f"validation: train on {1 - VALIDATION_SIZE:.0%} of each training experience and evaluate on the rest, "
+        "never reading the test stream (to choose settings on)",
+    )
+    add(
+        "--tune",
+        type=int,
+        default=0,
+        metavar="TRIALS",
+        help="first choose each strategy's settings (its registered search space) in TRIALS Optuna trials on "
+        "validation data, never the test stream; needs the tune extra",
+    )
+    add(
+        "--tune-protocol",
+        default="validation",
+        choices=TUNING_PROTOCOLS,
+        help="what the trials learn and are judged on",
+    )
+    add("--tune-tasks", type=int, default=2, help="the experiences the first_tasks protocol tunes on")
     add("--data-root", type=Path, help="folder of the downloaded streams' data (default: Avalanche's)")
     add("--crop-size", type=int, default=224, help="image side of the fine_grained stream")
     add("--backbone", default="small_cnn", help=f"one of {sorted(BACKBONES)}")
@@ -729,7 +866,11 @@ def _parser() -> argparse.ArgumentParser:
     add("--epochs", type=int, default=DEFAULT_TRAIN_EPOCHS, help="training epochs per experience")
     add("--mb-size", type=int, default=DEFAULT_TRAIN_MB_SIZE, help="training mini-batch size")
     add("--lr", type=float, default=DEFAULT_LR, help="heads, normalization, and whole networks")
-    add("--mask-lr", type=float, default=DEFAULT_MASK_LR, help="Piggyback's mask scores")
+    add(
+        "--mask-lr",
+        type=float,
+        help="Piggyback's mask scores (default: a rate per experience, from the optimizer steps it gives)",
+    )
     add("--lr-decay-epochs", type=int, nargs="*", default=[], help="epochs after which rates drop 10x")
     add(
         "--prune-ratio",
@@ -862,6 +1003,8 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         _check_out_folder(args.out)
     except ValueError as error:
         parser.error(str(error))
+    if args.tune < 0 or args.tune_tasks < 1:
+        parser.error("--tune must be at least 0 (trials) and --tune-tasks at least 1")
     if min(args.seeds) < 0:
         parser.error(f"--seeds {args.seeds}: a seed is a non-negative int")
     if len(set(args.seeds)) != len(args.seeds):
@@ -911,8 +1054,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             data_root=args.data_root,
             crop_size=args.crop_size,
             scenario=args.scenario,
+            evaluate_on=args.evaluate_on,
+            tune_trials=args.tune,
+            tune_protocol=args.tune_protocol,
+            tune_tasks=args.tune_tasks,
         )
-    except (DatasetUnavailableError, WeightsUnavailableError, CheckpointError, ValueError) as error:
+    except (
+        DatasetUnavailableError,
+        WeightsUnavailableError,
+        OptunaUnavailableError,
+        CheckpointError,
+        ValueError,
+    ) as error:
         _parser().exit(2, f"piggyback-bench: error: {error}\n")
     print()
     print(format_markdown(results))

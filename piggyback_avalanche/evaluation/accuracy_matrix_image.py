@@ -18,7 +18,8 @@ __all__ = ["AccuracyMatrixImagePluginMetric", "accuracy_matrix_image_metrics"]
 
 class AccuracyMatrixImagePluginMetric(PluginMetric[List[List[float]]]):
     """After each evaluation, the accuracy matrix as an image,
-    ``AccuracyMatrix/eval_phase/test_stream``: row i holds the accuracy on
+    ``AccuracyMatrix/eval_phase/<stream>_stream`` (the evaluated stream:
+    ``test``, or ``valid``): row i holds the accuracy on
     each evaluated experience after training experience i. It reads the
     per-experience accuracies of ``accuracy_metrics(experience=True)``, which
     must be in the same evaluator."""
@@ -39,7 +40,8 @@ class AccuracyMatrixImagePluginMetric(PluginMetric[List[List[float]]]):
         trained = strategy.clock.train_exp_counter - 1
         if trained < 0:
             return []
-        prefix = "Top1_Acc_Exp/eval_phase/test_stream/"
+        stream = next(iter(strategy.current_eval_stream)).origin_stream.name
+        prefix = f"Top1_Acc_Exp/eval_phase/{stream}_stream/"
         row = {
             int(name.rsplit("/Exp", 1)[1]): value
             for name, value in strategy.evaluator.get_last_metrics().items()
@@ -51,7 +53,7 @@ class AccuracyMatrixImagePluginMetric(PluginMetric[List[List[float]]]):
         return [
             MetricValue(
                 self,
-                "AccuracyMatrix/eval_phase/test_stream",
+                f"AccuracyMatrix/eval_phase/{stream}_stream",
                 rendered(accuracy_matrix_figure(self.result())),
                 strategy.clock.train_iterations,
             )

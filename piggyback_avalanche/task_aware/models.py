@@ -37,7 +37,7 @@ from piggyback_avalanche.task_aware.task_state import (
     task_key,
 )
 
-__all__ = ["MultiHeadModel", "TaskAwareModel", "SettingFreeModel", "SHARED_EMBEDDINGS"]
+__all__ = ["MultiHeadModel", "TaskAwareModel", "SettingFreeModel", "SHARED_EMBEDDINGS", "find_classifier"]
 
 SHARED_EMBEDDINGS = frozenset(
     {
@@ -115,8 +115,14 @@ def _output_linear(backbone: nn.Module) -> Union[str, None]:
     return ""
 
 
-def _find_classifier(backbone: nn.Module, classifier: Union[str, nn.Module, None]) -> str:
-    """The qualified name of the backbone's classifier."""
+def find_classifier(backbone: nn.Module, classifier: Union[str, nn.Module, None]) -> str:
+    """The qualified name of the backbone's classifier: ``classifier`` (a
+    module of the backbone or its name), or the ``nn.Linear`` whose output
+    is the backbone's output.
+
+    :raises ValueError: for a classifier that is not an ``nn.Linear`` of the
+        backbone, or none found.
+    """
     if isinstance(classifier, str):
         try:
             module = backbone.get_submodule(classifier)
@@ -215,7 +221,7 @@ class MultiHeadModel(MultiTaskModule):
         self._frozen_parts: Dict[str, List[Union[Tensor, nn.Module]]] = {}
         # Classes of experiences evaluated before their task was learned (not saved).
         self._untrained_task_classes: Dict[int, List[int]] = {}
-        self._classifier_name = _find_classifier(backbone, classifier)
+        self._classifier_name = find_classifier(backbone, classifier)
         self.backbone = self._convert(copy.deepcopy(backbone), self._classifier_name)
         self.feature_statistics: Optional[TaskFeatureStatistics] = None
         self.backbone_feature_statistics: Optional[TaskFeatureStatistics] = None

@@ -4,6 +4,7 @@ freezes them when it ends."""
 
 import functools
 import inspect
+import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_TRAIN_EPOCHS",
     "DEFAULT_TRAIN_MB_SIZE",
     "DEFAULT_EVAL_MB_SIZE",
+    "DEFAULT_NORM_STATISTICS_SAMPLES",
     "OptimizerFactory",
     "NonFiniteLossError",
     "TaskOutOfMemoryError",
@@ -55,6 +57,11 @@ DEFAULT_TRAIN_MB_SIZE = 32
 
 DEFAULT_EVAL_MB_SIZE = 256
 """Default evaluation mini-batch size, for every strategy."""
+
+DEFAULT_NORM_STATISTICS_SAMPLES = 512
+"""How many of an experience's training samples the pass that re-estimates
+batch-norm statistics reads (chosen on validation data of the offline
+default stream, see BENCHMARKS.md)."""
 
 OptimizerFactory = Callable[[List[Dict]], Optimizer]
 """Builds an optimizer from a list of parameter groups (each with its ``lr``)."""
@@ -195,9 +202,13 @@ class TaskAwareStrategy(SupervisedTemplate):
         covers that experience's task only, at the strategy's learning rates.
     :param optimizer_factory: the same, by this package's older name.
     :param recalibrate_norm_statistics: before freezing, re-estimate the
-        learning tasks' batch-norm running statistics with one pass over the
-        experience's training data (eval transforms) through the final
-        layers; see :meth:`TaskAwareModel.recalibrate_norm_statistics`.
+        learning tasks' batch-norm running statistics with one pass over
+        ``norm_statistics_samples`` of the experience's training samples
+        (eval transforms) through the final layers; see
+        :meth:`TaskAwareModel.recalibrate_norm_statistics`.
+    :param norm_statistics_samples: how many training samples (at random)
+        that pass reads, so that its cost does not grow with the
+        experience; ``None``: all of them.
     :param task_inference: ``None`` (the default): task labels are required
         and used, at training and at evaluation. Otherwise the stream's task
         labels are never read: training experience ``k`` becomes the
@@ -246,6 +257,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         lr_decay_factor: float = 0.1,
         optimizer_factory: Optional[OptimizerFactory] = None,
         recalibrate_norm_statistics: bool = False,
+        norm_statistics_samples: Optional[int] = DEFAULT_NORM_STATISTICS_SAMPLES,
         task_inference: Union[None, InferencePer, TaskInference] = None,
         task_score: Optional[str] = None,
         criterion: Module = CrossEntropyLoss(),
@@ -282,6 +294,9 @@ class TaskAwareStrategy(SupervisedTemplate):
         self.lr_decay_factor = lr_decay_factor
         self.optimizer_factory: OptimizerFactory = _optimizer_factory(optimizer, optimizer_factory)
         self.recalibrate_norm_statistics = recalibrate_norm_statistics
+        if norm_statistics_samples is not None:
+            check_count("norm_statistics_samples", norm_statistics_samples)
+        self.norm_statistics_samples = norm_statistics_samples
         if task_score is not None and not isinstance(task_inference, str):
             raise ValueError(
                 f"task_score={task_score!r} needs task_inference='sample' or 'batch' (a TaskInference "
@@ -331,6 +346,18 @@ class TaskAwareStrategy(SupervisedTemplate):
         ``model.trainable_parameters()``."""
         raise NotImplementedError
 
+    def learning_rate_settings(self) -> Dict[str, Any]:
+        """The learning rates as configured, by parameter group (a rate that
+        follows each experience says its rule): what checkpoints record."""
+        return self.group_learning_rates()
+
+    def experience_steps(self, experience: Any) -> int:
+        """The optimizer steps that training ``experience`` gives its task:
+        its batches (of an online sub-experience's whole experience) times
+        the epochs."""
+        whole = getattr(experience, "origin_experience", None) or experience
+        return math.ceil(len(whole.dataset) / self.train_mb_size) * self.train_epochs
+
     def settings(self) -> Dict[str, Any]:
         """What the strategy trains with, as plain values: a checkpoint is
         refused by a strategy whose settings differ."""
@@ -341,7 +368,8 @@ class TaskAwareStrategy(SupervisedTemplate):
             "lr_decay_epochs": list(self.lr_decay_epochs),
             "lr_decay_factor": self.lr_decay_factor,
             "recalibrate_norm_statistics": self.recalibrate_norm_statistics,
-            "learning_rates": dict(sorted(self.group_learning_rates().items())),
+            "norm_statistics_samples": self.norm_statistics_samples,
+            "learning_rates": dict(sorted(self.learning_rate_settings().items())),
             # How experiences become tasks (the inference itself may change); only
             # when on, so that checkpoints written before the option still load.
             **({"infers_tasks": True} if self.task_inference is not None else {}),
@@ -581,15 +609,17 @@ class TaskAwareStrategy(SupervisedTemplate):
         self._restore_point = None  # the experience is complete
         super()._after_training_exp(**kwargs)
 
-    def _training_data_pass(self) -> Any:
+    def _training_data_pass(self, samples: Optional[int] = None) -> Any:
         """One pass over the experience's training data with the eval
-        transforms, in mixed-class batches as in training."""
+        transforms, in mixed-class batches as in training; over ``samples``
+        of them drawn at random (without replacement), if given."""
         dataset = self.experience.dataset.eval()
+        generator = torch.Generator().manual_seed(0)
+        count = len(dataset) if samples is None else min(samples, len(dataset))
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=self.train_mb_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(0),
+            sampler=torch.utils.data.RandomSampler(dataset, num_samples=count, generator=generator),
             collate_fn=getattr(dataset, "collate_fn", None),
         )
 
@@ -602,7 +632,7 @@ class TaskAwareStrategy(SupervisedTemplate):
             self.model.fit_feature_statistics(task, batches)
 
     def _recalibrate_norm_statistics(self) -> None:
-        loader = self._training_data_pass()
+        loader = self._training_data_pass(self.norm_statistics_samples)
         if self.task_inference is not None:
             task = self.training_task()
             batches = ((inputs, torch.full_like(labels, task)) for inputs, labels, _ in loader)

@@ -9,13 +9,14 @@ Add your own with :func:`register_strategy`.
 
 import copy
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn import CrossEntropyLoss
 
+from avalanche.models import FeCAMClassifier, TrainEvalModel
 from avalanche.models.packnet import PackNetModel as AvalanchePackNetModel
 from avalanche.training import (
     AGEM,
@@ -31,6 +32,7 @@ from avalanche.training import (
     SynapticIntelligence,
 )
 from avalanche.training import PackNet as AvalanchePackNet
+from avalanche.training.plugins import CurrentDataFeCAMUpdate
 from avalanche.training.templates import SupervisedTemplate
 
 from piggyback_avalanche.methods.bitfit.model import BitFitModel
@@ -45,7 +47,7 @@ from piggyback_avalanche.methods.prompt.model import PromptTuningModel
 from piggyback_avalanche.methods.prompt.strategy import PromptTuning
 from piggyback_avalanche.methods.reference.models import ClassifierOnlyModel, IndividualNetworksModel
 from piggyback_avalanche.methods.reference.strategies import ClassifierOnly, IndividualNetworks
-from piggyback_avalanche.task_aware.models import MultiHeadModel
+from piggyback_avalanche.task_aware.models import MultiHeadModel, find_classifier
 from piggyback_avalanche.task_aware.strategy import (
     DEFAULT_EVAL_MB_SIZE,
     DEFAULT_LR,
@@ -56,6 +58,7 @@ from piggyback_avalanche.task_aware.strategy import (
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES
 
 __all__ = [
+    "SearchRange",
     "COMMON_DEFAULTS",
     "StrategyBuilder",
     "RegisteredStrategy",
@@ -78,6 +81,29 @@ gives them, so that strategies compare on equal terms."""
 
 
 @dataclass(frozen=True)
+class SearchRange:
+    """The values a setting is tuned over: ``low`` to ``high``, on a log
+    scale (rates, weights of regularisers) or a linear one (shares).
+
+    :param low: the smallest value.
+    :param high: the largest value.
+    :param log: search on a log scale.
+    """
+
+    low: float
+    high: float
+    log: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.low < self.high if self.log else not self.low < self.high:
+            raise ValueError(f"A search range needs low < high (and low > 0 on a log scale), got {self}.")
+
+
+LEARNING_RATE_RANGE = SearchRange(1e-4, 1e-2)
+"""The learning rates every strategy is tuned over."""
+
+
+@dataclass(frozen=True)
 class RegisteredStrategy:
     """A registered strategy, and what a caller such as the benchmark runner
     needs to know of it without knowing its type.
@@ -95,6 +121,8 @@ class RegisteredStrategy:
         learn a stream without task labels at test time (class-incremental):
         task inference for ours, one head over all classes for Avalanche's
         baselines; ``None``: it cannot.
+    :param search_space: the settings the runner's tuning mode searches,
+        with their ranges (empty: nothing to tune).
     """
 
     name: str
@@ -104,6 +132,7 @@ class RegisteredStrategy:
     untrained_backbone_setting: Optional[str] = None
     trains_on_whole_stream: bool = False
     class_incremental_settings: Optional[Mapping[str, Any]] = None
+    search_space: Mapping[str, SearchRange] = field(default_factory=dict)
 
     def accepted(self, config: Dict[str, Any]) -> Dict[str, Any]:
         """The entries of ``config`` the builder takes."""
@@ -139,6 +168,7 @@ def register_strategy(
     untrained_backbone_setting: Optional[str] = None,
     trains_on_whole_stream: bool = False,
     class_incremental_settings: Optional[Mapping[str, Any]] = None,
+    search_space: Optional[Mapping[str, SearchRange]] = None,
 ) -> Callable[[StrategyBuilder], StrategyBuilder]:
     """Register a strategy builder under ``name``, with what callers need to
     know of it (see :class:`RegisteredStrategy`).
@@ -150,14 +180,17 @@ def register_strategy(
     :param description: defaults to the first line of the builder's docstring.
     :param settings: the configuration keys the builder takes; by default the
         named parameters of its signature, or any key if it takes ``**config``.
-    :raises ValueError: if the name is taken.
+    :param search_space: see :class:`RegisteredStrategy`; every key must be
+        one of its settings.
+    :raises ValueError: if the name is taken, or the search space names a
+        setting the builder does not take.
     """
 
     def decorator(builder: StrategyBuilder) -> StrategyBuilder:
         if name in _REGISTRY:
             raise ValueError(f"A strategy named {name!r} is already registered.")
         named, open_ended = _keywords(builder)
-        _REGISTRY[name] = RegisteredStrategy(
+        registered = RegisteredStrategy(
             name=name,
             build=builder,
             description=description or (builder.__doc__ or name).strip().splitlines()[0],
@@ -165,7 +198,12 @@ def register_strategy(
             untrained_backbone_setting=untrained_backbone_setting,
             trains_on_whole_stream=trains_on_whole_stream,
             class_incremental_settings=class_incremental_settings,
+            search_space=dict(search_space or {}),
         )
+        unknown = sorted(set(registered.search_space) - set(registered.accepted(dict(registered.search_space))))
+        if unknown:
+            raise ValueError(f"The search space of {name!r} names settings it does not take: {unknown}.")
+        _REGISTRY[name] = registered
         return builder
 
     return decorator
@@ -212,32 +250,40 @@ def _split(config: Dict[str, Any], model_class: type) -> Tuple[Dict[str, Any], D
     return model_config, {k: v for k, v in config.items() if k not in model_keys}
 
 
-def _register_ours(name: str, strategy_class: type, model_class: type, **defaults: Any) -> None:
+def _register_ours(
+    name: str,
+    strategy_class: type,
+    model_class: type,
+    search_space: Optional[Mapping[str, SearchRange]] = None,
+    **defaults: Any,
+) -> None:
     def build(backbone: nn.Module, **config: Any) -> SupervisedTemplate:
         model_config, strategy_config = _split({**defaults, **config}, model_class)
         return strategy_class(model=model_class(backbone, **model_config), **strategy_config)
 
     build.__doc__ = f"{strategy_class.__name__} on a {model_class.__name__}."
     model_settings = _own_settings(model_class)
-    # Without task labels: infer them, with feature statistics where the model keeps them.
+    # Without task labels: infer them (the strategy arranges the statistics the best score reads).
     class_incremental: Dict[str, Any] = {"task_inference": "sample"}
-    if "feature_statistics" in model_settings:
-        class_incremental["feature_statistics"] = True
     register_strategy(
         name,
         # The strategy builds its own optimizer; the model takes only its own arguments.
         settings=(_constructor_settings(strategy_class) - {"optimizer"}) | model_settings,
         untrained_backbone_setting="train_backbone_on_first_experience" if strategy_class is Piggyback else None,
         class_incremental_settings=class_incremental,
+        search_space={"lr": LEARNING_RATE_RANGE, **(search_space or {})},
     )(build)
 
 
-_register_ours("piggyback", Piggyback, PiggybackModel)
-_register_ours("piggyback_ternary", Piggyback, PiggybackModel, threshold_fn="ternarizer", mask_init="uniform")
-_register_ours("packnet", PackNet, PackNetModel)
+_MASK_SPACE = {"mask_cross_within": SearchRange(0.02, 0.5)}
+_register_ours("piggyback", Piggyback, PiggybackModel, _MASK_SPACE)
+_register_ours(
+    "piggyback_ternary", Piggyback, PiggybackModel, _MASK_SPACE, threshold_fn="ternarizer", mask_init="uniform"
+)
+_register_ours("packnet", PackNet, PackNetModel, {"prune_ratio": SearchRange(0.25, 0.9, log=False)})
 _register_ours("individual", IndividualNetworks, IndividualNetworksModel)
 _register_ours("classifier_only", ClassifierOnly, ClassifierOnlyModel)
-_register_ours("lora", LoRA, LoRAModel)
+_register_ours("lora", LoRA, LoRAModel, {"lora_lr": LEARNING_RATE_RANGE})
 _register_ours("bitfit", BitFit, BitFitModel)
 _register_ours("prompt", PromptTuning, PromptTuningModel)
 
@@ -249,6 +295,7 @@ def _optimizer(model: nn.Module, lr: float, factory: Optional[OptimizerFactory])
 def _register_avalanche(
     name: str,
     strategy_class: type,
+    search_space: Optional[Mapping[str, SearchRange]] = None,
     *,
     trains_on_whole_stream: bool = False,
     single_head_only: bool = False,
@@ -289,20 +336,72 @@ def _register_avalanche(
         settings=_keywords(build)[0] | _constructor_settings(strategy_class),
         trains_on_whole_stream=trains_on_whole_stream,
         class_incremental_settings={"single_head": True},
+        search_space={"lr": LEARNING_RATE_RANGE, **(search_space or {})},
     )(build)
 
 
 _register_avalanche("naive", Naive)
-_register_avalanche("ewc", EWC, ewc_lambda=100.0)
-_register_avalanche("si", SynapticIntelligence, si_lambda=1.0)
-_register_avalanche("lwf", LwF, alpha=1.0, temperature=2.0)
-_register_avalanche("mas", MAS, lambda_reg=1.0)
+_register_avalanche("ewc", EWC, {"ewc_lambda": SearchRange(1.0, 1e4)}, ewc_lambda=100.0)
+_register_avalanche("si", SynapticIntelligence, {"si_lambda": SearchRange(0.01, 100.0)}, si_lambda=1.0)
+_register_avalanche("lwf", LwF, {"alpha": SearchRange(0.1, 10.0)}, alpha=1.0, temperature=2.0)
+_register_avalanche("mas", MAS, {"lambda_reg": SearchRange(0.01, 100.0)}, lambda_reg=1.0)
 _register_avalanche("replay", Replay, mem_size=200)
 _register_avalanche("agem", AGEM, patterns_per_exp=64, sample_size=64)
 _register_avalanche("joint", JointTraining, trains_on_whole_stream=True)
 _register_avalanche("cumulative", Cumulative)
 _register_avalanche("gdumb", GDumb, mem_size=500)
 _register_avalanche("der", DER, single_head_only=True, mem_size=500)
+
+
+class _FrozenFeatures(nn.Module):
+    """A network's features, frozen: never trained, always in evaluation
+    mode (its batch norm keeps the statistics it came with)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "_FrozenFeatures":
+        return self  # stays in evaluation mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+
+@register_strategy(
+    "fecam",
+    settings=_constructor_settings(Naive) - {"optimizer", "train_epochs"} | {"classifier", "single_head"},
+    class_incremental_settings={"single_head": True},
+)
+def _fecam(
+    backbone: nn.Module,
+    *,
+    classifier: Any = None,
+    single_head: bool = False,
+    plugins: Optional[List[Any]] = None,
+    **config: Any,
+) -> SupervisedTemplate:
+    """A per-class Mahalanobis classifier on the frozen backbone's features
+    (FeCAM, Goswami et al., NeurIPS 2023; Avalanche's FeCAMClassifier): no
+    exemplar, nothing trained, class-incremental only."""
+    if not single_head:
+        raise ValueError(
+            "fecam classifies among every class seen, without task labels: make_strategy('fecam', backbone, "
+            "single_head=True), or the runner's --scenario class_incremental."
+        )
+    network = copy.deepcopy(backbone)
+    name = find_classifier(network, classifier)
+    features = int(network.get_submodule(name).in_features)  # type: ignore[arg-type]  # an nn.Linear
+    parent, _, attribute = name.rpartition(".")
+    setattr(network.get_submodule(parent) if parent else network, attribute, nn.Identity())
+    # What trains is a placeholder that Avalanche's loop needs; evaluation reads the class statistics.
+    model = TrainEvalModel(_FrozenFeatures(network), nn.Linear(features, 1), FeCAMClassifier())
+    return Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.train_classifier.parameters(), lr=0.0),
+        plugins=[CurrentDataFeCAMUpdate(), *(plugins or [])],
+        **{**config, "train_epochs": 0},
+    )
 
 
 @register_strategy(

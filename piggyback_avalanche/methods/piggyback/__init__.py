@@ -4,7 +4,12 @@ learned binary (or ternary) mask per task."""
 from piggyback_avalanche.methods.piggyback.layers import MASKED_LAYER_TYPES, MaskedLayer
 from piggyback_avalanche.methods.piggyback.masks import binarize, ternarize
 from piggyback_avalanche.methods.piggyback.model import MASK_INITS, PiggybackModel
-from piggyback_avalanche.methods.piggyback.strategy import DEFAULT_MASK_LR, PIGGYBACK_PAPER_SETTINGS, Piggyback
+from piggyback_avalanche.methods.piggyback.strategy import (
+    DEFAULT_MASK_CROSS_WITHIN,
+    PIGGYBACK_PAPER_SETTINGS,
+    Piggyback,
+    mask_learning_rate,
+)
 from piggyback_avalanche.methods.piggyback.task_files import TaskFileError, backbone_fingerprint
 from piggyback_avalanche.methods.piggyback.task_store import TaskStore, TaskStoreError
 
@@ -12,7 +17,8 @@ __all__ = [
     "PiggybackModel",
     "Piggyback",
     "PIGGYBACK_PAPER_SETTINGS",
-    "DEFAULT_MASK_LR",
+    "DEFAULT_MASK_CROSS_WITHIN",
+    "mask_learning_rate",
     "MASK_INITS",
     "MaskedLayer",
     "MASKED_LAYER_TYPES",

@@ -8,10 +8,27 @@ from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.methods.piggyback.model import PiggybackModel
 from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, TaskAwareStrategy
 
-__all__ = ["Piggyback", "PIGGYBACK_PAPER_SETTINGS", "DEFAULT_MASK_LR"]
+__all__ = ["Piggyback", "PIGGYBACK_PAPER_SETTINGS", "DEFAULT_MASK_CROSS_WITHIN", "mask_learning_rate"]
 
-DEFAULT_MASK_LR = 3e-4
-"""Default learning rate of the mask scores, chosen for short runs (see the README)."""
+DEFAULT_MASK_CROSS_WITHIN = 0.1
+"""The share of an experience's optimizer steps within which a score can
+first cross the threshold, at the default mask learning rate (chosen on
+validation data of the offline streams, see BENCHMARKS.md)."""
+
+
+def mask_learning_rate(*, distance: float, steps: int, cross_within: float) -> float:
+    """The mask scores' learning rate at which a score that moves one way
+    at every step crosses the threshold within ``cross_within`` of the
+    ``steps``: Adam moves a parameter by about its learning rate per step,
+    whatever the gradient's scale, so a rate fit for 300 steps learns almost
+    nothing in 20, and one fit for 20 overshoots in 300.
+
+    :param distance: how far a score starts from the threshold.
+    :param steps: the optimizer steps the experience gives the task.
+    :param cross_within: a share of ``steps``, in (0, 1].
+    """
+    return distance / (cross_within * max(steps, 1))
+
 
 PIGGYBACK_PAPER_SETTINGS: Dict[str, object] = {
     "mask_lr": 1e-4,
@@ -36,10 +53,16 @@ class Piggyback(TaskAwareStrategy):
     experiences never change its outputs.
 
     :param model: a :class:`~piggyback_avalanche.PiggybackModel`.
-    :param mask_lr: learning rate of the mask scores. Scores start at
-        ``mask_scale`` and a mask flips only once a score crosses the
-        threshold; Adam moves a score by about ``mask_lr`` per step, so short
-        runs need a larger rate than the paper's 1e-4 (see the README).
+    :param mask_lr: learning rate of the mask scores; ``None`` (the default):
+        one for each experience, from the optimizer steps it gives its task
+        (:func:`mask_learning_rate`): scores start at ``mask_scale`` and a
+        mask flips only once a score crosses the threshold, and Adam moves a
+        score by about its learning rate per step, so the rate that suits 20
+        steps is ten times the one that suits 200. The paper's rate, for
+        its 30 epochs, is 1e-4.
+    :param mask_cross_within: with ``mask_lr=None``, the share of the
+        experience's steps within which a score can first cross the
+        threshold.
     :param lr: learning rate of the heads and normalization parameters.
     :param train_backbone_on_first_experience: train the backbone's own
         weights (all of them, with the first task's head and normalization) on
@@ -64,7 +87,8 @@ class Piggyback(TaskAwareStrategy):
         self,
         *,
         model: PiggybackModel,
-        mask_lr: float = DEFAULT_MASK_LR,
+        mask_lr: Optional[float] = None,
+        mask_cross_within: float = DEFAULT_MASK_CROSS_WITHIN,
         lr: float = DEFAULT_LR,
         train_backbone_on_first_experience: bool = False,
         backbone_lr: Optional[float] = None,
@@ -72,16 +96,41 @@ class Piggyback(TaskAwareStrategy):
         **kwargs: Any,
     ) -> None:
         backbone_lr = lr if backbone_lr is None else backbone_lr
-        for name, value in (("mask_lr", mask_lr), ("lr", lr), ("backbone_lr", backbone_lr)):
+        rates = {"lr": lr, "backbone_lr": backbone_lr, **({"mask_lr": mask_lr} if mask_lr is not None else {})}
+        for name, value in rates.items():
             check_positive(name, value)
+        check_positive("mask_cross_within", mask_cross_within)
+        if mask_cross_within > 1:
+            raise ValueError(
+                f"mask_cross_within is a share of an experience's steps, at most 1; got {mask_cross_within}."
+            )
         self.mask_lr = mask_lr
+        self.mask_cross_within = mask_cross_within
         self.lr = lr
         self.backbone_lr = backbone_lr
         self.train_backbone_on_first_experience = train_backbone_on_first_experience
         super().__init__(model=model, recalibrate_norm_statistics=recalibrate_norm_statistics, **kwargs)
 
     def group_learning_rates(self) -> Dict[str, float]:
-        return {"mask_scores": self.mask_lr, "task_parameters": self.lr, "backbone": self.backbone_lr}
+        return {"mask_scores": self.current_mask_lr(), "task_parameters": self.lr, "backbone": self.backbone_lr}
+
+    def current_mask_lr(self) -> float:
+        """The mask scores' learning rate for the experience being trained:
+        ``mask_lr``, or the rate its optimizer steps call for."""
+        if self.mask_lr is not None:
+            return self.mask_lr
+        if self.experience is None:
+            raise ValueError("The mask learning rate follows the experience's steps: there is no experience now.")
+        return mask_learning_rate(
+            distance=self.model.mask_scale - self.model.threshold,
+            steps=self.experience_steps(self.experience),
+            cross_within=self.mask_cross_within,
+        )
+
+    def learning_rate_settings(self) -> Dict[str, Any]:
+        rates: Dict[str, Any] = {"task_parameters": self.lr, "backbone": self.backbone_lr}
+        rates["mask_scores"] = self.mask_lr if self.mask_lr is not None else {"cross_within": self.mask_cross_within}
+        return rates
 
     def settings(self) -> Dict[str, Any]:
         return {**super().settings(), "train_backbone_on_first_experience": self.train_backbone_on_first_experience}
