@@ -21,14 +21,12 @@ from piggyback_avalanche.evaluation import default_evaluator
 torch.manual_seed(0)
 source, benchmark = class_incremental_stream("mnist")
 backbone = pretrain(small_cnn(), source, epochs=3, lr=1e-3, mb_size=64, device="cpu", seed=0)
-model = PiggybackModel(backbone, feature_statistics=True)  # per-task statistics for task inference
+model = PiggybackModel(backbone)
 strategy = Piggyback(
     model=model,
+    # The strategy makes the model keep the feature statistics the best task score reads.
     task_inference="sample",  # or "batch": all samples of an evaluation batch from one task
-    train_epochs=2,
-    # Two epochs of 350 images are 22 steps: too few for the default mask_lr 3e-4
-    # to drop any weight (a score falls from 1e-2 to below 5e-3). BENCHMARKS.md.
-    mask_lr=1e-3,
+    train_epochs=2,  # the mask learning rate follows the 22 steps this gives each experience
     evaluator=default_evaluator(interactive=False),  # with the task-inference accuracy
 )
 for experience in benchmark.train_stream:

@@ -260,7 +260,9 @@ def test_the_shipped_targets_and_presets_are_valid_and_selectable_by_name(tmp_pa
         assert args.stream == shipped_presets()[name]["stream"] and args.strategies, name
     assert _parse(["--config", "paper_resnet50"]).lr_decay_epochs == [15]
     class_incremental = _parse(["--config", "offline_class_incremental"])
-    assert (class_incremental.scenario, class_incremental.mask_lr) == ("class_incremental", 1e-3)
+    # No offline preset sets the mask rate: the default follows each experience's steps.
+    assert (class_incremental.scenario, class_incremental.mask_lr) == ("class_incremental", None)
+    assert all("mask_lr" not in shipped_presets()[name] for name in shipped_presets() if not name.startswith("paper"))
     # A flag overrides the stream and keeps the preset's scenario.
     assert _parse(["--config", "offline_class_incremental", "--stream", "class_incremental_digits"]).scenario == (
         "class_incremental"
