@@ -192,3 +192,31 @@ def test_paper_settings_and_a_ratio_function_are_accepted(three_task_stream):
     strategy.train(three_task_stream.train_stream[0])
     codes = model.task_layers["0"].owner_codes()
     assert int((codes == 1).sum()) == codes.numel() - round(0.5 * codes.numel())
+
+
+def test_a_prune_schedule_is_recorded_by_its_values_and_checked_before_training(three_task_stream, tmp_path):
+    from piggyback_avalanche.training.checkpoints import (
+        CheckpointError,
+        load_experience_checkpoint,
+        save_experience_checkpoint,
+    )
+
+    def strategy(schedule):
+        torch.manual_seed(0)
+        return PackNet(model=PackNetModel(tiny_conv_net()), prune_ratio=schedule, train_epochs=1, evaluator=None)
+
+    first = strategy(lambda position: 0.5 if position == 0 else 0.75)
+    first.train(three_task_stream.train_stream[0])
+    save_experience_checkpoint(first, tmp_path / "run.ckpt", next_experience=1)
+    # Another lambda with another schedule: the checkpoint names the difference.
+    with pytest.raises(CheckpointError, match="prune_ratio: checkpoint \\[0.5, 0.75"):
+        load_experience_checkpoint(strategy(lambda position: 0.5), tmp_path / "run.ckpt")
+    assert load_experience_checkpoint(strategy(lambda p: 0.5 if p == 0 else 0.75), tmp_path / "run.ckpt") == 1
+    bad = strategy(lambda position: 1.5)
+    with pytest.raises(ValueError, match="prune_ratio\\(0\\) gave 1.5"):
+        bad.train(three_task_stream.train_stream[0])
+    assert bad.clock.train_exp_iterations == 0  # refused before any step
+    with pytest.raises(CheckpointError, match="every TaskAwareStrategy: .*LoRA.*PackNet.*Piggyback"):
+        from piggyback_avalanche import make_strategy
+
+        save_experience_checkpoint(make_strategy("naive", tiny_conv_net()), tmp_path / "x.ckpt", next_experience=0)

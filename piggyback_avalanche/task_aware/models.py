@@ -101,18 +101,19 @@ def _carry_hooks(module: nn.Module, replacement: nn.Module) -> None:
             getattr(replacement, name).update(hooks)
 
 
-def _output_linear(backbone: nn.Module) -> Union[str, None]:
-    """The qualified name of the ``nn.Linear`` whose output is the backbone's
-    output, found by tracing its forward pass; ``None`` if it cannot be traced."""
+def _output_linear(backbone: nn.Module) -> Tuple[bool, Optional[str]]:
+    """Whether the backbone's forward pass could be traced, and the qualified
+    name of the ``nn.Linear`` whose output is the backbone's output (``None``
+    if untraced, or if the output is not an ``nn.Linear``'s)."""
     try:
         graph = torch.fx.symbolic_trace(backbone).graph
     except Exception:  # dynamic control flow and the like: torch.fx cannot follow it
-        return None
+        return False, None
     output = next(node for node in graph.nodes if node.op == "output").args[0]
     if isinstance(output, torch.fx.Node) and output.op == "call_module":
         if isinstance(backbone.get_submodule(str(output.target)), nn.Linear):
-            return str(output.target)
-    return ""
+            return True, str(output.target)
+    return True, None
 
 
 def find_classifier(backbone: nn.Module, classifier: Union[str, nn.Module, None]) -> str:
@@ -148,15 +149,15 @@ def find_classifier(backbone: nn.Module, classifier: Union[str, nn.Module, None]
             "The backbone has no nn.Linear to replace by per-task heads. Pass "
             "classifier='<qualified name>' of its final nn.Linear."
         )
-    found = _output_linear(backbone)
-    if found:
+    traced, found = _output_linear(backbone)
+    if found is not None:
         return found
-    if found is None and len(linears) == 1:
+    if not traced and len(linears) == 1:
         return linears[0]
     why = (
-        "its forward pass cannot be traced with torch.fx"
-        if found is None
-        else "its output is not the output of an nn.Linear (it is transformed after it, or a tuple)"
+        "its output is not the output of an nn.Linear (it is transformed after it, or a tuple)"
+        if traced
+        else "its forward pass cannot be traced with torch.fx"
     )
     raise ValueError(
         f"Cannot tell which nn.Linear is the backbone's classifier: {why}, and it has "

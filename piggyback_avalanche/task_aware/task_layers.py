@@ -205,7 +205,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
         until the tasks or any tensor of the layer change."""
         tasks = self.task_state.stacked
         if tasks is None:
-            raise RuntimeError("No stacked tasks: call the owning model's forward_stacked(x, tasks).")
+            raise RuntimeError("No stacked tasks: call the owning model's task_outputs(x, tasks).")
 
         def compute() -> Tuple[Tensor, Optional[Tensor]]:
             weights, biases = [], []

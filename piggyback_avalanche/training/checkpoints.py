@@ -67,10 +67,20 @@ def supports_experience_checkpoint(strategy: Any) -> bool:
 def _check_supported(strategy: Any) -> None:
     if not supports_experience_checkpoint(strategy):
         raise CheckpointError(
-            f"Experience checkpoints support this package's strategies (Piggyback, PackNet, IndividualNetworks, "
-            f"ClassifierOnly), not {type(strategy).__name__}: its optimizer and plugins carry state across "
-            "experiences that a checkpoint would have to pickle. Rerun it from the start instead."
+            "Experience checkpoints support this package's task-aware strategies (every TaskAwareStrategy: "
+            f"{', '.join(_task_aware_strategies())}), not {type(strategy).__name__}: its optimizer and plugins "
+            "carry state across experiences that a checkpoint would have to pickle. Rerun it from the start instead."
         )
+
+
+def _task_aware_strategies() -> list:
+    """The names of the task-aware strategy classes defined so far."""
+    found, pending = [], list(TaskAwareStrategy.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        found.append(cls.__name__)
+        pending.extend(cls.__subclasses__())
+    return sorted(set(found) - {"OneRateStrategy"})
 
 
 def _rng_state() -> Dict[str, Any]:

@@ -1,11 +1,12 @@
 """PackNet as an Avalanche strategy."""
 
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from avalanche.benchmarks.scenarios.online import OnlineCLExperience
 from avalanche.training.plugins import EarlyStoppingPlugin
 
 from piggyback_avalanche.checks import check_count, check_positive
+from piggyback_avalanche.methods.packnet.layers import MAX_PACKNET_TASKS
 from piggyback_avalanche.methods.packnet.model import PackNetModel, check_prune_ratio
 from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, TaskAwareStrategy
 
@@ -36,6 +37,18 @@ first task as large as ImageNet the paper prunes 50 %: pass
 PruneRatio = Union[float, Sequence[float], Callable[[int], float]]
 """A prune ratio for every task: one float, one per task in order, or a
 function of the task's position in the stream (0 for the first)."""
+
+
+def _schedule(ratio: Callable[[int], float]) -> List[Optional[float]]:
+    """The ratio a prune-ratio function gives each task position a model can
+    hold (``None`` where it gives none)."""
+    values: List[Optional[float]] = []
+    for position in range(MAX_PACKNET_TASKS):
+        try:
+            values.append(float(ratio(position)))
+        except Exception:  # a schedule defined for the first tasks only
+            values.append(None)
+    return values
 
 
 class PackNet(TaskAwareStrategy):
@@ -102,8 +115,8 @@ class PackNet(TaskAwareStrategy):
         ratio = self.prune_ratio
         return {
             **super().settings(),
-            # A function cannot be compared; its name at least must match.
-            "prune_ratio": getattr(ratio, "__qualname__", "?") if callable(ratio) else ratio,
+            # A function cannot be compared: the ratios it gives every task it can hold can.
+            "prune_ratio": _schedule(ratio) if callable(ratio) else ratio,
             "post_prune_epochs": self.post_prune_epochs,
             "post_prune_lr": self.post_prune_lr,
         }
@@ -111,7 +124,12 @@ class PackNet(TaskAwareStrategy):
     def ratio_for(self, position: int) -> float:
         """The prune ratio of the task at ``position`` in the stream."""
         if callable(self.prune_ratio):
-            return self.prune_ratio(position)
+            ratio = self.prune_ratio(position)
+            try:
+                check_prune_ratio(ratio)
+            except ValueError as error:
+                raise ValueError(f"prune_ratio({position}) gave {ratio!r}: {error}") from None
+            return float(ratio)
         if isinstance(self.prune_ratio, (int, float)):
             return float(self.prune_ratio)
         if position >= len(self.prune_ratio):
