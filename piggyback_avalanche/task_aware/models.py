@@ -579,6 +579,7 @@ class MultiHeadModel(MultiTaskModule):
                 "torch.jit.trace(model.export_task(task), x)."
             )
         self._check_input_device(x)
+        self.task_state.passes += 1
         if task_labels is None:
             return self.forward_all_tasks(x)
         if isinstance(task_labels, Tensor) and task_labels.dim() > 0:

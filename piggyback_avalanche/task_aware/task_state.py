@@ -68,6 +68,8 @@ class TaskState:
         self.frozen_weights = FrozenWeightCache()
         self.stored_tasks: Set[str] = set()
         self.stored_parts: Optional[StoredParts] = None
+        self.passes = 0
+        """Forward passes of the model so far: what per-pass caches key on."""
 
     @contextmanager
     def use(self, task: str) -> Iterator[None]:

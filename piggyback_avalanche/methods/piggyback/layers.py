@@ -5,6 +5,7 @@ from typing import Dict, List, Sequence
 import torch
 from torch import Tensor, nn
 
+from piggyback_avalanche.methods.piggyback.flat_masks import FlatMaskSlots, compute_dtype
 from piggyback_avalanche.methods.piggyback.masks import MaskKind, pack_mask, unpack_mask
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer, task_layer_types
@@ -30,6 +31,7 @@ class MaskedLayer(TaskWeightLayer):
         self.mask_init = mask_init
         self.mask_scale = mask_scale
         self.scores = TaskTensorDict(trainable=True, holds="learning", shape=tuple(self.weight.shape))
+        self.flat_masks = FlatMaskSlots()
         layout = CodeLayout(numel=self.weight.numel(), bits=mask_kind.bits, rows=self.weight.shape[0])
         self._layout = layout
         self.packed_masks = TaskTensorDict(
@@ -59,6 +61,7 @@ class MaskedLayer(TaskWeightLayer):
 
     def freeze_task(self, task: str) -> None:
         """Replace the task's scores by its bit-packed thresholded mask."""
+        self.flat_masks.pop(task, None)
         if task == self.task_state.backbone_task:
             mask = torch.ones_like(self.weight)
             self._set_weight_trainable(False)
@@ -99,6 +102,9 @@ class MaskedLayer(TaskWeightLayer):
         """The weight of the current task: ``weight * mask``."""
         task = self.task_state.key()
         if task in self.scores:
+            flat = self.flat_masks.get(task)
+            if flat is not None and flat[0].covers(self.weight):
+                return flat[0].weight(flat[1], self.task_state.passes, compute_dtype(self.weight))
             return self.mask_kind.masked_weight(self.weight, self.scores[task], self.threshold)
         if task == self.task_state.backbone_task:
             return self.weight

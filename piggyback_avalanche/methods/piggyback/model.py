@@ -6,6 +6,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 from torch import Tensor, nn
 
 from piggyback_avalanche.checks import check_positive
+from piggyback_avalanche.methods.piggyback.flat_masks import FlatMasks
 from piggyback_avalanche.methods.piggyback.layers import MASKED_LAYER_TYPES, MaskedLayer
 from piggyback_avalanche.methods.piggyback.masks import get_mask_kind
 from piggyback_avalanche.methods.piggyback.task_files import load_tasks, save_tasks
@@ -58,6 +59,12 @@ class PiggybackModel(TaskAwareModel):
     :param feature_statistics: each task also keeps its features' class
         means and covariance, for task inference by Mahalanobis distance
         (see :class:`~piggyback_avalanche.task_aware.models.MultiHeadModel`).
+    :param flat_masks: compute a learning task's masked weights of every
+        layer in one pass over flat buffers
+        (:mod:`~piggyback_avalanche.methods.piggyback.flat_masks`), the
+        faster path on GPUs; ``None`` (the default): on CUDA devices only, as
+        the per-layer path is faster on CPUs. The same logits and gradients
+        either way.
     """
 
     layer_types = MASKED_LAYER_TYPES  # type: ignore[assignment]
@@ -74,6 +81,7 @@ class PiggybackModel(TaskAwareModel):
         task_batchnorm: bool = True,
         task_embeddings: bool = False,
         feature_statistics: bool = False,
+        flat_masks: Optional[bool] = None,
     ) -> None:
         mask_kind = get_mask_kind(threshold_fn)
         _check_mask_settings(mask_init=mask_init, mask_scale=mask_scale, threshold=threshold)
@@ -96,9 +104,35 @@ class PiggybackModel(TaskAwareModel):
         )
         # Per stored task: the state-dict keys of its parts the store holds, with their bytes in memory.
         self._offloaded: Dict[str, Dict[str, int]] = {}
+        self.flat_masks = flat_masks
 
     def settings(self) -> Dict[str, Any]:
         return {**super().settings(), "threshold_fn": self.threshold_fn}
+
+    def forward(self, x: Tensor, task_labels: Union[int, Tensor, None] = None) -> Union[Tensor, Dict[int, Tensor]]:
+        if self.task_state.learning and (x.is_cuda if self.flat_masks is None else self.flat_masks):
+            self._prepare_flat_masks()
+        return super().forward(x, task_labels)
+
+    def _prepare_flat_masks(self) -> None:
+        """Give every learning task (but one that trains the backbone) its
+        flat buffers, or new ones where the model moved since."""
+        layers = list(self.masked_layers.values())
+        for task in self.task_state.learning:
+            holding = [layer for layer in layers if task in layer.scores]
+            if not holding or len({(layer.weight.device, layer.weight.dtype) for layer in holding}) > 1:
+                continue
+            current = holding[0].flat_masks.get(task)
+            if current is not None and current[0].covers(holding[0].weight):
+                continue
+            flat = FlatMasks(
+                [layer.weight for layer in holding],
+                [layer.scores[task] for layer in holding],
+                threshold=self.threshold,
+                ternary=self.mask_kind.bits == 2,
+            )
+            for index, layer in enumerate(holding):
+                layer.flat_masks[task] = (flat, index)
 
     @property
     def threshold_fn(self) -> str:

@@ -1,0 +1,120 @@
+"""The learning task's masked weights of every layer at once: the GPU
+training path.
+
+Per layer, a training step computes ``weight * threshold(scores)`` and casts
+it to the compute dtype (two or three small kernels), and the backward pass
+multiplies each layer's gradient by its weight: on a GPU, a ResNet-50's 53
+layers make some 150 small launches a step, each reading the fp32 weight
+and scores again. Here the learning task's scores of every layer are one
+flat buffer (each layer's score parameter a view of it, so the optimizer,
+the state dict and freezing see them as before) next to a flat copy of the
+frozen weights; one pass writes every layer's masked weight in the compute
+dtype, and one pass turns the gradients of all of them into the scores'
+gradients. The logits and score gradients equal the per-layer path's (a
+test checks them on the CPU); which path runs is chosen per device
+(:attr:`PiggybackModel.flat_masks`).
+"""
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["FlatMasks", "FlatMaskSlots", "compute_dtype"]
+
+
+class _MaskedWeights(torch.autograd.Function):
+    """Every layer's masked weight from the flat buffers; straight-through
+    gradients to every layer's scores."""
+
+    @staticmethod
+    def forward(ctx: Any, flat: "FlatMasks", dtype: torch.dtype, *scores: Tensor) -> Tuple[Tensor, ...]:
+        ctx.flat = flat
+        masked = flat.masked(dtype)
+        return tuple(masked.split(flat.sizes)[i].view(shape) for i, shape in enumerate(flat.shapes))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+        flat: FlatMasks = ctx.flat
+        parts = [
+            torch.zeros(size, dtype=flat.weights.dtype, device=flat.weights.device) if g is None else g.reshape(-1)
+            for g, size in zip(grads, flat.sizes)
+        ]
+        # Straight through the threshold: d(weight * mask)/d(scores) taken as weight.
+        grad = torch.cat(parts).to(flat.weights.dtype).mul_(flat.weights)
+        return (None, None, *(g.view(shape) for g, shape in zip(grad.split(flat.sizes), flat.shapes)))
+
+
+class FlatMasks:
+    """One learning task's scores of every masked layer as one flat buffer,
+    and a flat copy of those layers' frozen weights.
+
+    Building it moves the task's score parameters into the buffer (each
+    stays the same ``nn.Parameter`` object, now a view of it).
+
+    :param weights: the layers' frozen weights, in order.
+    :param scores: the task's score parameters of the same layers.
+    :param threshold: the threshold tau.
+    :param ternary: masks in {-1, 0, 1} (scores below 0 give -1).
+    """
+
+    def __init__(self, weights: Sequence[Tensor], scores: Sequence[Tensor], *, threshold: float, ternary: bool) -> None:
+        self.shapes = [tuple(w.shape) for w in weights]
+        self.sizes = [w.numel() for w in weights]
+        self.threshold = threshold
+        self.ternary = ternary
+        with torch.no_grad():
+            self.weights = torch.cat([w.detach().reshape(-1) for w in weights])
+            self.scores = torch.cat([s.detach().reshape(-1) for s in scores])
+        for parameter, view in zip(scores, self.scores.split(self.sizes)):
+            parameter.data = view.view(parameter.shape)
+        self.parameters = list(scores)
+        self._pass: Optional[Tuple[int, torch.dtype]] = None
+        self._outputs: Dict[int, Tensor] = {}
+
+    def masked(self, dtype: torch.dtype) -> Tensor:
+        """Every layer's masked weight, flat, in ``dtype``: one select over
+        both buffers."""
+        with torch.no_grad():
+            keep = self.scores > self.threshold
+            if self.ternary:
+                mask = keep.to(self.weights.dtype) - (self.scores < 0).to(self.weights.dtype)
+                return (self.weights * mask).to(dtype)
+            return torch.where(keep, self.weights, 0.0).to(dtype)
+
+    def weight(self, index: int, pass_id: int, dtype: torch.dtype) -> Tensor:
+        """The masked weight of layer ``index`` for forward pass ``pass_id``,
+        computed for every layer at the pass's first call."""
+        if self._pass != (pass_id, dtype):
+            outputs = _MaskedWeights.apply(self, dtype, *self.parameters)
+            self._outputs = dict(enumerate(outputs))
+            self._pass = (pass_id, dtype)
+        return self._outputs[index]
+
+    def covers(self, weight: Tensor) -> bool:
+        """Whether the buffers still describe the layers: on the weight's
+        device and dtype, the score parameters still views of the buffer (a
+        move to another device replaces every parameter's storage)."""
+        return (
+            self.weights.device == weight.device
+            and self.weights.dtype == weight.dtype
+            and self.parameters[0].data_ptr() == self.scores.data_ptr()
+        )
+
+
+class FlatMaskSlots(Dict[str, Tuple[FlatMasks, int]]):
+    """What a layer keeps of the flat path: per learning task, its
+    :class:`FlatMasks` and the layer's index in it."""
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "FlatMaskSlots":
+        # A copy's parameters are copies too, no views of these buffers: the
+        # copy (a restore point's) builds its own when it trains.
+        return FlatMaskSlots()
+
+
+def compute_dtype(weight: Tensor) -> torch.dtype:
+    """The dtype a layer computes in: autocast's for the weight's device, if on."""
+    device = weight.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
