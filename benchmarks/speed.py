@@ -47,6 +47,7 @@ SETTINGS = {
         ("resnet50", 224, 64, torch.bfloat16),
         ("densenet121", 224, 64, torch.bfloat16),
         ("resnet18", 224, 32, None),
+        ("vit_b_16", 224, 64, torch.bfloat16),
     ],
 }
 
@@ -236,6 +237,34 @@ def avalanche_loop(
     }
 
 
+def task_inference_cost(
+    network: str, size: int, batch: int, dtype, device: torch.device, repeats: int, counts: List[int]
+) -> Dict[int, float]:
+    """Seconds of one pass that computes ``T`` frozen tasks side by side
+    (task inference's stacked pass, ``model.task_outputs``) over one plain
+    forward pass of the network, for each ``T`` of ``counts``."""
+    torch.manual_seed(0)
+    plain = torchvision.models.get_model(network, weights=None, num_classes=10).to(device).eval()
+    model = PiggybackModel(copy.deepcopy(plain), mask_init="uniform").to(device)
+    for task in range(max(counts)):
+        model.add_task(task, classes=list(range(10)))
+        model.freeze_task(task)
+    model.eval()
+    x = torch.randn(batch, 3, size, size, device=device)
+    ratios = {}
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        for count in counts:
+            tasks = list(range(count))
+            seconds = _time_interleaved(
+                {"plain": lambda: plain(x), "stacked": lambda tasks=tasks: model.task_outputs(x, tasks)},
+                repeats,
+                device,
+            )
+            ratios[count] = seconds["stacked"] / seconds["plain"]
+            model.frozen_weight_cache.clear()
+    return ratios
+
+
 def mask_storage(network: str, tasks: int = 100) -> Dict[str, float]:
     """Bytes of one task and of ``tasks`` tasks' masks, at 1 bit, 1 byte
     and 4 bytes per weight."""
@@ -265,10 +294,17 @@ def main() -> None:
     )
     parser.add_argument("--experience-size", type=int, default=2048, help="samples per experience of --avalanche-loop")
     parser.add_argument(
+        "--task-inference",
+        type=int,
+        nargs="+",
+        metavar="TASKS",
+        help="only the stacked pass over TASKS frozen tasks, per network, against one plain forward pass",
+    )
+    parser.add_argument(
         "--network",
         nargs="+",
-        metavar="NAME:SIZE:BATCH",
-        help="measure these torchvision networks instead of the device's defaults, e.g. vit_b_16:224:8",
+        metavar="NAME:SIZE:BATCH[:bf16]",
+        help="measure these torchvision networks instead of the device's defaults, e.g. vit_b_16:224:8:bf16",
     )
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -282,7 +318,26 @@ def main() -> None:
     )
     settings = SETTINGS[device.type]
     if args.network:
-        settings = [(n, int(size), int(batch), None) for n, size, batch in (spec.split(":") for spec in args.network)]
+        settings = [
+            (n, int(size), int(batch), torch.bfloat16 if rest == ["bf16"] else None)
+            for n, size, batch, *rest in (spec.split(":") for spec in args.network)
+        ]
+    if args.task_inference:
+        print(
+            "| network | input | batch | dtype | "
+            + " | ".join(f"{t} tasks stacked ×" for t in args.task_inference)
+            + " |"
+        )
+        print("|---|---|---|---|" + "---|" * len(args.task_inference))
+        for network, size, batch, dtype in settings:
+            ratios = task_inference_cost(network, size, batch, dtype, device, args.repeats, args.task_inference)
+            name = str(dtype).replace("torch.", "") if dtype else "float32"
+            print(
+                f"| {network} | {size} px | {batch} | {name} | "
+                + " | ".join(f"{r:.1f}" for r in ratios.values())
+                + " |"
+            )
+        return
     if args.avalanche_loop:
         print("| network | input | batch | experience | train() × | fine-tuning s | piggyback s |")
         print("|---|---|---|---|---|---|---|")
