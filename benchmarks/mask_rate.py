@@ -1,7 +1,7 @@
 """The mask learning rate, chosen on validation data: Piggyback's default
 (a rate per experience, from the optimizer steps it gives:
 ``Piggyback(mask_cross_within=...)``) against fixed rates, on every offline
-stream the runner ships, each with its preset's epochs, judged on a fifth of
+stream the runner ships, each as its shipped preset runs it, judged on a fifth of
 each training experience held out (the runner's ``--evaluate-on
 validation``: the test stream is never read).
 
@@ -20,18 +20,19 @@ from typing import Dict, List
 
 from piggyback_avalanche.app.report import markdown_table
 from piggyback_avalanche.app.runner import run_benchmark
+from piggyback_avalanche.app.shipped import shipped_presets
 from piggyback_avalanche.methods.piggyback import DEFAULT_MASK_CROSS_WITHIN
 
 STREAMS = {
-    # stream: (backbone, epochs, scenario), as the shipped presets run them
-    "mnist_transfer": ("small_cnn", 5, "task_incremental"),
-    "digits": ("small_cnn", 5, "task_incremental"),
-    "class_incremental_mnist": ("small_cnn", 2, "class_incremental"),
-    "class_incremental_digits": ("small_cnn", 2, "class_incremental"),
-    "mnist_transfer_vit": ("small_vit", 5, "task_incremental"),
+    # grid row: (shipped preset, the stream it runs, when not the preset's own)
+    "mnist_transfer": ("offline_default", None),
+    "digits": ("offline_default", "digits"),
+    "class_incremental_mnist": ("offline_class_incremental", None),
+    "class_incremental_digits": ("offline_class_incremental", "class_incremental_digits"),
+    "mnist_transfer_vit": ("offline_transformer", None),
 }
 FIXED = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
-CROSS_WITHIN = [0.025, 0.05, 0.1, 0.2, 0.4]
+CROSS_WITHIN = [0.0125, 0.025, 0.05, 0.1, 0.2, 0.4]
 
 
 def _spec(setting: str, value: float) -> str:
@@ -49,16 +50,16 @@ def main() -> None:
     rows: List[List[str]] = []
     gaps: Dict[str, float] = {}
     for name in args.streams:
-        backbone, epochs, scenario = STREAMS[name]
-        stream = name.removesuffix("_vit")
+        preset_name, stream = STREAMS[name]
+        preset = shipped_presets()[preset_name]
         results = run_benchmark(
-            stream=stream,
-            backbone=backbone,
+            stream=stream or preset["stream"],
+            backbone=preset["backbone"],
             strategies=[*fixed.values(), *rules.values()],
             seeds=args.seeds,
             out_dir=args.out / name,
-            config={"train_epochs": epochs, "train_mb_size": 32, "lr": 1e-3},
-            scenario=scenario,
+            config={"train_epochs": preset["epochs"], "train_mb_size": preset["mb_size"], "lr": preset["lr"]},
+            **{key: preset[key] for key in ("pretrain_epochs", "scenario") if key in preset},
             evaluate_on="validation",
             log=lambda line: None,
         )

@@ -262,6 +262,7 @@ def test_the_shipped_targets_and_presets_are_valid_and_selectable_by_name(tmp_pa
     class_incremental = _parse(["--config", "offline_class_incremental"])
     # No offline preset sets the mask rate: the default follows each experience's steps.
     assert (class_incremental.scenario, class_incremental.mask_lr) == ("class_incremental", None)
+    assert "fecam" in class_incremental.strategies  # the training-free bar task inference must clear
     assert all("mask_lr" not in shipped_presets()[name] for name in shipped_presets() if not name.startswith("paper"))
     # A flag overrides the stream and keeps the preset's scenario.
     assert _parse(["--config", "offline_class_incremental", "--stream", "class_incremental_digits"]).scenario == (

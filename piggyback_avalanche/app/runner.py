@@ -459,9 +459,12 @@ def run_benchmark(
         "backbone": backbone,
         "scenario": scenario,
         "evaluated_on": evaluate_on,
-        "tuning": {"trials": tune_trials, "protocol": tune_protocol, "first_tasks": tune_tasks}
-        if tune_trials
-        else None,
+        # Only when on, so that untuned runs keep the keys they had.
+        **(
+            {"tuning": {"trials": tune_trials, "protocol": tune_protocol, "first_tasks": tune_tasks}}
+            if tune_trials
+            else {}
+        ),
         "pretrained": pretrained,
         "pretrain_epochs": pretrain_epochs,
         "crop_size": crop_size if stream == "fine_grained" else None,
@@ -522,10 +525,11 @@ def _check_out_settings(out_dir: Path, settings: Dict[str, Any]) -> None:
             ) from None
         if recorded != current:
             flat_recorded, flat_current = _flatten(recorded), _flatten(current)
+            unset = object()
             differences = ", ".join(
                 f"{k}: {flat_recorded.get(k, 'unset')!r} there, {flat_current.get(k, 'unset')!r} now"
                 for k in sorted(set(flat_recorded) | set(flat_current))
-                if flat_recorded.get(k) != flat_current.get(k)
+                if flat_recorded.get(k, unset) != flat_current.get(k, unset)
             )
             raise ValueError(
                 f"--out {out_dir} holds runs of other settings ({differences}); give another --out for these "
@@ -584,7 +588,7 @@ def _run_locked(
     stream, pretrained = out_settings["stream"], out_settings["pretrained"]
     built = {seed: STREAMS[stream](seed=seed, data_root=data_root, crop_size=crop_size) for seed in seeds}
     validation: Dict[int, Any] = {}
-    if out_settings["evaluated_on"] == "validation" or out_settings["tuning"]:
+    if out_settings["evaluated_on"] == "validation" or out_settings.get("tuning"):
         validation = {seed: validation_benchmark(bm, seed=seed) for seed, (_, bm) in built.items()}
     if out_settings["evaluated_on"] == "validation":
         built = {seed: (source, validation[seed]) for seed, (source, _) in built.items()}
@@ -622,7 +626,7 @@ def _run_locked(
         )
 
     tuned: Dict[str, Dict[str, Any]] = {}
-    if out_settings["tuning"]:
+    if out_settings.get("tuning"):
         tuning, seed = out_settings["tuning"], seeds[0]
         trial_benchmark = tuning_benchmark(
             validation[seed], protocol=tuning["protocol"], first_tasks=tuning["first_tasks"]

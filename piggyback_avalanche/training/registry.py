@@ -275,7 +275,7 @@ def _register_ours(
     )(build)
 
 
-_MASK_SPACE = {"mask_cross_within": SearchRange(0.02, 0.5)}
+_MASK_SPACE = {"mask_cross_within": SearchRange(0.005, 0.5)}
 _register_ours("piggyback", Piggyback, PiggybackModel, _MASK_SPACE)
 _register_ours(
     "piggyback_ternary", Piggyback, PiggybackModel, _MASK_SPACE, threshold_fn="ternarizer", mask_init="uniform"
