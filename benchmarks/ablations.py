@@ -44,6 +44,14 @@ REFERENCES = ["packnet", "individual", "classifier_only"]
 ORDER = ["piggyback", "packnet"]
 DEPTH = {"mlp": "MLP 256-256", "small_cnn": "small CNN (4 conv)", "small_resnet": "small ResNet (13 conv)"}
 DEPTH_STRATEGIES = ["piggyback", "individual"]
+MASK_LR = 3e-4
+"""A fixed mask learning rate for every run: the default rate follows the
+distance from the initial score to the threshold, which would make the
+masks the same at every threshold and scale, where the paper's claims are
+about a fixed rate. 3e-4: the rate the table and the recorded targets were
+measured with (the earlier default); on validation data it is 0.5 points
+below the best fixed rate on mnist_transfer (93.0 against 93.5 at 3e-3)
+and 0.3 on digits (benchmarks/mask_rate.py, BENCHMARKS.md)."""
 
 Results = Dict[str, Dict[str, Any]]
 
@@ -270,7 +278,7 @@ def main() -> int:
         "train_epochs": epochs,
         "train_mb_size": preset["mb_size"],
         "lr": preset["lr"],
-        "mask_lr": preset["mask_lr"],
+        "mask_lr": MASK_LR,
     }
     common = dict(seeds=args.seeds, config=config, pretrain_epochs=preset["pretrain_epochs"])
     targets = read_targets(shipped_targets_path())

@@ -20,9 +20,9 @@ export PYTHONPATH="/tmp/site:$PWD:$PWD/.whl/stub" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())" | tee -a "$out/gpu.txt"
 python3 -c "import piggyback_avalanche, avalanche; print('piggyback_avalanche and avalanche', avalanche.__version__, 'import')" 2>&1 | tail -3
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_flat_masks.py 2>&1 | tail -3 | tee "$out/tests.txt"
-timeout 200 python3 benchmarks/speed.py --device cuda --repeats 10 2>&1 | grep -v -i warn | tee "$out/speed.txt"
-timeout 120 python3 benchmarks/speed.py --device cuda --avalanche-loop --network resnet50:224:64 resnet18:224:32 \
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_flat_masks.py 2>&1 | tail -3 | tee "$out/tests.txt"
+timeout 140 python3 benchmarks/speed.py --device cuda --repeats 10 2>&1 | grep -v -i warn | tee "$out/speed.txt"
+timeout 100 python3 benchmarks/speed.py --device cuda --avalanche-loop --network resnet50:224:64 resnet18:224:32 \
     --experience-size 512 --repeats 4 2>&1 | grep -v -i warn | tee "$out/loop.txt"
-timeout 90 python3 benchmarks/speed.py --device cuda --task-inference 10 100 --network resnet18:224:8:bf16 \
+timeout 60 python3 benchmarks/speed.py --device cuda --task-inference 10 100 --network resnet18:224:8:bf16 \
     --repeats 5 2>&1 | grep -v -i warn | tee "$out/task_inference.txt"

@@ -54,6 +54,30 @@ def test_the_flat_path_gives_the_per_layer_paths_logits_and_score_gradients(thre
     assert not next(iter(per_layer.masked_layers.values())).flat_masks  # the CPU default: per layer
 
 
+def test_a_channels_last_network_keeps_its_layout_on_the_flat_path():
+    """Masked weights and scores keep the weight's memory order, so a
+    channels-last network never converts its weights at a step."""
+    per_layer, flat = (m.to(memory_format=torch.channels_last) for m in _pair())
+    x = torch.randn(8, 1, 8, 8).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 4, (8,))
+    logits, grads = _step(per_layer, x, y, 0)
+    flat_logits, flat_grads = _step(flat, x, y, 0)
+    assert torch.equal(logits, flat_logits)
+    assert all(torch.equal(grads[k], flat_grads[k]) for k in grads)
+    convolutions = [(name, layer) for name, layer in flat.masked_layers.items() if layer.weight.dim() == 4]
+    assert convolutions
+    buffer = convolutions[0][1].flat_masks["0"][0]
+    for name, layer in convolutions:
+        assert layer.weight.is_contiguous(memory_format=torch.channels_last), name
+        assert layer.scores["0"].is_contiguous(memory_format=torch.channels_last), name
+        with flat.task_state.use("0"):
+            assert layer.task_weight().is_contiguous(memory_format=torch.channels_last), name
+        assert flat_grads[name].is_contiguous(memory_format=torch.channels_last), name
+        assert (
+            buffer.scores.data_ptr() <= layer.scores["0"].data_ptr() < buffer.scores.data_ptr() + buffer.scores.nbytes
+        )
+
+
 def test_training_through_avalanche_on_the_flat_path_equals_the_per_layer_path():
     stream = tensor_task_stream(synthetic_tasks([[0, 1], [0, 1, 2]]))
     states = []

@@ -37,7 +37,7 @@ def _mlp():
     return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
 
 
-CLASS_INCREMENTAL_ONLY = ["der"]
+CLASS_INCREMENTAL_ONLY = ["der", "fecam"]
 TRANSFORMERS_ONLY = ["prompt"]  # tested on vision transformers in test_parameter_efficient
 
 

@@ -315,7 +315,9 @@ def test_strategy_variants_carry_their_own_settings(tmp_path, capsys):
         "piggyback",
         {"threshold": 0.001, "mask_init": "uniform", "recalibrate_norm_statistics": False},
     )
-    specs = ["piggyback", "piggyback[threshold=0.001]"]
+    # A fixed mask rate: the default rate follows the distance from the
+    # initial score to the threshold, so a threshold alone changes no mask.
+    specs = ["piggyback[mask_lr=0.001]", "piggyback[mask_lr=0.001,threshold=0.001]"]
     results = run_benchmark(
         stream="digits", backbone="mlp", strategies=specs, seeds=[0], out_dir=tmp_path, config={"train_epochs": 1}
     )
@@ -323,7 +325,7 @@ def test_strategy_variants_carry_their_own_settings(tmp_path, capsys):
     assert default["accuracy"] != low["accuracy"]  # another threshold, another run
     zeros = {s: statistics.mean(z["overall"] for z in results[s]["runs"][0]["mask_zeros"].values()) for s in specs}
     assert 0 < zeros[specs[1]] < zeros[specs[0]]  # a lower threshold drops fewer weights
-    assert (tmp_path / "runs" / "piggyback[threshold=0.001]" / "seed0.json").exists()
+    assert (tmp_path / "runs" / "piggyback[mask_lr=0.001,threshold=0.001]" / "seed0.json").exists()
     for argv, message in (
         (["--strategies", "piggyback[prune_ratio=0.5]"], "piggyback takes no setting \\['prune_ratio'\\]"),
         (["--strategies", "piggyback[threshold]"], "'threshold' is not key=value"),

@@ -280,7 +280,7 @@ def test_the_backbone_score_costs_one_pass_for_every_task_and_answers_with_the_c
     model.eval()
     passes = _CountPasses(model)
     x = torch.cat([_inputs(experience)[0] for experience in benchmark.test_stream])[::7]
-    inferred = TaskInference(per=per)(model, x, width=8)
+    inferred = TaskInference(per=per, score="backbone_mahalanobis")(model, x, width=8)
     chosen = sorted(set(inferred.tasks.tolist()))
     # One pass of every sample through the backbone alone, then each chosen task on its own samples.
     assert passes.samples == [len(x)] + [int((inferred.tasks == t).sum()) for t in chosen]
@@ -331,12 +331,23 @@ def test_asking_for_task_inference_is_enough_for_the_best_score():
         strategy = Piggyback(model=PiggybackModel(tiny_conv_net(6)), task_inference="sample", evaluator=None)
     model = strategy.model
     assert model.feature_statistics is not None and model.backbone_feature_statistics is not None
-    assert strategy.task_inference.score_name(model) == "backbone_mahalanobis"
+    assert strategy.task_inference.score_name(model) == "backbone_and_relative_mahalanobis"
     assert model.settings()["feature_statistics"] is True  # checkpoints record it
     benchmark = _class_incremental()
     _train(strategy, benchmark)
     assert model.backbone_feature_statistics.tasks() == ["0", "1", "2"] and model.tasks == [0, 1, 2]
     assert not Piggyback(model=PiggybackModel(tiny_conv_net(6)), evaluator=None).model.feature_statistics  # only then
+    asked = Piggyback(
+        model=PiggybackModel(tiny_conv_net(6)),
+        task_inference="sample",
+        task_score="backbone_mahalanobis",
+        evaluator=None,
+    )
+    assert asked.model.backbone_feature_statistics is not None  # a statistics score asked by name: the same
+    logit = Piggyback(
+        model=PiggybackModel(tiny_conv_net(6)), task_inference="sample", task_score="energy", evaluator=None
+    )
+    assert logit.model.feature_statistics is None  # a logit score reads no statistics
 
 
 def test_a_model_that_learned_tasks_without_statistics_warns_at_the_users_line():

@@ -192,7 +192,7 @@ def test_task_inference_on_a_vit_computes_tasks_one_pass_each():
 
 
 def test_task_inference_on_a_vit_with_the_backbone_score_runs_no_pass_per_task():
-    learner, test_stream = _inferring_vit_learner(feature_statistics=True)
+    learner, test_stream = _inferring_vit_learner(task_score="backbone_mahalanobis")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*in its own pass")  # no task is computed on every sample
         results = learner.eval(test_stream)

@@ -838,7 +838,7 @@ def _parser() -> argparse.ArgumentParser:
         "--evaluate-on",
         default="test",
         choices=EVALUATED_ON,
-        help=f"validation: train on {1 - VALIDATION_SIZE:.0%} of each training experience and evaluate on the rest, "
+        help=f"validation: train on {round(100 * (1 - VALIDATION_SIZE))}%% of each training experience and evaluate on the rest, "
         "never reading the test stream (to choose settings on)",
     )
     add(

@@ -30,6 +30,7 @@ from piggyback_avalanche.task_aware.models import TaskAwareModel
 from piggyback_avalanche.task_aware.plugin_support import refuse_unfit_plugins
 from piggyback_avalanche.task_aware.restore_point import RestorePoint
 from piggyback_avalanche.task_aware.task_inference import InferencePer, TaskInference
+from piggyback_avalanche.task_aware.task_scores import TASK_SCORES
 
 __all__ = [
     "TaskAwareStrategy",
@@ -224,7 +225,9 @@ class TaskAwareStrategy(SupervisedTemplate):
         task-incremental ones evaluated without their labels.
     :param task_score: with ``task_inference="sample"`` or ``"batch"``, the
         score (see :class:`~piggyback_avalanche.task_aware.task_inference.TaskInference`);
-        ``None``: the model's default.
+        ``None``: the model's default. Unless it is a logit score, a model
+        that has learned nothing yet is made to keep the feature statistics
+        it reads (``model.keep_feature_statistics()``).
     :param base_kwargs: Avalanche's usual arguments, passed to
         ``SupervisedTemplate`` (``criterion``, ``train_mb_size``,
         ``train_epochs``, ``eval_mb_size``, ``device``, ``plugins``,
@@ -308,9 +311,9 @@ class TaskAwareStrategy(SupervisedTemplate):
         if isinstance(task_inference, str):
             task_inference = TaskInference(per=task_inference, score=task_score)
         if task_inference is not None:
-            if task_inference.score is None and not model.task_scores() and not model.tasks:
-                # Asking for task inference is enough: the model has learned nothing
-                # yet, so it can still keep the statistics the best scores read.
+            if task_inference.score not in TASK_SCORES and not model.task_scores() and not model.tasks:
+                # Asking for task inference (or a statistics score) is enough: the model
+                # has learned nothing yet, so it can still keep what those scores read.
                 model.keep_feature_statistics()
             task_inference.check_model(model)
             if task_inference.score is None and not model.task_scores():
@@ -561,18 +564,16 @@ class TaskAwareStrategy(SupervisedTemplate):
             experience, the model has nothing to train): ``train`` builds it
             for every experience, after adding the experience's task.
         """
-        lrs = self.group_learning_rates()
-        param_groups = [
-            {"params": params, "lr": lrs[name], "name": name}
-            for name, params in self.model.trainable_parameters().items()
-            if params
-        ]
-        if not param_groups:
+        groups = {name: params for name, params in self.model.trainable_parameters().items() if params}
+        if not groups:
             raise ValueError(
                 f"{type(self).__name__} has no task being learned, so there is nothing to optimise: train() "
                 "builds a fresh optimizer for every experience, after adding the experience's task. Call "
                 "train(experience) instead of make_optimizer()."
             )
+        # Asked only now: a rate may follow the experience being learned.
+        lrs = self.group_learning_rates()
+        param_groups = [{"params": params, "lr": lrs[name], "name": name} for name, params in groups.items()]
         self.optimizer = self.optimizer_factory(param_groups)
         self._optimized = self._trainable_parameter_ids()
         self.lr_scheduler = MultiStepLR(self.optimizer, milestones=self.lr_decay_epochs, gamma=self.lr_decay_factor)

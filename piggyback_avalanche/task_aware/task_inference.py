@@ -203,9 +203,14 @@ class TaskInference:
             # stacked features (a ViT's reshape of its patch embedding).
             agree, why = False, str(error)
         if not agree:
+            cheaper = (
+                " task_score='backbone_mahalanobis' scores every task in one pass through the backbone."
+                if "backbone_mahalanobis" in self._scores(model) and self.score != "backbone_mahalanobis"
+                else ""
+            )
             warn_caller(
                 f"Task inference computes each task of this {type(model).__name__} in its own pass, "
-                f"which costs one pass per task: the network cannot compute tasks side by side ({why})."
+                f"which costs one pass per task: the network cannot compute tasks side by side ({why}).{cheaper}"
             )
         self._stacking_works[model] = agree
         return agree

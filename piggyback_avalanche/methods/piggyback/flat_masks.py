@@ -15,12 +15,32 @@ test checks them on the CPU); which path runs is chosen per device
 (:attr:`PiggybackModel.flat_masks`).
 """
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = ["FlatMasks", "FlatMaskSlots", "compute_dtype"]
+
+
+def _memory_order(weight: Tensor) -> Tuple[int, ...]:
+    """The order in which ``weight``'s dimensions lie in memory: a
+    channels-last convolution weight must stay so, or every convolution of a
+    channels-last network converts it again at each step."""
+    for dims, memory_format in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+        if weight.dim() == dims and not weight.is_contiguous() and weight.is_contiguous(memory_format=memory_format):
+            return (0, *range(2, dims), 1)
+    return tuple(range(weight.dim()))
+
+
+def _flatten(t: Tensor, order: Tuple[int, ...]) -> Tensor:
+    return t.permute(order).reshape(-1)
+
+
+def _unflatten(flat: Tensor, shape: Tuple[int, ...], order: Tuple[int, ...]) -> Tensor:
+    """``flat`` (in ``order``) as a tensor of ``shape`` laid out in that order: a view."""
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    return flat.view([shape[d] for d in order]).permute(inverse)
 
 
 class _MaskedWeights(torch.autograd.Function):
@@ -30,19 +50,18 @@ class _MaskedWeights(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, flat: "FlatMasks", dtype: torch.dtype, *scores: Tensor) -> Tuple[Tensor, ...]:
         ctx.flat = flat
-        masked = flat.masked(dtype)
-        return tuple(masked.split(flat.sizes)[i].view(shape) for i, shape in enumerate(flat.shapes))
+        return tuple(flat.layer_views(flat.masked(dtype)))
 
     @staticmethod
     def backward(ctx: Any, *grads: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
         flat: FlatMasks = ctx.flat
         parts = [
-            torch.zeros(size, dtype=flat.weights.dtype, device=flat.weights.device) if g is None else g.reshape(-1)
-            for g, size in zip(grads, flat.sizes)
+            torch.zeros(size, dtype=flat.weights.dtype, device=flat.weights.device) if g is None else _flatten(g, order)
+            for g, size, order in zip(grads, flat.sizes, flat.orders)
         ]
         # Straight through the threshold: d(weight * mask)/d(scores) taken as weight.
         grad = torch.cat(parts).to(flat.weights.dtype).mul_(flat.weights)
-        return (None, None, *(g.view(shape) for g, shape in zip(grad.split(flat.sizes), flat.shapes)))
+        return (None, None, *flat.layer_views(grad))
 
 
 class FlatMasks:
@@ -50,7 +69,9 @@ class FlatMasks:
     and a flat copy of those layers' frozen weights.
 
     Building it moves the task's score parameters into the buffer (each
-    stays the same ``nn.Parameter`` object, now a view of it).
+    stays the same ``nn.Parameter`` object, now a view of it). Each layer's
+    part lies in its weight's memory order, so masked weights and scores keep
+    the weight's layout (channels-last networks stay channels-last).
 
     :param weights: the layers' frozen weights, in order.
     :param scores: the task's score parameters of the same layers.
@@ -61,16 +82,24 @@ class FlatMasks:
     def __init__(self, weights: Sequence[Tensor], scores: Sequence[Tensor], *, threshold: float, ternary: bool) -> None:
         self.shapes = [tuple(w.shape) for w in weights]
         self.sizes = [w.numel() for w in weights]
+        self.orders = [_memory_order(w) for w in weights]
         self.threshold = threshold
         self.ternary = ternary
         with torch.no_grad():
-            self.weights = torch.cat([w.detach().reshape(-1) for w in weights])
-            self.scores = torch.cat([s.detach().reshape(-1) for s in scores])
-        for parameter, view in zip(scores, self.scores.split(self.sizes)):
-            parameter.data = view.view(parameter.shape)
+            self.weights = torch.cat([_flatten(w.detach(), order) for w, order in zip(weights, self.orders)])
+            self.scores = torch.cat([_flatten(s.detach(), order) for s, order in zip(scores, self.orders)])
+        for parameter, view in zip(scores, self.layer_views(self.scores)):
+            parameter.data = view
         self.parameters = list(scores)
         self._pass: Optional[Tuple[int, torch.dtype]] = None
         self._outputs: Dict[int, Tensor] = {}
+
+    def layer_views(self, flat: Tensor) -> List[Tensor]:
+        """Each layer's part of a flat buffer, shaped and laid out as its weight."""
+        return [
+            _unflatten(part, shape, order)
+            for part, shape, order in zip(flat.split(self.sizes), self.shapes, self.orders)
+        ]
 
     def masked(self, dtype: torch.dtype) -> Tensor:
         """Every layer's masked weight, flat, in ``dtype``: one select over
