@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: bench demo test test-fast lint package-check clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -e ".[test]"
 	touch $@
@@ -18,9 +18,9 @@ bench: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m piggyback_avalanche.app.demo
 
-# Style and types, then every test (what CI runs).
+# Style and types, then every test (what CI runs), naming the ten slowest.
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 # The developer's loop: style, types and the tests not marked slow.
 test-fast: lint

@@ -8,65 +8,93 @@ method shares), :mod:`~piggyback_avalanche.methods` (one package per method),
 :mod:`~piggyback_avalanche.training`, :mod:`~piggyback_avalanche.evaluation`
 and :mod:`~piggyback_avalanche.benchmarks`. The command line lives in
 :mod:`~piggyback_avalanche.app`, which the library never imports.
+
+The names below are imported on first use (PEP 562): importing the package,
+or one light module of it, does not load Avalanche's thousands of modules.
 """
 
+import importlib
 import warnings
-
-import torch
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _installed_version
+from typing import TYPE_CHECKING, Any, Dict, List
 
 from piggyback_avalanche._requirements import check_torch_version
 
-check_torch_version(torch.__version__)
+try:
+    check_torch_version(_installed_version("torch"))
+except PackageNotFoundError:  # torch built from source without metadata: its import says the rest
+    pass
 
-with warnings.catch_warnings():
-    # Avalanche's GEM imports qpsolvers, which warns when no solver is
-    # installed; no strategy here uses GEM, so the warning is only noise.
-    warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
-    import avalanche.training  # noqa: F401, E402
+# Avalanche's GEM imports qpsolvers, which warns when no solver is installed;
+# no strategy here uses GEM, and whichever of our modules first imports
+# avalanche.training would show the warning, so it is silenced by message.
+warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
 
-from piggyback_avalanche.methods.bitfit import BitFit, BitFitModel  # noqa: E402
-from piggyback_avalanche.methods.lora import LoRA, LoRAModel  # noqa: E402
-from piggyback_avalanche.methods.packnet import PACKNET_PAPER_SETTINGS, PackNet, PackNetModel  # noqa: E402
-from piggyback_avalanche.methods.piggyback import (  # noqa: E402
-    PIGGYBACK_PAPER_SETTINGS,
-    Piggyback,
-    PiggybackModel,
-    binarize,
-    ternarize,
-)
-from piggyback_avalanche.methods.prompt import PromptTuning, PromptTuningModel  # noqa: E402
-from piggyback_avalanche.methods.reference import (  # noqa: E402
-    ClassifierOnly,
-    ClassifierOnlyModel,
-    IndividualNetworks,
-    IndividualNetworksModel,
-)
-from piggyback_avalanche.task_aware import TaskNorm  # noqa: E402
-from piggyback_avalanche.training.registry import available_strategies, make_strategy, register_strategy  # noqa: E402
+_EXPORTS: Dict[str, str] = {
+    "PiggybackModel": "piggyback_avalanche.methods.piggyback",
+    "Piggyback": "piggyback_avalanche.methods.piggyback",
+    "PIGGYBACK_PAPER_SETTINGS": "piggyback_avalanche.methods.piggyback",
+    "binarize": "piggyback_avalanche.methods.piggyback",
+    "ternarize": "piggyback_avalanche.methods.piggyback",
+    "PackNetModel": "piggyback_avalanche.methods.packnet",
+    "PackNet": "piggyback_avalanche.methods.packnet",
+    "PACKNET_PAPER_SETTINGS": "piggyback_avalanche.methods.packnet",
+    "IndividualNetworksModel": "piggyback_avalanche.methods.reference",
+    "IndividualNetworks": "piggyback_avalanche.methods.reference",
+    "ClassifierOnlyModel": "piggyback_avalanche.methods.reference",
+    "ClassifierOnly": "piggyback_avalanche.methods.reference",
+    "LoRAModel": "piggyback_avalanche.methods.lora",
+    "LoRA": "piggyback_avalanche.methods.lora",
+    "BitFitModel": "piggyback_avalanche.methods.bitfit",
+    "BitFit": "piggyback_avalanche.methods.bitfit",
+    "PromptTuningModel": "piggyback_avalanche.methods.prompt",
+    "PromptTuning": "piggyback_avalanche.methods.prompt",
+    "make_strategy": "piggyback_avalanche.training.registry",
+    "available_strategies": "piggyback_avalanche.training.registry",
+    "register_strategy": "piggyback_avalanche.training.registry",
+    "TaskNorm": "piggyback_avalanche.task_aware",
+}
+"""Each public name and the module that defines it."""
 
-__all__ = [
-    "PiggybackModel",
-    "Piggyback",
-    "PIGGYBACK_PAPER_SETTINGS",
-    "PackNetModel",
-    "PackNet",
-    "PACKNET_PAPER_SETTINGS",
-    "IndividualNetworksModel",
-    "IndividualNetworks",
-    "ClassifierOnlyModel",
-    "ClassifierOnly",
-    "LoRAModel",
-    "LoRA",
-    "BitFitModel",
-    "BitFit",
-    "PromptTuningModel",
-    "PromptTuning",
-    "make_strategy",
-    "available_strategies",
-    "register_strategy",
-    "TaskNorm",
-    "binarize",
-    "ternarize",
-]
+__all__ = list(_EXPORTS)
 
 __version__ = "0.2.0"
+
+if TYPE_CHECKING:  # what type checkers and IDEs see (__all__ names them); at run time __getattr__ imports them
+    from piggyback_avalanche.methods.bitfit import BitFit, BitFitModel  # noqa: F401
+    from piggyback_avalanche.methods.lora import LoRA, LoRAModel  # noqa: F401
+    from piggyback_avalanche.methods.packnet import PACKNET_PAPER_SETTINGS, PackNet, PackNetModel  # noqa: F401
+    from piggyback_avalanche.methods.piggyback import (  # noqa: F401
+        PIGGYBACK_PAPER_SETTINGS,
+        Piggyback,
+        PiggybackModel,
+        binarize,
+        ternarize,
+    )
+    from piggyback_avalanche.methods.prompt import PromptTuning, PromptTuningModel  # noqa: F401
+    from piggyback_avalanche.methods.reference import (  # noqa: F401
+        ClassifierOnly,
+        ClassifierOnlyModel,
+        IndividualNetworks,
+        IndividualNetworksModel,
+    )
+    from piggyback_avalanche.task_aware import TaskNorm  # noqa: F401
+    from piggyback_avalanche.training.registry import (  # noqa: F401
+        available_strategies,
+        make_strategy,
+        register_strategy,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -239,3 +239,26 @@ def test_registration_carries_what_the_runner_needs():
     assert strategy_settings("naive", {"lr": 1e-2, "lr_decay_epochs": (2,)}, untrained_backbone=False) == {"lr": 1e-2}
     with pytest.raises(ValueError, match="Unknown strategy 'nope'. Available: agem"):
         registry.registered_strategy("nope")
+
+
+def test_importing_the_package_loads_neither_avalanche_nor_torch_until_a_name_is_used():
+    """PEP 562: the package and its light modules import at once; a public
+    name imports its own module on first use, and is that module's object."""
+    probe = (
+        "import sys, piggyback_avalanche, piggyback_avalanche.checks\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'avalanche', 'torch', 'torchvision'})\n"
+        "from piggyback_avalanche import Piggyback\n"
+        "print(heavy, 'avalanche' in sys.modules, Piggyback.__module__)\n"
+    )
+    completed = subprocess.run([sys.executable, "-W", "default", "-c", probe], capture_output=True, text=True)
+    assert completed.stdout.split("\n")[0] == "[] True piggyback_avalanche.methods.piggyback.strategy", completed.stderr
+    assert "QP solver" not in completed.stderr  # Avalanche's GEM import stays silent, whoever imports it first
+    import piggyback_avalanche
+
+    for name in piggyback_avalanche.__all__:
+        value = getattr(piggyback_avalanche, name)
+        module = piggyback_avalanche._EXPORTS[name]
+        assert value is getattr(__import__(module, fromlist=[name]), name), name
+    assert set(piggyback_avalanche.__all__) <= set(dir(piggyback_avalanche))
+    with pytest.raises(AttributeError, match="has no attribute 'PiggyBack'"):
+        piggyback_avalanche.PiggyBack  # noqa: B018

@@ -372,10 +372,11 @@ def test_bad_settings_are_refused_before_any_work():
         TaskInference(per="sample")(PiggybackModel(tiny_conv_net(6)).eval(), torch.randn(2, 1, 8, 8))
     with pytest.raises(ValueError, match="task_score='energy' needs task_inference='sample' or 'batch'"):
         Piggyback(model=PiggybackModel(tiny_conv_net(6)), task_score="energy")
+    learned = PiggybackModel(tiny_conv_net(6))
+    learned.add_task(0, classes=[0, 1])
+    learned.freeze_task(0)  # learned without statistics: too late to keep them
     with pytest.raises(ValueError, match=r"feature_statistics=True"):
-        Piggyback(
-            model=PiggybackModel(tiny_conv_net(6)), task_inference=TaskInference(per="sample", score="mahalanobis")
-        )
+        Piggyback(model=learned, task_inference=TaskInference(per="sample", score="mahalanobis"))
     benchmark = _class_incremental()
     strategy = Piggyback(
         model=PiggybackModel(tiny_conv_net(6)), task_inference="sample", train_epochs=1, evaluator=None
