@@ -15,8 +15,9 @@ import argparse
 import csv
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any
 
 from matplotlib.figure import Figure
 
@@ -53,10 +54,10 @@ measured with (the earlier default); on validation data it is 0.5 points
 below the best fixed rate on mnist_transfer (93.0 against 93.5 at 3e-3)
 and 0.3 on digits (benchmarks/mask_rate.py, BENCHMARKS.md)."""
 
-Results = Dict[str, Dict[str, Any]]
+Results = dict[str, dict[str, Any]]
 
 
-def _unique(items: Sequence[str]) -> List[str]:
+def _unique(items: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
@@ -70,7 +71,7 @@ def _mean_std(values: Sequence[float], scale: float = 100.0) -> str:
     return f"{statistics.mean(values):.1f} ± {_std(values):.1f}"
 
 
-def _runs(results: Results, spec: str) -> List[Dict[str, Any]]:
+def _runs(results: Results, spec: str) -> list[dict[str, Any]]:
     return results[spec]["runs"]
 
 
@@ -86,7 +87,7 @@ def _networks(results: Results, spec: str) -> str:
     return f"{statistics.mean(r['networks'] for r in _runs(results, spec)):.3f}"
 
 
-def _gaps(forward: Results, reversed_: Results) -> Dict[str, List[Tuple[float, float]]]:
+def _gaps(forward: Results, reversed_: Results) -> dict[str, list[tuple[float, float]]]:
     """Piggyback minus PackNet, average accuracy on the tasks seen so far,
     after each task (mean, std over seeds), for both orders."""
     curves = {}
@@ -101,7 +102,7 @@ def _gaps(forward: Results, reversed_: Results) -> Dict[str, List[Tuple[float, f
     return curves
 
 
-def _plots(out: Path, stream: str, main: Results, forward: Results, reversed_: Results) -> List[Path]:
+def _plots(out: Path, stream: str, main: Results, forward: Results, reversed_: Results) -> list[Path]:
     written = []
     # Zeros per layer and task: the mean over seeds of the default Piggyback.
     runs = _runs(main, DEFAULT)
@@ -170,7 +171,7 @@ def _plots(out: Path, stream: str, main: Results, forward: Results, reversed_: R
     return written
 
 
-def _tables(stream: str, main: Results, forward: Results, reversed_: Results, depth: Dict[str, Results]) -> str:
+def _tables(stream: str, main: Results, forward: Results, reversed_: Results, depth: dict[str, Results]) -> str:
     sections = [f"## {STREAMS[stream]}"]
     sections.append("### 1. Mask initialisation and mask scale\n\n" + markdown_table(
         ["variant", "avg accuracy (%)", "zeros (%)"],
@@ -225,7 +226,7 @@ def _tables(stream: str, main: Results, forward: Results, reversed_: Results, de
     return "\n\n".join(sections)
 
 
-def _record_targets(results: Results, targets: List[Target], *, stream: str, backbone: str) -> int:
+def _record_targets(results: Results, targets: list[Target], *, stream: str, backbone: str) -> int:
     """Append an average-accuracy target for each run without one: the
     measured mean, with a tolerance of three standard deviations over seeds
     (two points at least). Returns how many were added to ``targets``."""

@@ -15,7 +15,7 @@ happened before the cache survived the move). Prints the median seconds per
 import argparse
 import statistics
 import time
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 import torch
 import torchvision
@@ -49,12 +49,12 @@ def main() -> None:
         piggyback.model.frozen_weight_cache.clear()
         piggyback.eval(stream.test_stream)
 
-    runs: Dict[str, Callable[[], None]] = {
+    runs: dict[str, Callable[[], None]] = {
         "naive": lambda: strategies["naive"].eval(stream.test_stream),
         "piggyback, cache kept": lambda: piggyback.eval(stream.test_stream),
         "piggyback, cache dropped per eval()": dropping_the_cache,
     }
-    times: Dict[str, List[float]] = {name: [] for name in runs}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for run in runs.values():
         run()  # warm-up
     for _ in range(args.repeats):

@@ -17,7 +17,6 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 STATEMENTS = {
     "import torch": "import torch",
@@ -33,7 +32,7 @@ print(json.dumps([time.perf_counter() - start, len(sys.modules)]))
 """
 
 
-def measure(tree: Path, statement: str) -> Tuple[float, int]:
+def measure(tree: Path, statement: str) -> tuple[float, int]:
     """Seconds and modules loaded by ``statement`` in a fresh interpreter
     that imports the package from ``tree``."""
     completed = subprocess.run(
@@ -53,18 +52,22 @@ def main() -> None:
     parser.add_argument("--trees", type=Path, nargs="+", default=[Path(".")], help="checkouts to measure")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    rows: List[str] = []
-    for tree in args.trees:
-        timings: Dict[str, List[float]] = {name: [] for name in STATEMENTS}
-        modules: Dict[str, int] = {}
-        for _ in range(args.repeats):  # interleaved, so that load on the machine falls on every statement alike
+    rows: list[str] = []
+    trees = [tree.resolve() for tree in args.trees]
+    timings: dict[tuple[Path, str], list[float]] = {(t, n): [] for t in trees for n in STATEMENTS}
+    modules: dict[tuple[Path, str], int] = {}
+    for _ in range(args.repeats):  # interleaved, so that load on the machine falls on every tree and statement alike
+        for tree in trees:
             for name, statement in STATEMENTS.items():
-                seconds, modules[name] = measure(tree.resolve(), statement)
-                timings[name].append(seconds)
-        torch_seconds = statistics.median(timings["import torch"])
+                seconds, modules[tree, name] = measure(tree, statement)
+                timings[tree, name].append(seconds)
+    for tree, shown in zip(trees, args.trees):
+        torch_seconds = statistics.median(timings[tree, "import torch"])
         for name in STATEMENTS:
-            median = statistics.median(timings[name])
-            rows.append(f"| {tree} | `{name}` | {median:.2f} | {modules[name]:,} | {median / torch_seconds:.2f}× |")
+            median = statistics.median(timings[tree, name])
+            rows.append(
+                f"| {shown} | `{name}` | {median:.2f} | {modules[tree, name]:,} | {median / torch_seconds:.2f}× |"
+            )
     print("| tree | statement | seconds (median) | modules loaded | ÷ import torch |")
     print("|---|---|---|---|---|")
     print("\n".join(rows))

@@ -27,7 +27,6 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Dict, List
 
 import torch
 
@@ -51,7 +50,7 @@ def _entropy_bits(codes: torch.Tensor) -> float:
     return float(-(p * p.log2()).sum()) * codes.numel()
 
 
-def _measure(model: PiggybackModel) -> List[Dict[str, float]]:
+def _measure(model: PiggybackModel) -> list[dict[str, float]]:
     rows = []
     for task in model.frozen_tasks:
         sums = dict.fromkeys(("weights", "bound", "per layer", "shipped", "zlib", "zstd", "packed", "decode s"), 0.0)
@@ -82,7 +81,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    rows: List[Dict[str, float]] = []
+    rows: list[dict[str, float]] = []
     loads = []
     for seed in args.seeds:
         source, benchmark = mnist_transfer_stream(seed=seed)

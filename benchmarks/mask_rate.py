@@ -16,7 +16,6 @@ default falls short of it (the goal: within 1 point).
 import argparse
 import statistics
 from pathlib import Path
-from typing import Dict, List
 
 from piggyback_avalanche.app.report import markdown_table
 from piggyback_avalanche.app.runner import run_benchmark
@@ -47,8 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     fixed = {value: _spec("mask_lr", value) for value in FIXED}
     rules = {value: _spec("mask_cross_within", value) for value in CROSS_WITHIN}
-    rows: List[List[str]] = []
-    gaps: Dict[str, float] = {}
+    rows: list[list[str]] = []
+    gaps: dict[str, float] = {}
     for name in args.streams:
         preset_name, stream = STREAMS[name]
         preset = shipped_presets()[preset_name]
@@ -64,7 +63,7 @@ def main() -> None:
             log=lambda line: None,
         )
 
-        def accuracy(spec: str, results: Dict[str, Dict] = results) -> float:
+        def accuracy(spec: str, results: dict[str, dict] = results) -> float:
             return 100 * statistics.mean(r["average_accuracy"] for r in results[spec]["runs"])
 
         best = max(fixed, key=lambda value: accuracy(fixed[value]))
@@ -85,7 +84,7 @@ def main() -> None:
                 "best − default",
             ],
             rows,
-        )  # fmt: skip
+        )
     )
     print(f"Largest shortfall of the default: {max(gaps.values()):.1f} points (goal: at most 1).")
 

@@ -31,7 +31,7 @@ import multiprocessing
 import resource
 import statistics
 import time
-from typing import Callable, Dict, List, Tuple
+from collections.abc import Callable
 
 import torch
 import torchvision
@@ -67,7 +67,7 @@ def _piggyback(backbone: nn.Module, frozen_tasks: int) -> PiggybackModel:
     return model
 
 
-def _train_step(model: nn.Module, params: List[nn.Parameter], device: torch.device, dtype, task: int = None):
+def _train_step(model: nn.Module, params: list[nn.Parameter], device: torch.device, dtype, task: int | None = None):
     optimizer = torch.optim.Adam(params, lr=1e-4, **({"fused": True} if device.type in ("cuda", "cpu") else {}))
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -81,9 +81,9 @@ def _train_step(model: nn.Module, params: List[nn.Parameter], device: torch.devi
     return step
 
 
-def _time_interleaved(functions: Dict[str, Callable[[], None]], repeats: int, device: torch.device) -> Dict[str, float]:
+def _time_interleaved(functions: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
     """Median seconds of each function, run in turns after a warm-up."""
-    times: Dict[str, List[float]] = {name: [] for name in functions}
+    times: dict[str, list[float]] = {name: [] for name in functions}
     for function in functions.values():
         for _ in range(3):
             function()
@@ -97,7 +97,7 @@ def _time_interleaved(functions: Dict[str, Callable[[], None]], repeats: int, de
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _models(network: str, device: torch.device, channels_last: bool) -> Tuple[nn.Module, PiggybackModel]:
+def _models(network: str, device: torch.device, channels_last: bool) -> tuple[nn.Module, PiggybackModel]:
     torch.manual_seed(0)
     plain = torchvision.models.get_model(network, weights=None, num_classes=10)
     piggyback = _piggyback(copy.deepcopy(plain), frozen_tasks=1)
@@ -124,7 +124,7 @@ def _peak_rss_child(network: str, size: int, batch: int, which: str, steps: int,
     queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def _cpu_peak_memory(network: str, size: int, batch: int) -> Dict[str, float]:
+def _cpu_peak_memory(network: str, size: int, batch: int) -> dict[str, float]:
     """Peak resident memory (KiB) of training, each side in a fresh process."""
     context = multiprocessing.get_context("spawn")
     peaks = {}
@@ -137,7 +137,7 @@ def _cpu_peak_memory(network: str, size: int, batch: int) -> Dict[str, float]:
     return peaks
 
 
-def measure(network: str, size: int, batch: int, dtype, device: torch.device, repeats: int) -> Dict[str, float]:
+def measure(network: str, size: int, batch: int, dtype, device: torch.device, repeats: int) -> dict[str, float]:
     channels_last = device.type == "cuda"
     plain, piggyback = _models(network, device, channels_last)
     x = torch.randn(batch, 3, size, size, device=device)
@@ -198,7 +198,7 @@ def measure(network: str, size: int, batch: int, dtype, device: torch.device, re
 
 def avalanche_loop(
     network: str, size: int, batch: int, device: torch.device, repeats: int, experience_size: int
-) -> Dict[str, float]:
+) -> dict[str, float]:
     """Seconds of one-epoch ``train(experience)`` through Avalanche's loop:
     Piggyback (defaults: batch-norm pass included) and Avalanche's Naive
     fine-tuning the plain network with Adam, interleaved; every call a new
@@ -238,8 +238,8 @@ def avalanche_loop(
 
 
 def task_inference_cost(
-    network: str, size: int, batch: int, dtype, device: torch.device, repeats: int, counts: List[int]
-) -> Dict[int, float]:
+    network: str, size: int, batch: int, dtype, device: torch.device, repeats: int, counts: list[int]
+) -> dict[int, float]:
     """Seconds of one pass that computes ``T`` frozen tasks side by side
     (task inference's stacked pass, ``model.task_outputs``) over one plain
     forward pass of the network, for each ``T`` of ``counts``."""
@@ -265,7 +265,7 @@ def task_inference_cost(
     return ratios
 
 
-def mask_storage(network: str, tasks: int = 100) -> Dict[str, float]:
+def mask_storage(network: str, tasks: int = 100) -> dict[str, float]:
     """Bytes of one task and of ``tasks`` tasks' masks, at 1 bit, 1 byte
     and 4 bytes per weight."""
     backbone = torchvision.models.get_model(network, weights=None)

@@ -23,8 +23,9 @@ import copy
 import json
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,7 +51,7 @@ SCORES = [
 ]
 
 
-def _tensors(stream: Any) -> List[Any]:
+def _tensors(stream: Any) -> list[Any]:
     out = []
     for experience in stream:
         samples = [experience.dataset[i] for i in range(len(experience.dataset))]
@@ -58,7 +59,7 @@ def _tensors(stream: Any) -> List[Any]:
     return out
 
 
-def _accuracy(predict: Callable[[torch.Tensor, int], torch.Tensor], test: List[Any], batch: int) -> float:
+def _accuracy(predict: Callable[[torch.Tensor, int], torch.Tensor], test: list[Any], batch: int) -> float:
     right = total = 0
     for k, (x, y) in enumerate(test):
         for rows in torch.arange(len(y)).split(batch):
@@ -67,7 +68,7 @@ def _accuracy(predict: Callable[[torch.Tensor, int], torch.Tensor], test: List[A
     return right / total
 
 
-def _inferred_accuracy(model: nn.Module, inference: TaskInference, test: List[Any], batch: int) -> Tuple[float, float]:
+def _inferred_accuracy(model: nn.Module, inference: TaskInference, test: list[Any], batch: int) -> tuple[float, float]:
     """Accuracy, and the share of samples whose inferred task is right."""
     right_task = seen = 0
 
@@ -82,14 +83,14 @@ def _inferred_accuracy(model: nn.Module, inference: TaskInference, test: List[An
     return accuracy, right_task / seen
 
 
-def _single_head_accuracy(model: nn.Module, test: List[Any]) -> float:
+def _single_head_accuracy(model: nn.Module, test: list[Any]) -> float:
     with torch.no_grad():
         return _accuracy(lambda x, k: model(x).argmax(1), test, 256)
 
 
 def _piggyback(
-    backbone: nn.Module, benchmark: Any, test: List[Any], epochs: int, scores: Sequence[str] = SCORES
-) -> Dict[str, Dict[str, float]]:
+    backbone: nn.Module, benchmark: Any, test: list[Any], epochs: int, scores: Sequence[str] = SCORES
+) -> dict[str, dict[str, float]]:
     model = PiggybackModel(backbone, feature_statistics=True)
     strategy = Piggyback(model=model, task_inference="sample", train_epochs=epochs, train_mb_size=MB, evaluator=None)
     started = time.perf_counter()
@@ -118,7 +119,7 @@ def _piggyback(
     return rows
 
 
-def _baselines(backbone: nn.Module, benchmark: Any, test: List[Any], epochs: int) -> Dict[str, Dict[str, float]]:
+def _baselines(backbone: nn.Module, benchmark: Any, test: list[Any], epochs: int) -> dict[str, dict[str, float]]:
     def build(kind: str) -> Any:
         model = copy.deepcopy(backbone)
         optimizer = torch.optim.Adam(model.parameters(), lr=LR)
@@ -159,7 +160,7 @@ def _baselines(backbone: nn.Module, benchmark: Any, test: List[Any], epochs: int
     return rows
 
 
-def _table(title: str, runs: Dict[str, List[Dict[str, float]]]) -> str:
+def _table(title: str, runs: dict[str, list[dict[str, float]]]) -> str:
     def cell(name: str, key: str, scale: float = 100.0) -> str:
         values = [run[key] * scale for run in runs[name]]
         if any(v != v for v in values):
@@ -184,7 +185,7 @@ def main() -> None:
     torch.set_num_threads(2)
     if args.permuted_tasks:
         for n_tasks in args.permuted_tasks:
-            runs: Dict[str, List[Dict[str, float]]] = {}
+            runs: dict[str, list[dict[str, float]]] = {}
             for seed in args.seeds:
                 source, benchmark = permuted_mnist_stream(n_tasks, seed=seed)
                 torch.manual_seed(seed)

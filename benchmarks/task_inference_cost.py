@@ -22,8 +22,8 @@ by side in one run.
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, List
 
 import torch
 
@@ -37,7 +37,7 @@ BACKBONES = {"small_cnn": small_cnn, "mlp": lambda: mlp(input_shape=(1, 16, 16))
 
 def _median_seconds(call: Callable[[], object], repeats: int) -> float:
     call()
-    times: List[float] = []
+    times: list[float] = []
     for _ in range(repeats):
         start = time.perf_counter()
         call()
@@ -59,7 +59,7 @@ PASSES = (1, 8, 32)
 """Tasks per pass measured (``tasks_per_pass``)."""
 
 
-def _measure(name: str, build: Callable[[], torch.nn.Module], tasks: int, batch: int, repeats: int) -> List[str]:
+def _measure(name: str, build: Callable[[], torch.nn.Module], tasks: int, batch: int, repeats: int) -> list[str]:
     model = _model(build(), tasks)
     x = torch.randn(batch, 1, 16, 16)
     plain = model.export_task(0)

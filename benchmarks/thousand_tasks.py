@@ -32,7 +32,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -82,7 +82,7 @@ def resident_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def _tensors(experience: Any) -> Tuple[Tensor, Tensor]:
+def _tensors(experience: Any) -> tuple[Tensor, Tensor]:
     samples = [experience.dataset[i] for i in range(len(experience.dataset))]
     return torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples])
 
@@ -92,7 +92,7 @@ def _permuted(images: Tensor, task: int) -> Tensor:
     return images.flatten(1)[:, order].view_as(images)
 
 
-def _mask_coding(payload: Dict[str, Any]) -> Tuple[int, int, float]:
+def _mask_coding(payload: dict[str, Any]) -> tuple[int, int, float]:
     """Weights, coded bytes and i.i.d. entropy bound (bytes, per layer) of a
     task file's masks."""
     weights = coded = 0
@@ -118,14 +118,14 @@ def _timed(call: Any, repeats: int) -> float:
     return (time.perf_counter() - started) / repeats
 
 
-def switching(model: PiggybackModel, inputs: Tensor, tasks: int, repeats: int) -> Dict[str, float]:
+def switching(model: PiggybackModel, inputs: Tensor, tasks: int, repeats: int) -> dict[str, float]:
     """Milliseconds per batch: one task again and again, two cached tasks in
     turn, stored tasks in turn with nothing cached (a miss: read, decode,
     fold), and batches that mix k tasks, all cached; and, as the floor, two
     plain networks (the tasks exported) called the same ways."""
     cache = model.frozen_weight_cache
     per_task = sum(layer.weight.nbytes for layer in model.masked_layers.values())
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     plain = [model.export_task(0), model.export_task(1)]
     with torch.no_grad():
         out["plain network, same"] = _timed(lambda: plain[0](inputs), repeats) * 1e3
@@ -148,7 +148,7 @@ def switching(model: PiggybackModel, inputs: Tensor, tasks: int, repeats: int) -
     return out
 
 
-def inference_cost(model: PiggybackModel, inputs: Tensor, repeats: int) -> Dict[str, float]:
+def inference_cost(model: PiggybackModel, inputs: Tensor, repeats: int) -> dict[str, float]:
     """Milliseconds to infer the task of each sample of a batch among every
     task of the model (entropy, 8 tasks per pass), with every task's
     weights cached, and with none (each task read from the store)."""
@@ -164,7 +164,7 @@ def inference_cost(model: PiggybackModel, inputs: Tensor, repeats: int) -> Dict[
     return out
 
 
-def resnet_arithmetic(name: str, tasks: int, zero_fraction: float, folder: Path) -> Dict[str, float]:
+def resnet_arithmetic(name: str, tasks: int, zero_fraction: float, folder: Path) -> dict[str, float]:
     """Create ``tasks`` tasks on torchvision's ``name`` (random weights: no
     download) in a task store, with masks of ``zero_fraction`` zeros."""
     import torchvision
@@ -243,7 +243,7 @@ def main() -> None:
 
 def run(args: Any, folder: Path) -> None:
     """Every measurement, with the stores under ``folder``."""
-    results: Dict[str, Any] = {"torch": torch.__version__}
+    results: dict[str, Any] = {"torch": torch.__version__}
     zero_fraction = args.zero_fraction
     if args.tasks:
         results.update(mlp_tasks(args, folder))
@@ -258,7 +258,7 @@ def run(args: Any, folder: Path) -> None:
     print(json.dumps({k: v for k, v in results.items() if k != "windows"}, indent=1))
 
 
-def mlp_tasks(args: Any, folder: Path) -> Dict[str, Any]:
+def mlp_tasks(args: Any, folder: Path) -> dict[str, Any]:
     """The permuted-MNIST run: every figure but the ResNets'."""
     source, benchmark = permuted_mnist_stream(1, seed=args.seed)
     train_x, train_y = _tensors(benchmark.train_stream[0])
@@ -272,7 +272,7 @@ def mlp_tasks(args: Any, folder: Path) -> Dict[str, Any]:
     store = model.task_store
     assert store is not None
 
-    windows: List[Dict[str, float]] = []
+    windows: list[dict[str, float]] = []
     started = time.perf_counter()
     for task in range(args.tasks):
         train = tensor_dataset(_permuted(train_x, task), train_y, task_labels=task)

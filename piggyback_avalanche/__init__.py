@@ -17,7 +17,7 @@ import importlib
 import warnings
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _installed_version
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any
 
 from piggyback_avalanche._requirements import check_torch_version
 
@@ -31,7 +31,7 @@ except PackageNotFoundError:  # torch built from source without metadata: its im
 # avalanche.training would show the warning, so it is silenced by message.
 warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
 
-_EXPORTS: Dict[str, str] = {
+_EXPORTS: dict[str, str] = {
     "PiggybackModel": "piggyback_avalanche.methods.piggyback",
     "Piggyback": "piggyback_avalanche.methods.piggyback",
     "PIGGYBACK_PAPER_SETTINGS": "piggyback_avalanche.methods.piggyback",
@@ -96,5 +96,5 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def __dir__() -> List[str]:
+def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})

@@ -2,11 +2,9 @@
 torch would fail only inside training, with an error that names nothing
 useful."""
 
-from typing import Tuple
-
 __all__ = ["MINIMUM_TORCH", "check_torch_version"]
 
-MINIMUM_TORCH: Tuple[int, int] = (2, 5)
+MINIMUM_TORCH: tuple[int, int] = (2, 5)
 """``torch.OutOfMemoryError`` arrived in 2.5, fused Adam on the CPU in 2.4."""
 
 

@@ -4,7 +4,7 @@ that each rule and its message live in one place."""
 import math
 import sys
 import warnings
-from typing import Any, Type
+from typing import Any
 
 __all__ = ["check_positive", "check_count", "warn_caller"]
 
@@ -13,7 +13,7 @@ __all__ = ["check_positive", "check_count", "warn_caller"]
 _LIBRARY_PREFIXES = ("piggyback_avalanche", "avalanche", "functools", "torch")
 
 
-def warn_caller(message: str, category: Type[Warning] = UserWarning) -> None:
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
     """Warn, pointing at the first line outside this package, Avalanche,
     torch and functools: the user's own line, however deeply wrapped the
     call that warns is."""

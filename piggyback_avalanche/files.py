@@ -29,9 +29,10 @@ import stat
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Type, Union
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -56,9 +57,11 @@ __all__ = [
     "read_bytes",
     "read_saved",
     "refuse_unless_loadable",
+    "PathLike",
 ]
 
-PathLike = Union[str, Path]
+PathLike = str | Path
+"""A path as a user gives it: a string or a :class:`~pathlib.Path`."""
 
 PARTIAL_SUFFIX = ".piggyback-partial"
 """The suffix of the temporary files this package writes: what a process
@@ -193,7 +196,7 @@ def write_atomically(
     flush_folder(target.parent)
 
 
-def stale_partial_files(folder: PathLike) -> List[Path]:
+def stale_partial_files(folder: PathLike) -> list[Path]:
     """The temporary files directly in ``folder`` that this package's
     writers left (regular files ending in :data:`PARTIAL_SUFFIX`; never a
     link, never below a subfolder). Only a process that holds the folder's
@@ -226,7 +229,7 @@ class FolderLock:
         self.folder = Path(folder)
         self.what = what
         self.wait_seconds = wait_seconds
-        self._handle: Optional[int] = None
+        self._handle: int | None = None
         self._depth = 0
 
     @property
@@ -241,7 +244,7 @@ class FolderLock:
         return self
 
     def __exit__(
-        self, kind: Optional[Type[BaseException]], value: Optional[BaseException], trace: Optional[TracebackType]
+        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
     ) -> None:
         self._depth -= 1
         if self._depth == 0 and self._handle is not None:
@@ -272,7 +275,7 @@ class FolderLock:
                 os.close(handle)
                 raise
 
-    def __deepcopy__(self, memo: Dict[int, Any]) -> "FolderLock":
+    def __deepcopy__(self, memo: dict[int, Any]) -> "FolderLock":
         # A copy (a restore point's) locks the same folder, and holds nothing yet.
         return FolderLock(self.folder, what=self.what, wait_seconds=self.wait_seconds)
 
@@ -316,13 +319,13 @@ def content_digest(value: Any) -> str:
 _CHECKSUM = "checksum"
 
 
-def with_checksum(payload: Dict[str, Any]) -> Dict[str, Any]:
+def with_checksum(payload: dict[str, Any]) -> dict[str, Any]:
     """``payload`` with a ``"checksum"`` entry: the :func:`content_digest`
     of everything else in it."""
     return {**payload, _CHECKSUM: content_digest(payload)}
 
 
-def check_checksum(payload: Dict[str, Any], *, error: Type[Exception], what: str, path: Any, remedy: str) -> None:
+def check_checksum(payload: dict[str, Any], *, error: type[Exception], what: str, path: Any, remedy: str) -> None:
     """Refuse a payload whose content does not match its ``"checksum"``
     entry (one bit changed anywhere: a tensor, a setting, a name)."""
     recorded = payload.get(_CHECKSUM)
@@ -338,7 +341,7 @@ def check_checksum(payload: Dict[str, Any], *, error: Type[Exception], what: str
 # --- reading -------------------------------------------------------------------
 
 
-def read_bytes(path: PathLike, *, error: Type[Exception], what: str, follow_symlinks: bool = True) -> bytes:
+def read_bytes(path: PathLike, *, error: type[Exception], what: str, follow_symlinks: bool = True) -> bytes:
     """The bytes of the regular file at ``path``, with every way that fails
     answered by ``error`` naming the path and the cause (missing, a folder,
     a pipe or device, a link where none is followed, permission).
@@ -395,10 +398,10 @@ def read_saved(
     path: PathLike,
     *,
     weights_only: bool,
-    error: Type[Exception],
+    error: type[Exception],
     what: str,
     remedy: str,
-    sha256: Optional[str] = None,
+    sha256: str | None = None,
     follow_symlinks: bool = True,
 ) -> Any:
     """``torch.load`` a file this package wrote, onto the CPU, checked in
@@ -437,7 +440,7 @@ def read_saved(
     return loaded
 
 
-def refuse_unless_loadable(model: nn.Module, state: Dict[str, Any], *, error: Type[Exception], message: str) -> None:
+def refuse_unless_loadable(model: nn.Module, state: dict[str, Any], *, error: type[Exception], message: str) -> None:
     """Load ``state`` into a copy of ``model``, so that a mismatch fails
     before the model itself is touched.
 

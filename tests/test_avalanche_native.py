@@ -138,7 +138,7 @@ def test_plugins_that_cannot_act_are_refused_at_construction(name):
     network = tiny_conv_net()
     optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
     scheduler = LRSchedulerPlugin(torch.optim.lr_scheduler.StepLR(optimizer, step_size=1))
-    with pytest.raises(ValueError, match="LRSchedulerPlugin cannot work with .*fresh optimizer.*lr_decay_epochs"):
+    with pytest.raises(ValueError, match=r"LRSchedulerPlugin cannot work with .*fresh optimizer.*lr_decay_epochs"):
         make_strategy(name, network, plugins=[scheduler])
     for plugin in (EWCPlugin(ewc_lambda=1.0), SynapticIntelligencePlugin(si_lambda=1.0), MASPlugin()):
         with pytest.raises(ValueError, match=f"{type(plugin).__name__} cannot work with .*never trains a learned task"):
@@ -191,7 +191,7 @@ def test_two_tasks_cannot_both_train_the_backbone():
 )
 @pytest.mark.parametrize("name", ["piggyback", "packnet", "naive"])
 def test_avalanche_multi_task_models_are_refused_naming_what_to_pass(backbone, name):
-    with pytest.raises(ValueError, match="multi-task or dynamic modules.*SimpleMLP\\(...\\) instead of MTSimpleMLP"):
+    with pytest.raises(ValueError, match=r"multi-task or dynamic modules.*SimpleMLP\(...\) instead of MTSimpleMLP"):
         make_strategy(name, backbone)
 
 
@@ -230,12 +230,12 @@ def test_the_classifier_is_the_layer_whose_output_is_the_models():
     )
     strategy.train(stream.train_stream[0])
     assert strategy.eval(stream.test_stream[:1])["Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000"] > 0.9
-    with pytest.raises(ValueError, match="cannot be traced with torch.fx.*3 nn.Linear.*Pass classifier="):
+    with pytest.raises(ValueError, match=r"cannot be traced with torch.fx.*3 nn.Linear.*Pass classifier="):
         PiggybackModel(Untraceable())
     assert PiggybackModel(Untraceable(), classifier="fc").heads is not None
 
 
-@pytest.mark.parametrize("name", OURS + ["naive"])
+@pytest.mark.parametrize("name", [*OURS, "naive"])
 def test_a_deployed_task_is_a_plain_module_with_the_models_logits(name):
     stream = _stream()
     strategy = make_strategy(name, tiny_conv_net(8), train_epochs=1, evaluator=None)
@@ -251,7 +251,7 @@ def test_a_deployed_task_is_a_plain_module_with_the_models_logits(name):
         assert torch.allclose(torch.jit.trace(deployed, x)(x), expected)
         assert torch.allclose(torch.jit.script(deployed)(x), expected)
         assert torch.allclose(torch.export.export(deployed, (x,)).module()(x), expected)
-        with pytest.raises(RuntimeError, match="Tracing a .* would bake the traced task.*export_task"):
+        with pytest.raises(RuntimeError, match=r"Tracing a .* would bake the traced task.*export_task"):
             torch.jit.trace(lambda inputs: model(inputs, 1), (x,))
 
 

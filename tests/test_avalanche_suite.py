@@ -413,7 +413,7 @@ def test_plugins_that_cannot_apply_are_refused_at_construction(name, plugin_clas
 
 def test_replay_is_refused_with_task_inference_only():
     build("piggyback", plugins=[ReplayPlugin(mem_size=20)])
-    with pytest.raises(ValueError, match="ReplayPlugin cannot work with Piggyback\\(task_inference=...\\)"):
+    with pytest.raises(ValueError, match=r"ReplayPlugin cannot work with Piggyback\(task_inference=...\)"):
         build("piggyback", plugins=[ReplayPlugin(mem_size=20)], task_inference="sample")
 
 
@@ -578,7 +578,7 @@ def test_adaptation_through_avalanche_and_twice_changes_nothing():
 def test_a_model_holding_another_dynamic_module_is_refused():
     model = PiggybackModel(SimpleMLP(input_size=6, hidden_size=10))
     model.extra = MultiHeadClassifier(in_features=6)
-    with pytest.raises(ValueError, match="holds Avalanche dynamic modules of its own \\(extra, .*every task twice"):
+    with pytest.raises(ValueError, match=r"holds Avalanche dynamic modules of its own \(extra, .*every task twice"):
         Piggyback(model=model, evaluator=None)
 
 
@@ -626,14 +626,14 @@ def test_avalanche_style_construction(name):
     )
     assert momentum.optimizer is None
     instance = SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="optimizer= got an optimizer \\(SGD\\).*optimizer=torch.optim.SGD"):
+    with pytest.raises(ValueError, match=r"optimizer= got an optimizer \(SGD\).*optimizer=torch.optim.SGD"):
         strategy_class(model=model, optimizer=instance)
     with pytest.raises(ValueError, match="optimizer= or optimizer_factory=, not both"):
         strategy_class(model=model, optimizer=SGD, optimizer_factory=SGD)
     with pytest.raises(TypeError, match="got \\['model'\\] both by position and by name"):
         strategy_class(model, model=model)
     fresh = strategy_class(model=model_class(SimpleMLP(input_size=6)), evaluator=None)
-    with pytest.raises(ValueError, match="no task being learned.*Call train\\(experience\\)"):
+    with pytest.raises(ValueError, match=r"no task being learned.*Call train\(experience\)"):
         fresh.make_optimizer()
 
 
@@ -760,7 +760,7 @@ def test_packnet_with_sgd_and_adam(optimizer):
     """test_PackNet_sgd and test_PackNet_adam."""
     benchmark = fast_benchmark()
     strategy = build("packnet", optimizer=lambda groups: optimizer(groups, lr=0.01), train_epochs=2)
-    metrics, learned = run_stream(strategy, benchmark, experiences=3)
+    _metrics, learned = run_stream(strategy, benchmark, experiences=3)
     assert_forgets_nothing(strategy, benchmark, learned)
     assert isinstance(strategy.optimizer, optimizer)
 

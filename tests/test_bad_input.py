@@ -48,7 +48,7 @@ def test_an_empty_experience_is_refused_before_anything_changes(three_task_strea
     experience = copy.copy(three_task_stream.train_stream[1])
     experience._dataset = experience.dataset.subset([])
     strategy = _strategy()
-    with pytest.raises(ValueError, match="Experience 1 \\(task\\(s\\) \\[1\\]\\) holds no samples.*Drop it"):
+    with pytest.raises(ValueError, match=r"Experience 1 \(task\(s\) \[1\]\) holds no samples.*Drop it"):
         strategy.train(experience)
     assert strategy.model.tasks == []
     empty = (torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)) * 2
@@ -74,7 +74,7 @@ def test_input_on_another_device_names_both_devices(three_task_stream):
     strategy = _strategy()
     strategy.train(three_task_stream.train_stream[0])
     x = torch.zeros(2, 1, 8, 8, device="meta")
-    with pytest.raises(ValueError, match="input is on meta but the model is on cpu.*x.to\\('cpu'\\)"):
+    with pytest.raises(ValueError, match=r"input is on meta but the model is on cpu.*x.to\('cpu'\)"):
         strategy.model(x, 0)
 
 
@@ -97,8 +97,8 @@ def test_a_non_finite_loss_stops_with_where_and_keeps_the_checkpoint(tmp_path):
         before = strategy.model.eval()(x, 0)
     with pytest.raises(
         NonFiniteLossError,
-        match="The loss is nan at experience 1 \\(tasks \\[1\\]\\), epoch 0, "
-        "iteration 0 of the epoch.*last checkpoint is intact",
+        match=r"The loss is nan at experience 1 \(tasks \[1\]\), epoch 0, "
+        r"iteration 0 of the epoch.*last checkpoint is intact",
     ):
         strategy.train(benchmark.train_stream[1])
     assert path.read_bytes() == saved
@@ -119,7 +119,7 @@ def test_out_of_memory_suggests_a_smaller_batch_and_the_run_resumes(three_task_s
     save_experience_checkpoint(strategy, tmp_path / "run.ckpt", next_experience=1)
     with pytest.raises(
         TaskOutOfMemoryError,
-        match="experience 1 with train_mb_size=16.*Lower train_mb_size.*accept_changed_settings=\\{'train_mb_size'\\}",
+        match=r"experience 1 with train_mb_size=16.*Lower train_mb_size.*accept_changed_settings=\{'train_mb_size'\}",
     ):
         strategy.train(train[1])
     resumed = _strategy(train_mb_size=8)

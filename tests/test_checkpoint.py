@@ -161,7 +161,7 @@ def test_bad_checkpoints_are_refused_and_leave_the_strategy_unchanged(three_task
         resealed({**state, "model_state": {**state["model_state"], "backbone.3.packed_masks.0": flipped}}),
         tmp_path / "c.ckpt",
     )
-    with pytest.raises(CheckpointError, match="holds masks that do not decode \\(backbone.3.packed_masks.0: .*corrupt"):
+    with pytest.raises(CheckpointError, match=r"holds masks that do not decode \(backbone.3.packed_masks.0: .*corrupt"):
         load_experience_checkpoint(target, tmp_path / "c.ckpt")
     assert unchanged()
 
@@ -176,7 +176,7 @@ def test_checkpoints_of_other_strategies_or_mid_task_are_refused(three_task_stre
     from piggyback_avalanche import make_strategy
 
     naive = make_strategy("naive", tiny_conv_net(), evaluator=None)
-    with pytest.raises(CheckpointError, match="not Naive.*Rerun it from the start"):
+    with pytest.raises(CheckpointError, match=r"not Naive.*Rerun it from the start"):
         save_experience_checkpoint(naive, tmp_path / "x.ckpt", next_experience=0)
     strategy = _strategy()
     strategy.model.add_task(0, classes=[0, 1])
@@ -217,7 +217,7 @@ def _unchanged(strategy):
 
 @pytest.mark.parametrize("where", ["metrics", "metric_results", "rng", "model_state"])
 def test_a_checkpoint_with_a_code_payload_runs_nothing_and_changes_nothing(three_task_stream, tmp_path, where):
-    path, state = _saved_state(three_task_stream, tmp_path)
+    _path, state = _saved_state(three_task_stream, tmp_path)
     marker = tmp_path / "pwned"
     if where == "model_state":
         state[where]["backbone.0.weight"] = _Payload(marker)
@@ -226,7 +226,7 @@ def test_a_checkpoint_with_a_code_payload_runs_nothing_and_changes_nothing(three
     torch.save(state, tmp_path / "evil.ckpt")  # a real pickle that would create the marker file
     target = _strategy()
     unchanged = _unchanged(target)
-    with pytest.raises(CheckpointError, match="evil.ckpt.*never loaded"):
+    with pytest.raises(CheckpointError, match=r"evil.ckpt.*never loaded"):
         load_experience_checkpoint(target, tmp_path / "evil.ckpt")
     assert not marker.exists() and unchanged()
 
@@ -239,7 +239,7 @@ def test_a_code_payload_in_the_runners_checkpoint_folder_runs_nothing(tmp_path):
     checkpoint = tmp_path / "checkpoints" / "piggyback" / "seed0-key.ckpt"
     checkpoint.parent.mkdir(parents=True)
     torch.save({"format": 2, "metrics": _Payload(marker)}, checkpoint)
-    with pytest.raises(CheckpointError, match="seed0-key.ckpt.*never loaded.*Delete it"):
+    with pytest.raises(CheckpointError, match=r"seed0-key.ckpt.*never loaded.*Delete it"):
         train_and_evaluate("piggyback", digits_task_stream(), BACKBONES["mlp"]((1, 8, 8), False), checkpoint=checkpoint)
     assert not marker.exists()
 
@@ -260,7 +260,7 @@ def test_a_code_payload_in_the_runners_checkpoint_folder_runs_nothing(tmp_path):
 def test_an_internally_wrong_checkpoint_is_refused_before_anything_changes(
     three_task_stream, tmp_path, change, message
 ):
-    path, state = _saved_state(three_task_stream, tmp_path)
+    _path, state = _saved_state(three_task_stream, tmp_path)
     change(state)
     torch.save(resealed(state), tmp_path / "wrong.ckpt")
     target = _strategy()

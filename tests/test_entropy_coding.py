@@ -119,7 +119,7 @@ def test_a_state_codes_only_the_keys_it_is_told_and_decodes_back():
     assert coded["weight"] is weight and set(coded["mask"]) >= {"stream", "counts", "crc32"}
     decoded = decode_state(coded)
     assert torch.equal(decoded["mask"], packed) and decoded["weight"] is weight
-    with pytest.raises(CodingError, match="^mask: "):
+    with pytest.raises(CodingError, match=r"^mask: "):
         decode_state({"mask": {**coded["mask"], "crc32": coded["mask"]["crc32"] + 1}})
 
 

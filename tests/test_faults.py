@@ -75,7 +75,7 @@ def test_the_recovery_the_error_message_describes_works_on_the_same_strategy(thr
     strategy = _strategy(name, PoisonOnce(experience=1, iteration=1), evaluator=default_evaluator(interactive=False))
     strategy.train(three_task_stream.train_stream[0])
     save_experience_checkpoint(strategy, tmp_path / "run.ckpt", next_experience=1)
-    with pytest.raises(NonFiniteLossError, match="the last checkpoint is intact.*resume from the checkpoint"):
+    with pytest.raises(NonFiniteLossError, match=r"the last checkpoint is intact.*resume from the checkpoint"):
         strategy.train(three_task_stream.train_stream[1])
     assert load_experience_checkpoint(strategy, tmp_path / "run.ckpt") == 1  # on the same strategy
     strategy.train(three_task_stream.train_stream[1])
@@ -101,7 +101,7 @@ def test_a_write_through_data_is_refused_at_the_next_evaluation(three_task_strea
     strategy.eval(three_task_stream.test_stream[:1])
     strategy.model.masked_layers["0"].weight.data.add_(1.0)  # bypasses the version counter
     with pytest.raises(
-        RuntimeError, match="shared weights .* changed after its tasks \\[0\\] were frozen.*no supported way"
+        RuntimeError, match=r"shared weights .* changed after its tasks \[0\] were frozen.*no supported way"
     ):
         strategy.eval(three_task_stream.test_stream[:1])
     with pytest.raises(RuntimeError, match="no supported way"):

@@ -162,7 +162,7 @@ def test_fecam_is_the_frozen_feature_mahalanobis_baseline(tmp_path):
     from piggyback_avalanche import make_strategy
 
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
-    with pytest.raises(ValueError, match="fecam classifies among every class seen.*single_head=True"):
+    with pytest.raises(ValueError, match=r"fecam classifies among every class seen.*single_head=True"):
         make_strategy("fecam", backbone)
     results = run_benchmark(
         stream="class_incremental_digits",

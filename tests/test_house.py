@@ -4,8 +4,8 @@ and library code that leaves the user's global state alone."""
 import ast
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence
 
 import pytest
 import torch
@@ -26,7 +26,7 @@ from piggyback_avalanche.training import registry
 PACKAGE = Path(__file__).resolve().parents[1] / "piggyback_avalanche"
 
 
-def _imports(path: Path) -> List[str]:
+def _imports(path: Path) -> list[str]:
     """The piggyback_avalanche modules a file imports, anywhere in it."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
@@ -37,7 +37,7 @@ def _imports(path: Path) -> List[str]:
     return [name for name in found if name.startswith("piggyback_avalanche")]
 
 
-def _modules(under: str) -> Dict[str, List[str]]:
+def _modules(under: str) -> dict[str, list[str]]:
     return {str(p.relative_to(PACKAGE)): _imports(p) for p in sorted((PACKAGE / under).rglob("*.py"))}
 
 
@@ -158,7 +158,7 @@ class ScaledLayer(TaskWeightLayer):
     def freeze_task(self, task: str) -> None:
         self.frozen_scales.add(task, self.learning_scales.pop(task).detach())
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {"scales": [self.learning_scales[t] for t in self.learning_scales.keys()]}  # type: ignore[misc]
 
     def task_state_bytes(self) -> int:
@@ -183,7 +183,7 @@ class ScaledModel(TaskAwareModel):
 class Scaled(TaskAwareStrategy):
     model_type = ScaledModel
 
-    def group_learning_rates(self) -> Dict[str, float]:
+    def group_learning_rates(self) -> dict[str, float]:
         return {"scales": 1e-2, "task_parameters": 1e-2, "backbone": 1e-2}
 
 
@@ -237,7 +237,7 @@ def test_registration_carries_what_the_runner_needs():
     assert registry.registered_strategy("joint").trains_on_whole_stream
     assert not registry.registered_strategy("naive").trains_on_whole_stream
     assert strategy_settings("naive", {"lr": 1e-2, "lr_decay_epochs": (2,)}, untrained_backbone=False) == {"lr": 1e-2}
-    with pytest.raises(ValueError, match="Unknown strategy 'nope'. Available: agem"):
+    with pytest.raises(ValueError, match=r"Unknown strategy 'nope'. Available: agem"):
         registry.registered_strategy("nope")
 
 

@@ -155,7 +155,7 @@ def test_tensorboard_events_files_and_values(tmp_path):
     assert "MaskSparsityChart/train_phase/train_stream/Task001" in tags["images"]
     assert "MaskScores/train_phase/train_stream/Task001/0" in tags["histograms"]
     # The matrix holds both rows; the second row has both tasks.
-    matrix = [m for m in evaluator.metrics if str(m) == "AccuracyMatrix"][0].result()
+    matrix = next(m for m in evaluator.metrics if str(m) == "AccuracyMatrix").result()
     assert len(matrix) == 2 and matrix[1][0] == last["Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000"]
     # The CSV and JSON exports hold every numeric value; the last of each
     # name is what get_all_metrics holds last.

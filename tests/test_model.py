@@ -37,7 +37,7 @@ def test_classifier_by_name_and_by_module():
     model = PiggybackModel(backbone, classifier=backbone[8])
     assert isinstance(model.backbone[8], TaskHeads)
     assert isinstance(model.backbone[10], MaskedLinear)
-    with pytest.raises(ValueError, match="must be an nn.Linear"):
+    with pytest.raises(ValueError, match=r"must be an nn.Linear"):
         PiggybackModel(backbone, classifier="0")
     with pytest.raises(ValueError, match="no submodule named 'head'"):
         PiggybackModel(backbone, classifier="head")
@@ -64,7 +64,7 @@ def test_unsupported_layers_are_named():
     backbone = nn.Sequential(nn.Conv2d(1, 2, 3), nn.PReLU(), nn.Flatten(), nn.Linear(2, 3))
     with pytest.raises(ValueError, match=r"1 \(PReLU: weight\).*Supported: Conv1d, Conv2d, Conv3d, Linear"):
         PiggybackModel(backbone)
-    with pytest.raises(ValueError, match="no nn.Linear"):
+    with pytest.raises(ValueError, match=r"no nn.Linear"):
         PiggybackModel(nn.Sequential(nn.Conv2d(1, 2, 3)))
 
 

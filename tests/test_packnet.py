@@ -209,14 +209,14 @@ def test_a_prune_schedule_is_recorded_by_its_values_and_checked_before_training(
     first.train(three_task_stream.train_stream[0])
     save_experience_checkpoint(first, tmp_path / "run.ckpt", next_experience=1)
     # Another lambda with another schedule: the checkpoint names the difference.
-    with pytest.raises(CheckpointError, match="prune_ratio: checkpoint \\[0.5, 0.75"):
+    with pytest.raises(CheckpointError, match=r"prune_ratio: checkpoint \[0.5, 0.75"):
         load_experience_checkpoint(strategy(lambda position: 0.5), tmp_path / "run.ckpt")
     assert load_experience_checkpoint(strategy(lambda p: 0.5 if p == 0 else 0.75), tmp_path / "run.ckpt") == 1
     bad = strategy(lambda position: 1.5)
-    with pytest.raises(ValueError, match="prune_ratio\\(0\\) gave 1.5"):
+    with pytest.raises(ValueError, match=r"prune_ratio\(0\) gave 1.5"):
         bad.train(three_task_stream.train_stream[0])
     assert bad.clock.train_exp_iterations == 0  # refused before any step
-    with pytest.raises(CheckpointError, match="every TaskAwareStrategy: .*LoRA.*PackNet.*Piggyback"):
+    with pytest.raises(CheckpointError, match=r"every TaskAwareStrategy: .*LoRA.*PackNet.*Piggyback"):
         from piggyback_avalanche import make_strategy
 
         save_experience_checkpoint(make_strategy("naive", tiny_conv_net()), tmp_path / "x.ckpt", next_experience=0)

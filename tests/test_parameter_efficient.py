@@ -110,7 +110,7 @@ def test_lora_computes_the_backbone_plus_the_scaled_low_rank_update():
 def test_bad_settings_are_refused_before_any_work():
     with pytest.raises(ValueError, match="rank must be an int of at least 1, got 0"):
         LoRAModel(tiny_conv_net(), rank=0)
-    with pytest.raises(ValueError, match="alpha must be a positive finite number, got -1.0"):
+    with pytest.raises(ValueError, match=r"alpha must be a positive finite number, got -1.0"):
         LoRAModel(tiny_conv_net(), alpha=-1.0)
     with pytest.raises(ValueError, match="lora_lr must be a positive finite number, got 0"):
         make_strategy("lora", tiny_conv_net(), lora_lr=0)

@@ -152,11 +152,11 @@ def test_model_and_strategy_settings_are_routed():
 
 
 def test_unknown_names_and_duplicates_are_refused():
-    with pytest.raises(ValueError, match="Unknown strategy 'pigyback'. Available: agem, .*piggyback"):
+    with pytest.raises(ValueError, match=r"Unknown strategy 'pigyback'. Available: agem, .*piggyback"):
         make_strategy("pigyback", _mlp())
     with pytest.raises(ValueError, match="already registered"):
         register_strategy("naive")(lambda backbone, **config: None)
-    with pytest.raises(ValueError, match="packnet_avalanche cannot take.*BatchNorm2d.*Use 'packnet'"):
+    with pytest.raises(ValueError, match=r"packnet_avalanche cannot take.*BatchNorm2d.*Use 'packnet'"):
         make_strategy("packnet_avalanche", tiny_conv_net())
 
 

@@ -1,3 +1,4 @@
+import itertools
 import json
 import statistics
 
@@ -40,7 +41,7 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
     assert len(matrix) == 5 and all(matrix[r][c] == matrix[c][c] for r in range(5) for c in range(r + 1))
     assert matrix[0][1:] == [None] * 4
     sizes = piggyback_run["model_bytes_per_experience"]
-    assert len(sizes) == 5 and len({b - a for a, b in zip(sizes[1:], sizes[2:])}) == 1
+    assert len(sizes) == 5 and len({b - a for a, b in itertools.pairwise(sizes)}) == 1
     summary = json.loads((tmp_path / "results.json").read_text())["naive"]["summary"]
     assert summary["average_forgetting"][0] > 0.05  # fine-tuning forgets
     runs = first["piggyback"]["runs"]
@@ -60,7 +61,7 @@ def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
     # setting; the folder's runs, tables and TensorBoard runs stay as they were.
     logged.clear()
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    with pytest.raises(ValueError, match="holds runs of other settings \\(config.lr: 0.001 there, 0.002 now\\)"):
+    with pytest.raises(ValueError, match=r"holds runs of other settings \(config.lr: 0.001 there, 0.002 now\)"):
         run_benchmark(strategies=["naive"], **{**kwargs, "config": {**config, "lr": 2e-3}})
     assert logged == [] and {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     saved = json.loads((tmp_path / "runs" / "naive" / "seed0.json").read_text())

@@ -87,7 +87,7 @@ def test_two_models_of_one_process_appending_in_turn_keep_both_sets(tmp_path):
     with torch.no_grad():  # both writers still read their own tasks
         assert all(torch.equal(first.eval()(x, t), expected[t]) for t in range(5))
         assert all(torch.equal(second.eval()(x, t), expected[t]) for t in range(50, 55))
-    model, added = _attached(store)
+    _model, added = _attached(store)
     assert added == tasks
     with pytest.raises(TaskStoreError, match="already holds task\\(s\\) \\[3\\]; a stored task never changes"):
         third = PiggybackModel(backbone())
@@ -147,7 +147,7 @@ def test_a_store_in_a_folder_of_the_users_files_leaves_them_alone(tmp_path):
     manifest = json.loads((folder / "store.json").read_text())
     dropped = manifest["tasks"].pop("1")["file"]
     (folder / "store.json").write_text(json.dumps(manifest))
-    again, added = _attached(folder)
+    _again, added = _attached(folder)
     assert added == [0] and (folder / dropped).exists()
     # The model attached before the edit refuses to write over it.
     with pytest.raises(TaskStoreError, match="no longer lists task\\(s\\) \\[1\\] as they were: it was edited"):
@@ -239,7 +239,7 @@ def test_a_negative_running_variance_is_refused(tmp_path):
     payload["tasks"][0]["backbone.1.tasks.0.running_var"][2] = -1.0
     torch.save(resealed(payload), tmp_path / "crafted.tasks")
     fresh = PiggybackModel(network)
-    with pytest.raises(TaskFileError, match="backbone.1.tasks.0.running_var: negative values"):
+    with pytest.raises(TaskFileError, match=r"backbone.1.tasks.0.running_var: negative values"):
         fresh.load_tasks(tmp_path / "crafted.tasks")
 
 
@@ -248,7 +248,7 @@ def test_a_task_that_diverged_is_never_written(tmp_path):
     add_task(model, 0)
     with torch.no_grad():
         model.heads.head("0").weight[0, 0] = float("nan")
-    with pytest.raises(TaskFileError, match="Task 0 of this model holds .*heads.0.weight: values that are not finite"):
+    with pytest.raises(TaskFileError, match=r"Task 0 of this model holds .*heads.0.weight: values that are not finite"):
         model.save_task(tmp_path / "one.tasks", 0)
     assert not (tmp_path / "one.tasks").exists()
 
@@ -506,7 +506,7 @@ def test_a_store_removed_while_attached_is_not_made_again(tmp_path):
     model.attach_task_store(store)
     add_task(model, 0)
     shutil.rmtree(store)
-    with pytest.raises(TaskStoreError, match="is gone .*it is not made again"):
+    with pytest.raises(TaskStoreError, match=r"is gone .*it is not made again"):
         add_task(model, 1)
     assert not store.exists()
     assert model.frozen_tasks == [0, 1]  # the task stays whole in memory
@@ -532,7 +532,7 @@ def test_links_planted_in_a_store_are_never_written_through(tmp_path):
     (store / "store.json").unlink()
     (store / "store.json").symlink_to(victim)
     with pytest.raises(
-        TaskStoreError, match="store.json is a symbolic link; a task store manifest there is never read"
+        TaskStoreError, match=r"store.json is a symbolic link; a task store manifest there is never read"
     ):
         PiggybackModel(backbone()).attach_task_store(store)
     assert victim.read_text() == "precious"

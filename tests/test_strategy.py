@@ -229,7 +229,7 @@ def test_stream_without_task_labels_is_refused_and_task_labels_in_the_data_are_e
     unlabelled = ClassificationDataset([TensorDataset(x, y)], data_attributes=[DataAttribute(y, "targets")])
     strategy = _strategy(PiggybackModel(tiny_conv_net()))
     with pytest.raises(
-        ValueError, match="no task labels \\(neither the experience nor its data.*task_incremental_benchmark"
+        ValueError, match=r"no task labels \(neither the experience nor its data.*task_incremental_benchmark"
     ):
         strategy.train(benchmark_from_datasets(train=[unlabelled]).train_stream[0])
     assert strategy.model.tasks == []

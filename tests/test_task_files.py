@@ -146,13 +146,13 @@ def test_loading_checks_everything_first_and_leaves_the_model_unchanged(trained,
     assert elsewhere.tasks == []
     target.load_task(path, 0, as_task=3)
     before = state_copy(target)
-    with pytest.raises(TaskFileError, match="Task label\\(s\\) \\[3\\] already exist.*rename="):
+    with pytest.raises(TaskFileError, match=r"Task label\(s\) \[3\] already exist.*rename="):
         target.load_task(path, 1, as_task=3)
     assert same_state(target, before)
 
 
 def test_only_frozen_tasks_are_saved_and_writes_are_atomic(trained, tmp_path):
-    backbone, model = trained
+    _backbone, model = trained
     path = tmp_path / "all.tasks"
     model.save_tasks(path)
     original = path.read_bytes()
@@ -273,7 +273,7 @@ def test_a_float64_file_into_a_float32_model_names_the_dtype(trained, tmp_path):
     backbone, model = trained
     copy.deepcopy(model).double().save_tasks(tmp_path / "double.tasks")
     with pytest.raises(
-        TaskFileError, match="other settings \\(dtype: file 'torch.float64', model 'torch.float32'\\).*model.to"
+        TaskFileError, match=r"other settings \(dtype: file 'torch.float64', model 'torch.float32'\).*model.to"
     ):
         PiggybackModel(backbone).load_tasks(tmp_path / "double.tasks")
 

@@ -236,7 +236,7 @@ def test_per_task_embeddings_are_learned_per_task_and_forget_nothing():
     assert model.bytes_per_task() == pytest.approx(plain.model.bytes_per_task() + token.nbytes + positions.nbytes)
     x = stacked_inputs(benchmark.test_stream[1])
     assert torch.allclose(model.export_task(1)(x), model.eval()(x, 1), atol=1e-5)
-    with pytest.raises(ValueError, match="task_embeddings=True gives each task its own.*has none of them"):
+    with pytest.raises(ValueError, match=r"task_embeddings=True gives each task its own.*has none of them"):
         PiggybackModel(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Linear(3, 2)), task_embeddings=True)
     assert "task_embeddings" not in plain.model.settings()
 

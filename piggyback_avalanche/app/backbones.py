@@ -4,7 +4,7 @@ residual, MLP, vision transformer), and torchvision's ImageNet models
 pretrained weights."""
 
 import math
-from typing import Callable, Dict, List, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -76,7 +76,7 @@ def small_resnet(*, in_channels: int = 1, num_classes: int = 10, width: int = 16
     :param width: channels of the first stage.
     :param blocks: basic blocks per stage.
     """
-    layers: List[nn.Module] = [
+    layers: list[nn.Module] = [
         nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
         nn.BatchNorm2d(width),
         nn.ReLU(),
@@ -201,7 +201,7 @@ def _torchvision(name: str) -> BackboneBuilder:
     return builder
 
 
-BACKBONES: Dict[str, BackboneBuilder] = {
+BACKBONES: dict[str, BackboneBuilder] = {
     "small_cnn": _pretraining_is_the_runners("small_cnn", lambda shape: small_cnn(in_channels=shape[0])),
     "mlp": _pretraining_is_the_runners("mlp", lambda shape: mlp(input_shape=shape)),
     "small_resnet": _pretraining_is_the_runners("small_resnet", lambda shape: small_resnet(in_channels=shape[0])),

@@ -8,7 +8,7 @@ transformation of the digits) as a mask over that frozen backbone.
 """
 
 import argparse
-from typing import Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -22,7 +22,7 @@ __all__ = ["main", "run_demo", "format_table", "TASKS", "METHODS"]
 
 TASKS = DIGITS_TASKS
 
-METHODS: Dict[str, str] = {
+METHODS: dict[str, str] = {
     "piggyback": "piggyback",
     "fine-tuning": "naive",
     "individual networks": "individual",
@@ -35,12 +35,12 @@ _ABOUT = {
     "individual networks": "Individual networks: a copy of the untrained network trained per task.",
 }
 
-Result = Dict[str, List[Optional[float]]]
+Result = dict[str, list[float | None]]
 """``{"accuracy": [...], "forgetting": [...], "seconds": [t]}``, one entry per
 task (forgetting is ``None`` for the last task)."""
 
 
-def _forgetting(matrix: List[List[Optional[float]]]) -> List[Optional[float]]:
+def _forgetting(matrix: list[list[float | None]]) -> list[float | None]:
     """Avalanche's experience forgetting from an accuracy matrix: each task's
     accuracy right after training it, minus its final accuracy."""
     last = len(matrix) - 1
@@ -50,17 +50,17 @@ def _forgetting(matrix: List[List[Optional[float]]]) -> List[Optional[float]]:
 def run_demo(
     *,
     epochs: int = DEFAULT_TRAIN_EPOCHS,
-    mask_lr: Optional[float] = None,
+    mask_lr: float | None = None,
     lr: float = DEFAULT_LR,
     seed: int = 0,
     tasks: Sequence[str] = TASKS,
     log: Callable[[str], None] = print,
-) -> Dict[str, Result]:
+) -> dict[str, Result]:
     """Train the three methods on the digits stream, each from the same
     untrained backbone; their results by name."""
     benchmark = digits_task_stream(tasks, seed=seed)
     config = {"train_epochs": epochs, "lr": lr, "mask_lr": mask_lr}
-    results: Dict[str, Result] = {}
+    results: dict[str, Result] = {}
     for label, name in METHODS.items():
         log(_ABOUT[label])
         torch.manual_seed(seed)
@@ -74,10 +74,10 @@ def run_demo(
     return results
 
 
-def format_table(results: Dict[str, Result], tasks: Sequence[str]) -> str:
+def format_table(results: dict[str, Result], tasks: Sequence[str]) -> str:
     """A Markdown table of per-task accuracy, mean accuracy and mean forgetting."""
 
-    def pct(value: Optional[float]) -> str:
+    def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.1f}"
 
     rows = []
@@ -96,7 +96,7 @@ def format_table(results: Dict[str, Result], tasks: Sequence[str]) -> str:
     return markdown_table(["method", *tasks, "mean acc.", "mean forgetting", "time (s)"], rows)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=DEFAULT_TRAIN_EPOCHS, help="epochs per task")

@@ -11,9 +11,10 @@ import json
 import math
 import re
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any
 
 from matplotlib.figure import Figure
 
@@ -38,7 +39,7 @@ __all__ = [
     "format_target_checks",
 ]
 
-Results = Dict[str, Dict[str, Any]]
+Results = dict[str, dict[str, Any]]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -47,12 +48,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and standard deviation over seeds of every figure of
     :func:`~piggyback_avalanche.app.runner.train_and_evaluate`'s results, as
     ``[mean, std]`` pairs (``accuracy``: one pair per task)."""
 
-    def mean_std(found: List[Optional[float]]) -> Optional[List[float]]:
+    def mean_std(found: list[float | None]) -> list[float] | None:
         # None: a figure the strategy does not have (task inference); NaN in results saved before it was None.
         values = [v for v in found if v is not None and not math.isnan(v)]
         if len(values) < len(found):
@@ -60,7 +61,7 @@ def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
 
     keys = ("average_accuracy", "average_forgetting", "bwt", "model_bytes", "networks", "train_seconds")
-    summary: Dict[str, Any] = {k: mean_std([r[k] for r in runs]) for k in keys}
+    summary: dict[str, Any] = {k: mean_std([r[k] for r in runs]) for k in keys}
     # None for strategies given task labels, and in results saved before task inference existed.
     summary["average_task_inference"] = mean_std([r.get("average_task_inference") for r in runs])
     # None for models without tasks of their own, and in results saved before it was measured.
@@ -81,18 +82,18 @@ COLUMNS = [
 ]
 
 
-Cell = Tuple[float, float, int]
+Cell = tuple[float, float, int]
 """A table cell: mean and standard deviation over seeds (in the column's
 unit), and the digits to print."""
 
 
-def _cells(results: Dict[str, Dict[str, Any]]) -> List[Tuple[str, int, Dict[str, Cell]]]:
+def _cells(results: dict[str, dict[str, Any]]) -> list[tuple[str, int, dict[str, Cell]]]:
     """Per strategy: its name, its number of seeds, and its cells by column."""
     table = []
     for name, result in results.items():
         s = result["summary"]
 
-        def cell(values: Optional[List[float]], scale: float = 100.0, digits: int = 1) -> Cell:
+        def cell(values: list[float] | None, scale: float = 100.0, digits: int = 1) -> Cell:
             if values is None:  # not applicable: NaN, shown as "–" and left empty in the CSV
                 return math.nan, math.nan, digits
             return scale * values[0], scale * values[1], digits
@@ -117,7 +118,7 @@ def _cells(results: Dict[str, Dict[str, Any]]) -> List[Tuple[str, int, Dict[str,
     return table
 
 
-def format_markdown(results: Dict[str, Dict[str, Any]]) -> str:
+def format_markdown(results: dict[str, dict[str, Any]]) -> str:
     """The results table in Markdown: per-task final accuracy, averages,
     size and time, mean ± std over seeds (the mean alone for one seed)."""
     table = _cells(results)
@@ -132,7 +133,7 @@ def format_markdown(results: Dict[str, Dict[str, Any]]) -> str:
     return markdown_table(header, rows)
 
 
-def write_tables(results: Dict[str, Dict[str, Any]], out_dir: Path, *, extra: str = "") -> None:
+def write_tables(results: dict[str, dict[str, Any]], out_dir: Path, *, extra: str = "") -> None:
     """``results.md`` (the Markdown table, then ``extra``), ``results.csv``
     and ``results.json`` in ``out_dir``. The CSV holds numbers: each column's
     mean, and its standard deviation over seeds in ``<column> std``."""
@@ -151,7 +152,7 @@ def write_tables(results: Dict[str, Dict[str, Any]], out_dir: Path, *, extra: st
     write_atomically(out_dir / "results.json", lambda f: json.dump(results, f, indent=1))
 
 
-def write_plots(results: Dict[str, Dict[str, Any]], plot_dir: Path) -> List[Path]:
+def write_plots(results: dict[str, dict[str, Any]], plot_dir: Path) -> list[Path]:
     """Matplotlib plots of the first seed's runs: the accuracy matrix of each
     strategy, average accuracy as tasks arrive, and model size against the
     number of tasks; and over every seed, accuracy against the bytes each
@@ -167,7 +168,7 @@ def write_plots(results: Dict[str, Dict[str, Any]], plot_dir: Path) -> List[Path
         figure.axes[0].set_title(name)
         written.append(plot_dir / f"accuracy_matrix_{name}.png")
         figure.savefig(written[-1], dpi=100)
-    series_plots: Sequence[Tuple[str, str, Callable[[Dict[str, Any]], List[float]]]] = (
+    series_plots: Sequence[tuple[str, str, Callable[[dict[str, Any]], list[float]]]] = (
         (
             "average_accuracy.png",
             "average accuracy on tasks so far",
@@ -316,7 +317,7 @@ class TargetCheck:
 _TARGET_COLUMNS = ["stream", "backbone", "strategy", "metric", "value", "tolerance", "note"]
 
 
-def read_targets(path: Path) -> List[Target]:
+def read_targets(path: Path) -> list[Target]:
     """The targets of a CSV file with the columns stream, backbone,
     strategy, metric, value, tolerance and note.
 
@@ -346,7 +347,7 @@ def read_targets(path: Path) -> List[Target]:
     return targets
 
 
-def _parse_metric(metric: str) -> Tuple[str, Optional[int]]:
+def _parse_metric(metric: str) -> tuple[str, int | None]:
     """``(kind, task index or None)`` of a target's metric name."""
     if metric in ("average_accuracy", "average_forgetting", "networks"):
         return metric, None
@@ -359,7 +360,7 @@ def _parse_metric(metric: str) -> Tuple[str, Optional[int]]:
     return match.group(2), int(match.group(1))
 
 
-def _metric_value(summary: Dict[str, Any], metric: str) -> float:
+def _metric_value(summary: dict[str, Any], metric: str) -> float:
     kind, task = _parse_metric(metric)
     if task is None:
         if summary[kind] is None:
@@ -373,7 +374,7 @@ def _metric_value(summary: Dict[str, Any], metric: str) -> float:
     return accuracy if kind == "accuracy" else 100 - accuracy
 
 
-def check_targets(results: Results, targets: Sequence[Target], *, stream: str, backbone: str) -> List[TargetCheck]:
+def check_targets(results: Results, targets: Sequence[Target], *, stream: str, backbone: str) -> list[TargetCheck]:
     """The targets for this stream and backbone whose strategy ran, each with
     the measured mean over seeds."""
     return [

@@ -15,8 +15,9 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -90,12 +91,12 @@ __all__ = [
     "main",
 ]
 
-StreamBuilder = Callable[..., Tuple[Optional[SourceTask], Any]]
+StreamBuilder = Callable[..., tuple[SourceTask | None, Any]]
 """``builder(seed=, data_root=, crop_size=) -> (source task or None,
 benchmark)``. With a source task the runner pretrains the backbone on it."""
 
 
-def _no_data_root(build: Callable[[int], Tuple[Optional[SourceTask], Any]]) -> StreamBuilder:
+def _no_data_root(build: Callable[[int], tuple[SourceTask | None, Any]]) -> StreamBuilder:
     return lambda *, seed, data_root, crop_size: build(seed)
 
 
@@ -103,7 +104,7 @@ def _classic(name: str) -> StreamBuilder:
     return lambda *, seed, data_root, crop_size: (None, classic_task_stream(name, data_root=data_root, seed=seed))
 
 
-def _fine_grained(*, seed: int, data_root: Optional[Path], crop_size: int) -> Tuple[None, Any]:
+def _fine_grained(*, seed: int, data_root: Path | None, crop_size: int) -> tuple[None, Any]:
     if data_root is None:
         raise DatasetUnavailableError(
             "The fine_grained stream needs --data-root DIR: the folder that holds (or will "
@@ -112,7 +113,7 @@ def _fine_grained(*, seed: int, data_root: Optional[Path], crop_size: int) -> Tu
     return None, fine_grained_stream(data_root=data_root, crop_size=crop_size)
 
 
-STREAMS: Dict[str, StreamBuilder] = {
+STREAMS: dict[str, StreamBuilder] = {
     "mnist_transfer": _no_data_root(lambda seed: mnist_transfer_stream(seed=seed)),
     "mnist_transfer_reversed": _no_data_root(lambda seed: mnist_transfer_stream(seed=seed, reverse_tasks=True)),
     "digits": _no_data_root(lambda seed: (None, digits_task_stream(seed=seed))),
@@ -188,13 +189,13 @@ class _CorruptCache(ValueError):
 def _backbone(
     name: str,
     stream: str,
-    source: Optional[SourceTask],
+    source: SourceTask | None,
     input_shape: Sequence[int],
     *,
     pretrained: bool,
     seed: int,
     cache_dir: Path,
-    pretraining: Dict[str, Any],
+    pretraining: dict[str, Any],
     log: Callable[[str], None],
 ) -> nn.Module:
     """A fresh backbone: with published weights if ``pretrained``; else
@@ -236,7 +237,7 @@ def _backbone(
     return backbone
 
 
-def _read_cached_backbone(path: Path, settings: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+def _read_cached_backbone(path: Path, settings: dict[str, Any]) -> dict[str, torch.Tensor]:
     """A cached backbone's weights, whole, finite and made with ``settings``.
 
     :raises _CorruptCache: naming what is wrong.
@@ -259,11 +260,11 @@ def train_and_evaluate(
     benchmark: Any,
     backbone: nn.Module,
     *,
-    log_dir: Optional[Path] = None,
-    progress: Optional[str] = None,
-    checkpoint: Optional[Path] = None,
+    log_dir: Path | None = None,
+    progress: str | None = None,
+    checkpoint: Path | None = None,
     **config: Any,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Train a registered strategy on every experience (``joint``: on the
     whole stream at once), evaluating the experiences seen so far after each,
     and summarise.
@@ -310,7 +311,7 @@ def train_and_evaluate(
     seconds = time.perf_counter() - started
     n = len(stream)
 
-    def per_task(prefix: str, tasks: int, missing: Optional[float] = 0.0) -> List[Any]:
+    def per_task(prefix: str, tasks: int, missing: float | None = 0.0) -> list[Any]:
         # Experience t's value, whatever task label the stream gives it (none, or 0 for all, in class-incremental streams).
         found = {
             int(name.rsplit("/Exp", 1)[1]): value
@@ -352,7 +353,7 @@ def train_and_evaluate(
     }
 
 
-def _mask_zeros(evaluator: Any) -> Dict[str, Dict[str, float]]:
+def _mask_zeros(evaluator: Any) -> dict[str, dict[str, float]]:
     """Per frozen task, the share of each masked layer's weights its mask
     drops (and ``overall``); empty for models without masks."""
     sparsity = next((m for m in evaluator.metrics if str(m) == "MaskSparsity"), None)
@@ -368,7 +369,7 @@ class EpochTimer(SupervisedPlugin):
 
     def __init__(self) -> None:
         super().__init__()
-        self.seconds: List[float] = []
+        self.seconds: list[float] = []
         self._started = 0.0
 
     def before_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
@@ -389,10 +390,10 @@ def run_benchmark(
     strategies: Sequence[str],
     seeds: Sequence[int],
     out_dir: Path,
-    config: Dict[str, Any],
+    config: dict[str, Any],
     pretrained: bool = False,
     pretrain_epochs: int = 5,
-    data_root: Optional[Path] = None,
+    data_root: Path | None = None,
     crop_size: int = 224,
     scenario: str = "task_incremental",
     evaluate_on: str = "test",
@@ -400,7 +401,7 @@ def run_benchmark(
     tune_protocol: str = "validation",
     tune_tasks: int = 2,
     log: Callable[[str], None] = print,
-) -> Dict[str, Dict[str, Any]]:
+) -> dict[str, dict[str, Any]]:
     """Run every (strategy, seed), reusing runs already saved under
     ``out_dir/runs`` with the same settings, and write the results tables
     (:mod:`~piggyback_avalanche.app.report`) and plots.
@@ -481,7 +482,7 @@ def run_benchmark(
         raise ValueError(f"{error.strerror} (another piggyback-bench is running on --out {out_dir})") from None
 
 
-def tuning_report(tuned: Dict[str, Dict[str, Any]]) -> str:
+def tuning_report(tuned: dict[str, dict[str, Any]]) -> str:
     """The section of results.md that says how each tuned strategy's settings
     were chosen (empty without tuning)."""
     if not tuned:
@@ -509,7 +510,7 @@ temporary files if killed (TensorBoard's folder holds the event writer's
 files, which are never temporary)."""
 
 
-def _check_out_settings(out_dir: Path, settings: Dict[str, Any]) -> None:
+def _check_out_settings(out_dir: Path, settings: dict[str, Any]) -> None:
     """Record the settings every run in ``out_dir`` shares, or refuse
     settings other than those recorded, naming each difference: one output
     folder, one configuration, never two mixed in its tables and TensorBoard
@@ -539,7 +540,7 @@ def _check_out_settings(out_dir: Path, settings: Dict[str, Any]) -> None:
     _write_json(path, current)
 
 
-def _flatten(settings: Any, prefix: str = "") -> Dict[str, Any]:
+def _flatten(settings: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(settings, dict):
         return {prefix.rstrip("."): settings}
     return {k: v for key, value in settings.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
@@ -576,18 +577,18 @@ def _check_out_folder(out_dir: Path) -> None:
 
 def _run_locked(
     out_dir: Path,
-    out_settings: Dict[str, Any],
+    out_settings: dict[str, Any],
     strategies: Sequence[str],
     seeds: Sequence[int],
     *,
-    data_root: Optional[Path],
+    data_root: Path | None,
     crop_size: int,
     log: Callable[[str], None],
-) -> Dict[str, Dict[str, Any]]:
+) -> dict[str, dict[str, Any]]:
     """:func:`run_benchmark` while it holds the output folder's lock."""
     stream, pretrained = out_settings["stream"], out_settings["pretrained"]
     built = {seed: STREAMS[stream](seed=seed, data_root=data_root, crop_size=crop_size) for seed in seeds}
-    validation: Dict[int, Any] = {}
+    validation: dict[int, Any] = {}
     if out_settings["evaluated_on"] == "validation" or out_settings.get("tuning"):
         validation = {seed: validation_benchmark(bm, seed=seed) for seed, (_, bm) in built.items()}
     if out_settings["evaluated_on"] == "validation":
@@ -606,7 +607,7 @@ def _run_locked(
         "device": config.get("device", "cpu"),
     }
 
-    def base_settings(name: str, variant: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    def base_settings(name: str, variant: dict[str, Any], seed: int) -> dict[str, Any]:
         settings = strategy_settings(name, config, untrained_backbone=built[seed][0] is None and not pretrained)
         if scenario == "class_incremental":
             settings.update(registered_strategy(name).class_incremental_settings or {})
@@ -625,7 +626,7 @@ def _run_locked(
             log=log,
         )
 
-    tuned: Dict[str, Dict[str, Any]] = {}
+    tuned: dict[str, dict[str, Any]] = {}
     if out_settings.get("tuning"):
         tuning, seed = out_settings["tuning"], seeds[0]
         trial_benchmark = tuning_benchmark(
@@ -638,7 +639,7 @@ def _run_locked(
                 continue
             log(f"{spec}: tuning {sorted(space)} on validation data ({tuning['trials']} trials, seed {seed})")
 
-            def evaluate(values: Dict[str, float], name: str = name, spec: str = spec) -> float:
+            def evaluate(values: dict[str, float], name: str = name, spec: str = spec) -> float:
                 settings = {**base_settings(name, parse_strategy(spec)[1], seed), **values}
                 network = backbone_for(seed, trial_benchmark)
                 torch.manual_seed(seed)
@@ -679,7 +680,7 @@ def _run_locked(
                     "again, or give another --out."
                 )
             planned.append((spec, name, seed, settings, run_settings, key, path, saved))
-    results: Dict[str, Dict[str, Any]] = {spec: {"runs": []} for spec in strategies}
+    results: dict[str, dict[str, Any]] = {spec: {"runs": []} for spec in strategies}
     for spec, name, seed, settings, run_settings, key, path, saved in planned:
         runs = results[spec]["runs"]
         if saved:
@@ -739,7 +740,7 @@ def check_device(device: Any) -> None:
         raise ValueError(f"{device}: this machine has no MPS device; use --device cpu")
 
 
-def parse_strategy(spec: str) -> Tuple[str, Dict[str, Any]]:
+def parse_strategy(spec: str) -> tuple[str, dict[str, Any]]:
     """A registered strategy, plain (``piggyback``) or with settings of its
     own (``piggyback[threshold=0.001,mask_init=uniform]``; values in JSON,
     a bare word is a string): its name and those settings.
@@ -754,7 +755,7 @@ def parse_strategy(spec: str) -> Tuple[str, Dict[str, Any]]:
         raise ValueError(
             f"{spec!r}: a strategy's settings name its folders, so they hold no '/', '\\' or NUL and stay under 200 bytes"
         )
-    settings: Dict[str, Any] = {}
+    settings: dict[str, Any] = {}
     for item in filter(None, (match.group(2) or "").split(",")):
         key, equals, text = item.partition("=")
         if not equals or not key.strip():
@@ -766,7 +767,7 @@ def parse_strategy(spec: str) -> Tuple[str, Dict[str, Any]]:
     return match.group(1), settings
 
 
-def _read_result(path: Path) -> Dict[str, Any]:
+def _read_result(path: Path) -> dict[str, Any]:
     """A finished run's saved result, ``{}`` if there is none."""
     if not path.exists():
         return {}
@@ -786,7 +787,7 @@ def _write_json(path: Path, content: Any) -> None:
     write_atomically(path, lambda file: json.dump(content, file, indent=1))
 
 
-def strategy_settings(name: str, config: Dict[str, Any], *, untrained_backbone: bool) -> Dict[str, Any]:
+def strategy_settings(name: str, config: dict[str, Any], *, untrained_backbone: bool) -> dict[str, Any]:
     """The entries of ``config`` that strategy ``name`` takes, and, on a
     stream without a pretrained backbone, its setting that trains the
     backbone on the first experience (if it has one)."""
@@ -913,7 +914,7 @@ def _fits(kind: Any, value: Any) -> bool:
     return isinstance(value, str)  # str and Path arguments
 
 
-def _check_preset_types(parser: argparse.ArgumentParser, preset: Dict[str, Any], path: str) -> None:
+def _check_preset_types(parser: argparse.ArgumentParser, preset: dict[str, Any], path: str) -> None:
     """Refuse a preset value of the wrong type, as the flag would."""
     actions = {action.dest: action for action in parser._actions}
     for key, value in preset.items():
@@ -931,7 +932,7 @@ def _check_preset_types(parser: argparse.ArgumentParser, preset: Dict[str, Any],
             parser.error(f"--config {path}: {key!r} must be {expected}, got {json.dumps(value)}")
 
 
-def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.list_configs:
@@ -1025,7 +1026,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``piggyback-bench`` or
     ``python -m piggyback_avalanche.app.runner``).
 

@@ -5,7 +5,7 @@ and the expected results (``targets.csv``)."""
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any
 
 __all__ = ["shipped_presets", "read_preset", "SHIPPED_TARGETS", "shipped_targets_path"]
 
@@ -17,13 +17,13 @@ def _data() -> Any:
     return resources.files("piggyback_avalanche.app")
 
 
-def shipped_presets() -> Dict[str, Dict[str, Any]]:
+def shipped_presets() -> dict[str, dict[str, Any]]:
     """Every shipped preset by name, with its values."""
     files = sorted((f for f in _data().joinpath("presets").iterdir() if f.name.endswith(".json")), key=lambda f: f.name)
     return {f.name[: -len(".json")]: json.loads(f.read_text()) for f in files}
 
 
-def read_preset(value: str) -> Tuple[str, str]:
+def read_preset(value: str) -> tuple[str, str]:
     """The text of a preset given as a file path or as a shipped name, with a
     label naming where it came from; a file that exists wins over a name.
 

@@ -17,9 +17,10 @@ Trials are kept in an Optuna journal file, so a tuning interrupted at any
 point goes on where it stopped when the same command runs again.
 """
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any
 
 from piggyback_avalanche.training.registry import SearchRange
 
@@ -69,11 +70,11 @@ def tune_settings(
     *,
     label: str,
     space: Mapping[str, SearchRange],
-    evaluate: Callable[[Dict[str, float]], float],
+    evaluate: Callable[[dict[str, float]], float],
     trials: int,
     seed: int,
     journal: Path,
-) -> Tuple[Dict[str, float], float]:
+) -> tuple[dict[str, float], float]:
     """Search ``space`` with Optuna's TPE sampler for the settings that
     maximise ``evaluate(settings)`` (a validation accuracy).
 

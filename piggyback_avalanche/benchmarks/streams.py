@@ -1,7 +1,8 @@
 """Task-incremental streams from datasets or tensors, with class lists that
 every Avalanche model can index with."""
 
-from typing import Any, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -42,7 +43,7 @@ def classes_as_lists(benchmark: Any) -> Any:
 
 
 def tensor_task_stream(
-    tasks: Sequence[Tuple[Tensor, Tensor, Tensor, Tensor]],
+    tasks: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]],
 ) -> CLScenario:
     """:func:`task_stream` from tensors.
 

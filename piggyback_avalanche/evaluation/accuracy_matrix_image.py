@@ -6,7 +6,7 @@ itself, this one draws the matrix from the per-experience accuracies that
 """
 
 import math
-from typing import Any, Dict, List
+from typing import Any
 
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
@@ -16,7 +16,7 @@ from piggyback_avalanche.evaluation.figures import accuracy_matrix_figure, rende
 __all__ = ["AccuracyMatrixImagePluginMetric", "accuracy_matrix_image_metrics"]
 
 
-class AccuracyMatrixImagePluginMetric(PluginMetric[List[List[float]]]):
+class AccuracyMatrixImagePluginMetric(PluginMetric[list[list[float]]]):
     """After each evaluation, the accuracy matrix as an image,
     ``AccuracyMatrix/eval_phase/<stream>_stream`` (the evaluated stream:
     ``test``, or ``valid``): row i holds the accuracy on
@@ -26,17 +26,17 @@ class AccuracyMatrixImagePluginMetric(PluginMetric[List[List[float]]]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: Dict[int, Dict[int, float]] = {}
+        self.rows: dict[int, dict[int, float]] = {}
 
     def reset(self) -> None:
         self.rows = {}
 
-    def result(self) -> List[List[float]]:
+    def result(self) -> list[list[float]]:
         """The matrix, NaN where an experience was not evaluated."""
         columns = 1 + max((c for row in self.rows.values() for c in row), default=-1)
         return [[self.rows[r].get(c, math.nan) for c in range(columns)] for r in sorted(self.rows)]
 
-    def after_eval(self, strategy: Any) -> List[MetricValue]:
+    def after_eval(self, strategy: Any) -> list[MetricValue]:
         trained = strategy.clock.train_exp_counter - 1
         if trained < 0:
             return []
@@ -63,6 +63,6 @@ class AccuracyMatrixImagePluginMetric(PluginMetric[List[List[float]]]):
         return "AccuracyMatrix"
 
 
-def accuracy_matrix_image_metrics() -> List[PluginMetric]:
+def accuracy_matrix_image_metrics() -> list[PluginMetric]:
     """The accuracy-matrix image metric, for an ``EvaluationPlugin``."""
     return [AccuracyMatrixImagePluginMetric()]

@@ -1,6 +1,6 @@
 """The base of plugin metrics measured after each training experience."""
 
-from typing import Any, List
+from typing import Any
 
 from avalanche.evaluation import Metric, PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
@@ -27,10 +27,10 @@ class AfterTrainingExpPluginMetric(PluginMetric[Any]):
     def result(self) -> Any:
         return self._metric.result()
 
-    def _values(self, strategy: Any) -> List[MetricValue]:
+    def _values(self, strategy: Any) -> list[MetricValue]:
         raise NotImplementedError
 
-    def after_training_exp(self, strategy: Any) -> List[MetricValue]:
+    def after_training_exp(self, strategy: Any) -> list[MetricValue]:
         self._metric.update(strategy)
         return self._values(strategy)
 

@@ -5,7 +5,7 @@ loggers a researcher reads (progress bars, TensorBoard, CSV and JSON files)."""
 import csv
 import json
 from pathlib import Path
-from typing import IO, Any, Dict, List, Optional, Union
+from typing import IO, Any
 
 from avalanche.evaluation.metrics import (
     accuracy_metrics,
@@ -19,12 +19,10 @@ from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 from piggyback_avalanche.evaluation.accuracy_matrix_image import accuracy_matrix_image_metrics
 from piggyback_avalanche.evaluation.model_size import model_size_metrics
 from piggyback_avalanche.evaluation.task_inference_accuracy import task_inference_accuracy_metrics
-from piggyback_avalanche.files import write_atomically
+from piggyback_avalanche.files import PathLike, write_atomically
 from piggyback_avalanche.methods.piggyback.mask_sparsity import mask_sparsity_metrics
 
 __all__ = ["MetricsFileLogger", "ExperienceAxisTensorboardLogger", "default_evaluator"]
-
-PathLike = Union[str, Path]
 
 
 class MetricsFileLogger(BaseLogger, SupervisedPlugin):
@@ -36,21 +34,21 @@ class MetricsFileLogger(BaseLogger, SupervisedPlugin):
     :param json_path: where the JSON goes (``None``: no JSON).
     """
 
-    def __init__(self, *, csv_path: Optional[PathLike] = None, json_path: Optional[PathLike] = None) -> None:
+    def __init__(self, *, csv_path: PathLike | None = None, json_path: PathLike | None = None) -> None:
         super().__init__()
         self.csv_path = Path(csv_path) if csv_path else None
         self.json_path = Path(json_path) if json_path else None
-        self.rows: List[Dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []
 
     def log_single_metric(self, name: str, value: Any, x_plot: int) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             self.rows.append({"name": name, "x": int(x_plot), "value": float(value)})
 
-    def state_dict(self) -> List[Dict[str, Any]]:
+    def state_dict(self) -> list[dict[str, Any]]:
         """The rows logged so far, for a checkpoint."""
         return [dict(row) for row in self.rows]
 
-    def load_state_dict(self, rows: List[Dict[str, Any]]) -> None:
+    def load_state_dict(self, rows: list[dict[str, Any]]) -> None:
         """Continue after the rows of a checkpoint."""
         self.rows = [dict(row) for row in rows]
 
@@ -83,7 +81,7 @@ class ExperienceAxisTensorboardLogger(TensorboardLogger):
     this axis lines their runs up task by task.
     """
 
-    def after_eval(self, strategy: Any, metric_values: List[Any]) -> None:
+    def after_eval(self, strategy: Any, metric_values: list[Any]) -> None:
         for value in metric_values:
             stream_level = "/eval_phase/" in value.name and "/Exp" not in value.name
             if stream_level and isinstance(value.value, (int, float)) and not isinstance(value.value, bool):
@@ -94,9 +92,9 @@ class ExperienceAxisTensorboardLogger(TensorboardLogger):
 
 def default_evaluator(
     *,
-    tb_dir: Optional[PathLike] = None,
-    csv_dir: Optional[PathLike] = None,
-    json_path: Optional[PathLike] = None,
+    tb_dir: PathLike | None = None,
+    csv_dir: PathLike | None = None,
+    json_path: PathLike | None = None,
     interactive: bool = True,
 ) -> EvaluationPlugin:
     """An ``EvaluationPlugin`` with everything this package reports.
@@ -112,7 +110,7 @@ def default_evaluator(
     :param json_path: a JSON file with every numeric value.
     :param interactive: progress bars and a text summary on stdout.
     """
-    loggers: List[BaseLogger] = []
+    loggers: list[BaseLogger] = []
     if interactive:
         loggers.append(InteractiveLogger())
     if tb_dir is not None:

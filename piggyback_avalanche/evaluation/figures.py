@@ -3,7 +3,6 @@
 pyplot's open figures) of the user's session is touched."""
 
 import math
-from typing import Dict, List
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -19,7 +18,7 @@ def rendered(figure: Figure) -> Image.Image:
     return Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
 
 
-def accuracy_matrix_figure(matrix: List[List[float]]) -> Figure:
+def accuracy_matrix_figure(matrix: list[list[float]]) -> Figure:
     """A heatmap of an accuracy matrix (rows: trained up to experience;
     columns: evaluated experience; NaN cells left blank)."""
     size = len(matrix[0])
@@ -40,7 +39,7 @@ def accuracy_matrix_figure(matrix: List[List[float]]) -> Figure:
     return figure
 
 
-def bar_chart(fractions: Dict[str, Dict[str, float]]) -> Figure:
+def bar_chart(fractions: dict[str, dict[str, float]]) -> Figure:
     """Bars per layer for each kind of fraction (``{"zeros": {layer: value,
     ..., "overall": value}, ...}``; ``overall`` is left out)."""
     layers = [name for name in fractions["zeros"] if name != "overall"]

@@ -3,7 +3,7 @@ metric in the style of Avalanche's ``evaluation/metrics/disk_usage.py``: the
 stored bytes of the model and of the strategy's state, their ratio to
 separately stored networks, and the bits of per-task state per weight."""
 
-from typing import Any, Dict, List
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -35,7 +35,7 @@ def stored_bytes(model: nn.Module) -> int:
     return sum(t.nbytes for t in model.state_dict().values())
 
 
-def _tensors_bytes(obj: Any, seen: Dict[Any, Any]) -> int:
+def _tensors_bytes(obj: Any, seen: dict[Any, Any]) -> int:
     """Bytes of the tensors an object holds (through modules, containers,
     attributes and stored datasets), each tensor counted once.
 
@@ -67,7 +67,7 @@ def _tensors_bytes(obj: Any, seen: Dict[Any, Any]) -> int:
     return 0
 
 
-def _sample_bytes(sample: Any, seen: Dict[Any, Any]) -> int:
+def _sample_bytes(sample: Any, seen: dict[Any, Any]) -> int:
     fields = sample if isinstance(sample, (list, tuple)) else [sample]
     return sum(8 if isinstance(f, int) else _tensors_bytes(f, seen) for f in fields)
 
@@ -77,13 +77,13 @@ def strategy_state_bytes(strategy: Any) -> int:
     (replay buffers, EWC's importances and old parameters, LwF's previous
     model, ...) and the exemplars that strategies such as DER keep in their
     own ``storage_policy``. Evaluation, clock and metric plugins are left out."""
-    seen: Dict[Any, Any] = {id(strategy.model): strategy.model, id(strategy): strategy}
+    seen: dict[Any, Any] = {id(strategy.model): strategy.model, id(strategy): strategy}
     ignored = (EvaluationPlugin, PeriodicEval, Clock, PluginMetric)
     kept = [plugin for plugin in strategy.plugins if not isinstance(plugin, ignored)]
     return sum(_tensors_bytes(part, seen) for part in [*kept, getattr(strategy, "storage_policy", None)])
 
 
-class ModelSize(Metric[Dict[str, float]]):
+class ModelSize(Metric[dict[str, float]]):
     """The standalone model-size metric.
 
     ``update(strategy)`` measures the strategy's model and state; ``result()``
@@ -97,7 +97,7 @@ class ModelSize(Metric[Dict[str, float]]):
     """
 
     def __init__(self) -> None:
-        self._result: Dict[str, float] = {}
+        self._result: dict[str, float] = {}
 
     def update(self, strategy: Any) -> None:
         """Measure ``strategy.model`` and the strategy's plugin state."""
@@ -112,7 +112,7 @@ class ModelSize(Metric[Dict[str, float]]):
         if isinstance(model, TaskAwareModel) and tasks:
             self._result["bits_per_weight_per_task"] = model.task_state_bits_per_weight() / len(tasks)
 
-    def result(self) -> Dict[str, float]:
+    def result(self) -> dict[str, float]:
         """The last measurement (empty before the first update)."""
         return dict(self._result)
 
@@ -126,7 +126,7 @@ class ModelSizePluginMetric(AfterTrainingExpPluginMetric):
     ``ModelSize_BitsPerWeightPerTask`` (``/train_phase/train_stream``)."""
 
     name = "ModelSize"
-    _names = {
+    _names: ClassVar[dict[str, str]] = {
         "bytes": "ModelSize_Bytes",
         "individual_networks_ratio": "ModelSize_IndividualNetworksRatio",
         "bytes_per_task": "ModelSize_BytesPerTask",
@@ -136,10 +136,10 @@ class ModelSizePluginMetric(AfterTrainingExpPluginMetric):
     def __init__(self) -> None:
         super().__init__(ModelSize())
 
-    def _values(self, strategy: Any) -> List[MetricValue]:
+    def _values(self, strategy: Any) -> list[MetricValue]:
         return [self._emit(self._names[k], "", v, strategy) for k, v in self._metric.result().items()]
 
 
-def model_size_metrics() -> List[PluginMetric]:
+def model_size_metrics() -> list[PluginMetric]:
     """The model-size plugin metrics, for an ``EvaluationPlugin``."""
     return [ModelSizePluginMetric()]

@@ -7,7 +7,7 @@ task is ``k``. Nothing is emitted for evaluations that inferred no task
 (task inference off, or nothing learned yet).
 """
 
-from typing import Any, List, Optional
+from typing import Any
 
 import torch
 
@@ -18,7 +18,7 @@ from avalanche.evaluation.metric_utils import get_metric_name
 __all__ = ["TaskInferenceAccuracy", "TaskInferenceAccuracyPluginMetric", "task_inference_accuracy_metrics"]
 
 
-class TaskInferenceAccuracy(Metric[Optional[float]]):
+class TaskInferenceAccuracy(Metric[float | None]):
     """The running share of samples whose inferred task is the right one."""
 
     def __init__(self) -> None:
@@ -30,7 +30,7 @@ class TaskInferenceAccuracy(Metric[Optional[float]]):
         self._right += int((inferred == right_task).sum())
         self._seen += len(inferred)
 
-    def result(self) -> Optional[float]:
+    def result(self) -> float | None:
         """The share so far; ``None`` before any sample."""
         return self._right / self._seen if self._seen else None
 
@@ -39,7 +39,7 @@ class TaskInferenceAccuracy(Metric[Optional[float]]):
         self._seen = 0
 
 
-class TaskInferenceAccuracyPluginMetric(PluginMetric[Optional[float]]):
+class TaskInferenceAccuracyPluginMetric(PluginMetric[float | None]):
     """Task-inference accuracy of each evaluated experience, or of the whole
     evaluation stream, named like Avalanche's accuracy
     (``TaskInference_Acc_Exp/eval_phase/test_stream/Task000/Exp001``,
@@ -58,7 +58,7 @@ class TaskInferenceAccuracyPluginMetric(PluginMetric[Optional[float]]):
     def reset(self) -> None:
         self._metric.reset()
 
-    def result(self) -> Optional[float]:
+    def result(self) -> float | None:
         return self._metric.result()
 
     def before_eval(self, strategy: Any) -> None:
@@ -73,24 +73,24 @@ class TaskInferenceAccuracyPluginMetric(PluginMetric[Optional[float]]):
         if inferred is not None:
             self._metric.update(inferred, int(strategy.experience.current_experience))
 
-    def _value(self, strategy: Any, add_experience: bool) -> List[MetricValue]:
+    def _value(self, strategy: Any, add_experience: bool) -> list[MetricValue]:
         value = self.result()
         if value is None:
             return []
         name = get_metric_name(self, strategy, add_experience=add_experience, add_task=add_experience)
         return [MetricValue(self, name, value, strategy.clock.train_iterations)]
 
-    def after_eval_exp(self, strategy: Any) -> List[MetricValue]:
+    def after_eval_exp(self, strategy: Any) -> list[MetricValue]:
         return self._value(strategy, True) if self.per == "experience" else []
 
-    def after_eval(self, strategy: Any) -> List[MetricValue]:
+    def after_eval(self, strategy: Any) -> list[MetricValue]:
         return self._value(strategy, False) if self.per == "stream" else []
 
     def __str__(self) -> str:
         return "TaskInference_Acc_Exp" if self.per == "experience" else "TaskInference_Acc_Stream"
 
 
-def task_inference_accuracy_metrics(*, experience: bool = True, stream: bool = True) -> List[PluginMetric]:
+def task_inference_accuracy_metrics(*, experience: bool = True, stream: bool = True) -> list[PluginMetric]:
     """The task-inference accuracy plugin metrics asked for."""
     return [
         TaskInferenceAccuracyPluginMetric(per=per)

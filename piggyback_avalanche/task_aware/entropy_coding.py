@@ -20,8 +20,9 @@ corrupt.
 """
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 import constriction
 import numpy as np
@@ -47,7 +48,7 @@ _MARKER = "entropy_coded_codes"
 _VERSION = 1
 _WHOLE, _PER_ROW = 0, 1
 
-CodedCodes = Dict[str, Tensor]
+CodedCodes = dict[str, Tensor]
 """A coded tensor of packed codes: ``{"entropy_coded_codes": version,
 "layout": [numel, bits, rows], "model": 0 (whole tensor) or 1 (per row),
 "counts": symbol counts per context, "stream": the range coder's words,
@@ -103,7 +104,7 @@ def _encode(symbols: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def _decode(stream: np.ndarray, counts: np.ndarray, columns: int) -> np.ndarray:
     decoder = constriction.stream.queue.RangeDecoder(stream)
-    rows: List[np.ndarray] = []
+    rows: list[np.ndarray] = []
     for row_counts in counts:
         present = np.flatnonzero(row_counts)
         if len(present) == 1:
@@ -216,12 +217,12 @@ def coded_nbytes(coded: CodedCodes) -> int:
     return int(coded["stream"].nbytes + coded["counts"].nbytes)
 
 
-def encode_state(state: Mapping[str, Any], layouts: Mapping[str, CodeLayout]) -> Dict[str, Any]:
+def encode_state(state: Mapping[str, Any], layouts: Mapping[str, CodeLayout]) -> dict[str, Any]:
     """``state`` with the tensors named in ``layouts`` entropy-coded."""
     return {key: encode_codes(value, layouts[key]) if key in layouts else value for key, value in state.items()}
 
 
-def decode_state(state: Mapping[str, Any], *, largest: Optional[CodeLayout] = None) -> Dict[str, Any]:
+def decode_state(state: Mapping[str, Any], *, largest: CodeLayout | None = None) -> dict[str, Any]:
     """``state`` with every coded tensor decoded to its packed codes.
 
     :param largest: the most codes and rows a coded tensor may declare

@@ -1,8 +1,6 @@
 """The tasks and classes an Avalanche experience holds, whichever benchmark
 API made it."""
 
-from typing import Dict, List
-
 import torch
 
 from avalanche.benchmarks.scenarios import CLExperience
@@ -10,7 +8,7 @@ from avalanche.benchmarks.scenarios import CLExperience
 __all__ = ["experience_task_classes", "experience_classes", "experience_task_labels", "origin_experience_index"]
 
 
-def experience_task_labels(experience: CLExperience) -> List[int]:
+def experience_task_labels(experience: CLExperience) -> list[int]:
     """The task labels of an experience: its own ``task_labels``, or, for an
     experience that does not carry them (an online stream's sub-experience),
     those of its data.
@@ -41,7 +39,7 @@ def origin_experience_index(experience: CLExperience) -> int:
     return int((origin if origin is not None else experience).current_experience)
 
 
-def experience_task_classes(experience: CLExperience) -> Dict[int, List[int]]:
+def experience_task_classes(experience: CLExperience) -> dict[int, list[int]]:
     """The class labels of each task label in an experience.
 
     Works with the classic and the new Avalanche benchmark APIs: it reads
@@ -76,7 +74,7 @@ def experience_task_classes(experience: CLExperience) -> Dict[int, List[int]]:
     return found
 
 
-def experience_classes(experience: CLExperience) -> List[int]:
+def experience_classes(experience: CLExperience) -> list[int]:
     """The class labels of an experience, whatever its task labels (or
     none): ``classes_in_this_experience`` (a list or a set) if it has it,
     else its dataset's targets.

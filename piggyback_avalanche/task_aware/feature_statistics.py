@@ -18,7 +18,8 @@ own data lies far from its means (its own feature space, or a covariance
 estimated from few samples) does not lose every sample for that.
 """
 
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +44,7 @@ _STATISTICS = ("class_means", "precisions", "means", "overall_precisions", "cali
 _OVERALL_STATISTICS = ("means", "overall_precisions")
 
 
-def _uncalibrated(relative: bool) -> List[float]:
+def _uncalibrated(relative: bool) -> list[float]:
     """Calibrations that leave distances as they are: mean 0 and spread 1
     for the class distances (and the relative ones)."""
     return [0.0, 1.0] * (2 if relative else 1)
@@ -62,8 +63,8 @@ class _Stacked(NamedTuple):
     precisions: Tensor
     calibrations: Tensor
     constants: Tensor
-    overall_means: Optional[Tensor]
-    overall_precisions: Optional[Tensor]
+    overall_means: Tensor | None
+    overall_precisions: Tensor | None
 
 
 class TaskFeatureStatistics(TaskModule, nn.Module):
@@ -167,7 +168,7 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
         """Whether ``task`` has statistics."""
         return task in self.precisions
 
-    def tasks(self) -> List[str]:
+    def tasks(self) -> list[str]:
         """The tasks that have statistics."""
         return self.precisions.keys()
 
@@ -248,13 +249,13 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
     def freeze_task(self, task: str) -> None:
         """The statistics never change once estimated."""
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {}
 
-    def task_state_keys(self, task: str) -> List[str]:
+    def task_state_keys(self, task: str) -> list[str]:
         return [f"{name}.{task}" for name in self._names if task in getattr(self, name)]
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
+    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
         dtype = self._placement.dtype
         # The class means: one row per class of the task, a number the task chooses.
         shapes = {name: getattr(self, name).shape or ("task classes", self.features) for name in self._names}
@@ -266,7 +267,7 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
     def plain_module(self, task: str) -> nn.Module:
         return nn.Identity()
 
-    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         for name in self._names:
             store: TaskTensorDict = getattr(self, name)
             for task in task_keys_below(state_dict, f"{prefix}{name}.") - set(store.keys()):

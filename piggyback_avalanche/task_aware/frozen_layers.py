@@ -2,7 +2,7 @@
 what a method that learns elsewhere (heads only, prompts) keeps of the
 backbone's convolutions and linear layers."""
 
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -20,7 +20,7 @@ class FrozenLayer(TaskWeightLayer):
     def freeze_task(self, task: str) -> None:
         """Nothing to freeze: the layer never trains."""
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {}
 
     def task_weight(self) -> Tensor:

@@ -12,7 +12,8 @@ one entry per group of tasks.
 """
 
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,7 +24,7 @@ DEFAULT_BUDGET_BYTES = 256 * 2**20
 """The cache's budget unless set: room for a few tasks of a ResNet-50 (94 MiB
 of weights each) and for hundreds of a small network's."""
 
-Cached = Union[Tensor, Tuple[Optional[Tensor], ...]]
+Cached = Tensor | tuple[Tensor | None, ...]
 """A weight, or a tuple of tensors (a stacked weight and its bias)."""
 
 _GROUP = "tasks:"
@@ -45,7 +46,7 @@ class FrozenWeightCache:
     """
 
     def __init__(self, *, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
-        self._tasks: "OrderedDict[str, Dict[int, Tuple[Tuple, Cached]]]" = OrderedDict()
+        self._tasks: OrderedDict[str, dict[int, tuple[tuple, Cached]]] = OrderedDict()
         self._nbytes = 0
         self._budget_bytes = 0
         self.budget_bytes = budget_bytes
@@ -63,7 +64,7 @@ class FrozenWeightCache:
         self._budget_bytes = value
         self._evict(keep=next(reversed(self._tasks), None))
 
-    def get(self, task: str, owner: object, key: Tuple, compute: Callable[[], Cached]) -> Any:
+    def get(self, task: str, owner: object, key: tuple, compute: Callable[[], Cached]) -> Any:
         """``owner``'s weight for ``task``: ``compute()`` (without gradients),
         reused while ``key`` stays the same.
 
@@ -87,7 +88,7 @@ class FrozenWeightCache:
         self._evict(keep=task)
         return value
 
-    def get_for_tasks(self, tasks: Sequence[str], owner: object, key: Tuple, compute: Callable[[], Cached]) -> Any:
+    def get_for_tasks(self, tasks: Sequence[str], owner: object, key: tuple, compute: Callable[[], Cached]) -> Any:
         """:meth:`get` for several tasks stacked side by side, kept as one
         entry of the group. Evaluation stacks tasks in fixed groups, so a
         cached group that overlaps this one is from an earlier grouping and
@@ -111,13 +112,13 @@ class FrozenWeightCache:
         for _, value in self._tasks.pop(task).values():
             self._nbytes -= _nbytes(value)
 
-    def value(self, task: str, owner: object) -> Optional[Cached]:
+    def value(self, task: str, owner: object) -> Cached | None:
         """``owner``'s cached weight for ``task``, ``None`` if none (without
         marking the task as used)."""
         entry = self._tasks.get(task, {}).get(id(owner))
         return None if entry is None else entry[1]
 
-    def tasks(self) -> List[str]:
+    def tasks(self) -> list[str]:
         """The cached tasks (and groups of stacked tasks, as ``"tasks:0,1"``),
         least recently used first."""
         return list(self._tasks)
@@ -136,7 +137,7 @@ class FrozenWeightCache:
         self._tasks.clear()
         self._nbytes = 0
 
-    def __deepcopy__(self, memo: Dict[int, Any]) -> "FrozenWeightCache":
+    def __deepcopy__(self, memo: dict[int, Any]) -> "FrozenWeightCache":
         # Entries are keyed by the layers' identities, which a copy does not
         # share: a copied model starts with an empty cache and the same budget.
         return FrozenWeightCache(budget_bytes=self._budget_bytes)

@@ -8,9 +8,10 @@ routes every sample through its own task.
 """
 
 import copy
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from itertools import chain
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +102,7 @@ def _carry_hooks(module: nn.Module, replacement: nn.Module) -> None:
             getattr(replacement, name).update(hooks)
 
 
-def _output_linear(backbone: nn.Module) -> Tuple[bool, Optional[str]]:
+def _output_linear(backbone: nn.Module) -> tuple[bool, str | None]:
     """Whether the backbone's forward pass could be traced, and the qualified
     name of the ``nn.Linear`` whose output is the backbone's output (``None``
     if untraced, or if the output is not an ``nn.Linear``'s)."""
@@ -116,7 +117,7 @@ def _output_linear(backbone: nn.Module) -> Tuple[bool, Optional[str]]:
     return True, None
 
 
-def find_classifier(backbone: nn.Module, classifier: Union[str, nn.Module, None]) -> str:
+def find_classifier(backbone: nn.Module, classifier: str | nn.Module | None) -> str:
     """The qualified name of the backbone's classifier: ``classifier`` (a
     module of the backbone or its name), or the ``nn.Linear`` whose output
     is the backbone's output.
@@ -205,27 +206,27 @@ class MultiHeadModel(MultiTaskModule):
     """
 
     # Avalanche's MultiTaskModule bookkeeping, kept up to date here.
-    known_train_tasks_labels: Set[int]
+    known_train_tasks_labels: set[int]
     max_class_label: int
 
     def __init__(
         self,
         backbone: nn.Module,
         *,
-        classifier: Union[str, nn.Module, None] = None,
+        classifier: str | nn.Module | None = None,
         feature_statistics: bool = False,
     ) -> None:
         super().__init__()
         _refuse_avalanche_dynamic_modules(backbone, type(self).__name__)
         self.task_state = TaskState()
-        self._shared_keys: Optional[List[str]] = None
-        self._frozen_parts: Dict[str, List[Union[Tensor, nn.Module]]] = {}
+        self._shared_keys: list[str] | None = None
+        self._frozen_parts: dict[str, list[Tensor | nn.Module]] = {}
         # Classes of experiences evaluated before their task was learned (not saved).
-        self._untrained_task_classes: Dict[int, List[int]] = {}
+        self._untrained_task_classes: dict[int, list[int]] = {}
         self._classifier_name = find_classifier(backbone, classifier)
         self.backbone = self._convert(copy.deepcopy(backbone), self._classifier_name)
-        self.feature_statistics: Optional[TaskFeatureStatistics] = None
-        self.backbone_feature_statistics: Optional[TaskFeatureStatistics] = None
+        self.feature_statistics: TaskFeatureStatistics | None = None
+        self.backbone_feature_statistics: TaskFeatureStatistics | None = None
         if feature_statistics:
             self.keep_feature_statistics()
         for prefix, module in self._named_task_modules():
@@ -262,8 +263,8 @@ class MultiHeadModel(MultiTaskModule):
     # --- building ----------------------------------------------------------
 
     def _convert(self, backbone: nn.Module, classifier_name: str) -> nn.Module:
-        replaced: Dict[int, nn.Module] = {}
-        replaced_names: List[str] = []
+        replaced: dict[int, nn.Module] = {}
+        replaced_names: list[str] = []
         for name, module in list(backbone.named_modules(remove_duplicate=False)):
             if any(name.startswith(f"{above}.") for above in replaced_names):
                 continue  # what lies below a replaced module is the replacement's
@@ -286,15 +287,15 @@ class MultiHeadModel(MultiTaskModule):
             return TaskHeads(module, task_state=self.task_state)  # type: ignore[arg-type]  # the classifier is an nn.Linear
         return module
 
-    def _named_task_modules(self) -> Iterator[Tuple[str, TaskModule]]:
+    def _named_task_modules(self) -> Iterator[tuple[str, TaskModule]]:
         """Every task-aware module, by its state-dict prefix.
 
         The walk stops at each task-aware module: what lies below (a head
         or a norm per task) is the module's own, and walking it would make
         every call cost as much as there are tasks."""
-        seen: Set[int] = set()
+        seen: set[int] = set()
 
-        def walk(module: nn.Module, prefix: str) -> Iterator[Tuple[str, TaskModule]]:
+        def walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, TaskModule]]:
             for name, child in module._modules.items():
                 if child is None or id(child) in seen:
                     continue
@@ -314,7 +315,7 @@ class MultiHeadModel(MultiTaskModule):
         return self.backbone.get_submodule(self._classifier_name)  # type: ignore[return-value]
 
     @property
-    def tasks(self) -> List[int]:
+    def tasks(self) -> list[int]:
         """Every task the model knows."""
         return sorted(int(t) for t in self.heads.heads.keys())
 
@@ -356,7 +357,7 @@ class MultiHeadModel(MultiTaskModule):
         """
         self.adapt_to_tasks(experience_task_classes(experience))
 
-    def adapt_to_tasks(self, task_classes: Dict[int, List[int]]) -> None:
+    def adapt_to_tasks(self, task_classes: dict[int, list[int]]) -> None:
         """:meth:`adaptation` for the given tasks and their classes (what a
         strategy that assigns tasks itself calls)."""
         if not self.training:
@@ -392,12 +393,12 @@ class MultiHeadModel(MultiTaskModule):
 
     # --- what the model stores ----------------------------------------------------
 
-    def task_state_keys(self, task: int) -> List[str]:
+    def task_state_keys(self, task: int) -> list[str]:
         """The state-dict keys of what ``task`` holds now, in every module."""
         key = task_key(task)
         return [prefix + k for prefix, module in self._named_task_modules() for k in module.task_state_keys(key)]
 
-    def frozen_task_state_schema(self, task: int) -> Dict[str, TensorSpec]:
+    def frozen_task_state_schema(self, task: int) -> dict[str, TensorSpec]:
         """The state-dict keys that a frozen ``task`` holds (whether or not
         the model has it), with what each tensor must be, in a fixed order."""
         key = task_key(task)
@@ -407,7 +408,7 @@ class MultiHeadModel(MultiTaskModule):
             for k, spec in module.frozen_task_state_schema(key).items()
         }
 
-    def optional_task_state_keys(self, task: int) -> List[str]:
+    def optional_task_state_keys(self, task: int) -> list[str]:
         """The keys of :meth:`frozen_task_state_schema` that a task file may
         lack: the backbone's feature statistics, which files written before
         they existed do not hold (the task then has none, and the scores
@@ -417,7 +418,7 @@ class MultiHeadModel(MultiTaskModule):
             return []
         return [statistics.state_prefix + k for k in statistics.frozen_task_state_schema(task_key(task))]
 
-    def code_layouts(self) -> Dict[str, CodeLayout]:
+    def code_layouts(self) -> dict[str, CodeLayout]:
         """The state-dict keys that hold packed codes (masks, owners), with
         their layouts: what task files and checkpoints store entropy-coded
         (:func:`~piggyback_avalanche.task_aware.entropy_coding.encode_state`)."""
@@ -427,7 +428,7 @@ class MultiHeadModel(MultiTaskModule):
             for k, layout in module.code_layouts().items()
         }
 
-    def frozen_code_layouts(self, task: int) -> Dict[str, CodeLayout]:
+    def frozen_code_layouts(self, task: int) -> dict[str, CodeLayout]:
         """The keys of :meth:`frozen_task_state_schema` that hold packed
         codes, with their layouts."""
         key = task_key(task)
@@ -437,17 +438,17 @@ class MultiHeadModel(MultiTaskModule):
             for k, layout in module.frozen_code_layouts(key).items()
         }
 
-    def template_state_keys(self) -> List[str]:
+    def template_state_keys(self) -> list[str]:
         """State-dict keys that only seed new tasks and that no learned task reads."""
         return [prefix + k for prefix, module in self._named_task_modules() for k in module.template_state_keys()]
 
-    def frozen_task_parts(self) -> List[Union[Tensor, nn.Module]]:
+    def frozen_task_parts(self) -> list[Tensor | nn.Module]:
         """What only frozen tasks hold, which nothing ever changes: their
         tensors (parameters and buffers themselves), and the leaf modules
         that hold nothing else (a frozen task's head or norm; never a
         container, to which a new task may be added). Found once per task."""
         learning = self.task_state.learning
-        parts: List[Union[Tensor, nn.Module]] = []
+        parts: list[Tensor | nn.Module] = []
         for task in self.tasks:
             key = task_key(task)
             if key in learning:
@@ -465,7 +466,7 @@ class MultiHeadModel(MultiTaskModule):
             parts += self._frozen_parts[key]
         return parts
 
-    def shared_state_keys(self) -> List[str]:
+    def shared_state_keys(self) -> list[str]:
         """State-dict keys of what every task shares: all but the tasks' own.
 
         Tasks come and go with keys of their own only, so the shared keys
@@ -486,11 +487,11 @@ class MultiHeadModel(MultiTaskModule):
         tensor = module._parameters.get(name)
         return tensor if tensor is not None else module._buffers[name]
 
-    def shared_state(self) -> Dict[str, Tensor]:
+    def shared_state(self) -> dict[str, Tensor]:
         """The shared tensors by state-dict key, fetched live."""
         return {key: self._state_tensor(key) for key in self.shared_state_keys()}
 
-    def task_tensors(self, task: int) -> Dict[str, Tensor]:
+    def task_tensors(self, task: int) -> dict[str, Tensor]:
         """What ``task`` holds in memory now, by state-dict key (without
         building the whole state dict, whose size grows with the tasks)."""
         return {key: self._state_tensor(key) for key in self.task_state_keys(task)}
@@ -548,12 +549,12 @@ class MultiHeadModel(MultiTaskModule):
             raise ValueError(f"Task {task} is still being learned; export it once train() has frozen it.")
         # Deep-copy the backbone with every task-aware module replaced by its
         # plain twin for this task: the memo hands the twin to the copy.
-        memo: Dict[int, Any] = {id(module): module.plain_module(key) for _, module in self._named_task_modules()}
+        memo: dict[int, Any] = {id(module): module.plain_module(key) for _, module in self._named_task_modules()}
         return copy.deepcopy(self.backbone, memo).eval()
 
     # --- forward -------------------------------------------------------------
 
-    def forward(self, x: Tensor, task_labels: Union[int, Tensor, None] = None) -> Union[Tensor, Dict[int, Tensor]]:
+    def forward(self, x: Tensor, task_labels: int | Tensor | None = None) -> Tensor | dict[int, Tensor]:
         """Logits of each sample under its own task, as Avalanche's
         multi-task models give them.
 
@@ -608,7 +609,7 @@ class MultiHeadModel(MultiTaskModule):
             )
 
     @torch.no_grad()
-    def task_outputs(self, x: Tensor, tasks: Sequence[int], *, stacked: bool = True) -> Tuple[Tensor, Tensor]:
+    def task_outputs(self, x: Tensor, tasks: Sequence[int], *, stacked: bool = True) -> tuple[Tensor, Tensor]:
         """The logits of ``x`` under each of ``tasks``, and the features that
         each task's head reads, for task inference.
 
@@ -631,7 +632,7 @@ class MultiHeadModel(MultiTaskModule):
         unknown = [int(key) for key in keys if key not in self.heads.heads]
         if unknown or not keys:
             raise ValueError(self._unknown_tasks_message(unknown))
-        captured: List[Tensor] = []
+        captured: list[Tensor] = []
         hook = self.heads.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
         try:
             if stacked:
@@ -667,7 +668,7 @@ class MultiHeadModel(MultiTaskModule):
         self._check_input_device(x)
         if self.training:
             raise ValueError(f"backbone_features serves task inference: call {type(self).__name__}.eval() first.")
-        captured: List[Tensor] = []
+        captured: list[Tensor] = []
         hook = self.heads.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
         try:
             with self.task_state.use_backbone():
@@ -683,7 +684,7 @@ class MultiHeadModel(MultiTaskModule):
         task, so not here."""
         return False
 
-    def task_scores(self) -> Dict[str, TaskScore]:
+    def task_scores(self) -> dict[str, TaskScore]:
         """Task-inference scores that need what this model stores, by name
         (see :class:`~piggyback_avalanche.task_aware.task_scores.TaskScore`):
         the Mahalanobis scores when the model keeps feature statistics (a
@@ -719,7 +720,7 @@ class MultiHeadModel(MultiTaskModule):
         return scores
 
     @torch.no_grad()
-    def fit_feature_statistics(self, task: int, batches: Iterable[Tuple[Tensor, Tensor]]) -> int:
+    def fit_feature_statistics(self, task: int, batches: Iterable[tuple[Tensor, Tensor]]) -> int:
         """Estimate ``task``'s feature statistics from ``(inputs, labels)``
         batches of its training data, with the model as it is now (in eval
         mode): those of the task's own features, and of the backbone's where
@@ -735,8 +736,8 @@ class MultiHeadModel(MultiTaskModule):
         try:
             key = task_key(task)
             classes = self.heads.head(key).classes
-            own: List[Tuple[Tensor, Tensor]] = []
-            backbone: List[Tuple[Tensor, Tensor]] = []
+            own: list[tuple[Tensor, Tensor]] = []
+            backbone: list[tuple[Tensor, Tensor]] = []
             for inputs, labels in batches:
                 own.append((self.task_outputs(inputs, [task], stacked=False)[1][:, 0], labels))
                 if self.backbone_feature_statistics is not None:
@@ -747,7 +748,7 @@ class MultiHeadModel(MultiTaskModule):
         finally:
             self.train(was_training)
 
-    def _forward_per_sample(self, x: Tensor, task_labels: Tensor, tasks: List[int]) -> Tensor:
+    def _forward_per_sample(self, x: Tensor, task_labels: Tensor, tasks: list[int]) -> Tensor:
         """Each sample's logits under its task, :attr:`max_class_label` wide
         (a mini-batch of one task is computed whole)."""
         if len(tasks) == 1:
@@ -760,7 +761,7 @@ class MultiHeadModel(MultiTaskModule):
             out[r, : o.shape[1]] = o
         return out
 
-    def forward_single_task(self, x: Tensor, task_label: Union[int, Tensor]) -> Tensor:
+    def forward_single_task(self, x: Tensor, task_label: int | Tensor) -> Tensor:
         """Logits of ``x`` under one task."""
         key = task_key(task_label)
         if key not in self.heads.heads:
@@ -772,7 +773,7 @@ class MultiHeadModel(MultiTaskModule):
         with self.task_state.use(key):
             return self.backbone(x)
 
-    def forward_all_tasks(self, x: Tensor) -> Dict[int, Tensor]:
+    def forward_all_tasks(self, x: Tensor) -> dict[int, Tensor]:
         """Logits of ``x`` under every known task."""
         return {t: self.forward_single_task(x, t) for t in self.tasks}
 
@@ -814,18 +815,18 @@ class TaskAwareModel(MultiHeadModel):
         for ``task_embeddings`` on a backbone without embeddings.
     """
 
-    layer_types: Dict[Type[nn.Module], Type[TaskWeightLayer]] = {}
+    layer_types: ClassVar[dict[type[nn.Module], type[TaskWeightLayer]]] = {}
     """Backbone layer types and the task-aware types that replace them."""
 
     def __init__(
         self,
         backbone: nn.Module,
         *,
-        classifier: Union[str, nn.Module, None] = None,
+        classifier: str | nn.Module | None = None,
         task_batchnorm: bool = True,
         task_embeddings: bool = False,
         feature_statistics: bool = False,
-        layer_settings: Dict[str, Any],
+        layer_settings: dict[str, Any],
     ) -> None:
         self.task_batchnorm = bool(task_batchnorm)
         self.task_embeddings = bool(task_embeddings)
@@ -898,7 +899,7 @@ class TaskAwareModel(MultiHeadModel):
     # --- tasks ---------------------------------------------------------------
 
     @property
-    def task_layers(self) -> Dict[str, TaskWeightLayer]:
+    def task_layers(self) -> dict[str, TaskWeightLayer]:
         """The task-aware convolution and linear layers by qualified name."""
         return {n: m for n, m in self.backbone.named_modules() if isinstance(m, TaskWeightLayer)}
 
@@ -915,12 +916,12 @@ class TaskAwareModel(MultiHeadModel):
         return self.task_state.frozen_weights
 
     @property
-    def frozen_tasks(self) -> List[int]:
+    def frozen_tasks(self) -> list[int]:
         """Tasks that are finished and never change again."""
         return sorted(int(t) for t in self.heads.heads.keys() if t not in self.task_state.learning)
 
     @property
-    def learning_tasks(self) -> List[int]:
+    def learning_tasks(self) -> list[int]:
         """Tasks being learned now."""
         return sorted(int(t) for t in self.task_state.learning)
 
@@ -961,18 +962,18 @@ class TaskAwareModel(MultiHeadModel):
         if not self.task_state.learning:
             self._record_shared_checksum()
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """The parameters that learning the current tasks trains, by group:
         ``"task_parameters"`` (the learning tasks' normalization and heads),
         ``"backbone"`` (shared parameters while a task trains the backbone)
         and the task-aware layers' own groups."""
-        groups: Dict[str, List[nn.Parameter]] = {"task_parameters": [], "backbone": []}
+        groups: dict[str, list[nn.Parameter]] = {"task_parameters": [], "backbone": []}
         for _, module in self._named_task_modules():
             for name, params in module.trainable_parameters().items():
                 groups.setdefault(name, []).extend(params)
         return groups
 
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         """What the model was built with, as plain values: a checkpoint is
         refused by a model whose settings differ."""
         plain = {k: v for k, v in self._layer_settings.items() if isinstance(v, (bool, int, float, str))}
@@ -992,7 +993,7 @@ class TaskAwareModel(MultiHeadModel):
         return 8.0 * sum(layer.task_state_bytes() for layer in layers) / sum(layer.weight.numel() for layer in layers)
 
     @torch.no_grad()
-    def _learning_batch_norms(self) -> List[nn.modules.batchnorm._BatchNorm]:
+    def _learning_batch_norms(self) -> list[nn.modules.batchnorm._BatchNorm]:
         """The learning tasks' batch norms that keep running statistics."""
         return [
             norm
@@ -1008,7 +1009,7 @@ class TaskAwareModel(MultiHeadModel):
         batch norm has none, and needs no pass)."""
         return bool(self._learning_batch_norms())
 
-    def recalibrate_norm_statistics(self, batches: Iterable[Tuple[Tensor, Tensor]]) -> int:
+    def recalibrate_norm_statistics(self, batches: Iterable[tuple[Tensor, Tensor]]) -> int:
         """Re-estimate the running statistics of the learning tasks' batch
         norm from ``batches``, as a plain average over them, with the layers
         as they are now.
@@ -1058,7 +1059,7 @@ class TaskAwareModel(MultiHeadModel):
 
     # --- the shared tensors stay as the frozen tasks learned them ----------------
 
-    def _shared_tensors(self) -> List[Tensor]:
+    def _shared_tensors(self) -> list[Tensor]:
         """The floating-point shared tensors, fetched live."""
         shared = self.shared_state()
         return [shared[key] for key in self._shared_float_keys]
@@ -1109,7 +1110,7 @@ class TaskAwareModel(MultiHeadModel):
                 "change the backbone of a model with frozen tasks. Build a new model on the new backbone."
             )
 
-    def adapt_to_tasks(self, task_classes: Dict[int, List[int]]) -> None:
+    def adapt_to_tasks(self, task_classes: dict[int, list[int]]) -> None:
         self.verify_shared_state(sampled=not self.training)
         super().adapt_to_tasks(task_classes)
 
@@ -1124,7 +1125,7 @@ class TaskAwareModel(MultiHeadModel):
         self._record_shared_checksum()
         return result
 
-    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         # The task-aware layers below, loaded after this, add the tasks that
         # their learning stores hold.
         self.task_state.learning = set()
@@ -1148,7 +1149,7 @@ class SettingFreeModel(TaskAwareModel):
         self,
         backbone: nn.Module,
         *,
-        classifier: Union[str, nn.Module, None] = None,
+        classifier: str | nn.Module | None = None,
         feature_statistics: bool = False,
     ) -> None:
         super().__init__(

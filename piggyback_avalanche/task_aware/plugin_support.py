@@ -14,8 +14,9 @@ work. Every other plugin runs, the user's own included.
 plugin table is checked against it).
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Tuple, Type
+from typing import Any
 
 from avalanche.training.losses import ICaRLLossPlugin, MaskedCrossEntropy
 from avalanche.training.plugins import (
@@ -54,7 +55,7 @@ from avalanche.training.plugins.checkpoint import CheckpointPlugin as _Deprecate
 __all__ = ["PluginSupport", "AVALANCHE_PLUGINS", "plugin_support", "refuse_unfit_plugins"]
 
 # Avalanche wraps the retired class in a deprecation function; the class is what its instances are.
-CheckpointPlugin: Type[Any] = _DeprecatedCheckpointPlugin.__wrapped__
+CheckpointPlugin: type[Any] = _DeprecatedCheckpointPlugin.__wrapped__
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,13 @@ class PluginSupport:
         configuration of it that cannot apply, or ``""``.
     """
 
-    plugins: Tuple[Type[Any], ...]
+    plugins: tuple[type[Any], ...]
     works: bool
     reason: str
     instead: str = ""
-    unless: Optional[Callable[[Any, bool], str]] = None
+    unless: Callable[[Any, bool], str] | None = None
 
-    def refusal(self, strategy_name: str, plugin: Any, *, infers_tasks: bool) -> Optional[str]:
+    def refusal(self, strategy_name: str, plugin: Any, *, infers_tasks: bool) -> str | None:
         """Why ``strategy_name`` refuses ``plugin`` and what to use instead,
         or ``None`` if it runs it."""
         name = type(plugin).__name__
@@ -94,7 +95,7 @@ _NEVER_TRAINED_AGAIN = (
 )
 _BASELINE = "compare with the method itself: make_strategy('{name}', backbone)."
 
-AVALANCHE_PLUGINS: Tuple[PluginSupport, ...] = (
+AVALANCHE_PLUGINS: tuple[PluginSupport, ...] = (
     PluginSupport(
         (EvaluationPlugin,),
         works=True,
@@ -283,7 +284,7 @@ AVALANCHE_PLUGINS: Tuple[PluginSupport, ...] = (
 with it."""
 
 
-def plugin_support(plugin: Any) -> Optional[PluginSupport]:
+def plugin_support(plugin: Any) -> PluginSupport | None:
     """What the task-aware strategies do with ``plugin`` (``None``: a plugin
     Avalanche does not ship, such as the user's own, which runs)."""
     return next((entry for entry in AVALANCHE_PLUGINS if isinstance(plugin, entry.plugins)), None)

@@ -9,7 +9,8 @@ run trains, and keeps the last checkpoint loadable into the strategy.
 
 import copy
 import random
-from typing import Any, Dict, Iterable, Union
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 __all__ = ["RestorePoint", "capture_rng", "restore_rng"]
 
 
-def capture_rng() -> Dict[str, Any]:
+def capture_rng() -> dict[str, Any]:
     """The state of every random generator a training run draws from."""
     return {
         "torch": torch.get_rng_state(),
@@ -28,7 +29,7 @@ def capture_rng() -> Dict[str, Any]:
     }
 
 
-def restore_rng(state: Dict[str, Any]) -> None:
+def restore_rng(state: dict[str, Any]) -> None:
     """Put the random generators back as :func:`capture_rng` found them."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
@@ -50,7 +51,7 @@ class RestorePoint:
         holds.
     """
 
-    def __init__(self, model: nn.Module, clock: Any, *, unchanging: Iterable[Union[Tensor, nn.Module]] = ()) -> None:
+    def __init__(self, model: nn.Module, clock: Any, *, unchanging: Iterable[Tensor | nn.Module] = ()) -> None:
         self.model = model
         self._unchanging = {id(t): t for t in unchanging}
         self._model_state = copy.deepcopy(model.__dict__, dict(self._unchanging))

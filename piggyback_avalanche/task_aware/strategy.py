@@ -5,7 +5,8 @@ freezes them when it ends."""
 import functools
 import inspect
 import math
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Optional
 
 import torch
 from torch.nn import CrossEntropyLoss, Module
@@ -67,7 +68,7 @@ class-incremental MNIST streams, 3 seeds: within 0.1 points of reading
 every sample (93.7, 98.9 and 97.0 % against 93.7, 99.0 and 97.0), where 32
 samples lost up to 0.8 points (BENCHMARKS.md)."""
 
-OptimizerFactory = Callable[[List[Dict]], Optimizer]
+OptimizerFactory = Callable[[list[dict]], Optimizer]
 """Builds an optimizer from a list of parameter groups (each with its ``lr``)."""
 
 
@@ -179,7 +180,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-def _adam(param_groups: List[Dict]) -> Optimizer:
+def _adam(param_groups: list[dict]) -> Optimizer:
     """Adam, fused into one kernel per step where torch supports it for these
     parameters (several times faster than the default on CPU and GPU)."""
     params = [p for group in param_groups for p in group["params"]]
@@ -249,30 +250,30 @@ class TaskAwareStrategy(SupervisedTemplate):
         super().__init_subclass__(**kwargs)  # Avalanche wraps __init__ in its own positional-argument support
         cls.__init__ = _taking_avalanche_positional_arguments(cls.__init__, cls.__name__)  # type: ignore[method-assign]
 
-    model_type: Type[TaskAwareModel] = TaskAwareModel
+    model_type: type[TaskAwareModel] = TaskAwareModel
     model: TaskAwareModel
-    optimizer: Optional[Optimizer]
+    optimizer: Optimizer | None
     train_epochs: int
 
     def __init__(
         self,
         *,
         model: TaskAwareModel,
-        optimizer: Union[None, Type[Optimizer], OptimizerFactory] = None,
+        optimizer: type[Optimizer] | OptimizerFactory | None = None,
         lr_decay_epochs: Sequence[int] = (),
         lr_decay_factor: float = 0.1,
-        optimizer_factory: Optional[OptimizerFactory] = None,
+        optimizer_factory: OptimizerFactory | None = None,
         recalibrate_norm_statistics: bool = False,
-        norm_statistics_samples: Optional[int] = DEFAULT_NORM_STATISTICS_SAMPLES,
-        task_inference: Union[None, InferencePer, TaskInference] = None,
-        task_score: Optional[str] = None,
+        norm_statistics_samples: int | None = DEFAULT_NORM_STATISTICS_SAMPLES,
+        task_inference: InferencePer | TaskInference | None = None,
+        task_score: str | None = None,
         criterion: Module = CrossEntropyLoss(),
         train_mb_size: int = DEFAULT_TRAIN_MB_SIZE,
         train_epochs: int = DEFAULT_TRAIN_EPOCHS,
         eval_mb_size: int = DEFAULT_EVAL_MB_SIZE,
-        device: Union[str, torch.device] = "cpu",
-        plugins: Optional[Sequence[BasePlugin]] = None,
-        evaluator: Union[EvaluationPlugin, Callable[[], EvaluationPlugin]] = default_evaluator,
+        device: str | torch.device = "cpu",
+        plugins: Sequence[BasePlugin] | None = None,
+        evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] = default_evaluator,
         eval_every: int = -1,
         **base_kwargs,
     ) -> None:
@@ -323,14 +324,14 @@ class TaskAwareStrategy(SupervisedTemplate):
                     "Build the model with feature_statistics=True for the Mahalanobis scores, or pass task_score= "
                     "to choose a logit score on purpose."
                 )
-        self.task_inference: Optional[TaskInference] = task_inference
-        self.mb_inferred_tasks: Optional[torch.Tensor] = None
+        self.task_inference: TaskInference | None = task_inference
+        self.mb_inferred_tasks: torch.Tensor | None = None
         """The inferred task of each sample of the last evaluation mini-batch
         (``None`` when tasks were not inferred)."""
         self._eval_width = 0
-        self._optimized: List[int] = []  # the parameters the optimizer was built over
-        self._sub_experiences_trained: Dict[int, int] = {}  # of each experience of an online stream
-        self.lr_scheduler: Optional[MultiStepLR] = None
+        self._optimized: list[int] = []  # the parameters the optimizer was built over
+        self._sub_experiences_trained: dict[int, int] = {}  # of each experience of an online stream
+        self.lr_scheduler: MultiStepLR | None = None
         super().__init__(
             model=model,
             # Built per experience by make_optimizer: before the first task the
@@ -347,12 +348,12 @@ class TaskAwareStrategy(SupervisedTemplate):
             **base_kwargs,
         )
 
-    def group_learning_rates(self) -> Dict[str, float]:
+    def group_learning_rates(self) -> dict[str, float]:
         """The learning rate of each parameter group of
         ``model.trainable_parameters()``."""
         raise NotImplementedError
 
-    def learning_rate_settings(self) -> Dict[str, Any]:
+    def learning_rate_settings(self) -> dict[str, Any]:
         """The learning rates as configured, by parameter group (a rate that
         follows each experience says its rule): what checkpoints record."""
         return self.group_learning_rates()
@@ -364,7 +365,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         whole = getattr(experience, "origin_experience", None) or experience
         return math.ceil(len(whole.dataset) / self.train_mb_size) * self.train_epochs
 
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         """What the strategy trains with, as plain values: a checkpoint is
         refused by a strategy whose settings differ."""
         return {
@@ -391,7 +392,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         if self.optimizer is None or self._optimized != self._trainable_parameter_ids():
             self.make_optimizer(**kwargs)
 
-    def _trainable_parameter_ids(self) -> List[int]:
+    def _trainable_parameter_ids(self) -> list[int]:
         return [id(p) for params in self.model.trainable_parameters().values() for p in params]
 
     def _check_labels_fit_heads(self) -> None:
@@ -424,7 +425,7 @@ class TaskAwareStrategy(SupervisedTemplate):
                     "predict the others. Evaluate each task on data of the classes it was trained on."
                 )
 
-    def model_adaptation(self, model: Optional[Module] = None) -> Any:  # Avalanche's is untyped
+    def model_adaptation(self, model: Module | None = None) -> Any:  # Avalanche's is untyped
         """Avalanche's adaptation; when evaluating, it also refuses samples of
         classes the task's head does not have, naming them (instead of an
         index error inside the loss)."""
@@ -440,7 +441,7 @@ class TaskAwareStrategy(SupervisedTemplate):
             self._check_labels_fit_heads()
         return adapted
 
-    def experience_tasks(self, experience: Any) -> Dict[int, List[int]]:
+    def experience_tasks(self, experience: Any) -> dict[int, list[int]]:
         """The tasks that training ``experience`` learns, with their classes:
         the stream's task labels, or with task inference the experience's
         number as the one task, over all its classes (for an online
@@ -482,7 +483,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         with what to change."""
         for experience in experiences if isinstance(experiences, Iterable) else [experiences]:
             self.refuse_before_training(experience)
-        self._restore_point: Optional[RestorePoint] = None
+        self._restore_point: RestorePoint | None = None
         try:
             return super().train(experiences, eval_streams, **kwargs)
         except BaseException as error:
@@ -538,7 +539,7 @@ class TaskAwareStrategy(SupervisedTemplate):
             )
         super().backward()
 
-    def _non_finite_loss_cause(self) -> Tuple[str, str]:
+    def _non_finite_loss_cause(self) -> tuple[str, str]:
         """What made the loss NaN or infinite (the inputs, the model's
         outputs, or the criterion on finite outputs), and what to do."""
         inputs, outputs = self.mb_x, self.mb_output
@@ -613,7 +614,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         self._restore_point = None  # the experience is complete
         super()._after_training_exp(**kwargs)
 
-    def _training_data_pass(self, samples: Optional[int] = None) -> Any:
+    def _training_data_pass(self, samples: int | None = None) -> Any:
         """One pass over the experience's training data with the eval
         transforms, in mixed-class batches as in training; over ``samples``
         of them drawn at random (without replacement), if given."""
@@ -661,5 +662,5 @@ class OneRateStrategy(TaskAwareStrategy):
         self.lr = lr
         super().__init__(model=model, **kwargs)
 
-    def group_learning_rates(self) -> Dict[str, float]:
+    def group_learning_rates(self) -> dict[str, float]:
         return {name: self.lr for name in self.model.trainable_parameters()}

@@ -15,7 +15,7 @@ DeiT, torchvision's MaxViT) needs nothing of this: its linears become twins
 like any other.
 """
 
-from typing import Callable, Dict, List, Optional, Tuple, Type
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ LinearTwin = Callable[[nn.Module], nn.Module]
 attention; anything else as it is."""
 
 
-def _linear_holding(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
+def _linear_holding(weight: Tensor, bias: Tensor | None) -> nn.Linear:
     """An ``nn.Linear`` whose weight and bias are the given parameters."""
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     linear.weight = weight  # the attention's own parameter
@@ -46,7 +46,7 @@ def _linear_holding(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
     return linear
 
 
-def _weight_and_bias(projection: nn.Module) -> Tuple[Tensor, Optional[Tensor]]:
+def _weight_and_bias(projection: nn.Module) -> tuple[Tensor, Tensor | None]:
     """The weight and bias a projection computes with now: the current
     task's for a task-aware layer, its own for the plain ``nn.Linear`` that
     replaces it in an exported task."""
@@ -98,12 +98,12 @@ class TaskMultiheadAttention(nn.Module):
         query: Tensor,
         key: Tensor,
         value: Tensor,
-        key_padding_mask: Optional[Tensor] = None,
+        key_padding_mask: Tensor | None = None,
         need_weights: bool = True,
-        attn_mask: Optional[Tensor] = None,
+        attn_mask: Tensor | None = None,
         average_attn_weights: bool = True,
         is_causal: bool = False,
-    ) -> Tuple[Tensor, Optional[Tensor]]:
+    ) -> tuple[Tensor, Tensor | None]:
         task_state = getattr(self.in_proj, "task_state", None)
         if task_state is not None:
             _refuse_stacked(task_state, "nn.MultiheadAttention")
@@ -183,8 +183,8 @@ class TaskWindowAttention(nn.Module):
 
     def __init__(self, attention: ShiftedWindowAttention, *, twin: LinearTwin) -> None:
         super().__init__()
-        self.window_size: List[int] = attention.window_size
-        self.shift_size: List[int] = attention.shift_size
+        self.window_size: list[int] = attention.window_size
+        self.shift_size: list[int] = attention.shift_size
         self.num_heads: int = attention.num_heads
         self.attention_dropout: float = attention.attention_dropout
         self.dropout: float = attention.dropout
@@ -240,8 +240,8 @@ class TaskTransformerEncoderLayer(nn.TransformerEncoderLayer):
     def forward(
         self,
         src: Tensor,
-        src_mask: Optional[Tensor] = None,
-        src_key_padding_mask: Optional[Tensor] = None,
+        src_mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
         x = src
@@ -252,7 +252,7 @@ class TaskTransformerEncoderLayer(nn.TransformerEncoderLayer):
         return self.norm2(x + self._ff_block(x))
 
 
-ATTENTION_TYPES: Dict[Type[nn.Module], Callable[..., nn.Module]] = {
+ATTENTION_TYPES: dict[type[nn.Module], Callable[..., nn.Module]] = {
     nn.MultiheadAttention: TaskMultiheadAttention,
     ShiftedWindowAttention: TaskWindowAttention,
     nn.TransformerEncoderLayer: TaskTransformerEncoderLayer,

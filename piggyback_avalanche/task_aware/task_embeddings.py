@@ -7,7 +7,8 @@ A task-aware model shares these embeddings frozen by default
 ``task_embeddings=True`` gives each task its own, learned with its head.
 """
 
-from typing import Any, Dict, List, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +60,7 @@ class TaskEmbedding(TaskModule, nn.Module):
         # holds and saves it; this only reads it to seed new tasks.
         self.__dict__["_original"] = original
 
-    def _stores(self) -> Dict[str, TaskTensorDict]:
+    def _stores(self) -> dict[str, TaskTensorDict]:
         return {"learning": self.learning, "frozen": self.frozen}
 
     _original: Tensor
@@ -80,14 +81,14 @@ class TaskEmbedding(TaskModule, nn.Module):
     def freeze_task(self, task: str) -> None:
         self.frozen.add(task, self.learning.pop(task).detach())
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """``{"task_parameters": [...]}``: trained with the task's head and norms."""
         return {"task_parameters": [self.learning[t] for t in self.learning.keys()]}  # type: ignore[misc]
 
-    def task_state_keys(self, task: str) -> List[str]:
+    def task_state_keys(self, task: str) -> list[str]:
         return [f"{name}.{task}" for name, store in self._stores().items() if task in store]
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
+    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
         return {f"frozen.{task}": TensorSpec(self._original.dtype, self.shape)}
 
     def plain_bytes(self, task: str) -> int:
@@ -97,7 +98,7 @@ class TaskEmbedding(TaskModule, nn.Module):
         with torch.no_grad(), self.task_state.use(task):
             return FixedEmbedding(self(self._original).detach().clone())
 
-    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         def empty(store: TaskTensorDict, incoming: Tensor) -> Tensor:
             return torch.empty(self.shape, dtype=self._original.dtype, device=self._original.device)
 

@@ -1,7 +1,8 @@
 """Per-task classifier heads, in place of the backbone's classifier."""
 
 import copy
-from typing import Any, Dict, Final, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, Final
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,8 @@ class ClassifierHead(nn.Linear):
 
     inactive_units: Tensor
     masked_logit: Final[float] = MASKED_LOGIT  # a constant TorchScript can read (it reads no module global)
-    __jit_unused_properties__ = ["classes"]  # Python-side bookkeeping, not for scripted models
+    # Python-side bookkeeping, not for scripted models; TorchScript reads this plain list.
+    __jit_unused_properties__ = ["classes"]  # noqa: RUF012
 
     def __init__(
         self,
@@ -55,8 +57,8 @@ class ClassifierHead(nn.Linear):
         *,
         classes: Sequence[int],
         bias: bool = True,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         labels = sorted(int(c) for c in classes)
         super().__init__(in_features, labels[-1] + 1, bias=bias, device=device, dtype=dtype)
@@ -65,7 +67,7 @@ class ClassifierHead(nn.Linear):
         self.register_buffer("inactive_units", inactive)
 
     @property
-    def classes(self) -> List[int]:
+    def classes(self) -> list[int]:
         """The class labels this head predicts."""
         return torch.nonzero(~self.inactive_units).flatten().tolist()
 
@@ -116,15 +118,15 @@ class TaskHeads(TaskModule, nn.Module):
         """Stop training the head of ``task``."""
         self.heads[task].requires_grad_(False)
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """``{"task_parameters": [...]}``: the learning tasks' heads."""
         learning = self.task_state.learning & set(self.heads.keys())
         return {"task_parameters": [p for t in learning for p in self.heads[t].parameters()]}
 
-    def task_state_keys(self, task: str) -> List[str]:
+    def task_state_keys(self, task: str) -> list[str]:
         return [f"heads.{task}.{k}" for k in self.heads[task].state_dict()] if task in self.heads else []
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
+    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
         # One output per class label up to the largest: a size the task chooses.
         dtype = self._placement.dtype
         schema = {f"heads.{task}.weight": TensorSpec(dtype, ("classes", self.in_features))}
@@ -151,12 +153,12 @@ class TaskHeads(TaskModule, nn.Module):
             return logits
         return self.heads[self.task_state.key()](input)
 
-    def _stacked_heads_of(self, tasks: Tuple[str, ...]) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+    def _stacked_heads_of(self, tasks: tuple[str, ...]) -> tuple[Tensor, Tensor | None, Tensor]:
         """The tasks' heads padded to the widest: weights ``(T, W, F)``,
         biases ``(T, W)`` and inactive units ``(T, W)`` (padding is inactive)."""
         heads = [self.head(task) for task in tasks]
 
-        def compute() -> Tuple[Tensor, Optional[Tensor], Tensor]:
+        def compute() -> tuple[Tensor, Tensor | None, Tensor]:
             width = max(head.out_features for head in heads)
             weight = heads[0].weight.new_zeros(len(heads), width, self.in_features)
             bias = weight.new_zeros(len(heads), width) if self.bias else None
@@ -171,7 +173,7 @@ class TaskHeads(TaskModule, nn.Module):
         key = tuple(VersionedCache.state_key(head) for head in heads)
         return self._stacked_heads.get_for_tasks(tasks, key, compute)
 
-    def _stacked_forward(self, input: Tensor, tasks: Tuple[str, ...]) -> Tensor:
+    def _stacked_forward(self, input: Tensor, tasks: tuple[str, ...]) -> Tensor:
         """Every stacked task's head at once, their logits side by side:
         ``(batch, T * W)`` for the widest head's ``W``, ``-inf`` where a task
         has no class (for task inference's scores alone)."""
@@ -184,7 +186,7 @@ class TaskHeads(TaskModule, nn.Module):
             logits = logits + bias
         return logits.masked_fill(inactive, float("-inf")).flatten(1)
 
-    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         for task in task_keys_below(state_dict, prefix + "heads.") - set(self.heads.keys()):
             inactive = state_dict[f"{prefix}heads.{task}.inactive_units"]
             self.add_task(task, classes=torch.nonzero(~inactive).flatten().tolist())

@@ -13,8 +13,9 @@ per mini-batch when every sample of a batch comes from one task (SupSup's
 
 import math
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Literal, Optional, Sequence, Tuple, cast, get_args
+from typing import Literal, cast, get_args
 
 import torch
 from torch import Tensor
@@ -81,7 +82,7 @@ class TaskInference:
         self,
         *,
         per: InferencePer,
-        score: Optional[str] = None,
+        score: str | None = None,
         tasks_per_pass: int = DEFAULT_TASKS_PER_PASS,
     ) -> None:
         if per not in get_args(InferencePer):
@@ -91,9 +92,9 @@ class TaskInference:
         self.score = score
         self.tasks_per_pass = tasks_per_pass
         # Per model: whether stacked passes agree with one pass per task.
-        self._stacking_works: "weakref.WeakKeyDictionary[MultiHeadModel, bool]" = weakref.WeakKeyDictionary()
+        self._stacking_works: weakref.WeakKeyDictionary[MultiHeadModel, bool] = weakref.WeakKeyDictionary()
 
-    def settings(self) -> Dict[str, object]:
+    def settings(self) -> dict[str, object]:
         """What the inference was built with, as plain values."""
         return {"per": self.per, "score": self.score, "tasks_per_pass": self.tasks_per_pass}
 
@@ -105,7 +106,7 @@ class TaskInference:
         """Raise, naming the choices, if ``model`` cannot compute the score."""
         self._score(model)
 
-    def _name(self, offered: Dict[str, TaskScore]) -> str:
+    def _name(self, offered: dict[str, TaskScore]) -> str:
         if self.score is not None:
             return self.score
         return next(name for name in DEFAULT_SCORES if name in offered)
@@ -124,22 +125,22 @@ class TaskInference:
         return offered[name]
 
     @staticmethod
-    def _scores(model: MultiHeadModel) -> Dict[str, TaskScore]:
+    def _scores(model: MultiHeadModel) -> dict[str, TaskScore]:
         return {**TASK_SCORES, **model.task_scores()}
 
-    def task_scores(self, model: MultiHeadModel, x: Tensor, tasks: Sequence[int]) -> Tuple[Tensor, Optional[Tensor]]:
+    def task_scores(self, model: MultiHeadModel, x: Tensor, tasks: Sequence[int]) -> tuple[Tensor, Tensor | None]:
         """Each task's score for each sample, ``(batch, T)``, and, when the
         score reads every task's outputs, their logits, ``(batch, T, W)``
         (the tasks computed ``tasks_per_pass`` at a time); else ``None``."""
         score = self._score(model)
-        total: Optional[Tensor] = None
-        logits: Optional[Tensor] = None
+        total: Tensor | None = None
+        logits: Tensor | None = None
         if score.from_backbone_features is not None:
             total = score.from_backbone_features(model.backbone_features(x), model, tasks)
         if score.from_task_outputs is not None:
             stacked = self._stacks(model, x, tasks)
-            parts: List[Tensor] = []
-            groups: List[Tensor] = []
+            parts: list[Tensor] = []
+            groups: list[Tensor] = []
             for start in range(0, len(tasks), self.tasks_per_pass):
                 group = list(tasks[start : start + self.tasks_per_pass])
                 group_logits, features = model.task_outputs(x, group, stacked=stacked)
@@ -154,7 +155,7 @@ class TaskInference:
         return total, logits
 
     @torch.no_grad()
-    def __call__(self, model: MultiHeadModel, x: Tensor, *, width: Optional[int] = None) -> InferredTasks:
+    def __call__(self, model: MultiHeadModel, x: Tensor, *, width: int | None = None) -> InferredTasks:
         """Infer the task of each sample of ``x`` among the model's learned
         tasks, and answer with its logits: equal to ``model(x, tasks)`` for
         the inferred tasks up to floating-point rounding (the logits of the

@@ -8,7 +8,8 @@ how a task's weight is made and what a task adds, trains and freezes;
 """
 
 import inspect
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Type, TypeVar
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from piggyback_avalanche.task_aware.task_state import (
 __all__ = ["TaskWeightLayer", "task_layer_types", "SUPPORTED_LAYER_TYPES"]
 
 
-def _conv_arguments(module: Any) -> Dict[str, Any]:
+def _conv_arguments(module: Any) -> dict[str, Any]:
     return dict(
         in_channels=module.in_channels,
         out_channels=module.out_channels,
@@ -42,7 +43,7 @@ def _conv_arguments(module: Any) -> Dict[str, Any]:
     )
 
 
-def _linear_arguments(module: Any) -> Dict[str, Any]:
+def _linear_arguments(module: Any) -> dict[str, Any]:
     return dict(in_features=module.in_features, out_features=module.out_features, bias=module.bias is not None)
 
 
@@ -91,12 +92,12 @@ def _linear_stacked_forward(layer: Any, input: Tensor) -> Tensor:
 
 
 class _LayerKind(NamedTuple):
-    arguments: Callable[[Any], Dict[str, Any]]
+    arguments: Callable[[Any], dict[str, Any]]
     forward: Callable[[Any, Tensor], Tensor]
     stacked_forward: Callable[[Any, Tensor], Tensor]
 
 
-SUPPORTED_LAYER_TYPES: Dict[Type[nn.Module], _LayerKind] = {
+SUPPORTED_LAYER_TYPES: dict[type[nn.Module], _LayerKind] = {
     nn.Conv1d: _LayerKind(_conv_arguments, _conv_forward, _conv_stacked_forward),
     nn.Conv2d: _LayerKind(_conv_arguments, _conv_forward, _conv_stacked_forward),
     nn.Conv3d: _LayerKind(_conv_arguments, _conv_forward, _conv_stacked_forward),
@@ -127,7 +128,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
     """
 
     weight: nn.Parameter
-    bias: Optional[nn.Parameter]
+    bias: nn.Parameter | None
 
     def __init__(self, *args: Any, task_state: TaskState, **kwargs: Any) -> None:
         settings = {name: kwargs.pop(name) for name in self._setting_names() if name in kwargs}
@@ -138,7 +139,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
         self._set_weight_trainable(False)
 
     @classmethod
-    def _setting_names(cls) -> List[str]:
+    def _setting_names(cls) -> list[str]:
         parameters = inspect.signature(cls._init_task_weights).parameters.values()
         return [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
 
@@ -167,7 +168,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
         return layer
 
     @classmethod
-    def _torch_type(cls) -> Type[nn.Module]:
+    def _torch_type(cls) -> type[nn.Module]:
         return next(base for base in cls.__mro__ if base in SUPPORTED_LAYER_TYPES)
 
     def _init_task_weights(self) -> None:
@@ -180,7 +181,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
         """The weight of the current task."""
         raise NotImplementedError
 
-    def task_bias(self) -> Optional[Tensor]:
+    def task_bias(self) -> Tensor | None:
         """The bias of the current task: the shared one unless a subclass
         keeps one per task."""
         return self.bias
@@ -190,7 +191,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
         weight (for the bits-per-weight figure)."""
         return 0
 
-    def current_weight_and_bias(self) -> Tuple[Tensor, Optional[Tensor]]:
+    def current_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
         """The weight and bias the current task computes with: the shared
         ones for a task the model has not learned (as it stands before
         learning it), else the task's own."""
@@ -198,7 +199,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
             return self.weight, self.bias
         return self.task_weight(), self.task_bias()
 
-    def stacked_weight_and_bias(self) -> Tuple[Tensor, Optional[Tensor]]:
+    def stacked_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
         """The weights and biases of the stacked tasks
         (:meth:`TaskState.use_stacked`), concatenated along the outputs;
         kept in the model's :class:`FrozenWeightCache` (within its budget)
@@ -207,7 +208,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
         if tasks is None:
             raise RuntimeError("No stacked tasks: call the owning model's task_outputs(x, tasks).")
 
-        def compute() -> Tuple[Tensor, Optional[Tensor]]:
+        def compute() -> tuple[Tensor, Tensor | None]:
             weights, biases = [], []
             for task in tasks:
                 with self.task_state.use(task):
@@ -221,27 +222,27 @@ class TaskWeightLayer(TaskModule, nn.Module):
 
     # --- what the layer says about its state -----------------------------------
 
-    def _stores(self) -> Dict[str, TaskTensorDict]:
+    def _stores(self) -> dict[str, TaskTensorDict]:
         return {n: m for n, m in self._modules.items() if isinstance(m, TaskTensorDict)}
 
-    def task_state_keys(self, task: str) -> List[str]:
+    def task_state_keys(self, task: str) -> list[str]:
         return [f"{name}.{task}" for name, store in self._stores().items() if task in store]
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
+    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
         return {
             f"{name}.{task}": TensorSpec(store.dtype or self.weight.dtype, store.shape)
             for name, store in self._stores().items()
             if store.holds == "frozen"
         }
 
-    def offload_task(self, task: str) -> Dict[str, Tensor]:
+    def offload_task(self, task: str) -> dict[str, Tensor]:
         return {
             f"{name}.{task}": store.pop(task)
             for name, store in self._stores().items()
             if store.offloadable and task in store
         }
 
-    def code_layouts(self) -> Dict[str, CodeLayout]:
+    def code_layouts(self) -> dict[str, CodeLayout]:
         return {
             f"{name}.{task}": store.code_layout
             for name, store in self._stores().items()
@@ -249,7 +250,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
             for task in store.keys()
         }
 
-    def frozen_code_layouts(self, task: str) -> Dict[str, CodeLayout]:
+    def frozen_code_layouts(self, task: str) -> dict[str, CodeLayout]:
         return {
             f"{name}.{task}": store.code_layout
             for name, store in self._stores().items()
@@ -288,13 +289,13 @@ class TaskWeightLayer(TaskModule, nn.Module):
             return self.task_state.stored_parts.read_part(task, f"{self.state_prefix}{store}.{task}")
         raise KeyError(f"{type(self).__name__} has nothing of task {task!r} in {store}.")
 
-    def _frozen_weight(self, task: str, key: Tuple, compute: Callable[[], Tensor]) -> Tensor:
+    def _frozen_weight(self, task: str, key: tuple, compute: Callable[[], Tensor]) -> Tensor:
         """``compute()``, the frozen ``task``'s effective weight, kept in the
         model's :class:`FrozenWeightCache` while ``key`` (and the shared
         weight) stay the same."""
         return self.task_state.frozen_weights.get(task, self, (self.weight.data_ptr(), *key), compute)
 
-    def _cached(self, name: str, key: Tuple, compute: Callable[[], Tensor]) -> Tensor:
+    def _cached(self, name: str, key: tuple, compute: Callable[[], Tensor]) -> Tensor:
         """``compute()``, reused while ``key`` stays the same; one entry per
         ``name``, all dropped when the layer moves or changes dtype."""
         # A write that replaces the weight's storage (weight.data = ...,
@@ -311,7 +312,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
             self.task_state.frozen_weights.clear()
         return result
 
-    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         def empty(store: TaskTensorDict, incoming: Tensor) -> Tensor:
             shape = incoming.shape if store.shape is None else store.shape
             return torch.empty(shape, dtype=incoming.dtype, device=self.weight.device)
@@ -334,7 +335,7 @@ def _dispatching_forward(kind: _LayerKind) -> Callable[[Any, Tensor], Tensor]:
     return forward
 
 
-def task_layer_types(base: Type[Layer], *, prefix: str, doc: str) -> Dict[Type[nn.Module], Type[Layer]]:
+def task_layer_types(base: type[Layer], *, prefix: str, doc: str) -> dict[type[nn.Module], type[Layer]]:
     """The twins of every supported torch layer (:data:`SUPPORTED_LAYER_TYPES`)
     for one method's layer class.
 
@@ -347,7 +348,7 @@ def task_layer_types(base: Type[Layer], *, prefix: str, doc: str) -> Dict[Type[n
     :param doc: what the twins are, after ``nn.Conv2d`` in their docstring.
     :return: ``{torch layer type: twin type}``.
     """
-    twins: Dict[Type[nn.Module], Type[Layer]] = {}
+    twins: dict[type[nn.Module], type[Layer]] = {}
     for torch_type, kind in SUPPORTED_LAYER_TYPES.items():
         name = prefix + torch_type.__name__
         namespace = {

@@ -2,7 +2,8 @@
 normalization layer (or one frozen layer shared by all)."""
 
 import copy
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from piggyback_avalanche.task_aware.task_state import (
 
 __all__ = ["TaskNorm", "NORM_LAYER_TYPES"]
 
-NORM_LAYER_TYPES: Tuple[Type[nn.Module], ...] = (
+NORM_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
     nn.BatchNorm3d,
@@ -72,7 +73,7 @@ class TaskNorm(TaskModule, nn.Module):
         if task == self.task_state.backbone_task:
             self.base.load_state_dict(self.tasks[task].state_dict())
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """``{"task_parameters": [...], "backbone": [...]}``: the learning
         tasks' copies, and the shared layer while it trains."""
         learning = self.task_state.learning & set(self.tasks.keys())
@@ -81,10 +82,10 @@ class TaskNorm(TaskModule, nn.Module):
             "backbone": [p for p in self.base.parameters() if p.requires_grad],
         }
 
-    def task_state_keys(self, task: str) -> List[str]:
+    def task_state_keys(self, task: str) -> list[str]:
         return [f"tasks.{task}.{k}" for k in self.tasks[task].state_dict()] if task in self.tasks else []
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
+    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
         if not self.per_task:
             return {}
         return {
@@ -92,7 +93,7 @@ class TaskNorm(TaskModule, nn.Module):
             for k, v in self.base.state_dict().items()
         }
 
-    def template_state_keys(self) -> List[str]:
+    def template_state_keys(self) -> list[str]:
         return [f"base.{k}" for k in self.base.state_dict()] if self.per_task else []
 
     def plain_bytes(self, task: str) -> int:
@@ -105,7 +106,7 @@ class TaskNorm(TaskModule, nn.Module):
         """The layer that ``task`` uses."""
         return self.tasks[task] if self.per_task else self.base
 
-    def learning_norms(self) -> List[nn.Module]:
+    def learning_norms(self) -> list[nn.Module]:
         """The layers that train now: the learning tasks' copies, or the
         shared one while the task that trains the backbone learns."""
         if self.per_task:
@@ -127,13 +128,13 @@ class TaskNorm(TaskModule, nn.Module):
             norm.train(learning)
         return norm(input)
 
-    def _stacked_forward(self, input: Tensor, tasks: Tuple[str, ...]) -> Tensor:
+    def _stacked_forward(self, input: Tensor, tasks: tuple[str, ...]) -> Tensor:
         """Every stacked task's layer at once, in eval mode (see
         :meth:`TaskState.use_stacked`)."""
         norms = [self.norm_for(task) for task in tasks]
         base = self.base
 
-        def cat(name: str) -> Optional[Tensor]:
+        def cat(name: str) -> Tensor | None:
             tensors = [getattr(norm, name) for norm in norms]
             return None if tensors[0] is None else torch.cat(tensors)
 
@@ -175,7 +176,7 @@ class TaskNorm(TaskModule, nn.Module):
         self.training = mode
         return self
 
-    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         for task in task_keys_below(state_dict, prefix + "tasks.") - set(self.tasks.keys()):
             self.tasks[task] = copy.deepcopy(self.base)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

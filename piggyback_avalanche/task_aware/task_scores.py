@@ -8,8 +8,9 @@ are offered by every model; those built on feature statistics by a model
 that keeps them (:meth:`MultiHeadModel.task_scores`).
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -53,8 +54,8 @@ class TaskScore:
         tasks' logits.
     """
 
-    from_task_outputs: Optional[TaskOutputScore] = None
-    from_backbone_features: Optional[BackboneFeatureScore] = None
+    from_task_outputs: TaskOutputScore | None = None
+    from_backbone_features: BackboneFeatureScore | None = None
 
     def __post_init__(self) -> None:
         if self.from_task_outputs is None and self.from_backbone_features is None:
@@ -85,7 +86,7 @@ def energy_score(logits: Tensor, features: Tensor, model: "MultiHeadModel", task
     return torch.logsumexp(logits, dim=-1)
 
 
-TASK_SCORES: Dict[str, TaskScore] = {
+TASK_SCORES: dict[str, TaskScore] = {
     "entropy": TaskScore(from_task_outputs=entropy_score),
     "max_logit": TaskScore(from_task_outputs=max_logit_score),
     "energy": TaskScore(from_task_outputs=energy_score),
@@ -93,7 +94,7 @@ TASK_SCORES: Dict[str, TaskScore] = {
 """The scores every model offers, by name; a model that keeps feature
 statistics adds its own (see :meth:`MultiHeadModel.task_scores`)."""
 
-DEFAULT_SCORES: Tuple[str, ...] = (
+DEFAULT_SCORES: tuple[str, ...] = (
     "backbone_and_relative_mahalanobis",
     "relative_mahalanobis",
     "backbone_mahalanobis",

@@ -7,10 +7,11 @@ the keys under which their tensors appear in the state dict.
 """
 
 import operator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Protocol, Sequence, Set, Tuple, Union
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -60,14 +61,14 @@ class TaskState:
     """
 
     def __init__(self) -> None:
-        self.current: Optional[str] = None
-        self.learning: Set[str] = set()
-        self.backbone_task: Optional[str] = None
-        self.untrained_classes: Optional[Tuple[int, ...]] = None
-        self.stacked: Optional[Tuple[str, ...]] = None
+        self.current: str | None = None
+        self.learning: set[str] = set()
+        self.backbone_task: str | None = None
+        self.untrained_classes: tuple[int, ...] | None = None
+        self.stacked: tuple[str, ...] | None = None
         self.frozen_weights = FrozenWeightCache()
-        self.stored_tasks: Set[str] = set()
-        self.stored_parts: Optional[StoredParts] = None
+        self.stored_tasks: set[str] = set()
+        self.stored_parts: StoredParts | None = None
         self.passes = 0
         """Forward passes of the model so far: what per-pass caches key on."""
 
@@ -156,16 +157,16 @@ class VersionedCache:
     changes."""
 
     def __init__(self) -> None:
-        self._entries: Dict[str, Tuple[Tuple, Any]] = {}
+        self._entries: dict[str, tuple[tuple, Any]] = {}
 
     @staticmethod
-    def state_key(module: nn.Module) -> Tuple:
+    def state_key(module: nn.Module) -> tuple:
         """A key that changes when any parameter or buffer of ``module`` is
         replaced or written in place (a write through ``.data`` replaces the
         storage, and so changes the pointer)."""
         return tuple((t.data_ptr(), t._version) for t in chain(module.parameters(), module.buffers()))
 
-    def get(self, name: str, key: Tuple, compute: Callable[[], Any]) -> Any:
+    def get(self, name: str, key: tuple, compute: Callable[[], Any]) -> Any:
         """``compute()``, reused while ``key`` stays the same."""
         entry = self._entries.get(name)
         if entry is None or entry[0] != key:
@@ -178,7 +179,7 @@ class VersionedCache:
         entry = self._entries.get(name)
         return None if entry is None else entry[1]
 
-    def get_for_tasks(self, tasks: Sequence[str], key: Tuple, compute: Callable[[], Any]) -> Any:
+    def get_for_tasks(self, tasks: Sequence[str], key: tuple, compute: Callable[[], Any]) -> Any:
         """:meth:`get` for a group of stacked tasks. Evaluation passes the
         tasks in fixed groups, so a cached group that overlaps this one is
         from an earlier set of tasks and will not come back: it is dropped."""
@@ -196,7 +197,7 @@ class VersionedCache:
         self._entries.clear()
 
 
-def task_key(task: Union[int, Tensor]) -> str:
+def task_key(task: int | Tensor) -> str:
     """The string key of a task label.
 
     :raises ValueError: for anything but one non-negative integer.
@@ -214,14 +215,14 @@ def task_key(task: Union[int, Tensor]) -> str:
     return str(label)
 
 
-def task_keys_below(state_dict: Dict[str, Tensor], prefix: str) -> Set[str]:
+def task_keys_below(state_dict: dict[str, Tensor], prefix: str) -> set[str]:
     """The task keys found directly below ``prefix`` in a state dict."""
     return {k[len(prefix) :].split(".", 1)[0] for k in state_dict if k.startswith(prefix)}
 
 
 def add_loaded_tasks(
-    stores: Dict[str, "TaskTensorDict"],
-    state_dict: Dict[str, Tensor],
+    stores: dict[str, "TaskTensorDict"],
+    state_dict: dict[str, Tensor],
     prefix: str,
     task_state: "TaskState",
     empty: Callable[["TaskTensorDict", Tensor], Tensor],
@@ -255,10 +256,10 @@ class TensorSpec:
     """
 
     dtype: torch.dtype
-    shape: Optional[Tuple[Union[int, str], ...]]
+    shape: tuple[int | str, ...] | None
     non_negative: bool = False
 
-    def problem(self, tensor: Any, sizes: Dict[str, int]) -> Optional[str]:
+    def problem(self, tensor: Any, sizes: dict[str, int]) -> str | None:
         """What is wrong with ``tensor`` (``None`` if nothing), given the
         named ``sizes`` seen so far in its task (updated with its own)."""
         if not isinstance(tensor, Tensor):
@@ -308,9 +309,9 @@ class TaskTensorDict(nn.Module):
         *,
         trainable: bool,
         holds: TaskRole,
-        shape: Optional[Tuple[int, ...]] = None,
-        dtype: Optional[torch.dtype] = None,
-        code_layout: Optional[CodeLayout] = None,
+        shape: tuple[int, ...] | None = None,
+        dtype: torch.dtype | None = None,
+        code_layout: CodeLayout | None = None,
         offloadable: bool = False,
     ) -> None:
         super().__init__()
@@ -321,10 +322,10 @@ class TaskTensorDict(nn.Module):
         self.code_layout = code_layout
         self.offloadable = offloadable
 
-    def _tensors(self) -> Dict[str, Tensor]:
+    def _tensors(self) -> dict[str, Tensor]:
         return self._parameters if self.trainable else self._buffers  # type: ignore[return-value]
 
-    def keys(self) -> List[str]:
+    def keys(self) -> list[str]:
         """The task keys, in insertion order."""
         return list(self._tensors())
 
@@ -379,43 +380,43 @@ class TaskModule:
         """Finish ``task``: from now on its outputs never change."""
         raise NotImplementedError
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """The parameters that learning the current tasks trains, by group."""
         raise NotImplementedError
 
-    def task_state_keys(self, task: str) -> List[str]:
+    def task_state_keys(self, task: str) -> list[str]:
         """The state-dict keys of what ``task`` holds here now (none if the
         module keeps nothing of its own for it)."""
         raise NotImplementedError
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
+    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
         """The state-dict keys a frozen ``task`` holds here, with what each
         tensor must be, whether or not the module has the task: what a task
         file must give for it, in a fixed order."""
         raise NotImplementedError
 
-    def code_layouts(self) -> Dict[str, CodeLayout]:
+    def code_layouts(self) -> dict[str, CodeLayout]:
         """The state-dict keys that hold packed codes now, with their
         layouts: what files store entropy-coded."""
         return {}
 
-    def frozen_code_layouts(self, task: str) -> Dict[str, CodeLayout]:
+    def frozen_code_layouts(self, task: str) -> dict[str, CodeLayout]:
         """The keys of :meth:`frozen_task_state_schema` that hold packed
         codes, with their layouts."""
         return {}
 
-    def offload_task(self, task: str) -> Dict[str, Tensor]:
+    def offload_task(self, task: str) -> dict[str, Tensor]:
         """Remove from memory the parts of the frozen ``task`` that a task
         store holds instead, and return them by state-dict key; afterwards
         the module reads them through ``task_state.stored_parts``."""
         return {}
 
-    def template_state_keys(self) -> List[str]:
+    def template_state_keys(self) -> list[str]:
         """State-dict keys that only seed new tasks: no learned task reads
         them, so they do not count in what the model stores."""
         return []
 
-    def task_record_keys(self) -> List[str]:
+    def task_record_keys(self) -> list[str]:
         """State-dict keys of tensors every task shares that record what the
         tasks learned (PackNet's weight owners): they exist because of the
         tasks, so they count as the tasks' bytes, not the backbone's."""

@@ -19,14 +19,16 @@ experience and ends with the same metrics as an uninterrupted run.
 """
 
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Set, Union
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from piggyback_avalanche.files import (
+    PathLike,
     check_checksum,
     read_saved,
     refuse_unless_loadable,
@@ -49,8 +51,6 @@ __all__ = [
 CHECKPOINT_FORMAT = 3
 """Version of the checkpoint layout; loading refuses other versions (1:
 pickled metric state; 2: no checksum; neither is read any more)."""
-
-PathLike = Union[str, Path]
 
 
 class CheckpointError(RuntimeError):
@@ -83,14 +83,14 @@ def _task_aware_strategies() -> list:
     return sorted(set(found) - {"OneRateStrategy"})
 
 
-def _rng_state() -> Dict[str, Any]:
+def _rng_state() -> dict[str, Any]:
     state = capture_rng()
     name, keys, position, has_gauss, gauss = state["numpy"]  # the legacy tuple form
     numpy_state = [str(name), torch.from_numpy(keys.copy()), int(position), int(has_gauss), float(gauss)]
     return {**state, "numpy": numpy_state, "python": to_plain(state["python"])}
 
 
-def _decode_rng_state(state: Any, path: Path) -> Dict[str, Any]:
+def _decode_rng_state(state: Any, path: Path) -> dict[str, Any]:
     """A checkpoint's generator states, as :func:`restore_rng` takes them,
     each tried on a generator of its own first: a malformed one is refused
     before anything changes.
@@ -125,7 +125,7 @@ def _decode_rng_state(state: Any, path: Path) -> Dict[str, Any]:
     return {"torch": state["torch"], "cuda": cuda, "numpy": numpy_state, "python": python_state}
 
 
-def _non_finite(state: Dict[str, Any]) -> list:
+def _non_finite(state: dict[str, Any]) -> list:
     """The keys of ``state``'s floating-point tensors that hold NaN or infinite values."""
     return [
         key
@@ -213,7 +213,7 @@ def load_experience_checkpoint(
     strategy: Any,
     path: PathLike,
     *,
-    stream_length: Optional[int] = None,
+    stream_length: int | None = None,
     accept_changed_settings: Iterable[str] = (),
 ) -> int:
     """Restore a checkpoint into a freshly built ``strategy`` (same class,
@@ -281,7 +281,7 @@ def load_experience_checkpoint(
     return restored["next_experience"]
 
 
-def _decode(strategy: Any, state: Dict[str, Any], path: Path, accepted: Set[str]) -> Dict[str, Any]:
+def _decode(strategy: Any, state: dict[str, Any], path: Path, accepted: set[str]) -> dict[str, Any]:
     """Everything a checkpoint restores, decoded and checked against
     ``strategy``; raises before anything is changed."""
     for key, expected in (("strategy", type(strategy).__name__), ("model", type(strategy.model).__name__)):

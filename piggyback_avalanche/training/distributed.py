@@ -29,7 +29,8 @@ and launch with ``torchrun --nproc_per_node=N script.py``.
 """
 
 import inspect
-from typing import Any, Iterator, List, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 
-def init_distributed(*, seed: int, backend: Optional[str] = None) -> bool:
+def init_distributed(*, seed: int, backend: str | None = None) -> bool:
     """Join the process group that ``torchrun`` describes (a no-op when the
     script runs as a single process) and seed every rank alike, so that all
     replicas start from the same model.
@@ -102,7 +103,7 @@ class _DataParallelModel(MultiTaskModule):
             return getattr(object.__getattribute__(self, "inner"), name)
 
 
-def _learning_norms(model: nn.Module) -> List[nn.Module]:
+def _learning_norms(model: nn.Module) -> list[nn.Module]:
     """Batch-norm layers whose running statistics change in this experience:
     the learning tasks' copies in a task-aware model, all of them otherwise."""
     task_norms = [m for m in model.modules() if isinstance(m, TaskNorm)]
@@ -148,10 +149,10 @@ class DistributedDataParallelPlugin(SupervisedPlugin, supports_distributed=True)
         heads still train but sit out of other tasks' batches.
     """
 
-    def __init__(self, *, find_unused_parameters: Optional[bool] = None) -> None:
+    def __init__(self, *, find_unused_parameters: bool | None = None) -> None:
         super().__init__()
         self.find_unused_parameters = find_unused_parameters
-        self._model: Optional[nn.Module] = None
+        self._model: nn.Module | None = None
 
     @staticmethod
     def _active() -> bool:

@@ -12,7 +12,7 @@ constructor, no ``__reduce__``, no import of any other module).
 
 import importlib
 from collections import defaultdict
-from typing import Any, List
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,13 +115,13 @@ def from_plain(data: Any) -> Any:
     raise PlainStateError(f"unknown tag {kind!r} in plain data")
 
 
-def _list(value: Any) -> List[Any]:
+def _list(value: Any) -> list[Any]:
     if not isinstance(value, list):
         raise PlainStateError(f"expected a list in plain data, found {type(value).__name__}")
     return value
 
 
-def _pairs(value: Any) -> List[Any]:
+def _pairs(value: Any) -> list[Any]:
     pairs = _list(value)
     if not all(isinstance(p, list) and len(p) == 2 for p in pairs):
         raise PlainStateError("expected key-value pairs in plain data")

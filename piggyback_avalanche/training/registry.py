@@ -9,8 +9,9 @@ Add your own with :func:`register_strategy`.
 
 import copy
 import inspect
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,7 +72,7 @@ __all__ = [
 StrategyBuilder = Callable[..., SupervisedTemplate]
 """``builder(backbone, **config) -> strategy``."""
 
-COMMON_DEFAULTS: Dict[str, Any] = {
+COMMON_DEFAULTS: dict[str, Any] = {
     "train_mb_size": DEFAULT_TRAIN_MB_SIZE,
     "train_epochs": DEFAULT_TRAIN_EPOCHS,
     "eval_mb_size": DEFAULT_EVAL_MB_SIZE,
@@ -128,34 +129,34 @@ class RegisteredStrategy:
     name: str
     build: StrategyBuilder
     description: str
-    settings: Optional[FrozenSet[str]]
-    untrained_backbone_setting: Optional[str] = None
+    settings: frozenset[str] | None
+    untrained_backbone_setting: str | None = None
     trains_on_whole_stream: bool = False
-    class_incremental_settings: Optional[Mapping[str, Any]] = None
+    class_incremental_settings: Mapping[str, Any] | None = None
     search_space: Mapping[str, SearchRange] = field(default_factory=dict)
 
-    def accepted(self, config: Dict[str, Any]) -> Dict[str, Any]:
+    def accepted(self, config: dict[str, Any]) -> dict[str, Any]:
         """The entries of ``config`` the builder takes."""
         return {k: v for k, v in config.items() if self.settings is None or k in self.settings}
 
 
-_REGISTRY: Dict[str, RegisteredStrategy] = {}
+_REGISTRY: dict[str, RegisteredStrategy] = {}
 
 
-def _keywords(function: Callable[..., Any]) -> Tuple[FrozenSet[str], bool]:
+def _keywords(function: Callable[..., Any]) -> tuple[frozenset[str], bool]:
     """The named parameters of ``function``, and whether it takes ``**kwargs``."""
     parameters = inspect.signature(function).parameters.values()
     named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return frozenset(named - {"self", "model", "backbone"}), any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def _own_settings(cls: type) -> FrozenSet[str]:
+def _own_settings(cls: type) -> frozenset[str]:
     """The keywords of a class's constructor (its own, or the nearest base's)."""
     owner = next(c for c in cls.__mro__ if "__init__" in vars(c))
     return _keywords(vars(owner)["__init__"])[0]
 
 
-def _constructor_settings(cls: type) -> FrozenSet[str]:
+def _constructor_settings(cls: type) -> frozenset[str]:
     """Every keyword a class's constructor takes, through its bases' ``**kwargs``."""
     return frozenset().union(*(_keywords(vars(c)["__init__"])[0] for c in cls.__mro__ if "__init__" in vars(c)))
 
@@ -163,12 +164,12 @@ def _constructor_settings(cls: type) -> FrozenSet[str]:
 def register_strategy(
     name: str,
     *,
-    description: Optional[str] = None,
-    settings: Optional[Iterable[str]] = None,
-    untrained_backbone_setting: Optional[str] = None,
+    description: str | None = None,
+    settings: Iterable[str] | None = None,
+    untrained_backbone_setting: str | None = None,
     trains_on_whole_stream: bool = False,
-    class_incremental_settings: Optional[Mapping[str, Any]] = None,
-    search_space: Optional[Mapping[str, SearchRange]] = None,
+    class_incremental_settings: Mapping[str, Any] | None = None,
+    search_space: Mapping[str, SearchRange] | None = None,
 ) -> Callable[[StrategyBuilder], StrategyBuilder]:
     """Register a strategy builder under ``name``, with what callers need to
     know of it (see :class:`RegisteredStrategy`).
@@ -209,7 +210,7 @@ def register_strategy(
     return decorator
 
 
-def available_strategies() -> List[str]:
+def available_strategies() -> list[str]:
     """The registered strategy names, sorted."""
     return sorted(_REGISTRY)
 
@@ -243,7 +244,7 @@ def make_strategy(name: str, backbone: nn.Module, **config: Any) -> SupervisedTe
     return registered_strategy(name).build(backbone, **{**COMMON_DEFAULTS, **config})
 
 
-def _split(config: Dict[str, Any], model_class: type) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def _split(config: dict[str, Any], model_class: type) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model's keyword arguments, and the rest for the strategy."""
     model_keys = _own_settings(model_class)
     model_config = {k: v for k, v in config.items() if k in model_keys}
@@ -254,7 +255,7 @@ def _register_ours(
     name: str,
     strategy_class: type,
     model_class: type,
-    search_space: Optional[Mapping[str, SearchRange]] = None,
+    search_space: Mapping[str, SearchRange] | None = None,
     **defaults: Any,
 ) -> None:
     def build(backbone: nn.Module, **config: Any) -> SupervisedTemplate:
@@ -264,7 +265,7 @@ def _register_ours(
     build.__doc__ = f"{strategy_class.__name__} on a {model_class.__name__}."
     model_settings = _own_settings(model_class)
     # Without task labels: infer them (the strategy arranges the statistics the best score reads).
-    class_incremental: Dict[str, Any] = {"task_inference": "sample"}
+    class_incremental: dict[str, Any] = {"task_inference": "sample"}
     register_strategy(
         name,
         # The strategy builds its own optimizer; the model takes only its own arguments.
@@ -288,14 +289,14 @@ _register_ours("bitfit", BitFit, BitFitModel)
 _register_ours("prompt", PromptTuning, PromptTuningModel)
 
 
-def _optimizer(model: nn.Module, lr: float, factory: Optional[OptimizerFactory]) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, lr: float, factory: OptimizerFactory | None) -> torch.optim.Optimizer:
     return (factory or torch.optim.Adam)([{"params": list(model.parameters()), "lr": lr}])
 
 
 def _register_avalanche(
     name: str,
     strategy_class: type,
-    search_space: Optional[Mapping[str, SearchRange]] = None,
+    search_space: Mapping[str, SearchRange] | None = None,
     *,
     trains_on_whole_stream: bool = False,
     single_head_only: bool = False,
@@ -312,7 +313,7 @@ def _register_avalanche(
         lr: float = DEFAULT_LR,
         classifier: Any = None,
         single_head: bool = False,
-        optimizer_factory: Optional[OptimizerFactory] = None,
+        optimizer_factory: OptimizerFactory | None = None,
         criterion: nn.Module = CrossEntropyLoss(),
         **config: Any,
     ) -> SupervisedTemplate:
@@ -378,7 +379,7 @@ def _fecam(
     *,
     classifier: Any = None,
     single_head: bool = False,
-    plugins: Optional[List[Any]] = None,
+    plugins: list[Any] | None = None,
     **config: Any,
 ) -> SupervisedTemplate:
     """A per-class Mahalanobis classifier on the frozen backbone's features
@@ -413,8 +414,8 @@ def _packnet_avalanche(
     lr: float = DEFAULT_LR,
     prune_ratio: float = DEFAULT_PRUNE_RATIO,
     post_prune_epochs: int = DEFAULT_POST_PRUNE_EPOCHS,
-    optimizer_factory: Optional[OptimizerFactory] = None,
-    plugins: Optional[List[Any]] = None,
+    optimizer_factory: OptimizerFactory | None = None,
+    plugins: list[Any] | None = None,
     **config: Any,
 ) -> SupervisedTemplate:
     """Avalanche 0.6's own PackNet, as a cross-check on MLP backbones. Its

@@ -1,6 +1,6 @@
 """BitFit's layer: the backbone's weight frozen and shared, a bias per task."""
 
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -40,11 +40,11 @@ class BiasTunedLayer(TaskWeightLayer):
         if self.bias is not None:
             self.frozen_biases.add(task, self.learning_biases.pop(task).detach())
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """``{"biases": [...]}``: the learning tasks' biases."""
         return {"biases": [self.learning_biases[t] for t in self.learning_biases.keys()]}  # type: ignore[misc]
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
+    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
         return {} if self.bias is None else super().frozen_task_state_schema(task)
 
     def task_state_bytes(self) -> int:
@@ -53,7 +53,7 @@ class BiasTunedLayer(TaskWeightLayer):
     def task_weight(self) -> Tensor:
         return self.weight
 
-    def task_bias(self) -> Optional[Tensor]:
+    def task_bias(self) -> Tensor | None:
         if self.bias is None:
             return None
         task = self.task_state.key()

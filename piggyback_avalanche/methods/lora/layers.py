@@ -1,7 +1,7 @@
 """LoRA's layer: the backbone's weight frozen, a learned low-rank update per task."""
 
 import math
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +60,7 @@ class LowRankLayer(TaskWeightLayer):
         for kind in self._shapes:
             self._store("frozen", kind).add(task, self._store("learning", kind).pop(task).detach())
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """``{"low_rank": [...]}``: the learning tasks' factors."""
         stores = [self._store("learning", kind) for kind in self._shapes]
         return {"low_rank": [store[t] for store in stores for t in store.keys()]}  # type: ignore[misc]
@@ -70,7 +70,7 @@ class LowRankLayer(TaskWeightLayer):
 
     # --- forward ---------------------------------------------------------
 
-    def _factors(self, task: str) -> List[Tensor]:
+    def _factors(self, task: str) -> list[Tensor]:
         role = "learning" if task in self._store("learning", "down") else "frozen"
         stores = [self._store(role, kind) for kind in self._shapes]
         if task not in stores[0]:

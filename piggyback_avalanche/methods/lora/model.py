@@ -1,7 +1,5 @@
 """LoRAModel: any backbone, one low-rank update of every layer per task."""
 
-from typing import Union
-
 from torch import nn
 
 from piggyback_avalanche.checks import check_count, check_positive
@@ -41,7 +39,7 @@ class LoRAModel(TaskAwareModel):
         self,
         backbone: nn.Module,
         *,
-        classifier: Union[str, nn.Module, None] = None,
+        classifier: str | nn.Module | None = None,
         rank: int = DEFAULT_RANK,
         alpha: float = DEFAULT_ALPHA,
         task_batchnorm: bool = True,

@@ -1,6 +1,6 @@
 """LoRA per task as an Avalanche strategy."""
 
-from typing import Any, Dict
+from typing import Any
 
 from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.methods.lora.model import LoRAModel
@@ -34,5 +34,5 @@ class LoRA(TaskAwareStrategy):
         self.lr = lr
         super().__init__(model=model, **kwargs)
 
-    def group_learning_rates(self) -> Dict[str, float]:
+    def group_learning_rates(self) -> dict[str, float]:
         return {"low_rank": self.lora_lr, "task_parameters": self.lr, "backbone": self.lr}

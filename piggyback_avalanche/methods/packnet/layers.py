@@ -1,7 +1,8 @@
 """PackNet's layer: the backbone's weights shared out among tasks by pruning."""
 
 import math
-from typing import Any, Dict, List, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -102,7 +103,7 @@ class PackNetLayer(TaskWeightLayer):
         magnitude; they stay zero for this task and are free for later ones."""
         usable = self.usable[task]
         count = int(usable.sum())
-        keep = count - int(round(ratio * count))
+        keep = count - round(ratio * count)
         magnitudes = self.free_weights[task].detach().abs()[usable]
         kept = torch.zeros(count, dtype=torch.bool, device=usable.device)
         kept[torch.topk(magnitudes, keep, sorted=False).indices] = True
@@ -129,7 +130,7 @@ class PackNetLayer(TaskWeightLayer):
         if self.bias is not None:
             self.bias.requires_grad_(False)
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """``{"weights": [...], "backbone": [...]}``: the learning tasks'
         free weights, and the bias while the first task trains."""
         return {
@@ -140,10 +141,10 @@ class PackNetLayer(TaskWeightLayer):
     def task_state_bytes(self) -> int:
         return self.packed_owners.nbytes
 
-    def task_record_keys(self) -> List[str]:
+    def task_record_keys(self) -> list[str]:
         return ["packed_owners", "task_order"]
 
-    def code_layouts(self) -> Dict[str, CodeLayout]:
+    def code_layouts(self) -> dict[str, CodeLayout]:
         if not len(self.task_order):
             return {}
         bits = _owner_bits(len(self.task_order))
@@ -170,7 +171,7 @@ class PackNetLayer(TaskWeightLayer):
             task, key, lambda: self.weight * ((self.owner_codes() > 0) & (self.owner_codes() <= code))
         )
 
-    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         # The packed owners grow with the number of tasks: take the stored size.
         for name in ("task_order", "packed_owners"):
             incoming = state_dict.get(prefix + name)

@@ -9,7 +9,8 @@ with momentum or weight decay (frozen weights live outside any optimizer),
 mixed-task mini-batches and user plugins.
 """
 
-from typing import Any, Dict, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -50,7 +51,7 @@ class PackNetModel(TaskAwareModel):
         self,
         backbone: nn.Module,
         *,
-        classifier: Union[str, nn.Module, None] = None,
+        classifier: str | nn.Module | None = None,
         task_batchnorm: bool = True,
         feature_statistics: bool = False,
     ) -> None:
@@ -62,7 +63,7 @@ class PackNetModel(TaskAwareModel):
             layer_settings={},
         )
 
-    def add_task(self, task: int, *, classes: Sequence[int], train_backbone: Optional[bool] = None) -> None:
+    def add_task(self, task: int, *, classes: Sequence[int], train_backbone: bool | None = None) -> None:
         """Add a task to learn. As in the paper, the first task also trains the
         shared parameters (biases, and the normalization layers with
         ``task_batchnorm=False``), which later tasks keep frozen.
@@ -95,6 +96,6 @@ class PackNetModel(TaskAwareModel):
                 layer.prune(key, ratio)
 
     @property
-    def packnet_layers(self) -> Dict[str, PackNetLayer]:
+    def packnet_layers(self) -> dict[str, PackNetLayer]:
         """The layers whose weights are shared out, by qualified name."""
         return self.task_layers  # type: ignore[return-value]

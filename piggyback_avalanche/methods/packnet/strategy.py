@@ -1,6 +1,7 @@
 """PackNet as an Avalanche strategy."""
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from avalanche.benchmarks.scenarios.online import OnlineCLExperience
 from avalanche.training.plugins import EarlyStoppingPlugin
@@ -24,7 +25,7 @@ DEFAULT_PRUNE_RATIO = 0.5
 DEFAULT_POST_PRUNE_EPOCHS = 1
 """Default retraining epochs after pruning."""
 
-PACKNET_PAPER_SETTINGS: Dict[str, object] = {
+PACKNET_PAPER_SETTINGS: dict[str, object] = {
     "prune_ratio": 0.75,
     "post_prune_epochs": 10,
     "post_prune_lr": 1e-4,
@@ -34,15 +35,15 @@ Lazebnik, 2018, Sec. 4): prune 75 % per task, retrain 10 epochs at 1e-4. For a
 first task as large as ImageNet the paper prunes 50 %: pass
 ``prune_ratio=lambda position: 0.5 if position == 0 else 0.75``."""
 
-PruneRatio = Union[float, Sequence[float], Callable[[int], float]]
+PruneRatio = float | Sequence[float] | Callable[[int], float]
 """A prune ratio for every task: one float, one per task in order, or a
 function of the task's position in the stream (0 for the first)."""
 
 
-def _schedule(ratio: Callable[[int], float]) -> List[Optional[float]]:
+def _schedule(ratio: Callable[[int], float]) -> list[float | None]:
     """The ratio a prune-ratio function gives each task position a model can
     hold (``None`` where it gives none)."""
-    values: List[Optional[float]] = []
+    values: list[float | None] = []
     for position in range(MAX_PACKNET_TASKS):
         try:
             values.append(float(ratio(position)))
@@ -88,7 +89,7 @@ class PackNet(TaskAwareStrategy):
         prune_ratio: PruneRatio = DEFAULT_PRUNE_RATIO,
         post_prune_epochs: int = DEFAULT_POST_PRUNE_EPOCHS,
         lr: float = DEFAULT_LR,
-        post_prune_lr: Optional[float] = None,
+        post_prune_lr: float | None = None,
         **kwargs: Any,
     ) -> None:
         post_prune_lr = lr if post_prune_lr is None else post_prune_lr
@@ -108,10 +109,10 @@ class PackNet(TaskAwareStrategy):
         self._phase_lr = lr
         super().__init__(model=model, **kwargs)
 
-    def group_learning_rates(self) -> Dict[str, float]:
+    def group_learning_rates(self) -> dict[str, float]:
         return {"weights": self._phase_lr, "task_parameters": self._phase_lr, "backbone": self._phase_lr}
 
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         ratio = self.prune_ratio
         return {
             **super().settings(),

@@ -15,7 +15,8 @@ test checks them on the CPU); which path runs is chosen per device
 (:attr:`PiggybackModel.flat_masks`).
 """
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,7 +24,7 @@ from torch import Tensor
 __all__ = ["FlatMasks", "FlatMaskSlots", "compute_dtype"]
 
 
-def _memory_order(weight: Tensor) -> Tuple[int, ...]:
+def _memory_order(weight: Tensor) -> tuple[int, ...]:
     """The order in which ``weight``'s dimensions lie in memory: a
     channels-last convolution weight must stay so, or every convolution of a
     channels-last network converts it again at each step."""
@@ -33,11 +34,11 @@ def _memory_order(weight: Tensor) -> Tuple[int, ...]:
     return tuple(range(weight.dim()))
 
 
-def _flatten(t: Tensor, order: Tuple[int, ...]) -> Tensor:
+def _flatten(t: Tensor, order: tuple[int, ...]) -> Tensor:
     return t.permute(order).reshape(-1)
 
 
-def _unflatten(flat: Tensor, shape: Tuple[int, ...], order: Tuple[int, ...]) -> Tensor:
+def _unflatten(flat: Tensor, shape: tuple[int, ...], order: tuple[int, ...]) -> Tensor:
     """``flat`` (in ``order``) as a tensor of ``shape`` laid out in that order: a view."""
     inverse = sorted(range(len(order)), key=order.__getitem__)
     return flat.view([shape[d] for d in order]).permute(inverse)
@@ -48,12 +49,12 @@ class _MaskedWeights(torch.autograd.Function):
     gradients to every layer's scores."""
 
     @staticmethod
-    def forward(ctx: Any, flat: "FlatMasks", dtype: torch.dtype, *scores: Tensor) -> Tuple[Tensor, ...]:
+    def forward(ctx: Any, flat: "FlatMasks", dtype: torch.dtype, *scores: Tensor) -> tuple[Tensor, ...]:
         ctx.flat = flat
         return tuple(flat.layer_views(flat.masked(dtype)))
 
     @staticmethod
-    def backward(ctx: Any, *grads: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         flat: FlatMasks = ctx.flat
         parts = [
             torch.zeros(size, dtype=flat.weights.dtype, device=flat.weights.device) if g is None else _flatten(g, order)
@@ -91,10 +92,10 @@ class FlatMasks:
         for parameter, view in zip(scores, self.layer_views(self.scores)):
             parameter.data = view
         self.parameters = list(scores)
-        self._pass: Optional[Tuple[int, torch.dtype]] = None
-        self._outputs: Dict[int, Tensor] = {}
+        self._pass: tuple[int, torch.dtype] | None = None
+        self._outputs: dict[int, Tensor] = {}
 
-    def layer_views(self, flat: Tensor) -> List[Tensor]:
+    def layer_views(self, flat: Tensor) -> list[Tensor]:
         """Each layer's part of a flat buffer, shaped and laid out as its weight."""
         return [
             _unflatten(part, shape, order)
@@ -131,11 +132,11 @@ class FlatMasks:
         )
 
 
-class FlatMaskSlots(Dict[str, Tuple[FlatMasks, int]]):
+class FlatMaskSlots(dict[str, tuple[FlatMasks, int]]):
     """What a layer keeps of the flat path: per learning task, its
     :class:`FlatMasks` and the layer's index in it."""
 
-    def __deepcopy__(self, memo: Dict[int, Any]) -> "FlatMaskSlots":
+    def __deepcopy__(self, memo: dict[int, Any]) -> "FlatMaskSlots":
         # A copy's parameters are copies too, no views of these buffers: the
         # copy (a restore point's) builds its own when it trains.
         return FlatMaskSlots()

@@ -1,6 +1,6 @@
 """Piggyback's layer: the backbone's weight frozen, one learned mask per task."""
 
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +70,7 @@ class MaskedLayer(TaskWeightLayer):
                 mask = self.mask_kind.apply(self.scores.pop(task), self.threshold)
         self.packed_masks.add(task, pack_mask(mask, bits=self.mask_kind.bits))
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """``{"mask_scores": [...], "backbone": [...]}``: the scores of the
         tasks being learned, and the weight and bias while the backbone trains."""
         return {

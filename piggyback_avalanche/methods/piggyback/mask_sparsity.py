@@ -3,7 +3,8 @@ share of each layer's weights a task's mask drops (or flips), as scalars and
 a per-layer chart, and histograms of the mask scores while a task learns."""
 
 import math
-from typing import Any, Dict, Iterable, List, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
@@ -17,7 +18,7 @@ from piggyback_avalanche.methods.piggyback.model import PiggybackModel
 __all__ = ["MaskSparsity", "MaskSparsityPluginMetric", "mask_sparsity_metrics"]
 
 
-class MaskSparsity(Metric[Dict[int, Dict[str, Dict[str, float]]]]):
+class MaskSparsity(Metric[dict[int, dict[str, dict[str, float]]]]):
     """The standalone mask-sparsity metric of a :class:`PiggybackModel`.
 
     ``result()`` maps each frozen task to ``{"zeros": {layer: fraction, ...,
@@ -27,15 +28,15 @@ class MaskSparsity(Metric[Dict[int, Dict[str, Dict[str, float]]]]):
     """
 
     def __init__(self) -> None:
-        self._result: Dict[int, Dict[str, Dict[str, float]]] = {}
+        self._result: dict[int, dict[str, dict[str, float]]] = {}
 
-    def update(self, model: nn.Module, tasks: Optional[Iterable[int]] = None) -> None:
+    def update(self, model: nn.Module, tasks: Iterable[int] | None = None) -> None:
         """Measure ``tasks`` (default: every frozen task) of ``model``."""
         if not isinstance(model, PiggybackModel):
             return
         ternary = model.mask_kind.bits == 2
         for task in model.frozen_tasks if tasks is None else tasks:
-            counts: Dict[str, Dict[str, float]] = {"zeros": {}, "negatives": {}} if ternary else {"zeros": {}}
+            counts: dict[str, dict[str, float]] = {"zeros": {}, "negatives": {}} if ternary else {"zeros": {}}
             totals = {kind: 0 for kind in counts}
             weights = 0
             for name, layer in model.masked_layers.items():
@@ -49,7 +50,7 @@ class MaskSparsity(Metric[Dict[int, Dict[str, Dict[str, float]]]]):
                 counts[kind]["overall"] = totals[kind] / weights
             self._result[int(task)] = counts
 
-    def result(self) -> Dict[int, Dict[str, Dict[str, float]]]:
+    def result(self) -> dict[int, dict[str, dict[str, float]]]:
         return {t: {k: dict(v) for k, v in c.items()} for t, c in self._result.items()}
 
     def reset(self) -> None:
@@ -73,7 +74,7 @@ class MaskSparsityPluginMetric(AfterTrainingExpPluginMetric):
         super().__init__(MaskSparsity())
         self.histogram_samples = histogram_samples
 
-    def _values(self, strategy: Any) -> List[MetricValue]:
+    def _values(self, strategy: Any) -> list[MetricValue]:
         model = strategy.model
         if not isinstance(model, PiggybackModel):
             return []
@@ -92,7 +93,7 @@ class MaskSparsityPluginMetric(AfterTrainingExpPluginMetric):
         )
         return values
 
-    def after_training_epoch(self, strategy: Any) -> List[MetricValue]:
+    def after_training_epoch(self, strategy: Any) -> list[MetricValue]:
         model = strategy.model
         if not isinstance(model, PiggybackModel):
             return []
@@ -106,6 +107,6 @@ class MaskSparsityPluginMetric(AfterTrainingExpPluginMetric):
         return values
 
 
-def mask_sparsity_metrics(*, histogram_samples: int = 10_000) -> List[PluginMetric]:
+def mask_sparsity_metrics(*, histogram_samples: int = 10_000) -> list[PluginMetric]:
     """The mask-sparsity plugin metrics, for an ``EvaluationPlugin``."""
     return [MaskSparsityPluginMetric(histogram_samples=histogram_samples)]

@@ -8,8 +8,8 @@ handed to the scores unchanged. Since the layer computes ``W * mask``, the
 scores' gradient is the gradient w.r.t. the masked weight times ``W``.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -34,7 +34,7 @@ class _Binarizer(torch.autograd.Function):
         return (scores > threshold).to(scores.dtype)
 
     @staticmethod
-    def backward(ctx, grad_mask: Tensor) -> Tuple[Tensor, None]:
+    def backward(ctx, grad_mask: Tensor) -> tuple[Tensor, None]:
         return grad_mask, None
 
 
@@ -44,7 +44,7 @@ class _Ternarizer(torch.autograd.Function):
         return (scores > threshold).to(scores.dtype) - (scores < 0).to(scores.dtype)
 
     @staticmethod
-    def backward(ctx, grad_mask: Tensor) -> Tuple[Tensor, None]:
+    def backward(ctx, grad_mask: Tensor) -> tuple[Tensor, None]:
         return grad_mask, None
 
 
@@ -59,7 +59,7 @@ class _BinaryMaskedWeight(torch.autograd.Function):
         return torch.where(keep, weight, weight.new_zeros(()))
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         weight, keep = ctx.saved_tensors
         grad_weight = grad * keep if ctx.needs_input_grad[0] else None
         grad_scores = grad * weight if ctx.needs_input_grad[1] else None  # straight through the threshold
@@ -122,14 +122,14 @@ class MaskKind:
     masked_weight: Callable[[Tensor, Tensor, float], Tensor]
 
 
-MASK_KINDS: Dict[str, MaskKind] = {
+MASK_KINDS: dict[str, MaskKind] = {
     "binarizer": MaskKind("binarizer", binarize, bits=1, masked_weight=binary_masked_weight),
     "ternarizer": MaskKind("ternarizer", ternarize, bits=2, masked_weight=_mask_times_weight(ternarize)),
 }
 
 # A stored code is the mask value modulo 3, so -1 is stored as 2. The unused
 # 2-bit code 3 decodes to 0, a value every mask may hold.
-_CODE_VALUES: Dict[int, Tuple[float, ...]] = {1: (0.0, 1.0), 2: (0.0, 1.0, -1.0, 0.0)}
+_CODE_VALUES: dict[int, tuple[float, ...]] = {1: (0.0, 1.0), 2: (0.0, 1.0, -1.0, 0.0)}
 
 
 def get_mask_kind(name: str) -> MaskKind:

@@ -1,7 +1,8 @@
 """PiggybackModel: any backbone, one binary (or ternary) mask per task."""
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -73,7 +74,7 @@ class PiggybackModel(TaskAwareModel):
         self,
         backbone: nn.Module,
         *,
-        classifier: Union[str, nn.Module, None] = None,
+        classifier: str | nn.Module | None = None,
         threshold_fn: str = "binarizer",
         mask_init: str = "1s",
         mask_scale: float = 1e-2,
@@ -81,7 +82,7 @@ class PiggybackModel(TaskAwareModel):
         task_batchnorm: bool = True,
         task_embeddings: bool = False,
         feature_statistics: bool = False,
-        flat_masks: Optional[bool] = None,
+        flat_masks: bool | None = None,
     ) -> None:
         mask_kind = get_mask_kind(threshold_fn)
         _check_mask_settings(mask_init=mask_init, mask_scale=mask_scale, threshold=threshold)
@@ -103,13 +104,13 @@ class PiggybackModel(TaskAwareModel):
             ),
         )
         # Per stored task: the state-dict keys of its parts the store holds, with their bytes in memory.
-        self._offloaded: Dict[str, Dict[str, int]] = {}
+        self._offloaded: dict[str, dict[str, int]] = {}
         self.flat_masks = flat_masks
 
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         return {**super().settings(), "threshold_fn": self.threshold_fn}
 
-    def forward(self, x: Tensor, task_labels: Union[int, Tensor, None] = None) -> Union[Tensor, Dict[int, Tensor]]:
+    def forward(self, x: Tensor, task_labels: int | Tensor | None = None) -> Tensor | dict[int, Tensor]:
         if self.task_state.learning and (x.is_cuda if self.flat_masks is None else self.flat_masks):
             self._prepare_flat_masks()
         return super().forward(x, task_labels)
@@ -140,24 +141,24 @@ class PiggybackModel(TaskAwareModel):
         return self.mask_kind.name
 
     @property
-    def masked_layers(self) -> Dict[str, MaskedLayer]:
+    def masked_layers(self) -> dict[str, MaskedLayer]:
         """The masked layers by qualified name."""
         return self.task_layers  # type: ignore[return-value]
 
     # --- task files ------------------------------------------------------------
 
-    def save_task(self, path: Union[str, Path], task: int) -> None:
+    def save_task(self, path: str | Path, task: int) -> None:
         """Write one frozen task (its packed masks, normalization and head,
         with the mask settings, a format version and the backbone's
         fingerprint) to ``path``, atomically. See
         :mod:`~piggyback_avalanche.methods.piggyback.task_files`."""
         self.save_tasks(path, [task])
 
-    def save_tasks(self, path: Union[str, Path], tasks: Optional[Iterable[int]] = None) -> None:
+    def save_tasks(self, path: str | Path, tasks: Iterable[int] | None = None) -> None:
         """Write ``tasks`` (all frozen tasks by default) to one task file."""
         save_tasks(self, path, tasks)
 
-    def load_task(self, path: Union[str, Path], task: int, *, as_task: Optional[int] = None) -> int:
+    def load_task(self, path: str | Path, task: int, *, as_task: int | None = None) -> int:
         """Add ``task`` from a task file as a frozen task, under the label
         ``as_task`` (default: the same). The model is unchanged on error.
 
@@ -172,11 +173,11 @@ class PiggybackModel(TaskAwareModel):
     # --- the task store ----------------------------------------------------------
 
     @property
-    def task_store(self) -> Optional[TaskStore]:
+    def task_store(self) -> TaskStore | None:
         """The task store that holds this model's frozen tasks' masks, if any."""
         return self.task_state.stored_parts  # type: ignore[return-value]  # only attach_task_store sets it
 
-    def attach_task_store(self, path: Union[str, Path], *, cache_budget_bytes: Optional[int] = None) -> List[int]:
+    def attach_task_store(self, path: str | Path, *, cache_budget_bytes: int | None = None) -> list[int]:
         """Keep the frozen tasks' masks in the task store at ``path``
         (:mod:`~piggyback_avalanche.methods.piggyback.task_store`) instead of
         memory: the store's tasks join the model, the model's frozen tasks
@@ -249,7 +250,7 @@ class PiggybackModel(TaskAwareModel):
         self._frozen_parts.pop(key, None)  # it held the parts that just left memory
         self.task_state.stored_tasks.add(key)
 
-    def stored_task_parts(self, task: int) -> Dict[str, Tensor]:
+    def stored_task_parts(self, task: int) -> dict[str, Tensor]:
         """The parts of ``task`` that its task store holds instead of memory,
         read from the store (none for a task in memory)."""
         key = task_key(task)
@@ -277,11 +278,11 @@ class PiggybackModel(TaskAwareModel):
 
     def load_tasks(
         self,
-        path: Union[str, Path],
-        tasks: Optional[Iterable[int]] = None,
+        path: str | Path,
+        tasks: Iterable[int] | None = None,
         *,
-        rename: Optional[Dict[int, int]] = None,
-    ) -> List[int]:
+        rename: dict[int, int] | None = None,
+    ) -> list[int]:
         """Add ``tasks`` (all of the file's by default) from a task file;
         ``rename`` maps the file's labels to this model's.
 

@@ -1,6 +1,6 @@
 """Piggyback as an Avalanche strategy."""
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 from torch.nn import Module
 
@@ -35,7 +35,7 @@ def mask_learning_rate(*, distance: float, steps: int, cross_within: float) -> f
     return distance / (cross_within * max(steps, 1))
 
 
-PIGGYBACK_PAPER_SETTINGS: Dict[str, object] = {
+PIGGYBACK_PAPER_SETTINGS: dict[str, object] = {
     "mask_lr": 1e-4,
     "lr": 1e-4,
     "train_mb_size": 32,
@@ -92,11 +92,11 @@ class Piggyback(TaskAwareStrategy):
         self,
         *,
         model: PiggybackModel,
-        mask_lr: Optional[float] = None,
+        mask_lr: float | None = None,
         mask_cross_within: float = DEFAULT_MASK_CROSS_WITHIN,
         lr: float = DEFAULT_LR,
         train_backbone_on_first_experience: bool = False,
-        backbone_lr: Optional[float] = None,
+        backbone_lr: float | None = None,
         recalibrate_norm_statistics: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -116,7 +116,7 @@ class Piggyback(TaskAwareStrategy):
         self.train_backbone_on_first_experience = train_backbone_on_first_experience
         super().__init__(model=model, recalibrate_norm_statistics=recalibrate_norm_statistics, **kwargs)
 
-    def group_learning_rates(self) -> Dict[str, float]:
+    def group_learning_rates(self) -> dict[str, float]:
         return {"mask_scores": self.current_mask_lr(), "task_parameters": self.lr, "backbone": self.backbone_lr}
 
     def current_mask_lr(self) -> float:
@@ -132,12 +132,12 @@ class Piggyback(TaskAwareStrategy):
             cross_within=self.mask_cross_within,
         )
 
-    def learning_rate_settings(self) -> Dict[str, Any]:
-        rates: Dict[str, Any] = {"task_parameters": self.lr, "backbone": self.backbone_lr}
+    def learning_rate_settings(self) -> dict[str, Any]:
+        rates: dict[str, Any] = {"task_parameters": self.lr, "backbone": self.backbone_lr}
         rates["mask_scores"] = self.mask_lr if self.mask_lr is not None else {"cross_within": self.mask_cross_within}
         return rates
 
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         return {**super().settings(), "train_backbone_on_first_experience": self.train_backbone_on_first_experience}
 
     def refuse_before_training(self, experience: Any) -> None:
@@ -151,7 +151,7 @@ class Piggyback(TaskAwareStrategy):
                 "train_backbone_on_first_experience=False."
             )
 
-    def model_adaptation(self, model: Optional[Module] = None) -> Module:
+    def model_adaptation(self, model: Module | None = None) -> Module:
         """Add the experience's new tasks to the model (Avalanche's adaptation),
         training the backbone itself on the first one if asked to."""
         piggyback = self.model if model is None else model

@@ -11,12 +11,14 @@ changing anything, and writing is atomic.
 """
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from piggyback_avalanche.files import (
+    PathLike,
     check_checksum,
     read_saved,
     refuse_unless_loadable,
@@ -56,8 +58,6 @@ TASK_FILE_VERSION = 3
 # Version 1 stored the masks bit-packed, not coded; version 3 added a checksum over everything.
 _READABLE_VERSIONS = (1, 2, 3)
 
-PathLike = Union[str, Path]
-
 
 class TaskFileError(ValueError):
     """A task file cannot be written, read, or applied to this model."""
@@ -77,7 +77,7 @@ def backbone_fingerprint(model: MultiHeadModel) -> str:
     return digest.hexdigest()
 
 
-def settings_of(model: "PiggybackModel") -> Dict[str, Any]:
+def settings_of(model: "PiggybackModel") -> dict[str, Any]:
     """The settings that decide what a mask means, recorded with saved tasks."""
     return {
         "model": type(model).__name__,
@@ -89,7 +89,7 @@ def settings_of(model: "PiggybackModel") -> Dict[str, Any]:
     }
 
 
-def _labels(value: Any, what: str, *, unique: bool = True) -> List[int]:
+def _labels(value: Any, what: str, *, unique: bool = True) -> list[int]:
     """Task labels given as an iterable of ints, checked, in order."""
     if isinstance(value, (int, str)) or not isinstance(value, Iterable):
         raise TaskFileError(
@@ -107,7 +107,7 @@ def _labels(value: Any, what: str, *, unique: bool = True) -> List[int]:
     return labels
 
 
-def save_tasks(model: "PiggybackModel", path: PathLike, tasks: Optional[Iterable[int]] = None) -> None:
+def save_tasks(model: "PiggybackModel", path: PathLike, tasks: Iterable[int] | None = None) -> None:
     """Write ``tasks`` (all frozen tasks by default) of a Piggyback model to
     ``path``, atomically.
 
@@ -129,9 +129,7 @@ def save_tasks(model: "PiggybackModel", path: PathLike, tasks: Optional[Iterable
     write_atomically(path, lambda file: torch.save(payload, file), binary=True)
 
 
-def task_file_payload(
-    model: "PiggybackModel", tasks: List[int], *, fingerprint: Optional[str] = None
-) -> Dict[str, Any]:
+def task_file_payload(model: "PiggybackModel", tasks: list[int], *, fingerprint: str | None = None) -> dict[str, Any]:
     """What a task file of the frozen ``tasks`` holds (masks coded), also
     for a task whose masks live in the model's task store.
 
@@ -156,7 +154,7 @@ def task_file_payload(
 
 
 def check_learned_on(
-    model: "PiggybackModel", payload: Dict[str, Any], path: Any, *, fingerprint: Optional[str] = None
+    model: "PiggybackModel", payload: dict[str, Any], path: Any, *, fingerprint: str | None = None
 ) -> None:
     """Refuse tasks saved with other mask settings or on another backbone.
 
@@ -181,7 +179,7 @@ def check_learned_on(
         )
 
 
-def _check_structure(payload: Dict[str, Any], path: Any) -> None:
+def _check_structure(payload: dict[str, Any], path: Any) -> None:
     """Refuse a payload whose parts are not what a task file holds, before
     any of them is used."""
     tasks = payload.get("tasks")
@@ -206,7 +204,7 @@ def _check_structure(payload: Dict[str, Any], path: Any) -> None:
         raise TaskFileError(f"{path} holds {problem}; it is corrupt or not a {TASK_FILE_FORMAT}. Copy it again.")
 
 
-def check_task_tensors(model: MultiHeadModel, task: int, entries: Dict[str, Any], what: str) -> None:
+def check_task_tensors(model: MultiHeadModel, task: int, entries: dict[str, Any], what: str) -> None:
     """Refuse ``entries`` (a frozen ``task``'s tensors by the model's keys,
     masks still coded or packed) that are not what the model's frozen task
     holds: keys, coded layouts (checked before anything is decoded), dtypes,
@@ -225,7 +223,7 @@ def check_task_tensors(model: MultiHeadModel, task: int, entries: Dict[str, Any]
             "architecture or classifier, or written by a model with other settings (feature_statistics)."
         )
     layouts = model.frozen_code_layouts(task)
-    problems: Dict[str, str] = {}
+    problems: dict[str, str] = {}
     for key, value in entries.items():
         if is_coded(value):
             try:
@@ -236,7 +234,7 @@ def check_task_tensors(model: MultiHeadModel, task: int, entries: Dict[str, Any]
                 problems[key] = "coded codes where the model keeps plain values"
             elif declared != layouts[key]:
                 problems[key] = f"coded codes laid out as {declared}, not {layouts[key]}"
-    sizes: Dict[str, int] = {}
+    sizes: dict[str, int] = {}
     for key, spec in expected.items():
         value = entries.get(key)
         if value is not None and key not in problems and not is_coded(value):
@@ -251,7 +249,7 @@ def check_task_tensors(model: MultiHeadModel, task: int, entries: Dict[str, Any]
         )
 
 
-def task_entries(model: "PiggybackModel", payload: Dict[str, Any], path: Any, task: int, label: int) -> Dict[str, Any]:
+def task_entries(model: "PiggybackModel", payload: dict[str, Any], path: Any, task: int, label: int) -> dict[str, Any]:
     """Task ``task`` of a task file's payload, checked against what a frozen
     task of ``model`` holds (:func:`check_task_tensors`) and decoded, under
     the model's keys for task ``label``.
@@ -271,8 +269,8 @@ def task_entries(model: "PiggybackModel", payload: Dict[str, Any], path: Any, ta
 
 
 def read_task_file(
-    path: Path, *, sha256: Optional[str] = None, remedy: str = "Copy it again from its source.", **read: Any
-) -> Dict[str, Any]:
+    path: Path, *, sha256: str | None = None, remedy: str = "Copy it again from its source.", **read: Any
+) -> dict[str, Any]:
     """A task file's payload, of a readable format and version, whole
     (its checksum, from version 3 on) and of the right structure.
 
@@ -300,10 +298,10 @@ def read_task_file(
 def load_tasks(
     model: "PiggybackModel",
     path: PathLike,
-    tasks: Optional[Iterable[int]] = None,
+    tasks: Iterable[int] | None = None,
     *,
-    rename: Optional[Dict[int, int]] = None,
-) -> List[int]:
+    rename: dict[int, int] | None = None,
+) -> list[int]:
     """Add tasks from a task file to a Piggyback model, as frozen tasks.
 
     Everything is checked first (file integrity and version, backbone

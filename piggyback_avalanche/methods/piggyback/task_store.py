@@ -55,9 +55,10 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -136,17 +137,17 @@ class TaskStore:
     lock_wait_seconds: float = 120.0
     """How long an append waits for another writer before it gives up."""
 
-    def __init__(self, path: Union[str, Path]) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise TaskStoreError(f"{self.path} is not a folder; a task store is a folder. Give a folder's path.")
         self._lock = FolderLock(self.path, what="task store", wait_seconds=self.lock_wait_seconds)
         # The manifest as this object last read or wrote it. Entries never
         # change once listed, so a task's entry here stays right.
-        self._manifest: Optional[Dict[str, Any]] = self._read_manifest()
+        self._manifest: dict[str, Any] | None = self._read_manifest()
         # The decoded parts of the task read last: a model reads one task's
         # parts layer by layer.
-        self._last_read: Optional[Tuple[str, Dict[str, Tensor]]] = None
+        self._last_read: tuple[str, dict[str, Tensor]] | None = None
 
     # --- the manifest ------------------------------------------------------
 
@@ -154,7 +155,7 @@ class TaskStore:
     def manifest_path(self) -> Path:
         return self.path / MANIFEST_NAME
 
-    def _read_manifest(self) -> Optional[Dict[str, Any]]:
+    def _read_manifest(self) -> dict[str, Any] | None:
         if not os.path.lexists(self.manifest_path):
             return None
         text = read_bytes(self.manifest_path, error=TaskStoreError, what="task store manifest", follow_symlinks=False)
@@ -188,7 +189,7 @@ class TaskStore:
             raise TaskStoreError(f"The manifest of task store {self.path} is malformed. {_REMEDY}")
         return manifest
 
-    def _reread_manifest(self) -> Optional[Dict[str, Any]]:
+    def _reread_manifest(self) -> dict[str, Any] | None:
         """The manifest as it is on disk now, refused if it lost or changed a
         task this object has seen (the store was edited, replaced or
         removed): a store never shrinks."""
@@ -206,7 +207,7 @@ class TaskStore:
         return current
 
     @property
-    def tasks(self) -> List[int]:
+    def tasks(self) -> list[int]:
         """The task labels the store holds, as its manifest lists them now
         (other processes may have appended since this object was made)."""
         if os.path.lexists(self.manifest_path) or (self._manifest or {}).get("tasks"):
@@ -217,7 +218,7 @@ class TaskStore:
         """Bytes of ``task``'s file on disk (masks coded)."""
         return int(self._entry(task)["file_bytes"])
 
-    def _entry(self, task: int) -> Dict[str, Any]:
+    def _entry(self, task: int) -> dict[str, Any]:
         entry = (self._manifest or {}).get("tasks", {}).get(str(task))
         if entry is None:
             raise TaskStoreError(f"Task store {self.path} has no task {task}; it holds tasks {self.tasks}.")
@@ -225,7 +226,7 @@ class TaskStore:
 
     # --- reading -------------------------------------------------------------
 
-    def check_model(self, model: "PiggybackModel", *, fingerprint: Optional[str] = None) -> None:
+    def check_model(self, model: "PiggybackModel", *, fingerprint: str | None = None) -> None:
         """Refuse a model whose mask settings or backbone differ from the
         store's (an empty store takes any).
 
@@ -235,7 +236,7 @@ class TaskStore:
             with _as_store_error():
                 check_learned_on(model, self._manifest, self.path, fingerprint=fingerprint)
 
-    def read(self, task: int) -> Dict[str, Any]:
+    def read(self, task: int) -> dict[str, Any]:
         """``task``'s file, checked against the manifest, as a task file
         payload."""
         entry = self._entry(task)
@@ -251,7 +252,7 @@ class TaskStore:
             raise TaskStoreError(f"{self.path / entry['file']} holds other tasks than the manifest says.")
         return payload
 
-    def entries(self, model: "PiggybackModel", task: int) -> Dict[str, Any]:
+    def entries(self, model: "PiggybackModel", task: int) -> dict[str, Any]:
         """``task``'s state, checked against ``model`` and decoded, under the
         model's keys."""
         payload = self.read(task)
@@ -274,7 +275,7 @@ class TaskStore:
                 ) from None
         return self._last_read[1][key]
 
-    def __deepcopy__(self, memo: Dict[int, Any]) -> "TaskStore":
+    def __deepcopy__(self, memo: dict[int, Any]) -> "TaskStore":
         # A copy (a restore point's) reads the same folder, and drops what it read last.
         copied = TaskStore.__new__(TaskStore)
         copied.path = self.path
@@ -329,7 +330,7 @@ class TaskStore:
             "longer be read, and it is not made again. Restore the folder, or attach a new store."
         )
 
-    def _append_locked(self, model: "PiggybackModel", encoded: Dict[int, bytes], fingerprint: str) -> None:
+    def _append_locked(self, model: "PiggybackModel", encoded: dict[int, bytes], fingerprint: str) -> None:
         manifest = self._reread_manifest()
         self._remove_leftovers(manifest)
         held = sorted(set(encoded) & {int(t) for t in (manifest or {}).get("tasks", {})})
@@ -348,7 +349,7 @@ class TaskStore:
             "settings": settings_of(model),
             "tasks": {},
         }
-        written: List[Tuple[Path, Path]] = []  # (temporary file, its link under the task's name)
+        written: list[tuple[Path, Path]] = []  # (temporary file, its link under the task's name)
         mode = _umask_mode()
         try:
             entries = {}
@@ -388,7 +389,7 @@ class TaskStore:
             except FileExistsError:
                 continue
 
-    def _remove_leftovers(self, manifest: Optional[Dict[str, Any]]) -> None:
+    def _remove_leftovers(self, manifest: dict[str, Any] | None) -> None:
         """Remove what appends killed midway left, and only that: their
         temporary files (none is being written while the lock is held), and
         task files linked to one of them but never listed."""

@@ -1,7 +1,5 @@
 """PromptTuningModel: a vision transformer, its weights frozen, prompt tokens per task."""
 
-from typing import Optional, Tuple, Union
-
 from torch import nn
 
 from piggyback_avalanche.checks import check_count
@@ -46,9 +44,9 @@ class PromptTuningModel(TaskAwareModel):
         self,
         backbone: nn.Module,
         *,
-        classifier: Union[str, nn.Module, None] = None,
+        classifier: str | nn.Module | None = None,
         prompt_length: int = DEFAULT_PROMPT_LENGTH,
-        prompt_after: Optional[str] = None,
+        prompt_after: str | None = None,
         feature_statistics: bool = False,
     ) -> None:
         check_count("prompt_length", prompt_length)
@@ -73,7 +71,7 @@ class PromptTuningModel(TaskAwareModel):
         setattr(owner, name, prompts)
         return backbone
 
-    def _prompt_site(self, backbone: nn.Module) -> Tuple[str, int]:
+    def _prompt_site(self, backbone: nn.Module) -> tuple[str, int]:
         """Where prompts join, and the tokens' width (the positional embedding's)."""
         modules = dict(backbone.named_modules())
         sites = [self.prompt_after] if self.prompt_after is not None else list(PROMPT_SITES)

@@ -1,7 +1,8 @@
 """Learned prompt tokens per task, appended to a transformer's token sequence."""
 
 import copy
-from typing import Any, Dict, List, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -64,10 +65,10 @@ class TaskPrompts(TaskModule, nn.Module):
         self.learning_prompts = TaskTensorDict(trainable=True, holds="learning", shape=shape)
         self.frozen_prompts = TaskTensorDict(trainable=False, holds="frozen", shape=shape)
 
-    def _stores(self) -> Dict[str, TaskTensorDict]:
+    def _stores(self) -> dict[str, TaskTensorDict]:
         return {"learning_prompts": self.learning_prompts, "frozen_prompts": self.frozen_prompts}
 
-    def _tensor_options(self) -> Dict[str, Any]:
+    def _tensor_options(self) -> dict[str, Any]:
         """The dtype and device of the module's tensors, which prompts follow."""
         for tensor in (*self.module.parameters(), *self.module.buffers()):
             return {"dtype": tensor.dtype, "device": tensor.device}
@@ -82,14 +83,14 @@ class TaskPrompts(TaskModule, nn.Module):
     def freeze_task(self, task: str) -> None:
         self.frozen_prompts.add(task, self.learning_prompts.pop(task).detach())
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """``{"prompts": [...]}``: the learning tasks' prompts."""
         return {"prompts": [self.learning_prompts[t] for t in self.learning_prompts.keys()]}  # type: ignore[misc]
 
-    def task_state_keys(self, task: str) -> List[str]:
+    def task_state_keys(self, task: str) -> list[str]:
         return [f"{name}.{task}" for name, store in self._stores().items() if task in store]
 
-    def frozen_task_state_schema(self, task: str) -> Dict[str, TensorSpec]:
+    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
         return {f"frozen_prompts.{task}": TensorSpec(self._tensor_options()["dtype"], (self.length, self.width))}
 
     def plain_bytes(self, task: str) -> int:
@@ -113,7 +114,7 @@ class TaskPrompts(TaskModule, nn.Module):
         prompts = self._prompts(self.task_state.key())
         return torch.cat([tokens, prompts.expand(tokens.shape[0], -1, -1)], dim=1)
 
-    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         def empty(store: TaskTensorDict, incoming: Tensor) -> Tensor:
             return torch.empty(self.length, self.width, **self._tensor_options())
 

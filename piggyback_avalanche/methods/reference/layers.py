@@ -2,7 +2,7 @@
 networks), or the backbone's weight shared and never trained (classifier
 only, with the shared machinery's :class:`FrozenLayer`)."""
 
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -59,12 +59,12 @@ class CopiedLayer(TaskWeightLayer):
         if self.bias is not None:
             self.frozen_biases.add(task, self.learning_biases.pop(task).detach())
 
-    def trainable_parameters(self) -> Dict[str, List[nn.Parameter]]:
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """``{"network": [...]}``: the learning tasks' weights and biases."""
         stores = [self.learning_weights] + ([self.learning_biases] if self.bias is not None else [])
         return {"network": [store[t] for store in stores for t in store.keys()]}  # type: ignore[misc]
 
-    def template_state_keys(self) -> List[str]:
+    def template_state_keys(self) -> list[str]:
         return ["weight", "bias"] if self.bias is not None else ["weight"]
 
     def task_state_bytes(self) -> int:
@@ -77,7 +77,7 @@ class CopiedLayer(TaskWeightLayer):
     def task_weight(self) -> Tensor:
         return self._own(self.learning_weights, self.frozen_weights)
 
-    def task_bias(self) -> Optional[Tensor]:
+    def task_bias(self) -> Tensor | None:
         if self.bias is None:
             return None
         return self._own(self.learning_biases, self.frozen_biases)
