@@ -45,6 +45,7 @@ REFERENCES = ["packnet", "individual", "classifier_only"]
 ORDER = ["piggyback", "packnet"]
 DEPTH = {"mlp": "MLP 256-256", "small_cnn": "small CNN (4 conv)", "small_resnet": "small ResNet (13 conv)"}
 DEPTH_STRATEGIES = ["piggyback", "individual"]
+DEPTH_BACKBONES = ["mlp", "small_resnet"]
 MASK_LR = 3e-4
 """A fixed mask learning rate for every run: the default rate follows the
 distance from the initial score to the threshold, which would make the
@@ -266,6 +267,13 @@ def main() -> int:
         "--epochs", type=int, help="epochs per task (default: the offline default preset's); targets hold for those"
     )
     parser.add_argument(
+        "--depth-backbones",
+        nargs="+",
+        default=DEPTH_BACKBONES,
+        choices=DEPTH_BACKBONES,
+        help="the backbones the depth claim compares with the small CNN",
+    )
+    parser.add_argument(
         "--record-targets",
         action="store_true",
         help="append to the shipped targets a target for every run that has none (in a clone: the repository's file)",
@@ -300,15 +308,14 @@ def main() -> int:
             stream=f"{stream}_reversed", backbone="small_cnn", strategies=ORDER, out_dir=out / "reversed", **common
         )
         depth = {"small_cnn": runs["main"]}
-        for backbone in ("mlp", "small_resnet"):
+        for backbone in args.depth_backbones:
             depth[backbone] = run_benchmark(
                 stream=stream, backbone=backbone, strategies=DEPTH_STRATEGIES, out_dir=out / backbone, **common
             )
         for name, backbone, results in [
             (stream, "small_cnn", runs["main"]),
             (f"{stream}_reversed", "small_cnn", runs["reversed"]),
-            (stream, "mlp", depth["mlp"]),
-            (stream, "small_resnet", depth["small_resnet"]),
+            *((stream, backbone, depth[backbone]) for backbone in args.depth_backbones),
         ]:
             if args.record_targets:
                 recorded += _record_targets(results, targets, stream=name, backbone=backbone)
