@@ -26,15 +26,44 @@ from piggyback_avalanche.training import registry
 PACKAGE = Path(__file__).resolve().parents[1] / "piggyback_avalanche"
 
 
-def _imports(path: Path) -> list[str]:
-    """The piggyback_avalanche modules a file imports, anywhere in it."""
+def _imports(path: Path, root: Path = PACKAGE) -> list[str]:
+    """The piggyback_avalanche modules a file imports, anywhere in it,
+    relative imports resolved against the file's package (``root`` is
+    where the package's files lie)."""
+    package = ["piggyback_avalanche", *path.relative_to(root).parent.parts]
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            found.append(node.module)
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # from . import x, from ..y import z
+                base = package[: len(package) - (node.level - 1)]
+                found.append(".".join(base + ([node.module] if node.module else [])))
+            elif node.module:
+                found.append(node.module)
         elif isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
     return [name for name in found if name.startswith("piggyback_avalanche")]
+
+
+LAYER_IMPORTS = {
+    "base": set(),  # checks.py, files.py, _requirements.py: used by everyone
+    "task_aware": {"base"},
+    "methods": {"base", "task_aware"},
+    "evaluation": {"base", "task_aware"},
+    "benchmarks": {"base", "task_aware"},
+    "training": {"base", "task_aware", "methods", "evaluation"},
+    "package": {"base", "task_aware", "methods", "training"},  # the package's __init__.py
+    "app": {"base", "task_aware", "methods", "evaluation", "benchmarks", "training", "package"},
+}
+"""Each layer of the package and the layers it may import: the library
+below the application, the shared machinery below the methods, and no
+layer importing one above it (so no circle between layers)."""
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")[1:]
+    if not parts or parts == ["__init__"]:
+        return "package"
+    return "base" if parts[0] in ("checks", "files", "_requirements") else parts[0]
 
 
 def _modules(under: str) -> dict[str, list[str]]:
@@ -48,13 +77,26 @@ def test_the_library_never_imports_the_application():
     assert not {f: ms for f, ms in offending.items() if ms}
 
 
+def test_every_layer_imports_only_the_layers_below_it(tmp_path):
+    files = {str(p.relative_to(PACKAGE)): p for p in PACKAGE.rglob("*.py")}
+    assert {_layer("piggyback_avalanche." + f[:-3].replace("/", ".")) for f in files} == set(LAYER_IMPORTS)
+    upward = {}
+    for name, path in files.items():
+        layer = _layer("piggyback_avalanche." + name[:-3].replace("/", "."))
+        bad = [m for m in _imports(path) if _layer(m) not in LAYER_IMPORTS[layer] | {layer}]
+        if bad:
+            upward[name] = bad
+    assert not upward
+    # Relative imports count too: a file of evaluation/ importing a method by "..methods" is seen.
+    (tmp_path / "evaluation").mkdir()
+    sneaky = tmp_path / "evaluation" / "metric.py"
+    sneaky.write_text("from ..methods.piggyback import PiggybackModel\nfrom . import figures\n")
+    resolved = _imports(sneaky, root=tmp_path)
+    assert resolved == ["piggyback_avalanche.methods.piggyback", "piggyback_avalanche.evaluation"]
+    assert [_layer(m) for m in resolved] == ["methods", "evaluation"]  # the first breaks the rule
+
+
 def test_the_shared_machinery_knows_no_method_and_methods_know_no_other_method():
-    shared = _modules("task_aware")
-    assert not {
-        f: ms
-        for f, ms in shared.items()
-        if any(not m.startswith("piggyback_avalanche.task_aware") and m != "piggyback_avalanche.checks" for m in ms)
-    }
     methods = sorted(p.name for p in (PACKAGE / "methods").iterdir() if (p / "__init__.py").exists())
     assert methods == ["bitfit", "lora", "packnet", "piggyback", "prompt", "reference"]
     for method in methods:

@@ -12,11 +12,11 @@ from conftest import synthetic_tasks, tiny_conv_net
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from piggyback_avalanche import PiggybackModel, make_strategy
+from piggyback_avalanche import PackNetModel, PiggybackModel, make_strategy
 from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 from piggyback_avalanche.evaluation import default_evaluator
+from piggyback_avalanche.evaluation.mask_sparsity import MaskSparsity
 from piggyback_avalanche.evaluation.model_size import ModelSize
-from piggyback_avalanche.methods.piggyback.mask_sparsity import MaskSparsity
 from piggyback_avalanche.methods.piggyback.masks import unpack_mask
 
 TWO_TASKS = [[0, 1], [0, 1, 2]]
@@ -111,6 +111,14 @@ def test_sparsity_equals_the_stored_masks():
         )
     assert result[1]["zeros"]["overall"] == zeros / total and 0 < zeros / total < 1
     assert result[1]["negatives"]["overall"] == negatives / total
+    assert model.mask_sparsity(1) == result[1]  # the metric asks the model, the model asks its layers
+    # A model whose tasks keep no mask over the shared weights has nothing to report.
+    packnet = PackNetModel(tiny_conv_net())
+    packnet.add_task(0, classes=[0, 1])
+    assert packnet.mask_sparsity(0) is None
+    metric.reset()
+    metric.update(packnet, [0])
+    assert metric.result() == {}
 
 
 def _run_with_tensorboard(log_dir, files_dir):

@@ -55,6 +55,7 @@ from piggyback_avalanche.benchmarks.offline import (
 )
 from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.evaluation.evaluator import default_evaluator
+from piggyback_avalanche.evaluation.mask_sparsity import MaskSparsityPluginMetric
 from piggyback_avalanche.evaluation.model_size import ModelSize
 from piggyback_avalanche.files import (
     FolderBusyError,
@@ -356,7 +357,7 @@ def train_and_evaluate(
 def _mask_zeros(evaluator: Any) -> dict[str, dict[str, float]]:
     """Per frozen task, the share of each masked layer's weights its mask
     drops (and ``overall``); empty for models without masks."""
-    sparsity = next((m for m in evaluator.metrics if str(m) == "MaskSparsity"), None)
+    sparsity = next((m for m in evaluator.metrics if isinstance(m, MaskSparsityPluginMetric)), None)
     return {str(task): kinds["zeros"] for task, kinds in (sparsity.result() if sparsity else {}).items()}
 
 

@@ -17,10 +17,10 @@ from avalanche.logging import BaseLogger, InteractiveLogger, TensorboardLogger
 from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 
 from piggyback_avalanche.evaluation.accuracy_matrix_image import accuracy_matrix_image_metrics
+from piggyback_avalanche.evaluation.mask_sparsity import mask_sparsity_metrics
 from piggyback_avalanche.evaluation.model_size import model_size_metrics
 from piggyback_avalanche.evaluation.task_inference_accuracy import task_inference_accuracy_metrics
 from piggyback_avalanche.files import PathLike, write_atomically
-from piggyback_avalanche.methods.piggyback.mask_sparsity import mask_sparsity_metrics
 
 __all__ = ["MetricsFileLogger", "ExperienceAxisTensorboardLogger", "default_evaluator"]
 

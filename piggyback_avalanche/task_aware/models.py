@@ -677,6 +677,27 @@ class MultiHeadModel(MultiTaskModule):
             hook.remove()
         return captured[0]
 
+    def mask_sparsity(self, task: int) -> dict[str, dict[str, float]] | None:
+        """The share of each layer's weights that ``task``'s mask drops
+        (``"zeros"``) and, for masks that can, flips (``"negatives"``), by
+        layer name and ``"overall"``; ``None`` when no layer of this model
+        masks the shared weights (see :meth:`TaskWeightLayer.mask_counts`)."""
+        counted = {
+            name: (counts, layer.weight.numel())
+            for name, layer in self.task_layers.items()
+            if (counts := layer.mask_counts(str(task))) is not None
+        }
+        if not counted:
+            return None
+        kinds = next(iter(counted.values()))[0].keys()
+        weights = sum(numel for _, numel in counted.values())
+        sparsity: dict[str, dict[str, float]] = {}
+        for kind in kinds:
+            shares = {name: counts[kind] / numel for name, (counts, numel) in counted.items()}
+            shares["overall"] = sum(counts[kind] for counts, _ in counted.values()) / weights
+            sparsity[kind] = shares
+        return sparsity
+
     def backbone_stays_fixed(self) -> bool:
         """Whether the backbone alone computes the same once no task trains
         it, whatever tasks come later: what statistics of its features need.

@@ -191,6 +191,17 @@ class TaskWeightLayer(TaskModule, nn.Module):
         weight (for the bits-per-weight figure)."""
         return 0
 
+    def mask_counts(self, task: str) -> dict[str, int] | None:
+        """How many of the layer's weights ``task``'s mask drops
+        (``"zeros"``) and, for masks that can, flips (``"negatives"``);
+        ``None`` for a layer whose tasks have no mask over the shared weight."""
+        return None
+
+    def learning_scores(self, task: str) -> Tensor | None:
+        """The real-valued scores a learning ``task`` trains its mask by, to
+        watch them move; ``None`` for a layer without such scores."""
+        return None
+
     def current_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
         """The weight and bias the current task computes with: the shared
         ones for a task the model has not learned (as it stands before

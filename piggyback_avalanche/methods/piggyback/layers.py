@@ -83,6 +83,16 @@ class MaskedLayer(TaskWeightLayer):
         stored = len(self.task_state.stored_tasks.difference(self.packed_masks.keys()))
         return self.packed_masks.nbytes() + stored * self._layout.packed_bytes
 
+    def mask_counts(self, task: str) -> dict[str, int]:
+        mask = self.mask(task)
+        counts = {"zeros": int((mask == 0).sum())}
+        if self.mask_kind.bits == 2:  # a ternary mask also flips weights
+            counts["negatives"] = int((mask < 0).sum())
+        return counts
+
+    def learning_scores(self, task: str) -> Tensor | None:
+        return self.scores[task].detach() if task in self.scores else None
+
     def mask(self, task: str) -> Tensor:
         """The mask of ``task`` as a tensor shaped like the weight."""
         if task in self.scores:

@@ -1,6 +1,10 @@
 """How sparse each task's masks are, as an Avalanche plugin metric: the
 share of each layer's weights a task's mask drops (or flips), as scalars and
-a per-layer chart, and histograms of the mask scores while a task learns."""
+a per-layer chart, and histograms of the mask scores while a task learns.
+
+It asks the model (:meth:`TaskAwareModel.mask_sparsity`) and its layers
+(:meth:`TaskWeightLayer.learning_scores`), so it reports every method whose
+tasks mask the shared weights, and nothing for the others."""
 
 import math
 from collections.abc import Iterable
@@ -13,13 +17,14 @@ from avalanche.evaluation.metric_results import MetricValue
 
 from piggyback_avalanche.evaluation.after_training_exp import AfterTrainingExpPluginMetric
 from piggyback_avalanche.evaluation.figures import bar_chart, rendered
-from piggyback_avalanche.methods.piggyback.model import PiggybackModel
+from piggyback_avalanche.task_aware.models import TaskAwareModel
 
 __all__ = ["MaskSparsity", "MaskSparsityPluginMetric", "mask_sparsity_metrics"]
 
 
 class MaskSparsity(Metric[dict[int, dict[str, dict[str, float]]]]):
-    """The standalone mask-sparsity metric of a :class:`PiggybackModel`.
+    """The standalone mask-sparsity metric of a task-aware model whose tasks
+    mask the shared weights (Piggyback's).
 
     ``result()`` maps each frozen task to ``{"zeros": {layer: fraction, ...,
     "overall": fraction}, "negatives": {...}}`` (negatives for the ternary
@@ -32,23 +37,12 @@ class MaskSparsity(Metric[dict[int, dict[str, dict[str, float]]]]):
 
     def update(self, model: nn.Module, tasks: Iterable[int] | None = None) -> None:
         """Measure ``tasks`` (default: every frozen task) of ``model``."""
-        if not isinstance(model, PiggybackModel):
+        if not isinstance(model, TaskAwareModel):
             return
-        ternary = model.mask_kind.bits == 2
         for task in model.frozen_tasks if tasks is None else tasks:
-            counts: dict[str, dict[str, float]] = {"zeros": {}, "negatives": {}} if ternary else {"zeros": {}}
-            totals = {kind: 0 for kind in counts}
-            weights = 0
-            for name, layer in model.masked_layers.items():
-                mask = layer.mask(str(task))
-                found = {"zeros": int((mask == 0).sum()), "negatives": int((mask < 0).sum())}
-                for kind in counts:
-                    counts[kind][name] = found[kind] / mask.numel()
-                    totals[kind] += found[kind]
-                weights += mask.numel()
-            for kind in counts:
-                counts[kind]["overall"] = totals[kind] / weights
-            self._result[int(task)] = counts
+            sparsity = model.mask_sparsity(task)
+            if sparsity is not None:
+                self._result[int(task)] = sparsity
 
     def result(self) -> dict[int, dict[str, dict[str, float]]]:
         return {t: {k: dict(v) for k, v in c.items()} for t, c in self._result.items()}
@@ -76,11 +70,14 @@ class MaskSparsityPluginMetric(AfterTrainingExpPluginMetric):
 
     def _values(self, strategy: Any) -> list[MetricValue]:
         model = strategy.model
-        if not isinstance(model, PiggybackModel):
+        if not isinstance(model, TaskAwareModel):
             return []
-        trained = sorted(strategy.experience_tasks(strategy.experience))
-        self._metric.update(model, trained)
+        tasks = sorted(strategy.experience_tasks(strategy.experience))
+        self._metric.update(model, tasks)
         result = self._metric.result()
+        trained = [task for task in tasks if task in result]  # those whose masks it could measure
+        if not trained:
+            return []
         values = []
         for task in trained:
             for kind, fractions in result[task].items():
@@ -95,15 +92,16 @@ class MaskSparsityPluginMetric(AfterTrainingExpPluginMetric):
 
     def after_training_epoch(self, strategy: Any) -> list[MetricValue]:
         model = strategy.model
-        if not isinstance(model, PiggybackModel):
+        if not isinstance(model, TaskAwareModel):
             return []
         values = []
         for task in model.learning_tasks:
-            for name, layer in model.masked_layers.items():
-                if str(task) in layer.scores:
-                    scores = layer.scores[str(task)].detach().flatten()
-                    step = max(1, math.ceil(scores.numel() / self.histogram_samples))
-                    values.append(self._emit("MaskScores", f"/Task{task:03d}/{name}", scores[::step].cpu(), strategy))
+            for name, layer in model.task_layers.items():
+                scores = layer.learning_scores(str(task))
+                if scores is not None:
+                    flat = scores.flatten()
+                    step = max(1, math.ceil(flat.numel() / self.histogram_samples))
+                    values.append(self._emit("MaskScores", f"/Task{task:03d}/{name}", flat[::step].cpu(), strategy))
         return values
 
 
