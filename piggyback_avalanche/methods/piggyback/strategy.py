@@ -14,11 +14,11 @@ DEFAULT_MASK_CROSS_WITHIN = 0.1
 """The share of an experience's optimizer steps within which a score can
 first cross the threshold, at the default mask learning rate. Chosen on
 validation data only (a fifth of each training experience held out) of the
-five offline streams as their presets run them, as the share whose largest
-shortfall against the best fixed ``mask_lr`` was smallest: at most 0.9
-points on the four CNN streams (3 seeds), 1.7 points above the best fixed
-rate on the ViT stream (seed 0), where the CNNs' best share, 0.025, fell
-12 points short (``benchmarks/mask_rate.py``, BENCHMARKS.md)."""
+five offline streams as their presets run them, 3 seeds, as the share whose
+largest shortfall against the best fixed ``mask_lr`` was smallest: at most
+0.9 points on the four CNN streams and 0.8 on the ViT stream, where the
+CNNs' best share, 0.025, fell 7.7 points short (``benchmarks/mask_rate.py``,
+BENCHMARKS.md)."""
 
 
 def mask_learning_rate(*, distance: float, steps: int, cross_within: float) -> float:
