@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from piggyback_avalanche.methods.piggyback.masks import MaskKind
+
 __all__ = ["FlatMasks", "FlatMaskSlots", "compute_dtype"]
 
 
@@ -77,15 +79,18 @@ class FlatMasks:
     :param weights: the layers' frozen weights, in order.
     :param scores: the task's score parameters of the same layers.
     :param threshold: the threshold tau.
-    :param ternary: masks in {-1, 0, 1} (scores below 0 give -1).
+    :param mask_kind: the layers' threshold function, whose masked weight
+        the flat pass computes.
     """
 
-    def __init__(self, weights: Sequence[Tensor], scores: Sequence[Tensor], *, threshold: float, ternary: bool) -> None:
+    def __init__(
+        self, weights: Sequence[Tensor], scores: Sequence[Tensor], *, threshold: float, mask_kind: MaskKind
+    ) -> None:
         self.shapes = [tuple(w.shape) for w in weights]
         self.sizes = [w.numel() for w in weights]
         self.orders = [_memory_order(w) for w in weights]
         self.threshold = threshold
-        self.ternary = ternary
+        self.mask_kind = mask_kind
         with torch.no_grad():
             self.weights = torch.cat([_flatten(w.detach(), order) for w, order in zip(weights, self.orders)])
             self.scores = torch.cat([_flatten(s.detach(), order) for s, order in zip(scores, self.orders)])
@@ -103,14 +108,11 @@ class FlatMasks:
         ]
 
     def masked(self, dtype: torch.dtype) -> Tensor:
-        """Every layer's masked weight, flat, in ``dtype``: one select over
-        both buffers."""
+        """Every layer's masked weight, flat, in ``dtype``: the threshold
+        function's masked weight, once over both buffers (its gradient is
+        :class:`_MaskedWeights`')."""
         with torch.no_grad():
-            keep = self.scores > self.threshold
-            if self.ternary:
-                mask = keep.to(self.weights.dtype) - (self.scores < 0).to(self.weights.dtype)
-                return (self.weights * mask).to(dtype)
-            return torch.where(keep, self.weights, 0.0).to(dtype)
+            return self.mask_kind.masked_weight(self.weights, self.scores, self.threshold).to(dtype)
 
     def weight(self, index: int, pass_id: int, dtype: torch.dtype) -> Tensor:
         """The masked weight of layer ``index`` for forward pass ``pass_id``,

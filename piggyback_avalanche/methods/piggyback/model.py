@@ -130,7 +130,7 @@ class PiggybackModel(TaskAwareModel):
                 [layer.weight for layer in holding],
                 [layer.scores[task] for layer in holding],
                 threshold=self.threshold,
-                ternary=self.mask_kind.bits == 2,
+                mask_kind=self.mask_kind,
             )
             for index, layer in enumerate(holding):
                 layer.flat_masks[task] = (flat, index)
