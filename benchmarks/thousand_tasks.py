@@ -45,10 +45,10 @@ from piggyback_avalanche.app.report import markdown_table
 from piggyback_avalanche.app.runner import pretrain
 from piggyback_avalanche.benchmarks.offline import permuted_mnist_stream
 from piggyback_avalanche.benchmarks.streams import task_stream
-from piggyback_avalanche.methods.piggyback.task_store import TaskStore
 from piggyback_avalanche.task_aware.bit_packing import unpack_codes
 from piggyback_avalanche.task_aware.entropy_coding import coded_layout, coded_nbytes, decode_codes, is_coded
 from piggyback_avalanche.task_aware.task_inference import TaskInference
+from piggyback_avalanche.task_aware.task_store import TaskStore
 
 MB, LR = 32, 1e-3
 

@@ -19,7 +19,7 @@ from piggyback_avalanche.app.backbones import small_cnn
 from piggyback_avalanche.app.runner import pretrain
 from piggyback_avalanche.benchmarks.offline import mnist_transfer_stream
 from piggyback_avalanche.evaluation import default_evaluator
-from piggyback_avalanche.methods.piggyback import TaskStore
+from piggyback_avalanche.task_aware import TaskStore
 
 parser = argparse.ArgumentParser(description="Piggyback with its tasks in a task store")
 parser.add_argument("--store", type=Path, default=Path("runs/task_store"))

@@ -263,7 +263,7 @@ def test_a_new_method_needs_no_edit_in_metrics_task_files_or_the_runner():
         }
         assert sorted(model.shared_state_keys()) == ["backbone.0.bias", "backbone.0.weight"]
     finally:
-        del registry._REGISTRY["test_scaled"]
+        del registry.REGISTERED_STRATEGIES["test_scaled"]
 
 
 def test_registration_carries_what_the_runner_needs():

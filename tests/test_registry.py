@@ -172,7 +172,7 @@ def test_users_can_register_their_own():
     finally:
         from piggyback_avalanche.training import registry
 
-        del registry._REGISTRY["test_naive_sgd"]
+        del registry.REGISTERED_STRATEGIES["test_naive_sgd"]
 
 
 def _stream(api):

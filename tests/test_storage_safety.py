@@ -21,9 +21,9 @@ from labelled_tasks import add_task, backbone, with_tasks
 
 from piggyback_avalanche import PiggybackModel
 from piggyback_avalanche.app.runner import main, run_benchmark
-from piggyback_avalanche.methods.piggyback.task_files import TaskFileError
-from piggyback_avalanche.methods.piggyback.task_store import TaskStore, TaskStoreError
 from piggyback_avalanche.task_aware.entropy_coding import encode_codes
+from piggyback_avalanche.task_aware.task_files import TaskFileError
+from piggyback_avalanche.task_aware.task_store import TaskStore, TaskStoreError
 from piggyback_avalanche.training.checkpoints import CheckpointError, load_experience_checkpoint
 
 HERE = os.path.dirname(__file__)
@@ -360,7 +360,7 @@ import resource, sys, torch
 sys.path.insert(0, {tests!r})
 from conftest import tiny_conv_net
 from piggyback_avalanche import PiggybackModel
-from piggyback_avalanche.methods.piggyback.task_files import TaskFileError
+from piggyback_avalanche.task_aware.task_files import TaskFileError
 torch.manual_seed(0)
 model = PiggybackModel(tiny_conv_net())
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -453,7 +453,7 @@ ATTACH_ON_A_FULL_DISK = (
 import json, torch
 from labelled_tasks import add_task, backbone
 from piggyback_avalanche import PiggybackModel
-from piggyback_avalanche.methods.piggyback.task_store import TaskStoreError
+from piggyback_avalanche.task_aware.task_store import TaskStoreError
 model = PiggybackModel(backbone())
 add_task(model, 7)
 state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -10,8 +10,8 @@ from torch import nn
 
 from piggyback_avalanche import Piggyback, PiggybackModel
 from piggyback_avalanche.benchmarks.streams import tensor_task_stream
-from piggyback_avalanche.methods.piggyback.task_files import TaskFileError, backbone_fingerprint
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout, coded_layout, decode_codes, is_coded
+from piggyback_avalanche.task_aware.task_files import TaskFileError, backbone_fingerprint
 
 
 @pytest.fixture

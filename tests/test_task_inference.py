@@ -25,8 +25,8 @@ from piggyback_avalanche.evaluation.task_inference_accuracy import (
     task_inference_accuracy_metrics,
 )
 from piggyback_avalanche.methods.packnet.model import PackNetModel
-from piggyback_avalanche.methods.piggyback.task_files import TaskFileError
 from piggyback_avalanche.task_aware import MASKED_LOGIT, MultiHeadModel
+from piggyback_avalanche.task_aware.task_files import TaskFileError
 from piggyback_avalanche.task_aware.task_inference import TaskInference
 
 CLASSES = [[0, 1], [2, 3], [4, 5]]

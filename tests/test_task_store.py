@@ -15,8 +15,8 @@ from conftest import packnet_mlp_with_tasks, resealed, same_state, stacked_input
 
 from piggyback_avalanche import Piggyback, PiggybackModel
 from piggyback_avalanche.evaluation import default_evaluator
-from piggyback_avalanche.methods.piggyback.task_store import TaskStore, TaskStoreError
 from piggyback_avalanche.task_aware.frozen_weight_cache import DEFAULT_BUDGET_BYTES, FrozenWeightCache
+from piggyback_avalanche.task_aware.task_store import TaskStore, TaskStoreError
 from piggyback_avalanche.training.checkpoints import CheckpointError, save_experience_checkpoint
 
 
@@ -189,7 +189,7 @@ import os, signal, sys, torch
 sys.path.insert(0, {tests!r})
 from conftest import tiny_conv_net
 from piggyback_avalanche import PiggybackModel
-from piggyback_avalanche.methods.piggyback.task_store import TaskStore
+from piggyback_avalanche.task_aware.task_store import TaskStore
 torch.manual_seed(0)
 model = PiggybackModel(tiny_conv_net())
 model.attach_task_store({store!r})

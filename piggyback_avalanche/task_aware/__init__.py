@@ -1,8 +1,9 @@
 """The task machinery every method shares: the task state, task-aware
 layers (convolutions, linear layers, attention; frozen ones too), per-task
 normalization and heads, the multi-head and task-aware
-models, the strategy they train with, the cache of frozen tasks' weights
-and the entropy coding of their packed codes at rest."""
+models, the strategy they train with, the cache of frozen tasks' weights,
+task files and task stores, and the entropy coding of their packed codes
+at rest."""
 
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout, CodingError, decode_codes, encode_codes
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
@@ -22,12 +23,14 @@ from piggyback_avalanche.task_aware.strategy import (
     TaskOutOfMemoryError,
 )
 from piggyback_avalanche.task_aware.task_attention import ATTENTION_TYPES, TaskMultiheadAttention, TaskWindowAttention
+from piggyback_avalanche.task_aware.task_files import TaskFileError, backbone_fingerprint
 from piggyback_avalanche.task_aware.task_heads import MASKED_LOGIT, ClassifierHead, TaskHeads
 from piggyback_avalanche.task_aware.task_inference import InferredTasks, TaskInference
 from piggyback_avalanche.task_aware.task_layers import SUPPORTED_LAYER_TYPES, TaskWeightLayer, task_layer_types
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
 from piggyback_avalanche.task_aware.task_scores import TASK_SCORES, TaskScore
 from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, TaskTensorDict, TensorSpec, task_key
+from piggyback_avalanche.task_aware.task_store import TaskStore, TaskStoreError
 
 __all__ = [
     "TaskState",
@@ -56,6 +59,10 @@ __all__ = [
     "TaskScore",
     "TASK_SCORES",
     "TaskFeatureStatistics",
+    "TaskFileError",
+    "backbone_fingerprint",
+    "TaskStore",
+    "TaskStoreError",
     "FrozenWeightCache",
     "DEFAULT_BUDGET_BYTES",
     "CodeLayout",

@@ -11,6 +11,7 @@ import copy
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from itertools import chain
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -26,6 +27,7 @@ from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatist
 from piggyback_avalanche.task_aware.frozen_weight_cache import FrozenWeightCache
 from piggyback_avalanche.task_aware.task_attention import ATTENTION_TYPES
 from piggyback_avalanche.task_aware.task_embeddings import give_tasks_their_own
+from piggyback_avalanche.task_aware.task_files import load_tasks, save_tasks
 from piggyback_avalanche.task_aware.task_heads import MASKED_LOGIT, TaskHeads, unmasked
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
@@ -37,6 +39,7 @@ from piggyback_avalanche.task_aware.task_state import (
     TensorSpec,
     task_key,
 )
+from piggyback_avalanche.task_aware.task_store import TaskStore, TaskStoreError
 
 __all__ = ["MultiHeadModel", "TaskAwareModel", "SettingFreeModel", "SHARED_EMBEDDINGS", "find_classifier"]
 
@@ -55,6 +58,9 @@ SHARED_EMBEDDINGS = frozenset(
 (torchvision's and timm's class and distillation tokens, positional
 embeddings, relative position bias tables): a task-aware model shares them
 frozen, as pretraining left them, like the backbone's weights."""
+
+_TASKS_PER_LOAD = 32
+"""Tasks read from a task store per state-dict load when a store is attached."""
 
 _CHECKSUM_SAMPLES = 4096
 """Entries per shared tensor that evaluation's checksum reads."""
@@ -852,6 +858,8 @@ class TaskAwareModel(MultiHeadModel):
         self.task_batchnorm = bool(task_batchnorm)
         self.task_embeddings = bool(task_embeddings)
         self._layer_settings = layer_settings
+        # Per stored task: the state-dict keys of its parts the store holds, with their bytes in memory.
+        self._offloaded: dict[str, dict[str, int]] = {}
         super().__init__(backbone, classifier=classifier, feature_statistics=feature_statistics)
         self._record_shared_checksum()
 
@@ -971,7 +979,14 @@ class TaskAwareModel(MultiHeadModel):
         self._register_task(task, classes)
 
     def freeze_task(self, task: int) -> None:
-        """Finish a task: after this its outputs never change."""
+        """Finish a task: after this its outputs never change. With a task
+        store attached, append it there and drop its offloadable parts from
+        memory.
+
+        :raises TaskStoreError: if the store cannot take the task (a full
+            disk, a removed folder); the task stays frozen in memory, whole,
+            and :meth:`save_task` can write it elsewhere.
+        """
         key = task_key(task)
         if key not in self.task_state.learning:
             raise ValueError(f"Task {task} is not being learned; learning: {self.learning_tasks}.")
@@ -982,6 +997,8 @@ class TaskAwareModel(MultiHeadModel):
             self.task_state.backbone_task = None
         if not self.task_state.learning:
             self._record_shared_checksum()
+        if self.task_store is not None:
+            self._store(task)
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """The parameters that learning the current tasks trains, by group:
@@ -1005,6 +1022,17 @@ class TaskAwareModel(MultiHeadModel):
             # Only when on, so that checkpoints written before the options still load.
             **({"feature_statistics": True} if self.feature_statistics is not None else {}),
             **({"task_embeddings": True} if self.task_embeddings else {}),
+        }
+
+    def task_file_settings(self) -> dict[str, Any]:
+        """The settings that decide what a frozen task's tensors mean, as
+        plain values: task files and task stores record them, and refuse
+        tasks saved under other ones (a method adds its own, such as
+        Piggyback's threshold)."""
+        return {
+            "model": type(self).__name__,
+            "task_batchnorm": self.task_batchnorm,
+            "dtype": str(next(self.parameters()).dtype),
         }
 
     def task_state_bits_per_weight(self) -> float:
@@ -1077,6 +1105,142 @@ class TaskAwareModel(MultiHeadModel):
         # its recursion) changes nothing; training a frozen task again is
         # refused by the strategy, before any work.
         super()._revisit(task, classes)
+
+    # --- task files ------------------------------------------------------------
+
+    def save_task(self, path: str | Path, task: int) -> None:
+        """Write one frozen task (what it adds to the backbone: Piggyback's
+        packed masks, another method's per-task tensors, its normalization
+        and head; with :meth:`task_file_settings`, a format version and the
+        backbone's fingerprint) to ``path``, atomically. See
+        :mod:`~piggyback_avalanche.task_aware.task_files`."""
+        self.save_tasks(path, [task])
+
+    def save_tasks(self, path: str | Path, tasks: Iterable[int] | None = None) -> None:
+        """Write ``tasks`` (all frozen tasks by default) to one task file."""
+        save_tasks(self, path, tasks)
+
+    def load_task(self, path: str | Path, task: int, *, as_task: int | None = None) -> int:
+        """Add ``task`` from a task file as a frozen task, under the label
+        ``as_task`` (default: the same). The model is unchanged on error.
+
+        :return: the task's label in this model.
+        :raises TaskFileError: for a file that is truncated, corrupt, of
+            another version, from another backbone or setting, or
+            that does not fit the layers, and for a label already taken.
+        """
+        rename = None if as_task is None else {task: as_task}
+        return self.load_tasks(path, [task], rename=rename)[0]
+
+    # --- the task store ----------------------------------------------------------
+
+    @property
+    def task_store(self) -> TaskStore | None:
+        """The task store that holds this model's frozen tasks' offloadable
+        parts (Piggyback's masks), if any."""
+        return self.task_state.stored_parts  # type: ignore[return-value]  # only attach_task_store sets it
+
+    def attach_task_store(self, path: str | Path, *, cache_budget_bytes: int | None = None) -> list[int]:
+        """Keep the frozen tasks' offloadable parts (Piggyback's masks; see
+        ``TaskTensorDict(offloadable=...)``) in the task store at ``path``
+        (:mod:`~piggyback_avalanche.task_aware.task_store`) instead of
+        memory: the store's tasks join the model, the model's frozen tasks
+        are appended to the store, and every task frozen from now on is
+        appended when it freezes. A task's parts are read when the task is
+        used and its effective weights not cached; memory holds the
+        backbone, every task's normalization and head, and the
+        :attr:`frozen_weight_cache`.
+
+        Everything is checked first (the manifest, every task file against
+        its SHA-256, the backbone fingerprint and task-file settings, free
+        labels); on any error the model is unchanged.
+
+        :param path: the store's folder (made if new).
+        :param cache_budget_bytes: set the :attr:`frozen_weight_cache`'s budget.
+        :return: the tasks added from the store.
+        :raises TaskStoreError: naming what does not fit and what to do.
+        :raises ValueError: while a task learns, or if a store is attached.
+        """
+        if self.task_store is not None:
+            raise ValueError(f"This model keeps its tasks in {self.task_store.path} already.")
+        if self.task_state.learning:
+            raise ValueError(
+                f"Tasks {self.learning_tasks} are still being learned; attach a task store between experiences."
+            )
+        store = TaskStore(path)
+        store.check_model(self)
+        added = store.tasks
+        clashing = sorted(set(added) & set(self.tasks))
+        if clashing:
+            raise TaskStoreError(
+                f"Task label(s) {clashing} are in the model and in the task store {store.path}; attach the "
+                "store to a model without them (a model built on the same backbone)."
+            )
+        for task in added:  # every file, checked before anything changes
+            store.entries(self, task)
+        # The model's own frozen tasks go to the store first, all or none: if
+        # the folder cannot take them, neither the store nor the model changes.
+        own = [t for t in self.frozen_tasks if task_key(t) not in self.task_state.stored_tasks]
+        if own:
+            store.append_tasks(self, own)
+        if cache_budget_bytes is not None:
+            self.frozen_weight_cache.budget_bytes = cache_budget_bytes
+        self.task_state.stored_parts = store
+        # A few tasks per load: each load visits the whole model, and each
+        # task's offloadable parts leave memory right after.
+        for start in range(0, len(added), _TASKS_PER_LOAD):
+            chunk = added[start : start + _TASKS_PER_LOAD]
+            self.load_state_dict(
+                {**self.state_dict(), **{k: v for t in chunk for k, v in store.entries(self, t).items()}}
+            )
+            for task in chunk:
+                self._offload(task)
+        for task in own:
+            self._offload(task)
+        return added
+
+    def _store(self, task: int) -> None:
+        self.task_store.append(self, task)  # type: ignore[union-attr]
+        self._offload(task)
+
+    def _offload(self, task: int) -> None:
+        key = task_key(task)
+        parts = {
+            prefix + k: tensor
+            for prefix, module in self._named_task_modules()
+            for k, tensor in module.offload_task(key).items()
+        }
+        self._offloaded[key] = {k: t.nbytes for k, t in parts.items()}
+        self._frozen_parts.pop(key, None)  # it held the parts that just left memory
+        self.task_state.stored_tasks.add(key)
+
+    def stored_task_parts(self, task: int) -> dict[str, Tensor]:
+        """The parts of ``task`` that its task store holds instead of memory,
+        read from the store (none for a task in memory)."""
+        key = task_key(task)
+        store = self.task_store
+        if key not in self.task_state.stored_tasks or store is None:
+            return {}
+        return {k: store.read_part(key, k) for k in self._offloaded[key]}
+
+    def stored_bytes(self) -> int:
+        """Bytes the model stores, in memory or in its task store (the
+        stored tasks' parts counted as in memory, masks bit-packed)."""
+        return super().stored_bytes() + sum(sum(parts.values()) for parts in self._offloaded.values())
+
+    def load_tasks(
+        self,
+        path: str | Path,
+        tasks: Iterable[int] | None = None,
+        *,
+        rename: dict[int, int] | None = None,
+    ) -> list[int]:
+        """Add ``tasks`` (all of the file's by default) from a task file;
+        ``rename`` maps the file's labels to this model's.
+
+        :return: the labels added.
+        """
+        return load_tasks(self, path, tasks, rename=rename)
 
     # --- the shared tensors stay as the frozen tasks learned them ----------------
 

@@ -7,9 +7,8 @@ how a task's weight is made and what a task adds, trains and freezes;
 :func:`task_layer_types` then gives it a twin of every supported torch layer.
 """
 
-import inspect
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -130,18 +129,17 @@ class TaskWeightLayer(TaskModule, nn.Module):
     weight: nn.Parameter
     bias: nn.Parameter | None
 
+    setting_names: ClassVar[tuple[str, ...]] = ()
+    """The keyword-only settings of the subclass's :meth:`_init_task_weights`
+    (a model passes them to every layer), apart from the torch layer's."""
+
     def __init__(self, *args: Any, task_state: TaskState, **kwargs: Any) -> None:
-        settings = {name: kwargs.pop(name) for name in self._setting_names() if name in kwargs}
+        settings = {name: kwargs.pop(name) for name in self.setting_names if name in kwargs}
         super().__init__(*args, **kwargs)  # the torch layer's
         self.task_state = task_state
         self._caches = VersionedCache()
         self._init_task_weights(**settings)
         self._set_weight_trainable(False)
-
-    @classmethod
-    def _setting_names(cls) -> list[str]:
-        parameters = inspect.signature(cls._init_task_weights).parameters.values()
-        return [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
 
     @classmethod
     def from_module(cls, module: nn.Module, *, task_state: TaskState, **settings: Any) -> "TaskWeightLayer":
@@ -173,7 +171,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
 
     def _init_task_weights(self) -> None:
         """Create the layer's per-task stores; keyword-only arguments are its
-        settings."""
+        settings, named in :attr:`setting_names`."""
 
     # --- what a subclass says ----------------------------------------------
 

@@ -9,8 +9,7 @@ Add your own with :func:`register_strategy`.
 
 import copy
 import inspect
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -36,19 +35,20 @@ from avalanche.training import PackNet as AvalanchePackNet
 from avalanche.training.plugins import CurrentDataFeCAMUpdate
 from avalanche.training.templates import SupervisedTemplate
 
-from piggyback_avalanche.methods.bitfit.model import BitFitModel
-from piggyback_avalanche.methods.bitfit.strategy import BitFit
-from piggyback_avalanche.methods.lora.model import LoRAModel
-from piggyback_avalanche.methods.lora.strategy import LoRA
-from piggyback_avalanche.methods.packnet.model import PackNetModel
-from piggyback_avalanche.methods.packnet.strategy import DEFAULT_POST_PRUNE_EPOCHS, DEFAULT_PRUNE_RATIO, PackNet
-from piggyback_avalanche.methods.piggyback.model import PiggybackModel
-from piggyback_avalanche.methods.piggyback.strategy import Piggyback
-from piggyback_avalanche.methods.prompt.model import PromptTuningModel
-from piggyback_avalanche.methods.prompt.strategy import PromptTuning
-from piggyback_avalanche.methods.reference.models import ClassifierOnlyModel, IndividualNetworksModel
-from piggyback_avalanche.methods.reference.strategies import ClassifierOnly, IndividualNetworks
+# Importing the methods registers each of them (each method's package registers itself).
+import piggyback_avalanche.methods  # noqa: F401
+from piggyback_avalanche.methods.packnet.strategy import DEFAULT_POST_PRUNE_EPOCHS, DEFAULT_PRUNE_RATIO
 from piggyback_avalanche.task_aware.models import MultiHeadModel, find_classifier
+from piggyback_avalanche.task_aware.registration import (
+    LEARNING_RATE_RANGE,
+    REGISTERED_STRATEGIES,
+    MethodConfig,
+    RegisteredStrategy,
+    SearchRange,
+    StrategyBuilder,
+    register_method,
+    register_strategy,
+)
 from piggyback_avalanche.task_aware.strategy import (
     DEFAULT_EVAL_MB_SIZE,
     DEFAULT_LR,
@@ -63,14 +63,13 @@ __all__ = [
     "COMMON_DEFAULTS",
     "StrategyBuilder",
     "RegisteredStrategy",
+    "MethodConfig",
     "register_strategy",
+    "register_method",
     "available_strategies",
     "registered_strategy",
     "make_strategy",
 ]
-
-StrategyBuilder = Callable[..., SupervisedTemplate]
-"""``builder(backbone, **config) -> strategy``."""
 
 COMMON_DEFAULTS: dict[str, Any] = {
     "train_mb_size": DEFAULT_TRAIN_MB_SIZE,
@@ -81,138 +80,23 @@ COMMON_DEFAULTS: dict[str, Any] = {
 gives them, so that strategies compare on equal terms."""
 
 
-@dataclass(frozen=True)
-class SearchRange:
-    """The values a setting is tuned over: ``low`` to ``high``, on a log
-    scale (rates, weights of regularisers) or a linear one (shares).
-
-    :param low: the smallest value.
-    :param high: the largest value.
-    :param log: search on a log scale.
-    """
-
-    low: float
-    high: float
-    log: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0 < self.low < self.high if self.log else not self.low < self.high:
-            raise ValueError(f"A search range needs low < high (and low > 0 on a log scale), got {self}.")
-
-
-LEARNING_RATE_RANGE = SearchRange(1e-4, 1e-2)
-"""The learning rates every strategy is tuned over."""
-
-
-@dataclass(frozen=True)
-class RegisteredStrategy:
-    """A registered strategy, and what a caller such as the benchmark runner
-    needs to know of it without knowing its type.
-
-    :param name: the registered name.
-    :param build: ``build(backbone, **config) -> strategy``.
-    :param description: one line for listings.
-    :param settings: the configuration keys the builder takes; ``None``: any.
-    :param untrained_backbone_setting: a boolean keyword that makes the
-        strategy train the backbone itself on the first experience, for
-        streams without a pretrained backbone (``None``: it has none).
-    :param trains_on_whole_stream: ``train()`` takes the whole stream at once
-        (joint training) instead of one experience at a time.
-    :param class_incremental_settings: the settings that make the strategy
-        learn a stream without task labels at test time (class-incremental):
-        task inference for ours, one head over all classes for Avalanche's
-        baselines; ``None``: it cannot.
-    :param search_space: the settings the runner's tuning mode searches,
-        with their ranges (empty: nothing to tune).
-    """
-
-    name: str
-    build: StrategyBuilder
-    description: str
-    settings: frozenset[str] | None
-    untrained_backbone_setting: str | None = None
-    trains_on_whole_stream: bool = False
-    class_incremental_settings: Mapping[str, Any] | None = None
-    search_space: Mapping[str, SearchRange] = field(default_factory=dict)
-
-    def accepted(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The entries of ``config`` the builder takes."""
-        return {k: v for k, v in config.items() if self.settings is None or k in self.settings}
-
-
-_REGISTRY: dict[str, RegisteredStrategy] = {}
-
-
-def _keywords(function: Callable[..., Any]) -> tuple[frozenset[str], bool]:
-    """The named parameters of ``function``, and whether it takes ``**kwargs``."""
+def _keywords(function: Callable[..., Any]) -> frozenset[str]:
+    """The named parameters of one of Avalanche's functions (not ours: a
+    method of this package lists its settings in its :class:`MethodConfig`)."""
     parameters = inspect.signature(function).parameters.values()
     named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return frozenset(named - {"self", "model", "backbone"}), any(p.kind is p.VAR_KEYWORD for p in parameters)
-
-
-def _own_settings(cls: type) -> frozenset[str]:
-    """The keywords of a class's constructor (its own, or the nearest base's)."""
-    owner = next(c for c in cls.__mro__ if "__init__" in vars(c))
-    return _keywords(vars(owner)["__init__"])[0]
+    return frozenset(named - {"self", "model", "backbone"})
 
 
 def _constructor_settings(cls: type) -> frozenset[str]:
-    """Every keyword a class's constructor takes, through its bases' ``**kwargs``."""
-    return frozenset().union(*(_keywords(vars(c)["__init__"])[0] for c in cls.__mro__ if "__init__" in vars(c)))
-
-
-def register_strategy(
-    name: str,
-    *,
-    description: str | None = None,
-    settings: Iterable[str] | None = None,
-    untrained_backbone_setting: str | None = None,
-    trains_on_whole_stream: bool = False,
-    class_incremental_settings: Mapping[str, Any] | None = None,
-    search_space: Mapping[str, SearchRange] | None = None,
-) -> Callable[[StrategyBuilder], StrategyBuilder]:
-    """Register a strategy builder under ``name``, with what callers need to
-    know of it (see :class:`RegisteredStrategy`).
-
-    The builder is called as ``builder(backbone, **config)``, where config
-    holds the caller's arguments on top of :data:`COMMON_DEFAULTS`, and
-    returns an Avalanche strategy. It must not change ``backbone``.
-
-    :param description: defaults to the first line of the builder's docstring.
-    :param settings: the configuration keys the builder takes; by default the
-        named parameters of its signature, or any key if it takes ``**config``.
-    :param search_space: see :class:`RegisteredStrategy`; every key must be
-        one of its settings.
-    :raises ValueError: if the name is taken, or the search space names a
-        setting the builder does not take.
-    """
-
-    def decorator(builder: StrategyBuilder) -> StrategyBuilder:
-        if name in _REGISTRY:
-            raise ValueError(f"A strategy named {name!r} is already registered.")
-        named, open_ended = _keywords(builder)
-        registered = RegisteredStrategy(
-            name=name,
-            build=builder,
-            description=description or (builder.__doc__ or name).strip().splitlines()[0],
-            settings=frozenset(settings) if settings is not None else (None if open_ended else named),
-            untrained_backbone_setting=untrained_backbone_setting,
-            trains_on_whole_stream=trains_on_whole_stream,
-            class_incremental_settings=class_incremental_settings,
-            search_space=dict(search_space or {}),
-        )
-        unknown = sorted(set(registered.search_space) - set(registered.accepted(dict(registered.search_space))))
-        if unknown:
-            raise ValueError(f"The search space of {name!r} names settings it does not take: {unknown}.")
-        _REGISTRY[name] = registered
-        return builder
-
-    return decorator
+    """Every keyword an Avalanche strategy's constructor takes, through its
+    bases' ``**kwargs``."""
+    return frozenset().union(*(_keywords(vars(c)["__init__"]) for c in cls.__mro__ if "__init__" in vars(c)))
 
 
 def available_strategies() -> list[str]:
     """The registered strategy names, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(REGISTERED_STRATEGIES)
 
 
 def registered_strategy(name: str) -> RegisteredStrategy:
@@ -220,12 +104,12 @@ def registered_strategy(name: str) -> RegisteredStrategy:
 
     :raises ValueError: for an unknown name, listing the known ones.
     """
-    if name not in _REGISTRY:
+    if name not in REGISTERED_STRATEGIES:
         raise ValueError(
             f"Unknown strategy {name!r}. Available: {', '.join(available_strategies())}. "
             "Register your own with @register_strategy(name)."
         )
-    return _REGISTRY[name]
+    return REGISTERED_STRATEGIES[name]
 
 
 def make_strategy(name: str, backbone: nn.Module, **config: Any) -> SupervisedTemplate:
@@ -242,51 +126,6 @@ def make_strategy(name: str, backbone: nn.Module, **config: Any) -> SupervisedTe
     :raises ValueError: for an unknown name, listing the known ones.
     """
     return registered_strategy(name).build(backbone, **{**COMMON_DEFAULTS, **config})
-
-
-def _split(config: dict[str, Any], model_class: type) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The model's keyword arguments, and the rest for the strategy."""
-    model_keys = _own_settings(model_class)
-    model_config = {k: v for k, v in config.items() if k in model_keys}
-    return model_config, {k: v for k, v in config.items() if k not in model_keys}
-
-
-def _register_ours(
-    name: str,
-    strategy_class: type,
-    model_class: type,
-    search_space: Mapping[str, SearchRange] | None = None,
-    **defaults: Any,
-) -> None:
-    def build(backbone: nn.Module, **config: Any) -> SupervisedTemplate:
-        model_config, strategy_config = _split({**defaults, **config}, model_class)
-        return strategy_class(model=model_class(backbone, **model_config), **strategy_config)
-
-    build.__doc__ = f"{strategy_class.__name__} on a {model_class.__name__}."
-    model_settings = _own_settings(model_class)
-    # Without task labels: infer them (the strategy arranges the statistics the best score reads).
-    class_incremental: dict[str, Any] = {"task_inference": "sample"}
-    register_strategy(
-        name,
-        # The strategy builds its own optimizer; the model takes only its own arguments.
-        settings=(_constructor_settings(strategy_class) - {"optimizer"}) | model_settings,
-        untrained_backbone_setting="train_backbone_on_first_experience" if strategy_class is Piggyback else None,
-        class_incremental_settings=class_incremental,
-        search_space={"lr": LEARNING_RATE_RANGE, **(search_space or {})},
-    )(build)
-
-
-_MASK_SPACE = {"mask_cross_within": SearchRange(0.005, 0.5)}
-_register_ours("piggyback", Piggyback, PiggybackModel, _MASK_SPACE)
-_register_ours(
-    "piggyback_ternary", Piggyback, PiggybackModel, _MASK_SPACE, threshold_fn="ternarizer", mask_init="uniform"
-)
-_register_ours("packnet", PackNet, PackNetModel, {"prune_ratio": SearchRange(0.25, 0.9, log=False)})
-_register_ours("individual", IndividualNetworks, IndividualNetworksModel)
-_register_ours("classifier_only", ClassifierOnly, ClassifierOnlyModel)
-_register_ours("lora", LoRA, LoRAModel, {"lora_lr": LEARNING_RATE_RANGE})
-_register_ours("bitfit", BitFit, BitFitModel)
-_register_ours("prompt", PromptTuning, PromptTuningModel)
 
 
 def _optimizer(model: nn.Module, lr: float, factory: OptimizerFactory | None) -> torch.optim.Optimizer:
@@ -334,7 +173,7 @@ def _register_avalanche(
     build.__doc__ = f"Avalanche's {strategy_class.__name__} with one head per task (or one for all)."
     register_strategy(
         name,
-        settings=_keywords(build)[0] | _constructor_settings(strategy_class),
+        settings=_keywords(build) | _constructor_settings(strategy_class),
         trains_on_whole_stream=trains_on_whole_stream,
         class_incremental_settings={"single_head": True},
         search_space={"lr": LEARNING_RATE_RANGE, **(search_space or {})},

@@ -28,6 +28,8 @@ class LowRankLayer(TaskWeightLayer):
     keeps its two factors; nothing of it changes again.
     """
 
+    setting_names = ("rank", "alpha")
+
     def _init_task_weights(self, *, rank: int, alpha: float) -> None:  # type: ignore[override]
         self.rank = rank
         self.alpha = alpha

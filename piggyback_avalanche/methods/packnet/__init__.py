@@ -1,6 +1,7 @@
 """PackNet (Mallya & Lazebnik, CVPR 2018): one network, its weights shared
 out among tasks by iterative pruning."""
 
+from piggyback_avalanche.methods.packnet.config import PackNetConfig
 from piggyback_avalanche.methods.packnet.layers import MAX_PACKNET_TASKS, PACKNET_LAYER_TYPES, PackNetLayer
 from piggyback_avalanche.methods.packnet.model import PackNetModel
 from piggyback_avalanche.methods.packnet.strategy import (
@@ -10,10 +11,12 @@ from piggyback_avalanche.methods.packnet.strategy import (
     PackNet,
     PruneRatio,
 )
+from piggyback_avalanche.task_aware.registration import register_method
 
 __all__ = [
     "PackNetModel",
     "PackNet",
+    "PackNetConfig",
     "PACKNET_PAPER_SETTINGS",
     "PruneRatio",
     "DEFAULT_PRUNE_RATIO",
@@ -22,3 +25,5 @@ __all__ = [
     "PACKNET_LAYER_TYPES",
     "MAX_PACKNET_TASKS",
 ]
+
+register_method("packnet", config=PackNetConfig, model=PackNetModel, strategy=PackNet)

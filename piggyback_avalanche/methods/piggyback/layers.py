@@ -23,6 +23,8 @@ class MaskedLayer(TaskWeightLayer):
     ``packed_masks``.
     """
 
+    setting_names = ("mask_kind", "threshold", "mask_init", "mask_scale")
+
     def _init_task_weights(  # type: ignore[override]
         self, *, mask_kind: MaskKind, threshold: float, mask_init: str, mask_scale: float
     ) -> None:

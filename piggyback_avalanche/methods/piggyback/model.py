@@ -1,7 +1,5 @@
 """PiggybackModel: any backbone, one binary (or ternary) mask per task."""
 
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -10,17 +8,19 @@ from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.methods.piggyback.flat_masks import FlatMasks
 from piggyback_avalanche.methods.piggyback.layers import MASKED_LAYER_TYPES, MaskedLayer
 from piggyback_avalanche.methods.piggyback.masks import get_mask_kind
-from piggyback_avalanche.methods.piggyback.task_files import load_tasks, save_tasks
-from piggyback_avalanche.methods.piggyback.task_store import TaskStore, TaskStoreError
 from piggyback_avalanche.task_aware.models import TaskAwareModel
-from piggyback_avalanche.task_aware.task_state import task_key
 
-__all__ = ["PiggybackModel", "MASK_INITS"]
+__all__ = ["PiggybackModel", "MASK_INITS", "DEFAULT_THRESHOLD", "DEFAULT_MASK_SCALE"]
 
 MASK_INITS = ("1s", "uniform")
 """Ways to initialise a new task's mask scores."""
 
-_TASKS_PER_LOAD = 32
+DEFAULT_THRESHOLD = 5e-3
+"""The paper's threshold tau: a score above it keeps its weight."""
+
+DEFAULT_MASK_SCALE = 1e-2
+"""The paper's initial score scale: twice the threshold, so every mask
+starts at one with ``mask_init="1s"``."""
 
 
 class PiggybackModel(TaskAwareModel):
@@ -77,8 +77,8 @@ class PiggybackModel(TaskAwareModel):
         classifier: str | nn.Module | None = None,
         threshold_fn: str = "binarizer",
         mask_init: str = "1s",
-        mask_scale: float = 1e-2,
-        threshold: float = 5e-3,
+        mask_scale: float = DEFAULT_MASK_SCALE,
+        threshold: float = DEFAULT_THRESHOLD,
         task_batchnorm: bool = True,
         task_embeddings: bool = False,
         feature_statistics: bool = False,
@@ -103,12 +103,14 @@ class PiggybackModel(TaskAwareModel):
                 mask_scale=self.mask_scale,
             ),
         )
-        # Per stored task: the state-dict keys of its parts the store holds, with their bytes in memory.
-        self._offloaded: dict[str, dict[str, int]] = {}
         self.flat_masks = flat_masks
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "threshold_fn": self.threshold_fn}
+
+    def task_file_settings(self) -> dict[str, Any]:
+        # The threshold function and threshold decide what a stored mask means.
+        return {**super().task_file_settings(), "threshold_fn": self.threshold_fn, "threshold": self.threshold}
 
     def forward(self, x: Tensor, task_labels: int | Tensor | None = None) -> Tensor | dict[int, Tensor]:
         if self.task_state.learning and (x.is_cuda if self.flat_masks is None else self.flat_masks):
@@ -144,151 +146,6 @@ class PiggybackModel(TaskAwareModel):
     def masked_layers(self) -> dict[str, MaskedLayer]:
         """The masked layers by qualified name."""
         return self.task_layers  # type: ignore[return-value]
-
-    # --- task files ------------------------------------------------------------
-
-    def save_task(self, path: str | Path, task: int) -> None:
-        """Write one frozen task (its packed masks, normalization and head,
-        with the mask settings, a format version and the backbone's
-        fingerprint) to ``path``, atomically. See
-        :mod:`~piggyback_avalanche.methods.piggyback.task_files`."""
-        self.save_tasks(path, [task])
-
-    def save_tasks(self, path: str | Path, tasks: Iterable[int] | None = None) -> None:
-        """Write ``tasks`` (all frozen tasks by default) to one task file."""
-        save_tasks(self, path, tasks)
-
-    def load_task(self, path: str | Path, task: int, *, as_task: int | None = None) -> int:
-        """Add ``task`` from a task file as a frozen task, under the label
-        ``as_task`` (default: the same). The model is unchanged on error.
-
-        :return: the task's label in this model.
-        :raises TaskFileError: for a file that is truncated, corrupt, of
-            another version, from another backbone or mask setting, or
-            that does not fit the layers, and for a label already taken.
-        """
-        rename = None if as_task is None else {task: as_task}
-        return self.load_tasks(path, [task], rename=rename)[0]
-
-    # --- the task store ----------------------------------------------------------
-
-    @property
-    def task_store(self) -> TaskStore | None:
-        """The task store that holds this model's frozen tasks' masks, if any."""
-        return self.task_state.stored_parts  # type: ignore[return-value]  # only attach_task_store sets it
-
-    def attach_task_store(self, path: str | Path, *, cache_budget_bytes: int | None = None) -> list[int]:
-        """Keep the frozen tasks' masks in the task store at ``path``
-        (:mod:`~piggyback_avalanche.methods.piggyback.task_store`) instead of
-        memory: the store's tasks join the model, the model's frozen tasks
-        are appended to the store, and every task frozen from now on is
-        appended when it freezes. A task's masks are read when the task is
-        used and its effective weights not cached; memory holds the
-        backbone, every task's normalization and head, and the
-        :attr:`frozen_weight_cache`.
-
-        Everything is checked first (the manifest, every task file against
-        its SHA-256, the backbone fingerprint and mask settings, free
-        labels); on any error the model is unchanged.
-
-        :param path: the store's folder (made if new).
-        :param cache_budget_bytes: set the :attr:`frozen_weight_cache`'s budget.
-        :return: the tasks added from the store.
-        :raises TaskStoreError: naming what does not fit and what to do.
-        :raises ValueError: while a task learns, or if a store is attached.
-        """
-        if self.task_store is not None:
-            raise ValueError(f"This model keeps its tasks in {self.task_store.path} already.")
-        if self.task_state.learning:
-            raise ValueError(
-                f"Tasks {self.learning_tasks} are still being learned; attach a task store between experiences."
-            )
-        store = TaskStore(path)
-        store.check_model(self)
-        added = store.tasks
-        clashing = sorted(set(added) & set(self.tasks))
-        if clashing:
-            raise TaskStoreError(
-                f"Task label(s) {clashing} are in the model and in the task store {store.path}; attach the "
-                "store to a model without them (a model built on the same backbone)."
-            )
-        for task in added:  # every file, checked before anything changes
-            store.entries(self, task)
-        # The model's own frozen tasks go to the store first, all or none: if
-        # the folder cannot take them, neither the store nor the model changes.
-        own = [t for t in self.frozen_tasks if task_key(t) not in self.task_state.stored_tasks]
-        if own:
-            store.append_tasks(self, own)
-        if cache_budget_bytes is not None:
-            self.frozen_weight_cache.budget_bytes = cache_budget_bytes
-        self.task_state.stored_parts = store
-        # A few tasks per load: each load visits the whole model, and each
-        # task's masks leave memory right after.
-        for start in range(0, len(added), _TASKS_PER_LOAD):
-            chunk = added[start : start + _TASKS_PER_LOAD]
-            self.load_state_dict(
-                {**self.state_dict(), **{k: v for t in chunk for k, v in store.entries(self, t).items()}}
-            )
-            for task in chunk:
-                self._offload(task)
-        for task in own:
-            self._offload(task)
-        return added
-
-    def _store(self, task: int) -> None:
-        self.task_store.append(self, task)  # type: ignore[union-attr]
-        self._offload(task)
-
-    def _offload(self, task: int) -> None:
-        key = task_key(task)
-        parts = {
-            prefix + k: tensor
-            for prefix, module in self._named_task_modules()
-            for k, tensor in module.offload_task(key).items()
-        }
-        self._offloaded[key] = {k: t.nbytes for k, t in parts.items()}
-        self._frozen_parts.pop(key, None)  # it held the parts that just left memory
-        self.task_state.stored_tasks.add(key)
-
-    def stored_task_parts(self, task: int) -> dict[str, Tensor]:
-        """The parts of ``task`` that its task store holds instead of memory,
-        read from the store (none for a task in memory)."""
-        key = task_key(task)
-        store = self.task_store
-        if key not in self.task_state.stored_tasks or store is None:
-            return {}
-        return {k: store.read_part(key, k) for k in self._offloaded[key]}
-
-    def freeze_task(self, task: int) -> None:
-        """Finish a task; with a task store attached, append it there and
-        drop its masks from memory.
-
-        :raises TaskStoreError: if the store cannot take the task (a full
-            disk, a removed folder); the task stays frozen in memory, whole,
-            and ``save_task`` can write it elsewhere.
-        """
-        super().freeze_task(task)
-        if self.task_store is not None:
-            self._store(task)
-
-    def stored_bytes(self) -> int:
-        """Bytes the model stores, in memory or in its task store (the
-        stored tasks' masks counted as in memory, bit-packed)."""
-        return super().stored_bytes() + sum(sum(parts.values()) for parts in self._offloaded.values())
-
-    def load_tasks(
-        self,
-        path: str | Path,
-        tasks: Iterable[int] | None = None,
-        *,
-        rename: dict[int, int] | None = None,
-    ) -> list[int]:
-        """Add ``tasks`` (all of the file's by default) from a task file;
-        ``rename`` maps the file's labels to this model's.
-
-        :return: the labels added.
-        """
-        return load_tasks(self, path, tasks, rename=rename)
 
 
 def _check_mask_settings(*, mask_init: str, mask_scale: float, threshold: float) -> None:

@@ -1,13 +1,16 @@
-"""Task files: finished Piggyback tasks exported on their own, to share one
-backbone plus small mask files, as the paper's authors distributed theirs.
+"""Task files: finished tasks of a task-aware model exported on their own,
+to share one backbone plus small files per task, as Piggyback's authors
+distributed their masks.
 
-A task file holds, per task, exactly what the task adds to the backbone: its
-masks (entropy-coded since version 2, below one bit per weight for masks that
-are mostly ones; see :mod:`~piggyback_avalanche.task_aware.entropy_coding`),
-its normalization layers and its head; plus the mask
-settings, a format version and a fingerprint of the backbone tensors the
-masks were learned on. Loading checks all of it against the model before
-changing anything, and writing is atomic.
+A task file holds, per task, exactly what the task adds to the backbone (what
+its modules list in ``frozen_task_state_schema``): Piggyback's masks
+(entropy-coded since version 2, below one bit per weight for masks that are
+mostly ones; see :mod:`~piggyback_avalanche.task_aware.entropy_coding`), a
+method's other per-task tensors, the task's normalization layers and its
+head; plus the settings that decide what those tensors mean
+(:meth:`TaskAwareModel.task_file_settings`), a format version and a
+fingerprint of the backbone tensors the task was learned on. Loading checks
+all of it against the model before changing anything, and writing is atomic.
 """
 
 import hashlib
@@ -32,11 +35,10 @@ from piggyback_avalanche.task_aware.entropy_coding import (
     encode_state,
     is_coded,
 )
-from piggyback_avalanche.task_aware.models import MultiHeadModel
 from piggyback_avalanche.task_aware.task_state import task_key
 
 if TYPE_CHECKING:  # the model module imports this one
-    from piggyback_avalanche.methods.piggyback.model import PiggybackModel
+    from piggyback_avalanche.task_aware.models import MultiHeadModel, TaskAwareModel
 
 __all__ = [
     "TASK_FILE_FORMAT",
@@ -50,7 +52,6 @@ __all__ = [
     "check_learned_on",
     "task_entries",
     "check_task_tensors",
-    "settings_of",
 ]
 
 TASK_FILE_FORMAT = "piggyback-avalanche task file"
@@ -63,7 +64,7 @@ class TaskFileError(ValueError):
     """A task file cannot be written, read, or applied to this model."""
 
 
-def backbone_fingerprint(model: MultiHeadModel) -> str:
+def backbone_fingerprint(model: "MultiHeadModel") -> str:
     """SHA-256 of the model's shared tensors (the backbone's weights, biases
     and normalization layers: everything that is no task's own), by name,
     dtype, shape and bytes."""
@@ -75,18 +76,6 @@ def backbone_fingerprint(model: MultiHeadModel) -> str:
         digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
-
-
-def settings_of(model: "PiggybackModel") -> dict[str, Any]:
-    """The settings that decide what a mask means, recorded with saved tasks."""
-    return {
-        "model": type(model).__name__,
-        "threshold_fn": model.threshold_fn,
-        "threshold": model.threshold,
-        "task_batchnorm": model.task_batchnorm,
-        # Files written before the dtype was recorded lack it, and are not checked for it.
-        "dtype": str(next(model.parameters()).dtype),
-    }
 
 
 def _labels(value: Any, what: str, *, unique: bool = True) -> list[int]:
@@ -107,8 +96,8 @@ def _labels(value: Any, what: str, *, unique: bool = True) -> list[int]:
     return labels
 
 
-def save_tasks(model: "PiggybackModel", path: PathLike, tasks: Iterable[int] | None = None) -> None:
-    """Write ``tasks`` (all frozen tasks by default) of a Piggyback model to
+def save_tasks(model: "TaskAwareModel", path: PathLike, tasks: Iterable[int] | None = None) -> None:
+    """Write ``tasks`` (all frozen tasks by default) of a task-aware model to
     ``path``, atomically.
 
     :raises TaskFileError: for a task the model does not have, or one still
@@ -129,7 +118,7 @@ def save_tasks(model: "PiggybackModel", path: PathLike, tasks: Iterable[int] | N
     write_atomically(path, lambda file: torch.save(payload, file), binary=True)
 
 
-def task_file_payload(model: "PiggybackModel", tasks: list[int], *, fingerprint: str | None = None) -> dict[str, Any]:
+def task_file_payload(model: "TaskAwareModel", tasks: list[int], *, fingerprint: str | None = None) -> dict[str, Any]:
     """What a task file of the frozen ``tasks`` holds (masks coded), also
     for a task whose masks live in the model's task store.
 
@@ -147,16 +136,17 @@ def task_file_payload(model: "PiggybackModel", tasks: list[int], *, fingerprint:
             "format": TASK_FILE_FORMAT,
             "version": TASK_FILE_VERSION,
             "backbone_fingerprint": fingerprint or backbone_fingerprint(model),
-            "settings": settings_of(model),
+            "settings": model.task_file_settings(),
             "tasks": entries,
         }
     )
 
 
 def check_learned_on(
-    model: "PiggybackModel", payload: dict[str, Any], path: Any, *, fingerprint: str | None = None
+    model: "TaskAwareModel", payload: dict[str, Any], path: Any, *, fingerprint: str | None = None
 ) -> None:
-    """Refuse tasks saved with other mask settings or on another backbone.
+    """Refuse tasks saved with other settings (those that decide what a
+    task's tensors mean) or on another backbone.
 
     :param payload: a task file's (or task store's) ``settings`` and
         ``backbone_fingerprint``.
@@ -164,7 +154,7 @@ def check_learned_on(
     :param fingerprint: the model's :func:`backbone_fingerprint`, if known.
     """
     fingerprint = fingerprint or backbone_fingerprint(model)
-    ours = settings_of(model)
+    ours = model.task_file_settings()
     different = {k: (v, ours.get(k)) for k, v in payload["settings"].items() if ours.get(k) != v}
     if different:
         details = ", ".join(f"{k}: file {a!r}, model {b!r}" for k, (a, b) in different.items())
@@ -174,7 +164,7 @@ def check_learned_on(
         raise TaskFileError(
             f"The tasks in {path} were learned on another backbone (fingerprint "
             f"{payload['backbone_fingerprint'][:12]}…, this model's is {fingerprint[:12]}…): "
-            "their masks would select the wrong weights. Build the model on the same pretrained "
+            "their tensors (masks, updates) would apply to the wrong weights. Build the model on the same pretrained "
             "backbone (same weights, same first task if it trained the backbone)."
         )
 
@@ -204,7 +194,7 @@ def _check_structure(payload: dict[str, Any], path: Any) -> None:
         raise TaskFileError(f"{path} holds {problem}; it is corrupt or not a {TASK_FILE_FORMAT}. Copy it again.")
 
 
-def check_task_tensors(model: MultiHeadModel, task: int, entries: dict[str, Any], what: str) -> None:
+def check_task_tensors(model: "MultiHeadModel", task: int, entries: dict[str, Any], what: str) -> None:
     """Refuse ``entries`` (a frozen ``task``'s tensors by the model's keys,
     masks still coded or packed) that are not what the model's frozen task
     holds: keys, coded layouts (checked before anything is decoded), dtypes,
@@ -249,7 +239,7 @@ def check_task_tensors(model: MultiHeadModel, task: int, entries: dict[str, Any]
         )
 
 
-def task_entries(model: "PiggybackModel", payload: dict[str, Any], path: Any, task: int, label: int) -> dict[str, Any]:
+def task_entries(model: "TaskAwareModel", payload: dict[str, Any], path: Any, task: int, label: int) -> dict[str, Any]:
     """Task ``task`` of a task file's payload, checked against what a frozen
     task of ``model`` holds (:func:`check_task_tensors`) and decoded, under
     the model's keys for task ``label``.
@@ -296,16 +286,16 @@ def read_task_file(
 
 
 def load_tasks(
-    model: "PiggybackModel",
+    model: "TaskAwareModel",
     path: PathLike,
     tasks: Iterable[int] | None = None,
     *,
     rename: dict[int, int] | None = None,
 ) -> list[int]:
-    """Add tasks from a task file to a Piggyback model, as frozen tasks.
+    """Add tasks from a task file to a task-aware model, as frozen tasks.
 
     Everything is checked first (file integrity and version, backbone
-    fingerprint, mask settings, free task labels, tensor shapes); on any
+    fingerprint, task-file settings, free task labels, tensor shapes); on any
     error the model is unchanged.
 
     :param tasks: the file's tasks to load; all by default.

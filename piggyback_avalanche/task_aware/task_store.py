@@ -1,13 +1,13 @@
-"""Task stores: a Piggyback model's frozen tasks kept on disk, their masks
-read on demand, so that one backbone serves thousands of tasks in bounded
+"""Task stores: a task-aware model's frozen tasks kept on disk, their large
+parts (Piggyback's masks: what its modules call ``offloadable``) read on demand, so that one backbone serves thousands of tasks in bounded
 memory.
 
 A task store is a folder:
 
 - ``store.json``, the manifest: format, version, the backbone's fingerprint,
-  the mask settings, and per task its file, the file's SHA-256 and size;
+  the model's task-file settings, and per task its file, the file's SHA-256 and size;
 - one task file per task (``task-<label>-<random>.tasks``, the format of
-  :mod:`~piggyback_avalanche.methods.piggyback.task_files`, masks
+  :mod:`~piggyback_avalanche.task_aware.task_files`, masks
   entropy-coded).
 
 Several processes (and several models of one process) may append to one
@@ -41,7 +41,7 @@ Reading a task checks its file against the manifest's SHA-256, and the
 file's own checksum, before anything is loaded from it. The manifest is
 JSON, so opening a store runs no code.
 
-A model attached to a store (:meth:`PiggybackModel.attach_task_store`) keeps
+A model attached to a store (:meth:`TaskAwareModel.attach_task_store`) keeps
 in memory only the backbone, every task's normalization and head, and the
 effective weights of the tasks used most recently, within its
 :class:`~piggyback_avalanche.task_aware.frozen_weight_cache.FrozenWeightCache`
@@ -72,19 +72,18 @@ from piggyback_avalanche.files import (
     write_atomically,
     write_temporary,
 )
-from piggyback_avalanche.methods.piggyback.task_files import (
+from piggyback_avalanche.task_aware.entropy_coding import CodingError, decode_state
+from piggyback_avalanche.task_aware.task_files import (
     TaskFileError,
     backbone_fingerprint,
     check_learned_on,
     read_task_file,
-    settings_of,
     task_entries,
     task_file_payload,
 )
-from piggyback_avalanche.task_aware.entropy_coding import CodingError, decode_state
 
 if TYPE_CHECKING:  # the model module imports this one
-    from piggyback_avalanche.methods.piggyback.model import PiggybackModel
+    from piggyback_avalanche.task_aware.models import TaskAwareModel
 
 __all__ = ["TASK_STORE_FORMAT", "TASK_STORE_VERSION", "TaskStoreError", "TaskStore"]
 
@@ -226,8 +225,8 @@ class TaskStore:
 
     # --- reading -------------------------------------------------------------
 
-    def check_model(self, model: "PiggybackModel", *, fingerprint: str | None = None) -> None:
-        """Refuse a model whose mask settings or backbone differ from the
+    def check_model(self, model: "TaskAwareModel", *, fingerprint: str | None = None) -> None:
+        """Refuse a model whose task-file settings or backbone differ from the
         store's (an empty store takes any).
 
         :param fingerprint: the model's backbone fingerprint, if known.
@@ -252,7 +251,7 @@ class TaskStore:
             raise TaskStoreError(f"{self.path / entry['file']} holds other tasks than the manifest says.")
         return payload
 
-    def entries(self, model: "PiggybackModel", task: int) -> dict[str, Any]:
+    def entries(self, model: "TaskAwareModel", task: int) -> dict[str, Any]:
         """``task``'s state, checked against ``model`` and decoded, under the
         model's keys."""
         payload = self.read(task)
@@ -286,12 +285,12 @@ class TaskStore:
 
     # --- appending -------------------------------------------------------------
 
-    def append(self, model: "PiggybackModel", task: int) -> None:
+    def append(self, model: "TaskAwareModel", task: int) -> None:
         """Write the frozen ``task`` of ``model`` to the store (see
         :meth:`append_tasks`)."""
         self.append_tasks(model, [task])
 
-    def append_tasks(self, model: "PiggybackModel", tasks: Sequence[int]) -> None:
+    def append_tasks(self, model: "TaskAwareModel", tasks: Sequence[int]) -> None:
         """Write the frozen ``tasks`` of ``model`` to the store, all or none:
         their files, then one manifest that adds them to what the store
         holds now (whoever else appended meanwhile).
@@ -330,7 +329,7 @@ class TaskStore:
             "longer be read, and it is not made again. Restore the folder, or attach a new store."
         )
 
-    def _append_locked(self, model: "PiggybackModel", encoded: dict[int, bytes], fingerprint: str) -> None:
+    def _append_locked(self, model: "TaskAwareModel", encoded: dict[int, bytes], fingerprint: str) -> None:
         manifest = self._reread_manifest()
         self._remove_leftovers(manifest)
         held = sorted(set(encoded) & {int(t) for t in (manifest or {}).get("tasks", {})})
@@ -346,7 +345,7 @@ class TaskStore:
             "format": TASK_STORE_FORMAT,
             "version": TASK_STORE_VERSION,
             "backbone_fingerprint": fingerprint,
-            "settings": settings_of(model),
+            "settings": model.task_file_settings(),
             "tasks": {},
         }
         written: list[tuple[Path, Path]] = []  # (temporary file, its link under the task's name)
