@@ -66,8 +66,6 @@ from piggyback_avalanche.files import (
     with_checksum,
     write_atomically,
 )
-from piggyback_avalanche.methods.packnet import DEFAULT_POST_PRUNE_EPOCHS, DEFAULT_PRUNE_RATIO
-from piggyback_avalanche.methods.packnet.model import check_prune_ratio
 from piggyback_avalanche.task_aware import MultiHeadModel
 from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, DEFAULT_TRAIN_EPOCHS, DEFAULT_TRAIN_MB_SIZE
 from piggyback_avalanche.training.checkpoints import (
@@ -878,18 +876,8 @@ def _parser() -> argparse.ArgumentParser:
         help="Piggyback's mask scores (default: a rate per experience, from the optimizer steps it gives)",
     )
     add("--lr-decay-epochs", type=int, nargs="*", default=[], help="epochs after which rates drop 10x")
-    add(
-        "--prune-ratio",
-        type=float,
-        default=DEFAULT_PRUNE_RATIO,
-        help="PackNet: share of free weights released per task",
-    )
-    add(
-        "--post-prune-epochs",
-        type=int,
-        default=DEFAULT_POST_PRUNE_EPOCHS,
-        help="PackNet: retraining epochs after pruning",
-    )
+    add("--prune-ratio", type=float, help="PackNet: share of free weights released per task (default: PackNet's)")
+    add("--post-prune-epochs", type=int, help="PackNet: retraining epochs after pruning (default: PackNet's)")
     add("--post-prune-lr", type=float, help="PackNet: learning rate after pruning (default: --lr)")
     add("--seeds", type=int, nargs="+", default=[0], help="one run per seed, each a different int")
     add("--device", default="cpu", help="where to train: cpu, cuda, cuda:1, ...")
@@ -999,12 +987,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                 check_positive(flag, value)
             except ValueError as error:
                 parser.error(str(error))
-    try:
-        check_prune_ratio(args.prune_ratio)
-    except ValueError as error:
-        parser.error(f"--prune-ratio: {error}")
-    if args.post_prune_epochs < 0 or any(e < 1 for e in args.lr_decay_epochs):
-        parser.error("--post-prune-epochs must be at least 0 and every --lr-decay-epochs value at least 1")
+    if any(e < 1 for e in args.lr_decay_epochs):
+        parser.error("every --lr-decay-epochs value must be at least 1")
+    # Each method's config refuses its own settings, flags and variants alike, before any work.
+    for spec, (name, variant) in zip(args.strategies, parsed):
+        try:
+            registered_strategy(name).check_settings({**_config(args), **variant})
+        except (TypeError, ValueError) as error:
+            parser.error(f"--strategies {spec}: {error}")
     try:
         _check_out_folder(args.out)
     except ValueError as error:
@@ -1027,6 +1017,23 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    """The strategies' settings the flags give; a method's own settings only
+    when given, so that each method's defaults apply otherwise."""
+    config: dict[str, Any] = {
+        "train_epochs": args.epochs,
+        "train_mb_size": args.mb_size,
+        "lr": args.lr,
+        "mask_lr": args.mask_lr,
+        "device": args.device,
+    }
+    if args.lr_decay_epochs:
+        config["lr_decay_epochs"] = tuple(args.lr_decay_epochs)
+    given = {"prune_ratio": args.prune_ratio, "post_prune_epochs": args.post_prune_epochs}
+    given["post_prune_lr"] = args.post_prune_lr
+    return config | {k: v for k, v in given.items() if v is not None}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``piggyback-bench`` or
     ``python -m piggyback_avalanche.app.runner``).
@@ -1034,19 +1041,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     :return: the exit status: 0, or 1 if a result falls short of its target.
     """
     args = _parse(argv)
-    config = {
-        "train_epochs": args.epochs,
-        "train_mb_size": args.mb_size,
-        "lr": args.lr,
-        "mask_lr": args.mask_lr,
-        "prune_ratio": args.prune_ratio,
-        "post_prune_epochs": args.post_prune_epochs,
-        "device": args.device,
-    }
-    if args.lr_decay_epochs:
-        config["lr_decay_epochs"] = tuple(args.lr_decay_epochs)
-    if args.post_prune_lr is not None:
-        config["post_prune_lr"] = args.post_prune_lr
+    config = _config(args)
     try:
         results = run_benchmark(
             stream=args.stream,

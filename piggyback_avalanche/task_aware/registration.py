@@ -114,6 +114,17 @@ class RegisteredStrategy:
         """The entries of ``config`` the builder takes."""
         return {k: v for k, v in config.items() if self.settings is None or k in self.settings}
 
+    def check_settings(self, config: dict[str, Any]) -> None:
+        """Refuse the method's own settings in ``config`` that its
+        :class:`MethodConfig` refuses, before any work (nothing for a
+        strategy registered without one).
+
+        :raises ValueError: naming the setting and what it takes.
+        """
+        if self.config is not None:
+            names = self.config.setting_names()
+            self.config(**{k: v for k, v in config.items() if k in names})
+
 
 REGISTERED_STRATEGIES: dict[str, RegisteredStrategy] = {}
 """Every registered strategy by name (the built-in ones once
@@ -202,6 +213,10 @@ class MethodConfig:
     :ivar feature_statistics: every task keeps statistics of its features,
         for task inference.
     :ivar lr: the learning rate of the task's normalization and head.
+
+    A subclass checks its values in ``__post_init__`` (with the checks its
+    constructors use), so that a caller such as the runner refuses bad
+    settings before any work.
     """
 
     classifier: "str | nn.Module | None" = model_setting(None)

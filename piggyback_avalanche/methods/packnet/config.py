@@ -4,7 +4,12 @@
 from dataclasses import dataclass
 from typing import ClassVar
 
-from piggyback_avalanche.methods.packnet.strategy import DEFAULT_POST_PRUNE_EPOCHS, DEFAULT_PRUNE_RATIO, PruneRatio
+from piggyback_avalanche.methods.packnet.strategy import (
+    DEFAULT_POST_PRUNE_EPOCHS,
+    DEFAULT_PRUNE_RATIO,
+    PruneRatio,
+    check_packnet_settings,
+)
 from piggyback_avalanche.task_aware.registration import LEARNING_RATE_RANGE, MethodConfig, SearchRange, model_setting
 
 __all__ = ["PackNetConfig"]
@@ -22,3 +27,11 @@ class PackNetConfig(MethodConfig):
     post_prune_lr: float | None = None
 
     search_space: ClassVar = {"lr": LEARNING_RATE_RANGE, "prune_ratio": SearchRange(0.25, 0.9, log=False)}
+
+    def __post_init__(self) -> None:
+        check_packnet_settings(
+            prune_ratio=self.prune_ratio,
+            post_prune_epochs=self.post_prune_epochs,
+            lr=self.lr,
+            post_prune_lr=self.post_prune_lr,
+        )

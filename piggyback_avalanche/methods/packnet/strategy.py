@@ -17,6 +17,7 @@ __all__ = [
     "PACKNET_PAPER_SETTINGS",
     "DEFAULT_PRUNE_RATIO",
     "DEFAULT_POST_PRUNE_EPOCHS",
+    "check_packnet_settings",
 ]
 
 DEFAULT_PRUNE_RATIO = 0.5
@@ -50,6 +51,24 @@ def _schedule(ratio: Callable[[int], float]) -> list[float | None]:
         except Exception:  # a schedule defined for the first tasks only
             values.append(None)
     return values
+
+
+def check_packnet_settings(
+    *, prune_ratio: PruneRatio, post_prune_epochs: int, lr: float, post_prune_lr: float | None
+) -> None:
+    """Refuse PackNet settings that cannot work (see :class:`PackNet`).
+
+    :raises ValueError: naming the setting and what it takes.
+    """
+    for name, value in (("lr", lr), ("post_prune_lr", lr if post_prune_lr is None else post_prune_lr)):
+        check_positive(name, value)
+    check_count("post_prune_epochs", post_prune_epochs, minimum=0)
+    if not callable(prune_ratio):
+        ratios = [prune_ratio] if isinstance(prune_ratio, (int, float)) else list(prune_ratio)
+        if not ratios:
+            raise ValueError("prune_ratio lists no ratio; give one per task, or a float.")
+        for ratio in ratios:
+            check_prune_ratio(ratio)
 
 
 class PackNet(TaskAwareStrategy):
@@ -92,16 +111,10 @@ class PackNet(TaskAwareStrategy):
         post_prune_lr: float | None = None,
         **kwargs: Any,
     ) -> None:
+        check_packnet_settings(
+            prune_ratio=prune_ratio, post_prune_epochs=post_prune_epochs, lr=lr, post_prune_lr=post_prune_lr
+        )
         post_prune_lr = lr if post_prune_lr is None else post_prune_lr
-        for name, value in (("lr", lr), ("post_prune_lr", post_prune_lr)):
-            check_positive(name, value)
-        check_count("post_prune_epochs", post_prune_epochs, minimum=0)
-        if not callable(prune_ratio):
-            ratios = [prune_ratio] if isinstance(prune_ratio, (int, float)) else list(prune_ratio)
-            if not ratios:
-                raise ValueError("prune_ratio lists no ratio; give one per task, or a float.")
-            for ratio in ratios:
-                check_prune_ratio(ratio)
         self.prune_ratio = prune_ratio
         self.post_prune_epochs = post_prune_epochs
         self.lr = lr
