@@ -11,38 +11,22 @@ from piggyback_avalanche import available_strategies, make_strategy, register_st
 from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 from piggyback_avalanche.training.registry import registered_strategy
 
-ALL = [
-    "agem",
-    "bitfit",
-    "classifier_only",
-    "cumulative",
-    "ewc",
-    "gdumb",
-    "individual",
-    "joint",
-    "lora",
-    "lwf",
-    "mas",
-    "naive",
-    "packnet",
-    "packnet_avalanche",
-    "piggyback",
-    "piggyback_ternary",
-    "replay",
-    "si",
-]
+CLASS_INCREMENTAL_ONLY = ["der", "fecam"]
+TRANSFORMERS_ONLY = ["prompt"]  # tested on vision transformers in test_parameter_efficient
+ALL = [name for name in available_strategies() if name not in CLASS_INCREMENTAL_ONLY + TRANSFORMERS_ONLY]
+"""Every registered strategy that learns task-incrementally on any backbone."""
+TASK_AWARE = [name for name in ALL if registered_strategy(name).config is not None]
+"""The registered task-aware methods: none of them ever changes a frozen task."""
 
 
 def _mlp():
     return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
 
 
-CLASS_INCREMENTAL_ONLY = ["der", "fecam"]
-TRANSFORMERS_ONLY = ["prompt"]  # tested on vision transformers in test_parameter_efficient
-
-
-def test_every_name_is_registered():
-    assert available_strategies() == sorted(ALL + CLASS_INCREMENTAL_ONLY + TRANSFORMERS_ONLY)
+def test_the_built_in_strategies_are_registered():
+    # The registry is the list every other test here draws from; this says what it must hold at least.
+    assert set(TASK_AWARE) >= {"piggyback", "piggyback_ternary", "packnet", "individual", "classifier_only", "lora"}
+    assert set(ALL) - set(TASK_AWARE) >= {"naive", "ewc", "lwf", "replay", "joint", "packnet_avalanche"}
 
 
 @pytest.mark.parametrize("name", [n for n in ALL + CLASS_INCREMENTAL_ONLY if n != "packnet_avalanche"])
@@ -117,7 +101,7 @@ def test_every_strategy_trains_two_experiences_and_evaluates(name):
     assert all(torch.equal(a, b) for a, b in zip(before, backbone.parameters()))
 
 
-@pytest.mark.parametrize("name", ["piggyback", "packnet", "individual", "classifier_only"])
+@pytest.mark.parametrize("name", TASK_AWARE)
 def test_parameter_isolation_strategies_forget_nothing(three_task_stream, name):
     strategy = make_strategy(name, tiny_conv_net(), train_epochs=2, train_mb_size=16, evaluator=None)
     assert len(train_checking_earlier_tasks(strategy, three_task_stream)) == 3

@@ -98,6 +98,8 @@ class RegisteredStrategy:
         with their ranges (empty: nothing to tune).
     :param config: the method's :class:`MethodConfig` subclass, for a
         method registered with :func:`register_method`.
+    :param model_class: the method's model class (likewise).
+    :param strategy_class: the method's strategy class (likewise).
     """
 
     name: str
@@ -109,6 +111,8 @@ class RegisteredStrategy:
     class_incremental_settings: Mapping[str, Any] | None = None
     search_space: Mapping[str, SearchRange] = field(default_factory=dict)
     config: "type[MethodConfig] | None" = None
+    model_class: type | None = None
+    strategy_class: type | None = None
 
     def accepted(self, config: dict[str, Any]) -> dict[str, Any]:
         """The entries of ``config`` the builder takes."""
@@ -151,6 +155,8 @@ def register_strategy(
     class_incremental_settings: Mapping[str, Any] | None = None,
     search_space: Mapping[str, SearchRange] | None = None,
     config: "type[MethodConfig] | None" = None,
+    model_class: type | None = None,
+    strategy_class: type | None = None,
 ) -> Callable[[StrategyBuilder], StrategyBuilder]:
     """Register a strategy builder under ``name``, with what callers need to
     know of it (see :class:`RegisteredStrategy`).
@@ -164,6 +170,8 @@ def register_strategy(
     :param description: defaults to the first line of the builder's docstring.
     :param search_space: see :class:`RegisteredStrategy`; every key must be
         one of its settings.
+    :param config: :param model_class: :param strategy_class: see
+        :class:`RegisteredStrategy` (:func:`register_method` gives them).
     :raises ValueError: if the name is taken, or the search space names a
         setting the builder does not take.
     """
@@ -181,6 +189,8 @@ def register_strategy(
             class_incremental_settings=class_incremental_settings,
             search_space=dict(search_space or {}),
             config=config,
+            model_class=model_class,
+            strategy_class=strategy_class,
         )
         unknown = sorted(set(registered.search_space) - set(registered.accepted(dict(registered.search_space))))
         if unknown:
@@ -287,4 +297,6 @@ def register_method(
         class_incremental_settings={"task_inference": "sample"},
         search_space=config.search_space,
         config=config,
+        model_class=model,
+        strategy_class=strategy,
     )(build)
