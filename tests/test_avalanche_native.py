@@ -323,7 +323,7 @@ def test_tensorboard_lines_runs_up_by_experiences_trained(tmp_path):
         (["--prune-ratio", "1.5"], "--prune-ratio: prune_ratio must be in \\[0, 1\\), got 1.5"),
         (["--lr", "nan"], "--lr must be a positive finite number"),
         (["--seeds", "0", "0"], "--seeds \\[0, 0\\] repeats a seed"),
-        (["--post-prune-epochs", "-1"], "--post-prune-epochs must be at least 0"),
+        (["--post-prune-epochs", "-1"], "--post-prune-epochs: post_prune_epochs must be an int of at least 0, got -1"),
     ],
 )
 def test_the_runner_checks_every_value_before_any_work(argv, message, tmp_path, capsys):

@@ -989,10 +989,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                 parser.error(str(error))
     if any(e < 1 for e in args.lr_decay_epochs):
         parser.error("every --lr-decay-epochs value must be at least 1")
-    # Each method's config refuses its own settings, flags and variants alike, before any work.
+    # Each method's config refuses its own settings before any work: each flag's on its own (the
+    # message names the flag), then each --strategies entry with its variant's on top.
+    config = _config(args)
     for spec, (name, variant) in zip(args.strategies, parsed):
+        for key, value in config.items():
+            try:
+                registered_strategy(name).check_settings({key: value})
+            except (TypeError, ValueError) as error:
+                parser.error(f"--{key.replace('_', '-')}: {error}")
         try:
-            registered_strategy(name).check_settings({**_config(args), **variant})
+            registered_strategy(name).check_settings({**config, **variant})
         except (TypeError, ValueError) as error:
             parser.error(f"--strategies {spec}: {error}")
     try:
