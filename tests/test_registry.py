@@ -215,3 +215,11 @@ def test_baselines_may_revisit_a_task_but_not_grow_its_head():
     assert strategy.model.tasks == [0, 1]
     with pytest.raises(ValueError, match=r"Task 0 comes back with classes \[5\].*it has \[0, 1\]"):
         strategy.train(stream.train_stream[3])
+
+
+def test_the_declared_strategy_settings_are_what_the_constructors_take():
+    from piggyback_avalanche.task_aware.strategy import TASK_AWARE_STRATEGY_SETTINGS, TaskAwareStrategy
+    from piggyback_avalanche.training import registry
+
+    # Declared once (what a registered method passes through); the constructors must agree.
+    assert registry._constructor_settings(TaskAwareStrategy) == TASK_AWARE_STRATEGY_SETTINGS

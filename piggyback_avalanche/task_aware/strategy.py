@@ -69,33 +69,6 @@ class-incremental MNIST streams, 3 seeds: within 0.1 points of reading
 every sample (93.7, 98.9 and 97.0 % against 93.7, 99.0 and 97.0), where 32
 samples lost up to 0.8 points (BENCHMARKS.md)."""
 
-TASK_AWARE_STRATEGY_SETTINGS = frozenset(
-    {
-        # Ours: how the optimizer is built and scheduled, the batch-norm pass, task inference.
-        "optimizer",
-        "optimizer_factory",
-        "lr_decay_epochs",
-        "lr_decay_factor",
-        "recalibrate_norm_statistics",
-        "norm_statistics_samples",
-        "task_inference",
-        "task_score",
-        # Avalanche's template arguments.
-        "criterion",
-        "train_mb_size",
-        "train_epochs",
-        "eval_mb_size",
-        "device",
-        "plugins",
-        "evaluator",
-        "eval_every",
-        "peval_mode",
-    }
-)
-"""The keywords every :class:`TaskAwareStrategy` takes besides the model and
-its method's own settings: a registered method passes them to its strategy
-unchanged (see :mod:`~piggyback_avalanche.task_aware.registration`)."""
-
 OptimizerFactory = Callable[[list[dict]], Optimizer]
 """Builds an optimizer from a list of parameter groups (each with its ``lr``)."""
 
@@ -141,6 +114,26 @@ _AVALANCHE_POSITIONAL_ARGUMENTS = (
 )
 """The order in which Avalanche's strategies still take positional arguments
 (``Naive(model, optimizer, criterion, ...)``)."""
+
+
+TASK_AWARE_STRATEGY_SETTINGS = frozenset(
+    {
+        # Ours: how the optimizer is built and scheduled, the batch-norm pass, task inference.
+        "optimizer_factory",
+        "lr_decay_epochs",
+        "lr_decay_factor",
+        "recalibrate_norm_statistics",
+        "norm_statistics_samples",
+        "task_inference",
+        "task_score",
+        # Avalanche's template arguments.
+        *_AVALANCHE_POSITIONAL_ARGUMENTS[1:],
+        "peval_mode",
+    }
+)
+"""The keywords every :class:`TaskAwareStrategy` takes besides the model and
+its method's own settings: a registered method passes them to its strategy
+unchanged (see :mod:`~piggyback_avalanche.task_aware.registration`)."""
 
 
 def _taking_avalanche_positional_arguments(init: Callable[..., None], class_name: str) -> Callable[..., None]:
