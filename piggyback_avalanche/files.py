@@ -35,7 +35,6 @@ from types import TracebackType
 from typing import IO, Any
 
 import torch
-from torch import nn
 
 try:  # POSIX
     import fcntl
@@ -440,9 +439,10 @@ def read_saved(
     return loaded
 
 
-def refuse_unless_loadable(model: nn.Module, state: dict[str, Any], *, error: type[Exception], message: str) -> None:
-    """Load ``state`` into a copy of ``model``, so that a mismatch fails
-    before the model itself is touched.
+def refuse_unless_loadable(model: Any, state: dict[str, Any], *, error: type[Exception], message: str) -> None:
+    """Load ``state`` into a copy of ``model`` (a module, or anything with
+    ``load_state_dict`` that ``copy.deepcopy`` copies), so that a mismatch
+    fails before the model itself is touched.
 
     :param error: raised on a mismatch, from the loading error.
     :param message: its message; ``{cause}`` is replaced by the loading error.

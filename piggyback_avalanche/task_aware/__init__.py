@@ -5,12 +5,13 @@ models, the strategy they train with, the cache of frozen tasks' weights,
 task files and task stores, and the entropy coding of their packed codes
 at rest."""
 
+from piggyback_avalanche.task_aware.backbone_conversion import SHARED_EMBEDDINGS, find_classifier
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout, CodingError, decode_codes, encode_codes
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
 from piggyback_avalanche.task_aware.frozen_layers import FROZEN_LAYER_TYPES, FrozenLayer
 from piggyback_avalanche.task_aware.frozen_weight_cache import DEFAULT_BUDGET_BYTES, FrozenWeightCache
-from piggyback_avalanche.task_aware.models import SHARED_EMBEDDINGS, MultiHeadModel, TaskAwareModel
+from piggyback_avalanche.task_aware.models import MultiHeadModel, TaskAwareModel
 from piggyback_avalanche.task_aware.strategy import (
     DEFAULT_EVAL_MB_SIZE,
     DEFAULT_LR,
@@ -47,6 +48,7 @@ __all__ = [
     "TaskWindowAttention",
     "ATTENTION_TYPES",
     "SHARED_EMBEDDINGS",
+    "find_classifier",
     "FrozenLayer",
     "FROZEN_LAYER_TYPES",
     "ClassifierHead",

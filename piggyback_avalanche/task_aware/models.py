@@ -19,21 +19,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avalanche.benchmarks.scenarios import CLExperience
-from avalanche.models import DynamicModule, MultiTaskModule
 
+from piggyback_avalanche.task_aware.backbone_conversion import (
+    SHARED_EMBEDDINGS,
+    find_classifier,
+    freeze_shared_embeddings,
+    refuse_avalanche_dynamic_modules,
+    refuse_unsupported_parameters,
+    replace_modules,
+)
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
 from piggyback_avalanche.task_aware.frozen_weight_cache import FrozenWeightCache
+from piggyback_avalanche.task_aware.shared_weight_checksum import SharedWeightChecksum
 from piggyback_avalanche.task_aware.task_attention import ATTENTION_TYPES
 from piggyback_avalanche.task_aware.task_embeddings import give_tasks_their_own
 from piggyback_avalanche.task_aware.task_files import load_tasks, save_tasks
-from piggyback_avalanche.task_aware.task_heads import MASKED_LOGIT, TaskHeads, unmasked
+from piggyback_avalanche.task_aware.task_heads import MASKED_LOGIT, TaskHeads
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
-from piggyback_avalanche.task_aware.task_scores import TaskScore
+from piggyback_avalanche.task_aware.task_passes import TaskPassesModule
 from piggyback_avalanche.task_aware.task_state import (
-    StackingUnsupportedError,
     TaskModule,
     TaskState,
     TensorSpec,
@@ -41,135 +48,10 @@ from piggyback_avalanche.task_aware.task_state import (
 )
 from piggyback_avalanche.task_aware.task_store import TaskStore, TaskStoreError
 
-__all__ = ["MultiHeadModel", "TaskAwareModel", "SettingFreeModel", "SHARED_EMBEDDINGS", "find_classifier"]
-
-SHARED_EMBEDDINGS = frozenset(
-    {
-        "class_token",
-        "cls_token",
-        "dist_token",
-        "reg_token",
-        "pos_embedding",
-        "pos_embed",
-        "relative_position_bias_table",
-    }
-)
-"""Names of the parameters that transformers hold outside any layer
-(torchvision's and timm's class and distillation tokens, positional
-embeddings, relative position bias tables): a task-aware model shares them
-frozen, as pretraining left them, like the backbone's weights."""
+__all__ = ["MultiHeadModel", "TaskAwareModel", "SettingFreeModel"]
 
 _TASKS_PER_LOAD = 32
 """Tasks read from a task store per state-dict load when a store is attached."""
-
-_CHECKSUM_SAMPLES = 4096
-"""Entries per shared tensor that evaluation's checksum reads."""
-
-
-def _refuse_avalanche_dynamic_modules(backbone: nn.Module, model_name: str) -> None:
-    """Avalanche's multi-task and dynamic models route tasks themselves and
-    take task labels in ``forward``: the per-task heads would fight them."""
-    dynamic = [
-        f"{name or '<backbone>'} ({type(m).__name__})"
-        for name, m in backbone.named_modules()
-        if isinstance(m, DynamicModule)
-    ]
-    if dynamic:
-        raise ValueError(
-            f"The backbone holds Avalanche multi-task or dynamic modules: {', '.join(dynamic)}. "
-            f"{model_name} makes its own heads, one per task, so give it the single-head network: "
-            "SimpleMLP(...) instead of MTSimpleMLP(...), the model you passed to as_multitask(), or "
-            "your network with an nn.Linear in place of IncrementalClassifier / MultiHeadClassifier."
-        )
-
-
-_HOOKS = (
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_backward_pre_hooks",
-    "_backward_hooks",
-)
-"""The hooks a module keeps (torch's own dictionaries)."""
-
-
-def _carry_hooks(module: nn.Module, replacement: nn.Module) -> None:
-    """Give ``replacement`` the hooks registered on the backbone's ``module``
-    that it stands for, so that they fire in the model too; a replacement
-    that runs ``module`` itself (a per-task norm around it) fires them
-    already."""
-    if replacement is module or any(inner is module for inner in replacement.modules()):
-        return
-    for name in _HOOKS:
-        hooks = getattr(module, name, None)
-        if hooks:
-            getattr(replacement, name).update(hooks)
-
-
-def _output_linear(backbone: nn.Module) -> tuple[bool, str | None]:
-    """Whether the backbone's forward pass could be traced, and the qualified
-    name of the ``nn.Linear`` whose output is the backbone's output (``None``
-    if untraced, or if the output is not an ``nn.Linear``'s)."""
-    try:
-        graph = torch.fx.symbolic_trace(backbone).graph
-    except Exception:  # dynamic control flow and the like: torch.fx cannot follow it
-        return False, None
-    output = next(node for node in graph.nodes if node.op == "output").args[0]
-    if isinstance(output, torch.fx.Node) and output.op == "call_module":
-        if isinstance(backbone.get_submodule(str(output.target)), nn.Linear):
-            return True, str(output.target)
-    return True, None
-
-
-def find_classifier(backbone: nn.Module, classifier: str | nn.Module | None) -> str:
-    """The qualified name of the backbone's classifier: ``classifier`` (a
-    module of the backbone or its name), or the ``nn.Linear`` whose output
-    is the backbone's output.
-
-    :raises ValueError: for a classifier that is not an ``nn.Linear`` of the
-        backbone, or none found.
-    """
-    if isinstance(classifier, str):
-        try:
-            module = backbone.get_submodule(classifier)
-        except AttributeError:
-            raise ValueError(f"The backbone has no submodule named {classifier!r}.") from None
-        if not isinstance(module, nn.Linear):
-            raise ValueError(
-                f"classifier {classifier!r} is a {type(module).__name__}; it must be an "
-                "nn.Linear, which is replaced by one head per task."
-            )
-        return classifier
-    linears = [name for name, module in backbone.named_modules() if isinstance(module, nn.Linear)]
-    if classifier is not None:
-        named = [name for name, module in backbone.named_modules() if module is classifier]
-        if not named or named[0] not in linears:
-            raise ValueError(
-                "classifier must be an nn.Linear inside the backbone (or its qualified "
-                "name); the given module is not one."
-            )
-        return named[0]
-    if not linears:
-        raise ValueError(
-            "The backbone has no nn.Linear to replace by per-task heads. Pass "
-            "classifier='<qualified name>' of its final nn.Linear."
-        )
-    traced, found = _output_linear(backbone)
-    if found is not None:
-        return found
-    if not traced and len(linears) == 1:
-        return linears[0]
-    why = (
-        "its output is not the output of an nn.Linear (it is transformed after it, or a tuple)"
-        if traced
-        else "its forward pass cannot be traced with torch.fx"
-    )
-    raise ValueError(
-        f"Cannot tell which nn.Linear is the backbone's classifier: {why}, and it has "
-        f"{len(linears)} nn.Linear layers ({', '.join(linears)}). Pass classifier='<qualified name>'."
-    )
 
 
 def _own_state_bytes(module: nn.Module) -> int:
@@ -178,7 +60,7 @@ def _own_state_bytes(module: nn.Module) -> int:
     return sum(t.nbytes for t in chain(module._parameters.values(), buffers) if t is not None)
 
 
-class MultiHeadModel(MultiTaskModule):
+class MultiHeadModel(TaskPassesModule):
     """A copy of a backbone whose classifier is replaced by one head per task.
 
     Heads are added by Avalanche's model adaptation (or :meth:`add_task`),
@@ -223,7 +105,7 @@ class MultiHeadModel(MultiTaskModule):
         feature_statistics: bool = False,
     ) -> None:
         super().__init__()
-        _refuse_avalanche_dynamic_modules(backbone, type(self).__name__)
+        refuse_avalanche_dynamic_modules(backbone, type(self).__name__)
         self.task_state = TaskState()
         self._shared_keys: list[str] | None = None
         self._frozen_parts: dict[str, list[Tensor | nn.Module]] = {}
@@ -238,54 +120,12 @@ class MultiHeadModel(MultiTaskModule):
         for prefix, module in self._named_task_modules():
             module.state_prefix = prefix
 
-    def keep_feature_statistics(self) -> None:
-        """From now on every task keeps the statistics of its features (and,
-        where the backbone stays fixed, of the backbone's), as
-        ``feature_statistics=True`` makes it: what the Mahalanobis
-        task-inference scores read. A strategy asked to infer tasks calls it
-        before the first task.
-
-        :raises ValueError: if the model has learned tasks without them
-            (their statistics cannot be made afterwards).
-        """
-        if self.feature_statistics is not None:
-            return
-        if self.tasks:
-            raise ValueError(
-                f"This {type(self).__name__} has learned tasks {self.tasks} without feature statistics, which cannot "
-                "be made afterwards; build the model with feature_statistics=True before its first task."
-            )
-        features, placement = self.heads.in_features, self.heads._placement
-        self.feature_statistics = TaskFeatureStatistics(features, task_state=self.task_state, placement=placement)
-        if self.backbone_stays_fixed():
-            # Its score needs no overall distribution: that would be one more F x F per task.
-            self.backbone_feature_statistics = TaskFeatureStatistics(
-                features, task_state=self.task_state, placement=placement, relative=False
-            )
-        for prefix, module in self._named_task_modules():
-            module.state_prefix = prefix
-        self._shared_keys = None
-
     # --- building ----------------------------------------------------------
 
     def _convert(self, backbone: nn.Module, classifier_name: str) -> nn.Module:
-        replaced: dict[int, nn.Module] = {}
-        replaced_names: list[str] = []
-        for name, module in list(backbone.named_modules(remove_duplicate=False)):
-            if any(name.startswith(f"{above}.") for above in replaced_names):
-                continue  # what lies below a replaced module is the replacement's
-            if id(module) not in replaced:
-                replaced[id(module)] = self._task_aware(module, is_classifier=name == classifier_name)
-                _carry_hooks(module, replaced[id(module)])
-            new = replaced[id(module)]
-            if new is module:
-                continue
-            if not name:
-                return new
-            replaced_names.append(name)
-            parent, _, attr = name.rpartition(".")
-            setattr(backbone.get_submodule(parent), attr, new)
-        return backbone
+        return replace_modules(
+            backbone, lambda name, module: self._task_aware(module, is_classifier=name == classifier_name)
+        )
 
     def _task_aware(self, module: nn.Module, *, is_classifier: bool) -> nn.Module:
         """What replaces a backbone module (the module itself if nothing)."""
@@ -413,16 +253,6 @@ class MultiHeadModel(MultiTaskModule):
             for prefix, module in self._named_task_modules()
             for k, spec in module.frozen_task_state_schema(key).items()
         }
-
-    def optional_task_state_keys(self, task: int) -> list[str]:
-        """The keys of :meth:`frozen_task_state_schema` that a task file may
-        lack: the backbone's feature statistics, which files written before
-        they existed do not hold (the task then has none, and the scores
-        that read them are not offered)."""
-        statistics = self.backbone_feature_statistics
-        if statistics is None:
-            return []
-        return [statistics.state_prefix + k for k in statistics.frozen_task_state_schema(task_key(task))]
 
     def code_layouts(self) -> dict[str, CodeLayout]:
         """The state-dict keys that hold packed codes (masks, owners), with
@@ -606,83 +436,6 @@ class MultiHeadModel(MultiTaskModule):
                 return self
         return super().to(*args, **kwargs)
 
-    def _check_input_device(self, x: Tensor) -> None:
-        expected = next(self.backbone.parameters()).device
-        if x.device != expected:
-            raise ValueError(
-                f"The input is on {x.device} but the model is on {expected}; move one of them: "
-                f"x.to({str(expected)!r}), or model.to(x.device) (strategies: device=...)."
-            )
-
-    @torch.no_grad()
-    def task_outputs(self, x: Tensor, tasks: Sequence[int], *, stacked: bool = True) -> tuple[Tensor, Tensor]:
-        """The logits of ``x`` under each of ``tasks``, and the features that
-        each task's head reads, for task inference.
-
-        :param x: the input batch.
-        :param tasks: learned tasks (``T`` of them).
-        :param stacked: compute every task in one pass through the network
-            (:meth:`TaskState.use_stacked`: the tasks' weights side by side);
-            ``False``: one pass per task.
-        :return: logits ``(batch, T, W)``, ``W`` the widest head's width,
-            ``-inf`` where a task has no class; features ``(batch, T, F)``.
-        :raises ValueError: for an unknown task, or a model in training mode.
-        :raises StackingUnsupportedError: if ``stacked`` and the network
-            reshapes or mixes features in a way that cannot carry stacked
-            tasks; nothing is changed.
-        """
-        self._check_input_device(x)
-        if self.training:
-            raise ValueError(f"task_outputs evaluates learned tasks: call {type(self).__name__}.eval() first.")
-        keys = [task_key(task) for task in tasks]
-        unknown = [int(key) for key in keys if key not in self.heads.heads]
-        if unknown or not keys:
-            raise ValueError(self._unknown_tasks_message(unknown))
-        captured: list[Tensor] = []
-        hook = self.heads.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-        try:
-            if stacked:
-                with self.task_state.use_stacked(keys):
-                    stacked_logits = self.backbone(x)
-                width = max(self.heads.head(key).out_features for key in keys)
-                if stacked_logits.shape != (x.shape[0], len(keys) * width):
-                    raise StackingUnsupportedError(
-                        f"the network's output after its heads has shape {tuple(stacked_logits.shape)}."
-                    )
-                logits = stacked_logits.view(x.shape[0], len(keys), width)
-                features = captured[0]
-                if features.shape[-1] == self.heads.in_features:  # the heads read features every task shares
-                    features = features.unsqueeze(1).expand(-1, len(keys), -1)
-                return logits, features.view(x.shape[0], len(keys), self.heads.in_features)
-            outputs = [unmasked(self.forward_single_task(x, int(key))) for key in keys]
-            width = max(output.shape[1] for output in outputs)
-            logits = outputs[0].new_full((x.shape[0], len(keys), width), float("-inf"))
-            for row, output in enumerate(outputs):
-                logits[:, row, : output.shape[1]] = output
-            return logits, torch.stack(captured, dim=1)
-        finally:
-            hook.remove()
-
-    @torch.no_grad()
-    def backbone_features(self, x: Tensor) -> Tensor:
-        """The features the heads read, ``(batch, F)``, from one pass through
-        the backbone alone (:meth:`TaskState.use_backbone`): what every task
-        shares, for task inference.
-
-        :raises ValueError: for a model in training mode.
-        """
-        self._check_input_device(x)
-        if self.training:
-            raise ValueError(f"backbone_features serves task inference: call {type(self).__name__}.eval() first.")
-        captured: list[Tensor] = []
-        hook = self.heads.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-        try:
-            with self.task_state.use_backbone():
-                self.backbone(x)
-        finally:
-            hook.remove()
-        return captured[0]
-
     def mask_sparsity(self, task: int) -> dict[str, dict[str, float]] | None:
         """The share of each layer's weights that ``task``'s mask drops
         (``"zeros"``) and, for masks that can, flips (``"negatives"``), by
@@ -703,77 +456,6 @@ class MultiHeadModel(MultiTaskModule):
             shares["overall"] = sum(counts[kind] for counts, _ in counted.values()) / weights
             sparsity[kind] = shares
         return sparsity
-
-    def backbone_stays_fixed(self) -> bool:
-        """Whether the backbone alone computes the same once no task trains
-        it, whatever tasks come later: what statistics of its features need.
-        The baselines' multi-head model trains its whole backbone with every
-        task, so not here."""
-        return False
-
-    def task_scores(self) -> dict[str, TaskScore]:
-        """Task-inference scores that need what this model stores, by name
-        (see :class:`~piggyback_avalanche.task_aware.task_scores.TaskScore`):
-        the Mahalanobis scores when the model keeps feature statistics (a
-        task still learning has none yet, and claims no sample); those of
-        the backbone's features only while every task with statistics has
-        them there too."""
-        statistics, backbone_statistics = self.feature_statistics, self.backbone_feature_statistics
-        if statistics is None:
-            return {}
-
-        def mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
-            return -statistics.squared_distances(features, [task_key(t) for t in tasks])
-
-        def relative_mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
-            return -statistics.relative_squared_distances(features, [task_key(t) for t in tasks])
-
-        scores = {
-            "mahalanobis": TaskScore(from_task_outputs=mahalanobis),
-            "relative_mahalanobis": TaskScore(from_task_outputs=relative_mahalanobis),
-        }
-        # Tasks loaded from files written before the backbone's statistics existed have none there.
-        if backbone_statistics is not None and set(backbone_statistics.tasks()) >= set(statistics.tasks()):
-
-            def backbone_mahalanobis(features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
-                per_task = features.unsqueeze(1).expand(-1, len(tasks), -1)
-                return -backbone_statistics.squared_distances(per_task, [task_key(t) for t in tasks])
-
-            scores["backbone_mahalanobis"] = TaskScore(from_backbone_features=backbone_mahalanobis)
-            # Both standardised distances: what the backbone and the task's own features each say.
-            scores["backbone_and_relative_mahalanobis"] = TaskScore(
-                from_task_outputs=relative_mahalanobis, from_backbone_features=backbone_mahalanobis
-            )
-        return scores
-
-    @torch.no_grad()
-    def fit_feature_statistics(self, task: int, batches: Iterable[tuple[Tensor, Tensor]]) -> int:
-        """Estimate ``task``'s feature statistics from ``(inputs, labels)``
-        batches of its training data, with the model as it is now (in eval
-        mode): those of the task's own features, and of the backbone's where
-        the model keeps them. A strategy calls it when the task is frozen.
-
-        :return: the number of samples seen.
-        :raises ValueError: if the model keeps no feature statistics.
-        """
-        if self.feature_statistics is None:
-            raise ValueError(f"This {type(self).__name__} was built without feature_statistics=True.")
-        was_training = self.training
-        self.eval()
-        try:
-            key = task_key(task)
-            classes = self.heads.head(key).classes
-            own: list[tuple[Tensor, Tensor]] = []
-            backbone: list[tuple[Tensor, Tensor]] = []
-            for inputs, labels in batches:
-                own.append((self.task_outputs(inputs, [task], stacked=False)[1][:, 0], labels))
-                if self.backbone_feature_statistics is not None:
-                    backbone.append((self.backbone_features(inputs), labels))
-            if self.backbone_feature_statistics is not None:
-                self.backbone_feature_statistics.fit(key, backbone, classes=classes)
-            return self.feature_statistics.fit(key, own, classes=classes)
-        finally:
-            self.train(was_training)
 
     def _forward_per_sample(self, x: Tensor, task_labels: Tensor, tasks: list[int]) -> Tensor:
         """Each sample's logits under its task, :attr:`max_class_label` wide
@@ -861,40 +543,14 @@ class TaskAwareModel(MultiHeadModel):
         # Per stored task: the state-dict keys of its parts the store holds, with their bytes in memory.
         self._offloaded: dict[str, dict[str, int]] = {}
         super().__init__(backbone, classifier=classifier, feature_statistics=feature_statistics)
-        self._record_shared_checksum()
+        self.shared_weight_checksum = SharedWeightChecksum(self.shared_state)
+        self.shared_weight_checksum.record()
 
     # --- building ----------------------------------------------------------
 
     def _convert(self, backbone: nn.Module, classifier_name: str) -> nn.Module:
-        attention = [name for name, module in backbone.named_modules() if type(module) in ATTENTION_TYPES]
-        unsupported = [
-            f"{name or '<backbone>'} ({type(module).__name__}: {', '.join(names)})"
-            for name, module in backbone.named_modules()
-            if name != classifier_name
-            and type(module) not in self.layer_types
-            and not isinstance(module, NORM_LAYER_TYPES)
-            and not any(name == above or name.startswith(f"{above}.") for above in attention)
-            for names in [[n for n, p in module._parameters.items() if p is not None and n not in SHARED_EMBEDDINGS]]
-            if names
-        ]
-        if unsupported:
-            raise ValueError(
-                f"{type(self).__name__} cannot handle these modules' parameters: "
-                + ", ".join(unsupported)
-                + ". Supported: "
-                + ", ".join(t.__name__ for t in self.layer_types)
-                + " (task-aware weights), "
-                + ", ".join(t.__name__ for t in ATTENTION_TYPES)
-                + " (task-aware projections), "
-                + ", ".join(t.__name__ for t in NORM_LAYER_TYPES)
-                + " (per task), and parameters named "
-                + ", ".join(sorted(SHARED_EMBEDDINGS))
-                + " (shared and frozen). Express them with these layers, or fold them into the classifier."
-            )
-        for module in backbone.modules():
-            for name in SHARED_EMBEDDINGS & set(module._parameters):
-                if module._parameters[name] is not None:
-                    module._parameters[name].requires_grad_(False)  # type: ignore[union-attr]
+        refuse_unsupported_parameters(backbone, classifier_name, self.layer_types, type(self).__name__)
+        freeze_shared_embeddings(backbone)
         backbone = super()._convert(backbone, classifier_name)
         if not any(isinstance(m, TaskWeightLayer) for m in backbone.modules()):
             raise ValueError(
@@ -996,7 +652,7 @@ class TaskAwareModel(MultiHeadModel):
         if self.task_state.backbone_task == key:
             self.task_state.backbone_task = None
         if not self.task_state.learning:
-            self._record_shared_checksum()
+            self.shared_weight_checksum.record()
         if self.task_store is not None:
             self._store(task)
 
@@ -1244,27 +900,6 @@ class TaskAwareModel(MultiHeadModel):
 
     # --- the shared tensors stay as the frozen tasks learned them ----------------
 
-    def _shared_tensors(self) -> list[Tensor]:
-        """The floating-point shared tensors, fetched live."""
-        shared = self.shared_state()
-        return [shared[key] for key in self._shared_float_keys]
-
-    def _checksum(self, *, sampled: bool) -> Tensor:
-        """Sum and sum of squares per shared tensor, in float64; ``sampled``:
-        of at most ``_CHECKSUM_SAMPLES`` evenly strided entries per tensor."""
-        rows = []
-        for tensor in self._shared_tensors():
-            flat = tensor.detach().reshape(-1)
-            if sampled and flat.numel() > _CHECKSUM_SAMPLES:
-                flat = flat[:: flat.numel() // _CHECKSUM_SAMPLES]
-            flat = flat.double()
-            rows.append(torch.stack([flat.sum(), flat.square().sum()]))
-        return torch.stack(rows).cpu() if rows else torch.zeros(0, 2, dtype=torch.float64)
-
-    def _record_shared_checksum(self) -> None:
-        self._shared_float_keys = [k for k, t in self.shared_state().items() if t.is_floating_point()]
-        self._shared_checksums = {sampled: self._checksum(sampled=sampled) for sampled in (False, True)}
-
     def verify_shared_state(self, *, sampled: bool = False) -> None:
         """Check that no shared tensor (the backbone's weights, biases and
         normalization) changed since the tasks were frozen.
@@ -1278,7 +913,8 @@ class TaskAwareModel(MultiHeadModel):
         them. Checked only while no task learns (learning may change them).
 
         :param sampled: check a fixed strided sample of each tensor (at most
-            ``_CHECKSUM_SAMPLES`` entries), as evaluation does to stay as fast
+            :data:`~piggyback_avalanche.task_aware.shared_weight_checksum.CHECKSUM_SAMPLES`
+            entries), as evaluation does to stay as fast
             as plain inference: any write to a whole tensor (``.data.add_``,
             ``copy_``, other weights loaded) changes it, a write to a few
             entries may not. Training an experience and :meth:`export_task`
@@ -1287,7 +923,7 @@ class TaskAwareModel(MultiHeadModel):
         """
         if self.task_state.learning or not self.tasks:
             return
-        if not torch.equal(self._checksum(sampled=sampled), self._shared_checksums[sampled]):
+        if not self.shared_weight_checksum.unchanged(sampled=sampled):
             raise RuntimeError(
                 f"The shared weights of this {type(self).__name__} changed after its tasks {self.frozen_tasks} "
                 "were frozen (a write through .data or vector_to_parameters?). Every frozen task was learned "
@@ -1307,7 +943,7 @@ class TaskAwareModel(MultiHeadModel):
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        self._record_shared_checksum()
+        self.shared_weight_checksum.record()
         return result
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:

@@ -3,7 +3,7 @@ embedding), as parametrizations: the module that holds the parameter reads
 it as always, and gets the current task's copy.
 
 A task-aware model shares these embeddings frozen by default
-(:data:`~piggyback_avalanche.task_aware.models.SHARED_EMBEDDINGS`);
+(:data:`~piggyback_avalanche.task_aware.backbone_conversion.SHARED_EMBEDDINGS`);
 ``task_embeddings=True`` gives each task its own, learned with its head.
 """
 

@@ -8,17 +8,18 @@ its modules list in ``frozen_task_state_schema``): Piggyback's masks
 mostly ones; see :mod:`~piggyback_avalanche.task_aware.entropy_coding`), a
 method's other per-task tensors, the task's normalization layers and its
 head; plus the settings that decide what those tensors mean
-(:meth:`TaskAwareModel.task_file_settings`), a format version and a
+(:meth:`~piggyback_avalanche.task_aware.models.TaskAwareModel.task_file_settings`), a format version and a
 fingerprint of the backbone tensors the task was learned on. Loading checks
 all of it against the model before changing anything, and writing is atomic.
 """
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+from torch import Tensor
 
 from piggyback_avalanche.files import (
     PathLike,
@@ -29,21 +30,20 @@ from piggyback_avalanche.files import (
     write_atomically,
 )
 from piggyback_avalanche.task_aware.entropy_coding import (
+    CodeLayout,
     CodingError,
     coded_layout,
     decode_state,
     encode_state,
     is_coded,
 )
-from piggyback_avalanche.task_aware.task_state import task_key
-
-if TYPE_CHECKING:  # the model module imports this one
-    from piggyback_avalanche.task_aware.models import MultiHeadModel, TaskAwareModel
+from piggyback_avalanche.task_aware.task_state import TensorSpec, task_key
 
 __all__ = [
     "TASK_FILE_FORMAT",
     "TASK_FILE_VERSION",
     "TaskFileError",
+    "TaskFileModel",
     "backbone_fingerprint",
     "save_tasks",
     "load_tasks",
@@ -64,7 +64,43 @@ class TaskFileError(ValueError):
     """A task file cannot be written, read, or applied to this model."""
 
 
-def backbone_fingerprint(model: "MultiHeadModel") -> str:
+class TaskFileModel(Protocol):
+    """What a model answers to have its frozen tasks written to and read
+    from task files and task stores (every
+    :class:`~piggyback_avalanche.task_aware.models.TaskAwareModel` does): its
+    tasks, each frozen task's tensors and what they must be, the settings
+    that decide what they mean, and the shared tensors they were learned on.
+    """
+
+    @property
+    def tasks(self) -> list[int]: ...
+
+    @property
+    def frozen_tasks(self) -> list[int]: ...
+
+    @property
+    def learning_tasks(self) -> list[int]: ...
+
+    def task_tensors(self, task: int) -> dict[str, Tensor]: ...
+
+    def stored_task_parts(self, task: int) -> dict[str, Tensor]: ...
+
+    def frozen_task_state_schema(self, task: int) -> dict[str, TensorSpec]: ...
+
+    def optional_task_state_keys(self, task: int) -> list[str]: ...
+
+    def frozen_code_layouts(self, task: int) -> dict[str, CodeLayout]: ...
+
+    def task_file_settings(self) -> dict[str, Any]: ...
+
+    def shared_state(self) -> dict[str, Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = ..., assign: bool = ...) -> Any: ...
+
+
+def backbone_fingerprint(model: "TaskFileModel") -> str:
     """SHA-256 of the model's shared tensors (the backbone's weights, biases
     and normalization layers: everything that is no task's own), by name,
     dtype, shape and bytes."""
@@ -96,7 +132,7 @@ def _labels(value: Any, what: str, *, unique: bool = True) -> list[int]:
     return labels
 
 
-def save_tasks(model: "TaskAwareModel", path: PathLike, tasks: Iterable[int] | None = None) -> None:
+def save_tasks(model: "TaskFileModel", path: PathLike, tasks: Iterable[int] | None = None) -> None:
     """Write ``tasks`` (all frozen tasks by default) of a task-aware model to
     ``path``, atomically.
 
@@ -118,7 +154,7 @@ def save_tasks(model: "TaskAwareModel", path: PathLike, tasks: Iterable[int] | N
     write_atomically(path, lambda file: torch.save(payload, file), binary=True)
 
 
-def task_file_payload(model: "TaskAwareModel", tasks: list[int], *, fingerprint: str | None = None) -> dict[str, Any]:
+def task_file_payload(model: "TaskFileModel", tasks: list[int], *, fingerprint: str | None = None) -> dict[str, Any]:
     """What a task file of the frozen ``tasks`` holds (masks coded), also
     for a task whose masks live in the model's task store.
 
@@ -143,7 +179,7 @@ def task_file_payload(model: "TaskAwareModel", tasks: list[int], *, fingerprint:
 
 
 def check_learned_on(
-    model: "TaskAwareModel", payload: dict[str, Any], path: Any, *, fingerprint: str | None = None
+    model: "TaskFileModel", payload: dict[str, Any], path: Any, *, fingerprint: str | None = None
 ) -> None:
     """Refuse tasks saved with other settings (those that decide what a
     task's tensors mean) or on another backbone.
@@ -194,7 +230,7 @@ def _check_structure(payload: dict[str, Any], path: Any) -> None:
         raise TaskFileError(f"{path} holds {problem}; it is corrupt or not a {TASK_FILE_FORMAT}. Copy it again.")
 
 
-def check_task_tensors(model: "MultiHeadModel", task: int, entries: dict[str, Any], what: str) -> None:
+def check_task_tensors(model: "TaskFileModel", task: int, entries: dict[str, Any], what: str) -> None:
     """Refuse ``entries`` (a frozen ``task``'s tensors by the model's keys,
     masks still coded or packed) that are not what the model's frozen task
     holds: keys, coded layouts (checked before anything is decoded), dtypes,
@@ -239,7 +275,7 @@ def check_task_tensors(model: "MultiHeadModel", task: int, entries: dict[str, An
         )
 
 
-def task_entries(model: "TaskAwareModel", payload: dict[str, Any], path: Any, task: int, label: int) -> dict[str, Any]:
+def task_entries(model: "TaskFileModel", payload: dict[str, Any], path: Any, task: int, label: int) -> dict[str, Any]:
     """Task ``task`` of a task file's payload, checked against what a frozen
     task of ``model`` holds (:func:`check_task_tensors`) and decoded, under
     the model's keys for task ``label``.
@@ -286,7 +322,7 @@ def read_task_file(
 
 
 def load_tasks(
-    model: "TaskAwareModel",
+    model: "TaskFileModel",
     path: PathLike,
     tasks: Iterable[int] | None = None,
     *,

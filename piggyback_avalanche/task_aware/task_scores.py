@@ -5,20 +5,16 @@ features its head reads), or the features of one pass through the backbone
 alone, which every task shares, or both; it says which, so that task
 inference computes only what the score reads. Scores built on the logits
 are offered by every model; those built on feature statistics by a model
-that keeps them (:meth:`MultiHeadModel.task_scores`).
+that keeps them (:meth:`~piggyback_avalanche.task_aware.task_passes.TaskPassesModule.task_scores`).
 """
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from piggyback_avalanche.task_aware.task_heads import unmasked
-
-if TYPE_CHECKING:  # the models offer scores of their own: they import this module
-    from piggyback_avalanche.task_aware.models import MultiHeadModel
 
 __all__ = [
     "TaskScore",
@@ -31,12 +27,12 @@ __all__ = [
     "energy_score",
 ]
 
-TaskOutputScore = Callable[[Tensor, Tensor, "MultiHeadModel", Sequence[int]], Tensor]
+TaskOutputScore = Callable[[Tensor, Tensor, nn.Module, Sequence[int]], Tensor]
 """``score(logits, features, model, tasks) -> (batch, T)`` from each task's
 pass: ``logits`` ``(batch, T, W)`` with ``-inf`` where a task has no class,
 ``features`` ``(batch, T, F)`` (what each task's head reads)."""
 
-BackboneFeatureScore = Callable[[Tensor, "MultiHeadModel", Sequence[int]], Tensor]
+BackboneFeatureScore = Callable[[Tensor, nn.Module, Sequence[int]], Tensor]
 """``score(features, model, tasks) -> (batch, T)`` from one pass through the
 backbone alone: ``features`` ``(batch, F)``, what the heads read."""
 
@@ -67,7 +63,7 @@ class TaskScore:
         return self.from_task_outputs is not None
 
 
-def entropy_score(logits: Tensor, features: Tensor, model: "MultiHeadModel", tasks: Sequence[int]) -> Tensor:
+def entropy_score(logits: Tensor, features: Tensor, model: nn.Module, tasks: Sequence[int]) -> Tensor:
     """Minus the entropy of each task's softmax over its classes (SupSup):
     a task is confident on its own data."""
     log_p = torch.log_softmax(unmasked(logits), dim=-1)
@@ -75,12 +71,12 @@ def entropy_score(logits: Tensor, features: Tensor, model: "MultiHeadModel", tas
     return torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
 
 
-def max_logit_score(logits: Tensor, features: Tensor, model: "MultiHeadModel", tasks: Sequence[int]) -> Tensor:
+def max_logit_score(logits: Tensor, features: Tensor, model: nn.Module, tasks: Sequence[int]) -> Tensor:
     """The largest logit of each task (Hendrycks et al., 2022)."""
     return logits.amax(-1)
 
 
-def energy_score(logits: Tensor, features: Tensor, model: "MultiHeadModel", tasks: Sequence[int]) -> Tensor:
+def energy_score(logits: Tensor, features: Tensor, model: nn.Module, tasks: Sequence[int]) -> Tensor:
     """Minus the free energy, ``logsumexp`` of each task's logits over its
     classes (Liu et al., 2020)."""
     return torch.logsumexp(logits, dim=-1)
@@ -92,7 +88,7 @@ TASK_SCORES: dict[str, TaskScore] = {
     "energy": TaskScore(from_task_outputs=energy_score),
 }
 """The scores every model offers, by name; a model that keeps feature
-statistics adds its own (see :meth:`MultiHeadModel.task_scores`)."""
+statistics adds its own (see :meth:`~piggyback_avalanche.task_aware.task_passes.TaskPassesModule.task_scores`)."""
 
 DEFAULT_SCORES: tuple[str, ...] = (
     "backbone_and_relative_mahalanobis",

@@ -41,7 +41,7 @@ Reading a task checks its file against the manifest's SHA-256, and the
 file's own checksum, before anything is loaded from it. The manifest is
 JSON, so opening a store runs no code.
 
-A model attached to a store (:meth:`TaskAwareModel.attach_task_store`) keeps
+A model attached to a store (:meth:`~piggyback_avalanche.task_aware.models.TaskAwareModel.attach_task_store`) keeps
 in memory only the backbone, every task's normalization and head, and the
 effective weights of the tasks used most recently, within its
 :class:`~piggyback_avalanche.task_aware.frozen_weight_cache.FrozenWeightCache`
@@ -58,7 +58,7 @@ import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor
@@ -75,15 +75,13 @@ from piggyback_avalanche.files import (
 from piggyback_avalanche.task_aware.entropy_coding import CodingError, decode_state
 from piggyback_avalanche.task_aware.task_files import (
     TaskFileError,
+    TaskFileModel,
     backbone_fingerprint,
     check_learned_on,
     read_task_file,
     task_entries,
     task_file_payload,
 )
-
-if TYPE_CHECKING:  # the model module imports this one
-    from piggyback_avalanche.task_aware.models import TaskAwareModel
 
 __all__ = ["TASK_STORE_FORMAT", "TASK_STORE_VERSION", "TaskStoreError", "TaskStore"]
 
@@ -225,7 +223,7 @@ class TaskStore:
 
     # --- reading -------------------------------------------------------------
 
-    def check_model(self, model: "TaskAwareModel", *, fingerprint: str | None = None) -> None:
+    def check_model(self, model: "TaskFileModel", *, fingerprint: str | None = None) -> None:
         """Refuse a model whose task-file settings or backbone differ from the
         store's (an empty store takes any).
 
@@ -251,7 +249,7 @@ class TaskStore:
             raise TaskStoreError(f"{self.path / entry['file']} holds other tasks than the manifest says.")
         return payload
 
-    def entries(self, model: "TaskAwareModel", task: int) -> dict[str, Any]:
+    def entries(self, model: "TaskFileModel", task: int) -> dict[str, Any]:
         """``task``'s state, checked against ``model`` and decoded, under the
         model's keys."""
         payload = self.read(task)
@@ -285,12 +283,12 @@ class TaskStore:
 
     # --- appending -------------------------------------------------------------
 
-    def append(self, model: "TaskAwareModel", task: int) -> None:
+    def append(self, model: "TaskFileModel", task: int) -> None:
         """Write the frozen ``task`` of ``model`` to the store (see
         :meth:`append_tasks`)."""
         self.append_tasks(model, [task])
 
-    def append_tasks(self, model: "TaskAwareModel", tasks: Sequence[int]) -> None:
+    def append_tasks(self, model: "TaskFileModel", tasks: Sequence[int]) -> None:
         """Write the frozen ``tasks`` of ``model`` to the store, all or none:
         their files, then one manifest that adds them to what the store
         holds now (whoever else appended meanwhile).
@@ -329,7 +327,7 @@ class TaskStore:
             "longer be read, and it is not made again. Restore the folder, or attach a new store."
         )
 
-    def _append_locked(self, model: "TaskAwareModel", encoded: dict[int, bytes], fingerprint: str) -> None:
+    def _append_locked(self, model: "TaskFileModel", encoded: dict[int, bytes], fingerprint: str) -> None:
         manifest = self._reread_manifest()
         self._remove_leftovers(manifest)
         held = sorted(set(encoded) & {int(t) for t in (manifest or {}).get("tasks", {})})

@@ -38,7 +38,8 @@ from avalanche.training.templates import SupervisedTemplate
 # Importing the methods registers each of them (each method's package registers itself).
 import piggyback_avalanche.methods  # noqa: F401
 from piggyback_avalanche.methods.packnet.strategy import DEFAULT_POST_PRUNE_EPOCHS, DEFAULT_PRUNE_RATIO
-from piggyback_avalanche.task_aware.models import MultiHeadModel, find_classifier
+from piggyback_avalanche.task_aware.backbone_conversion import find_classifier
+from piggyback_avalanche.task_aware.models import MultiHeadModel
 from piggyback_avalanche.task_aware.registration import (
     LEARNING_RATE_RANGE,
     REGISTERED_STRATEGIES,
