@@ -20,7 +20,7 @@ from piggyback_avalanche.methods.piggyback.layers import MaskedConv2d
 from piggyback_avalanche.methods.piggyback.masks import get_mask_kind
 from piggyback_avalanche.task_aware import TaskAwareModel, TaskAwareStrategy, TaskState, TaskWeightLayer
 from piggyback_avalanche.task_aware.task_layers import task_layer_types
-from piggyback_avalanche.task_aware.task_state import TaskTensorDict, TensorSpec
+from piggyback_avalanche.task_aware.task_module import TaskTensorDict, TensorSpec
 from piggyback_avalanche.training import registry
 
 PACKAGE = Path(__file__).resolve().parents[1] / "piggyback_avalanche"
@@ -256,7 +256,7 @@ class ScaledLayer(TaskWeightLayer):
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {"scales": [self.learning_scales[t] for t in self.learning_scales.keys()]}  # type: ignore[misc]
 
-    def task_state_bytes(self) -> int:
+    def task_tensor_bytes(self) -> int:
         return self.frozen_scales.nbytes()
 
     def task_weight(self) -> Tensor:
@@ -308,7 +308,7 @@ def test_a_new_method_needs_no_edit_in_metrics_task_files_or_the_runner():
         assert size.result()["bytes"] == 60 + 2 * 12 + (32 + 2) + (48 + 3)
         assert size.result()["bits_per_weight_per_task"] == 8 * 24 / 12 / 2
         model = strategy.model
-        assert model.frozen_task_state_schema(0) == {
+        assert model.frozen_task_tensor_schema(0) == {
             "backbone.0.frozen_scales.0": TensorSpec(torch.float32, (3, 1)),
             "backbone.2.heads.0.weight": TensorSpec(torch.float32, ("classes", 3)),
             "backbone.2.heads.0.bias": TensorSpec(torch.float32, ("classes",)),

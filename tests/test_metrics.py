@@ -124,7 +124,7 @@ def test_sparsity_equals_the_stored_masks():
 def _run_with_tensorboard(log_dir, files_dir):
     stream = tensor_task_stream(synthetic_tasks(TWO_TASKS))
     evaluator = default_evaluator(
-        tb_dir=log_dir, csv_dir=files_dir, json_path=files_dir / "metrics.json", interactive=False
+        tb_dir=log_dir, csv_path=files_dir / "metrics.csv", json_path=files_dir / "metrics.json", interactive=False
     )
     strategy = make_strategy("piggyback", tiny_conv_net(), train_epochs=2, evaluator=evaluator, mask_lr=1e-2)
     for i, experience in enumerate(stream.train_stream):

@@ -32,7 +32,7 @@ from piggyback_avalanche.task_aware.registration import (
 )
 from piggyback_avalanche.task_aware.task_files import TaskFileError
 from piggyback_avalanche.task_aware.task_layers import task_layer_types
-from piggyback_avalanche.task_aware.task_state import TaskTensorDict, TensorSpec
+from piggyback_avalanche.task_aware.task_module import TaskTensorDict, TensorSpec
 from piggyback_avalanche.training.checkpoints import load_experience_checkpoint, save_experience_checkpoint
 
 
@@ -58,7 +58,7 @@ class UnitMaskLayer(TaskWeightLayer):
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {"unit_scores": [self.unit_scores[t] for t in self.unit_scores.keys()]}  # type: ignore[misc]
 
-    def task_state_bytes(self) -> int:
+    def task_tensor_bytes(self) -> int:
         return self.unit_masks.nbytes()
 
     def _unit_mask(self, task: str) -> Tensor:
@@ -171,7 +171,7 @@ def test_it_gets_task_files_and_task_stores_with_bit_identical_logits(unit_mask,
     assert fresh.load_tasks(tmp_path / "unit.tasks") == [0, 1]
     for task in (0, 1):
         assert torch.equal(_logits(fresh, stream, task), _logits(model, stream, task))
-    assert fresh.frozen_task_state_schema(0)["backbone.0.unit_masks.0"] == TensorSpec(torch.uint8, (8,))
+    assert fresh.frozen_task_tensor_schema(0)["backbone.0.unit_masks.0"] == TensorSpec(torch.uint8, (8,))
     # Its own setting decides what a mask means: a model with another one refuses the file.
     with pytest.raises(TaskFileError, match=r"other settings \(unit_threshold: file 0.5, model 0.25\)"):
         UnitMaskModel(_backbone(), unit_threshold=0.25).load_tasks(tmp_path / "unit.tasks")

@@ -171,9 +171,9 @@ def test_every_baseline_is_registered_with_its_metadata():
     for name in ("lora", "bitfit", "prompt"):
         registered = registered_strategy(name)
         assert registered.class_incremental_settings == {"task_inference": "sample"}
-        assert "lr" in registered.settings
-    assert {"rank", "alpha"} <= registered_strategy("lora").settings
-    assert "prompt_length" in registered_strategy("prompt").settings
+        assert "lr" in registered.setting_names
+    assert {"rank", "alpha"} <= registered_strategy("lora").setting_names
+    assert "prompt_length" in registered_strategy("prompt").setting_names
     assert math.isclose(LoRAModel(tiny_conv_net(), rank=4).task_layers["0"].scale, 2.0)
 
 

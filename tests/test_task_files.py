@@ -85,7 +85,7 @@ def test_version_1_files_with_bit_packed_masks_still_load(trained, three_task_st
     backbone, model = trained
     model.save_tasks(tmp_path / "all.tasks")
     payload = torch.load(tmp_path / "all.tasks", weights_only=True)
-    raw = {task: {k: model.state_dict()[k] for k in model.task_state_keys(task)} for task in payload["tasks"]}
+    raw = {task: {k: model.state_dict()[k] for k in model.task_tensor_keys(task)} for task in payload["tasks"]}
     v1 = {k: v for k, v in payload.items() if k != "checksum"}
     torch.save({**v1, "version": 1, "tasks": raw}, tmp_path / "v1.tasks")
     fresh = PiggybackModel(backbone)

@@ -114,7 +114,7 @@ def test_each_family_forgets_nothing_through_avalanches_loop(family, strategy):
     if strategy == "piggyback":
         layers = model.task_layers.values()
         # One bit per weight and task: the packed masks, byte for byte.
-        assert sum(layer.task_state_bytes() for layer in layers) == 3 * sum(
+        assert sum(layer.task_tensor_bytes() for layer in layers) == 3 * sum(
             math.ceil(layer.weight.numel() / 8) for layer in layers
         )
         # Training moved the masks: some weight of the first task is dropped.

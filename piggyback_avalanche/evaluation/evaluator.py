@@ -93,7 +93,7 @@ class ExperienceAxisTensorboardLogger(TensorboardLogger):
 def default_evaluator(
     *,
     tb_dir: PathLike | None = None,
-    csv_dir: PathLike | None = None,
+    csv_path: PathLike | None = None,
     json_path: PathLike | None = None,
     interactive: bool = True,
 ) -> EvaluationPlugin:
@@ -106,7 +106,7 @@ def default_evaluator(
 
     :param tb_dir: a TensorBoard log directory (``None``: no TensorBoard),
         written by :class:`ExperienceAxisTensorboardLogger`.
-    :param csv_dir: a directory for ``metrics.csv`` with every numeric value.
+    :param csv_path: a CSV file with every numeric value.
     :param json_path: a JSON file with every numeric value.
     :param interactive: progress bars and a text summary on stdout.
     """
@@ -115,8 +115,7 @@ def default_evaluator(
         loggers.append(InteractiveLogger())
     if tb_dir is not None:
         loggers.append(ExperienceAxisTensorboardLogger(tb_log_dir=tb_dir))
-    if csv_dir is not None or json_path is not None:
-        csv_path = Path(csv_dir) / "metrics.csv" if csv_dir is not None else None
+    if csv_path is not None or json_path is not None:
         loggers.append(MetricsFileLogger(csv_path=csv_path, json_path=json_path))
     return EvaluationPlugin(
         accuracy_metrics(experience=True, stream=True),

@@ -1,7 +1,7 @@
 """What storing everything learned so far costs, as an Avalanche plugin
 metric in the style of Avalanche's ``evaluation/metrics/disk_usage.py``: the
 stored bytes of the model and of the strategy's state, their ratio to
-separately stored networks, and the bits of per-task state per weight."""
+separately stored networks, and the bits of per-task tensors per weight."""
 
 from typing import Any, ClassVar
 
@@ -92,7 +92,7 @@ class ModelSize(Metric[dict[str, float]]):
     bytes (model and strategy state), their ratio to T separately stored
     networks, for multi-head models the bytes each task adds on average
     (:meth:`~piggyback_avalanche.task_aware.models.MultiHeadModel.bytes_per_task`),
-    and for task-aware models the bits of per-task state per task-aware
+    and for task-aware models the bits of per-task tensors per task-aware
     weight and task.
     """
 
@@ -110,7 +110,7 @@ class ModelSize(Metric[dict[str, float]]):
             self._result["individual_networks_ratio"] = total / individual
             self._result["bytes_per_task"] = model.bytes_per_task()
         if isinstance(model, TaskAwareModel) and tasks:
-            self._result["bits_per_weight_per_task"] = model.task_state_bits_per_weight() / len(tasks)
+            self._result["bits_per_weight_per_task"] = model.task_tensor_bits_per_weight() / len(tasks)
 
     def result(self) -> dict[str, float]:
         """The last measurement (empty before the first update)."""

@@ -9,9 +9,9 @@ from piggyback_avalanche.task_aware.backbone_conversion import SHARED_EMBEDDINGS
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout, CodingError, decode_codes, encode_codes
 from piggyback_avalanche.task_aware.experiences import experience_task_classes
 from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
-from piggyback_avalanche.task_aware.frozen_layers import FROZEN_LAYER_TYPES, FrozenLayer
 from piggyback_avalanche.task_aware.frozen_weight_cache import DEFAULT_BUDGET_BYTES, FrozenWeightCache
 from piggyback_avalanche.task_aware.models import MultiHeadModel, TaskAwareModel
+from piggyback_avalanche.task_aware.shared_layers import SHARED_LAYER_TYPES, SharedLayer
 from piggyback_avalanche.task_aware.strategy import (
     DEFAULT_EVAL_MB_SIZE,
     DEFAULT_LR,
@@ -28,9 +28,10 @@ from piggyback_avalanche.task_aware.task_files import TaskFileError, backbone_fi
 from piggyback_avalanche.task_aware.task_heads import MASKED_LOGIT, ClassifierHead, TaskHeads
 from piggyback_avalanche.task_aware.task_inference import InferredTasks, TaskInference
 from piggyback_avalanche.task_aware.task_layers import SUPPORTED_LAYER_TYPES, TaskWeightLayer, task_layer_types
+from piggyback_avalanche.task_aware.task_module import TaskModule, TaskTensorDict, TensorSpec
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
 from piggyback_avalanche.task_aware.task_scores import TASK_SCORES, TaskScore
-from piggyback_avalanche.task_aware.task_state import TaskModule, TaskState, TaskTensorDict, TensorSpec, task_key
+from piggyback_avalanche.task_aware.task_state import TaskState, task_key
 from piggyback_avalanche.task_aware.task_store import TaskStore, TaskStoreError
 
 __all__ = [
@@ -49,8 +50,8 @@ __all__ = [
     "ATTENTION_TYPES",
     "SHARED_EMBEDDINGS",
     "find_classifier",
-    "FrozenLayer",
-    "FROZEN_LAYER_TYPES",
+    "SharedLayer",
+    "SHARED_LAYER_TYPES",
     "ClassifierHead",
     "TaskHeads",
     "MASKED_LOGIT",

@@ -1,5 +1,5 @@
 """Integer codes of 1 to 8 bits each, packed into bytes: how frozen
-per-task state (Piggyback's masks, PackNet's weight owners) is stored."""
+per-task tensors (Piggyback's masks, PackNet's weight owners) are stored."""
 
 import torch
 from torch import Tensor

@@ -24,14 +24,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from piggyback_avalanche.task_aware.task_state import (
-    TaskModule,
-    TaskState,
-    TaskTensorDict,
-    TensorSpec,
-    VersionedCache,
-    task_keys_below,
-)
+from piggyback_avalanche.task_aware.task_module import TaskModule, TaskTensorDict, TensorSpec, task_keys_below
+from piggyback_avalanche.task_aware.task_state import TaskState
+from piggyback_avalanche.task_aware.versioned_cache import VersionedCache
 
 __all__ = ["TaskFeatureStatistics", "DEFAULT_SHRINKAGE"]
 
@@ -252,10 +247,10 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {}
 
-    def task_state_keys(self, task: str) -> list[str]:
+    def task_tensor_keys(self, task: str) -> list[str]:
         return [f"{name}.{task}" for name in self._names if task in getattr(self, name)]
 
-    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
+    def frozen_task_tensor_schema(self, task: str) -> dict[str, TensorSpec]:
         dtype = self._placement.dtype
         # The class means: one row per class of the task, a number the task chooses.
         shapes = {name: getattr(self, name).shape or ("task classes", self.features) for name in self._names}

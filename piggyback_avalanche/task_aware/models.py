@@ -38,14 +38,10 @@ from piggyback_avalanche.task_aware.task_embeddings import give_tasks_their_own
 from piggyback_avalanche.task_aware.task_files import load_tasks, save_tasks
 from piggyback_avalanche.task_aware.task_heads import MASKED_LOGIT, TaskHeads
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer
+from piggyback_avalanche.task_aware.task_module import TaskModule, TensorSpec
 from piggyback_avalanche.task_aware.task_norm import NORM_LAYER_TYPES, TaskNorm
 from piggyback_avalanche.task_aware.task_passes import TaskPassesModule
-from piggyback_avalanche.task_aware.task_state import (
-    TaskModule,
-    TaskState,
-    TensorSpec,
-    task_key,
-)
+from piggyback_avalanche.task_aware.task_state import TaskState, task_key
 from piggyback_avalanche.task_aware.task_store import TaskStore, TaskStoreError
 
 __all__ = ["MultiHeadModel", "TaskAwareModel", "SettingFreeModel"]
@@ -239,19 +235,19 @@ class MultiHeadModel(TaskPassesModule):
 
     # --- what the model stores ----------------------------------------------------
 
-    def task_state_keys(self, task: int) -> list[str]:
+    def task_tensor_keys(self, task: int) -> list[str]:
         """The state-dict keys of what ``task`` holds now, in every module."""
         key = task_key(task)
-        return [prefix + k for prefix, module in self._named_task_modules() for k in module.task_state_keys(key)]
+        return [prefix + k for prefix, module in self._named_task_modules() for k in module.task_tensor_keys(key)]
 
-    def frozen_task_state_schema(self, task: int) -> dict[str, TensorSpec]:
+    def frozen_task_tensor_schema(self, task: int) -> dict[str, TensorSpec]:
         """The state-dict keys that a frozen ``task`` holds (whether or not
         the model has it), with what each tensor must be, in a fixed order."""
         key = task_key(task)
         return {
             prefix + k: spec
             for prefix, module in self._named_task_modules()
-            for k, spec in module.frozen_task_state_schema(key).items()
+            for k, spec in module.frozen_task_tensor_schema(key).items()
         }
 
     def code_layouts(self) -> dict[str, CodeLayout]:
@@ -265,7 +261,7 @@ class MultiHeadModel(TaskPassesModule):
         }
 
     def frozen_code_layouts(self, task: int) -> dict[str, CodeLayout]:
-        """The keys of :meth:`frozen_task_state_schema` that hold packed
+        """The keys of :meth:`frozen_task_tensor_schema` that hold packed
         codes, with their layouts."""
         key = task_key(task)
         return {
@@ -310,7 +306,7 @@ class MultiHeadModel(TaskPassesModule):
         again after a load), not at every call, whose cost would grow with
         the number of tasks."""
         if self._shared_keys is None:
-            own = {k for task in self.tasks for k in self.task_state_keys(task)}
+            own = {k for task in self.tasks for k in self.task_tensor_keys(task)}
             self._shared_keys = [k for k in self.state_dict() if k not in own]
         return list(self._shared_keys)
 
@@ -330,7 +326,7 @@ class MultiHeadModel(TaskPassesModule):
     def task_tensors(self, task: int) -> dict[str, Tensor]:
         """What ``task`` holds in memory now, by state-dict key (without
         building the whole state dict, whose size grows with the tasks)."""
-        return {key: self._state_tensor(key) for key in self.task_state_keys(task)}
+        return {key: self._state_tensor(key) for key in self.task_tensor_keys(task)}
 
     def stored_bytes(self) -> int:
         """Bytes of what the model must store to compute every learned task:
@@ -691,11 +687,11 @@ class TaskAwareModel(MultiHeadModel):
             "dtype": str(next(self.parameters()).dtype),
         }
 
-    def task_state_bits_per_weight(self) -> float:
-        """Bits of per-task state stored per weight of the task-aware layers,
+    def task_tensor_bits_per_weight(self) -> float:
+        """Bits of per-task tensors stored per weight of the task-aware layers,
         for all frozen tasks together."""
         layers = self.task_layers.values()
-        return 8.0 * sum(layer.task_state_bytes() for layer in layers) / sum(layer.weight.numel() for layer in layers)
+        return 8.0 * sum(layer.task_tensor_bytes() for layer in layers) / sum(layer.weight.numel() for layer in layers)
 
     @torch.no_grad()
     def _learning_batch_norms(self) -> list[nn.modules.batchnorm._BatchNorm]:

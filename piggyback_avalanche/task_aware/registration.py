@@ -84,7 +84,7 @@ class RegisteredStrategy:
     :param name: the registered name.
     :param build: ``build(backbone, **config) -> strategy``.
     :param description: one line for listings.
-    :param settings: the configuration keys the builder takes; ``None``: any.
+    :param setting_names: the configuration keys the builder takes; ``None``: any.
     :param untrained_backbone_setting: a boolean keyword that makes the
         strategy train the backbone itself on the first experience, for
         streams without a pretrained backbone (``None``: it has none).
@@ -105,7 +105,7 @@ class RegisteredStrategy:
     name: str
     build: StrategyBuilder
     description: str
-    settings: frozenset[str] | None
+    setting_names: frozenset[str] | None
     untrained_backbone_setting: str | None = None
     trains_on_whole_stream: bool = False
     class_incremental_settings: Mapping[str, Any] | None = None
@@ -116,7 +116,7 @@ class RegisteredStrategy:
 
     def accepted(self, config: dict[str, Any]) -> dict[str, Any]:
         """The entries of ``config`` the builder takes."""
-        return {k: v for k, v in config.items() if self.settings is None or k in self.settings}
+        return {k: v for k, v in config.items() if self.setting_names is None or k in self.setting_names}
 
     def check_settings(self, config: dict[str, Any]) -> None:
         """Refuse the method's own settings in ``config`` that its
@@ -183,7 +183,7 @@ def register_strategy(
             name=name,
             build=builder,
             description=description or (builder.__doc__ or name).strip().splitlines()[0],
-            settings=frozenset(settings) if settings is not None else _named_parameters(builder),
+            setting_names=frozenset(settings) if settings is not None else _named_parameters(builder),
             untrained_backbone_setting=untrained_backbone_setting,
             trains_on_whole_stream=trains_on_whole_stream,
             class_incremental_settings=class_incremental_settings,

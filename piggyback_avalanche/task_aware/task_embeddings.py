@@ -14,13 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from piggyback_avalanche.task_aware.task_state import (
-    TaskModule,
-    TaskState,
-    TaskTensorDict,
-    TensorSpec,
-    add_loaded_tasks,
-)
+from piggyback_avalanche.task_aware.task_module import TaskModule, TaskTensorDict, TensorSpec, add_loaded_tasks
+from piggyback_avalanche.task_aware.task_state import TaskState
 
 __all__ = ["TaskEmbedding", "FixedEmbedding", "give_tasks_their_own"]
 
@@ -85,10 +80,10 @@ class TaskEmbedding(TaskModule, nn.Module):
         """``{"task_parameters": [...]}``: trained with the task's head and norms."""
         return {"task_parameters": [self.learning[t] for t in self.learning.keys()]}  # type: ignore[misc]
 
-    def task_state_keys(self, task: str) -> list[str]:
+    def task_tensor_keys(self, task: str) -> list[str]:
         return [f"{name}.{task}" for name, store in self._stores().items() if task in store]
 
-    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
+    def frozen_task_tensor_schema(self, task: str) -> dict[str, TensorSpec]:
         return {f"frozen.{task}": TensorSpec(self._original.dtype, self.shape)}
 
     def plain_bytes(self, task: str) -> int:

@@ -3,7 +3,7 @@ to share one backbone plus small files per task, as Piggyback's authors
 distributed their masks.
 
 A task file holds, per task, exactly what the task adds to the backbone (what
-its modules list in ``frozen_task_state_schema``): Piggyback's masks
+its modules list in ``frozen_task_tensor_schema``): Piggyback's masks
 (entropy-coded since version 2, below one bit per weight for masks that are
 mostly ones; see :mod:`~piggyback_avalanche.task_aware.entropy_coding`), a
 method's other per-task tensors, the task's normalization layers and its
@@ -37,7 +37,8 @@ from piggyback_avalanche.task_aware.entropy_coding import (
     encode_state,
     is_coded,
 )
-from piggyback_avalanche.task_aware.task_state import TensorSpec, task_key
+from piggyback_avalanche.task_aware.task_module import TensorSpec
+from piggyback_avalanche.task_aware.task_state import task_key
 
 __all__ = [
     "TASK_FILE_FORMAT",
@@ -85,9 +86,9 @@ class TaskFileModel(Protocol):
 
     def stored_task_parts(self, task: int) -> dict[str, Tensor]: ...
 
-    def frozen_task_state_schema(self, task: int) -> dict[str, TensorSpec]: ...
+    def frozen_task_tensor_schema(self, task: int) -> dict[str, TensorSpec]: ...
 
-    def optional_task_state_keys(self, task: int) -> list[str]: ...
+    def optional_task_tensor_keys(self, task: int) -> list[str]: ...
 
     def frozen_code_layouts(self, task: int) -> dict[str, CodeLayout]: ...
 
@@ -240,9 +241,9 @@ def check_task_tensors(model: "TaskFileModel", task: int, entries: dict[str, Any
     :param what: where the task comes from, for the message ("Task 1 in x.tasks").
     :raises TaskFileError: naming each tensor that does not fit.
     """
-    expected = model.frozen_task_state_schema(task)
+    expected = model.frozen_task_tensor_schema(task)
     missing, unexpected = set(expected) - set(entries), set(entries) - set(expected)
-    if unexpected or missing not in (set(), set(model.optional_task_state_keys(task))):
+    if unexpected or missing not in (set(), set(model.optional_task_tensor_keys(task))):
         raise TaskFileError(
             f"{what} does not hold what a frozen task of this model holds (missing: "
             f"{sorted(missing)}; unexpected: {sorted(unexpected)}); it is corrupt, from another backbone "
@@ -290,8 +291,8 @@ def task_entries(model: "TaskFileModel", payload: dict[str, Any], path: Any, tas
     except CodingError as error:
         raise TaskFileError(f"{what} does not decode ({error}). Copy it again from its source.") from None
     # The model lists a task's keys in the same order for every label.
-    expected = model.frozen_task_state_schema(task)
-    return {new: entries[old] for old, new in zip(expected, model.frozen_task_state_schema(label)) if old in entries}
+    expected = model.frozen_task_tensor_schema(task)
+    return {new: entries[old] for old, new in zip(expected, model.frozen_task_tensor_schema(label)) if old in entries}
 
 
 def read_task_file(

@@ -8,14 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from piggyback_avalanche.task_aware.task_state import (
-    TaskModule,
-    TaskState,
-    TensorSpec,
-    VersionedCache,
-    stacked_width,
-    task_keys_below,
-)
+from piggyback_avalanche.task_aware.task_module import TaskModule, TensorSpec, task_keys_below
+from piggyback_avalanche.task_aware.task_state import TaskState, stacked_width
+from piggyback_avalanche.task_aware.versioned_cache import VersionedCache
 
 __all__ = ["ClassifierHead", "TaskHeads", "MASKED_LOGIT", "unmasked"]
 
@@ -90,7 +85,7 @@ class TaskHeads(TaskModule, nn.Module):
         super().__init__()
         self.task_state = task_state
         self.in_features = classifier.in_features
-        self.bias = classifier.bias is not None
+        self.has_bias = classifier.bias is not None
         self.heads = nn.ModuleDict()
         # Zero-size, not saved: follows the model across devices and dtypes
         # so that new heads are created where the model lives.
@@ -102,7 +97,7 @@ class TaskHeads(TaskModule, nn.Module):
         self.heads[task] = ClassifierHead(
             self.in_features,
             classes=classes,
-            bias=self.bias,
+            bias=self.has_bias,
             device=self._placement.device,
             dtype=self._placement.dtype,
         )
@@ -123,14 +118,14 @@ class TaskHeads(TaskModule, nn.Module):
         learning = self.task_state.learning & set(self.heads.keys())
         return {"task_parameters": [p for t in learning for p in self.heads[t].parameters()]}
 
-    def task_state_keys(self, task: str) -> list[str]:
+    def task_tensor_keys(self, task: str) -> list[str]:
         return [f"heads.{task}.{k}" for k in self.heads[task].state_dict()] if task in self.heads else []
 
-    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
+    def frozen_task_tensor_schema(self, task: str) -> dict[str, TensorSpec]:
         # One output per class label up to the largest: a size the task chooses.
         dtype = self._placement.dtype
         schema = {f"heads.{task}.weight": TensorSpec(dtype, ("classes", self.in_features))}
-        if self.bias:
+        if self.has_bias:
             schema[f"heads.{task}.bias"] = TensorSpec(dtype, ("classes",))
         schema[f"heads.{task}.inactive_units"] = TensorSpec(torch.bool, ("classes",))
         return schema
@@ -161,7 +156,7 @@ class TaskHeads(TaskModule, nn.Module):
         def compute() -> tuple[Tensor, Tensor | None, Tensor]:
             width = max(head.out_features for head in heads)
             weight = heads[0].weight.new_zeros(len(heads), width, self.in_features)
-            bias = weight.new_zeros(len(heads), width) if self.bias else None
+            bias = weight.new_zeros(len(heads), width) if self.has_bias else None
             inactive = torch.ones(len(heads), width, dtype=torch.bool, device=weight.device)
             for row, head in enumerate(heads):
                 weight[row, : head.out_features] = head.weight

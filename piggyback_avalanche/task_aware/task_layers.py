@@ -15,15 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
-from piggyback_avalanche.task_aware.task_state import (
-    TaskModule,
-    TaskState,
-    TaskTensorDict,
-    TensorSpec,
-    VersionedCache,
-    add_loaded_tasks,
-    stacked_width,
-)
+from piggyback_avalanche.task_aware.task_module import TaskModule, TaskTensorDict, TensorSpec, add_loaded_tasks
+from piggyback_avalanche.task_aware.task_state import TaskState, stacked_width
+from piggyback_avalanche.task_aware.versioned_cache import VersionedCache
 
 __all__ = ["TaskWeightLayer", "task_layer_types", "SUPPORTED_LAYER_TYPES"]
 
@@ -184,7 +178,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
         keeps one per task."""
         return self.bias
 
-    def task_state_bytes(self) -> int:
+    def task_tensor_bytes(self) -> int:
         """Bytes this layer stores for its frozen tasks beyond the shared
         weight (for the bits-per-weight figure)."""
         return 0
@@ -234,10 +228,10 @@ class TaskWeightLayer(TaskModule, nn.Module):
     def _stores(self) -> dict[str, TaskTensorDict]:
         return {n: m for n, m in self._modules.items() if isinstance(m, TaskTensorDict)}
 
-    def task_state_keys(self, task: str) -> list[str]:
+    def task_tensor_keys(self, task: str) -> list[str]:
         return [f"{name}.{task}" for name, store in self._stores().items() if task in store]
 
-    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
+    def frozen_task_tensor_schema(self, task: str) -> dict[str, TensorSpec]:
         return {
             f"{name}.{task}": TensorSpec(store.dtype or self.weight.dtype, store.shape)
             for name, store in self._stores().items()

@@ -9,14 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from piggyback_avalanche.task_aware.task_state import (
-    StackingUnsupportedError,
-    TaskModule,
-    TaskState,
-    TensorSpec,
-    stacked_width,
-    task_keys_below,
-)
+from piggyback_avalanche.task_aware.task_module import TaskModule, TensorSpec, task_keys_below
+from piggyback_avalanche.task_aware.task_state import StackingUnsupportedError, TaskState, stacked_width
 
 __all__ = ["TaskNorm", "NORM_LAYER_TYPES"]
 
@@ -82,10 +76,10 @@ class TaskNorm(TaskModule, nn.Module):
             "backbone": [p for p in self.base.parameters() if p.requires_grad],
         }
 
-    def task_state_keys(self, task: str) -> list[str]:
+    def task_tensor_keys(self, task: str) -> list[str]:
         return [f"tasks.{task}.{k}" for k in self.tasks[task].state_dict()] if task in self.tasks else []
 
-    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
+    def frozen_task_tensor_schema(self, task: str) -> dict[str, TensorSpec]:
         if not self.per_task:
             return {}
         return {

@@ -19,8 +19,9 @@ from avalanche.models import MultiTaskModule
 
 from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
 from piggyback_avalanche.task_aware.task_heads import TaskHeads, unmasked
+from piggyback_avalanche.task_aware.task_module import TaskModule
 from piggyback_avalanche.task_aware.task_scores import TaskScore
-from piggyback_avalanche.task_aware.task_state import StackingUnsupportedError, TaskModule, TaskState, task_key
+from piggyback_avalanche.task_aware.task_state import StackingUnsupportedError, TaskState, task_key
 
 __all__ = ["TaskPassesModule"]
 
@@ -91,15 +92,15 @@ class TaskPassesModule(MultiTaskModule):
             module.state_prefix = prefix
         self._shared_keys = None
 
-    def optional_task_state_keys(self, task: int) -> list[str]:
-        """The keys of :meth:`frozen_task_state_schema` that a task file may
+    def optional_task_tensor_keys(self, task: int) -> list[str]:
+        """The keys of :meth:`frozen_task_tensor_schema` that a task file may
         lack: the backbone's feature statistics, which files written before
         they existed do not hold (the task then has none, and the scores
         that read them are not offered)."""
         statistics = self.backbone_feature_statistics
         if statistics is None:
             return []
-        return [statistics.state_prefix + k for k in statistics.frozen_task_state_schema(task_key(task))]
+        return [statistics.state_prefix + k for k in statistics.frozen_task_tensor_schema(task_key(task))]
 
     def backbone_stays_fixed(self) -> bool:
         """Whether the backbone alone computes the same once no task trains

@@ -194,7 +194,7 @@ _register_avalanche("gdumb", GDumb, mem_size=500)
 _register_avalanche("der", DER, single_head_only=True, mem_size=500)
 
 
-class _FrozenFeatures(nn.Module):
+class _FixedFeatures(nn.Module):
     """A network's features, frozen: never trained, always in evaluation
     mode (its batch norm keeps the statistics it came with)."""
 
@@ -202,7 +202,7 @@ class _FrozenFeatures(nn.Module):
         super().__init__()
         self.network = network.requires_grad_(False).eval()
 
-    def train(self, mode: bool = True) -> "_FrozenFeatures":
+    def train(self, mode: bool = True) -> "_FixedFeatures":
         return self  # stays in evaluation mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -236,7 +236,7 @@ def _fecam(
     parent, _, attribute = name.rpartition(".")
     setattr(network.get_submodule(parent) if parent else network, attribute, nn.Identity())
     # What trains is a placeholder that Avalanche's loop needs; evaluation reads the class statistics.
-    model = TrainEvalModel(_FrozenFeatures(network), nn.Linear(features, 1), FeCAMClassifier())
+    model = TrainEvalModel(_FixedFeatures(network), nn.Linear(features, 1), FeCAMClassifier())
     return Naive(
         model=model,
         optimizer=torch.optim.SGD(model.train_classifier.parameters(), lr=0.0),

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer, task_layer_types
-from piggyback_avalanche.task_aware.task_state import TaskTensorDict, TensorSpec
+from piggyback_avalanche.task_aware.task_module import TaskTensorDict, TensorSpec
 
 __all__ = [
     "BiasTunedLayer",
@@ -44,10 +44,10 @@ class BiasTunedLayer(TaskWeightLayer):
         """``{"biases": [...]}``: the learning tasks' biases."""
         return {"biases": [self.learning_biases[t] for t in self.learning_biases.keys()]}  # type: ignore[misc]
 
-    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
-        return {} if self.bias is None else super().frozen_task_state_schema(task)
+    def frozen_task_tensor_schema(self, task: str) -> dict[str, TensorSpec]:
+        return {} if self.bias is None else super().frozen_task_tensor_schema(task)
 
-    def task_state_bytes(self) -> int:
+    def task_tensor_bytes(self) -> int:
         return self.frozen_biases.nbytes()
 
     def task_weight(self) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer, task_layer_types
-from piggyback_avalanche.task_aware.task_state import TaskTensorDict
+from piggyback_avalanche.task_aware.task_module import TaskTensorDict
 
 __all__ = [
     "LowRankLayer",
@@ -67,7 +67,7 @@ class LowRankLayer(TaskWeightLayer):
         stores = [self._store("learning", kind) for kind in self._shapes]
         return {"low_rank": [store[t] for store in stores for t in store.keys()]}  # type: ignore[misc]
 
-    def task_state_bytes(self) -> int:
+    def task_tensor_bytes(self) -> int:
         return sum(self._store("frozen", kind).nbytes() for kind in self._shapes)
 
     # --- forward ---------------------------------------------------------

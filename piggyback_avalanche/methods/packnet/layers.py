@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from piggyback_avalanche.task_aware.bit_packing import pack_codes, unpack_codes
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer, task_layer_types
-from piggyback_avalanche.task_aware.task_state import TaskTensorDict
+from piggyback_avalanche.task_aware.task_module import TaskTensorDict
 
 __all__ = [
     "MAX_PACKNET_TASKS",
@@ -138,7 +138,7 @@ class PackNetLayer(TaskWeightLayer):
             "backbone": [p for p in (self.bias,) if p is not None and p.requires_grad],
         }
 
-    def task_state_bytes(self) -> int:
+    def task_tensor_bytes(self) -> int:
         return self.packed_owners.nbytes
 
     def task_record_keys(self) -> list[str]:

@@ -9,7 +9,7 @@ from piggyback_avalanche.methods.piggyback.flat_masks import FlatMaskSlots, comp
 from piggyback_avalanche.methods.piggyback.masks import MaskKind, pack_mask, unpack_mask
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer, task_layer_types
-from piggyback_avalanche.task_aware.task_state import TaskTensorDict
+from piggyback_avalanche.task_aware.task_module import TaskTensorDict
 
 __all__ = ["MaskedLayer", "MaskedConv1d", "MaskedConv2d", "MaskedConv3d", "MaskedLinear", "MASKED_LAYER_TYPES"]
 
@@ -80,7 +80,7 @@ class MaskedLayer(TaskWeightLayer):
             "backbone": [p for p in (self.weight, self.bias) if p is not None and p.requires_grad],
         }
 
-    def task_state_bytes(self) -> int:
+    def task_tensor_bytes(self) -> int:
         # A task whose mask lives in the model's task store costs the same.
         stored = len(self.task_state.stored_tasks.difference(self.packed_masks.keys()))
         return self.packed_masks.nbytes() + stored * self._layout.packed_bytes

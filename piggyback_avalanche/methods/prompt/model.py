@@ -4,8 +4,8 @@ from torch import nn
 
 from piggyback_avalanche.checks import check_count
 from piggyback_avalanche.methods.prompt.prompts import TaskPrompts
-from piggyback_avalanche.task_aware.frozen_layers import FROZEN_LAYER_TYPES
 from piggyback_avalanche.task_aware.models import TaskAwareModel
+from piggyback_avalanche.task_aware.shared_layers import SHARED_LAYER_TYPES
 
 __all__ = ["PromptTuningModel", "DEFAULT_PROMPT_LENGTH", "PROMPT_SITES", "POSITIONAL"]
 
@@ -38,7 +38,7 @@ class PromptTuningModel(TaskAwareModel):
     :raises ValueError: for a backbone without a place for prompts.
     """
 
-    layer_types = FROZEN_LAYER_TYPES  # type: ignore[assignment]
+    layer_types = SHARED_LAYER_TYPES  # type: ignore[assignment]
 
     def __init__(
         self,

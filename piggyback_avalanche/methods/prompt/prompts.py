@@ -7,14 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from piggyback_avalanche.task_aware.task_state import (
-    StackingUnsupportedError,
-    TaskModule,
-    TaskState,
-    TaskTensorDict,
-    TensorSpec,
-    add_loaded_tasks,
-)
+from piggyback_avalanche.task_aware.task_module import TaskModule, TaskTensorDict, TensorSpec, add_loaded_tasks
+from piggyback_avalanche.task_aware.task_state import StackingUnsupportedError, TaskState
 
 __all__ = ["TaskPrompts", "AppendedPrompts"]
 
@@ -87,10 +81,10 @@ class TaskPrompts(TaskModule, nn.Module):
         """``{"prompts": [...]}``: the learning tasks' prompts."""
         return {"prompts": [self.learning_prompts[t] for t in self.learning_prompts.keys()]}  # type: ignore[misc]
 
-    def task_state_keys(self, task: str) -> list[str]:
+    def task_tensor_keys(self, task: str) -> list[str]:
         return [f"{name}.{task}" for name, store in self._stores().items() if task in store]
 
-    def frozen_task_state_schema(self, task: str) -> dict[str, TensorSpec]:
+    def frozen_task_tensor_schema(self, task: str) -> dict[str, TensorSpec]:
         return {f"frozen_prompts.{task}": TensorSpec(self._tensor_options()["dtype"], (self.length, self.width))}
 
     def plain_bytes(self, task: str) -> int:

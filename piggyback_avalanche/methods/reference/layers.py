@@ -1,35 +1,35 @@
 """The reference points' layers: a copy of the weight per task (individual
 networks), or the backbone's weight shared and never trained (classifier
-only, with the shared machinery's :class:`FrozenLayer`)."""
+only, with the shared machinery's :class:`SharedLayer`)."""
 
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from piggyback_avalanche.task_aware.frozen_layers import (
-    FROZEN_LAYER_TYPES,
-    FrozenConv1d,
-    FrozenConv2d,
-    FrozenConv3d,
-    FrozenLayer,
-    FrozenLinear,
+from piggyback_avalanche.task_aware.shared_layers import (
+    SHARED_LAYER_TYPES,
+    SharedConv1d,
+    SharedConv2d,
+    SharedConv3d,
+    SharedLayer,
+    SharedLinear,
 )
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer, task_layer_types
-from piggyback_avalanche.task_aware.task_state import TaskTensorDict
+from piggyback_avalanche.task_aware.task_module import TaskTensorDict
 
 __all__ = [
     "CopiedLayer",
-    "FrozenLayer",
+    "SharedLayer",
     "COPIED_LAYER_TYPES",
-    "FROZEN_LAYER_TYPES",
+    "SHARED_LAYER_TYPES",
     "CopiedConv1d",
     "CopiedConv2d",
     "CopiedConv3d",
     "CopiedLinear",
-    "FrozenConv1d",
-    "FrozenConv2d",
-    "FrozenConv3d",
-    "FrozenLinear",
+    "SharedConv1d",
+    "SharedConv2d",
+    "SharedConv3d",
+    "SharedLinear",
 ]
 
 
@@ -67,7 +67,7 @@ class CopiedLayer(TaskWeightLayer):
     def template_state_keys(self) -> list[str]:
         return ["weight", "bias"] if self.bias is not None else ["weight"]
 
-    def task_state_bytes(self) -> int:
+    def task_tensor_bytes(self) -> int:
         return self.frozen_weights.nbytes()
 
     def _own(self, learning: TaskTensorDict, frozen: TaskTensorDict) -> Tensor:

@@ -7,7 +7,7 @@ Piggyback so that every method shares heads, normalization and routing.
   one trained head per task (the lower bound).
 """
 
-from piggyback_avalanche.methods.reference.layers import COPIED_LAYER_TYPES, FROZEN_LAYER_TYPES
+from piggyback_avalanche.methods.reference.layers import COPIED_LAYER_TYPES, SHARED_LAYER_TYPES
 from piggyback_avalanche.task_aware.models import SettingFreeModel
 
 __all__ = ["IndividualNetworksModel", "ClassifierOnlyModel"]
@@ -38,5 +38,5 @@ class ClassifierOnlyModel(SettingFreeModel):
         inference (see :class:`~piggyback_avalanche.task_aware.models.MultiHeadModel`).
     """
 
-    layer_types = FROZEN_LAYER_TYPES  # type: ignore[assignment]
+    layer_types = SHARED_LAYER_TYPES  # type: ignore[assignment]
     per_task_norm = False

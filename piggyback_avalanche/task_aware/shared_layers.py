@@ -8,10 +8,10 @@ from torch import Tensor, nn
 
 from piggyback_avalanche.task_aware.task_layers import TaskWeightLayer, task_layer_types
 
-__all__ = ["FrozenLayer", "FROZEN_LAYER_TYPES", "FrozenConv1d", "FrozenConv2d", "FrozenConv3d", "FrozenLinear"]
+__all__ = ["SharedLayer", "SHARED_LAYER_TYPES", "SharedConv1d", "SharedConv2d", "SharedConv3d", "SharedLinear"]
 
 
-class FrozenLayer(TaskWeightLayer):
+class SharedLayer(TaskWeightLayer):
     """A layer that every task uses as the backbone has it, never trained."""
 
     def add_task(self, task: str, *, classes: Sequence[int] = ()) -> None:
@@ -27,7 +27,7 @@ class FrozenLayer(TaskWeightLayer):
         return self.weight
 
 
-FROZEN_LAYER_TYPES = task_layer_types(FrozenLayer, prefix="Frozen", doc="shared by every task, never trained.")
+SHARED_LAYER_TYPES = task_layer_types(SharedLayer, prefix="Shared", doc="shared by every task, never trained.")
 """Layer types kept frozen and shared, and their twins."""
 
-FrozenConv1d, FrozenConv2d, FrozenConv3d, FrozenLinear = FROZEN_LAYER_TYPES.values()
+SharedConv1d, SharedConv2d, SharedConv3d, SharedLinear = SHARED_LAYER_TYPES.values()
