@@ -15,23 +15,25 @@ from torch.optim.lr_scheduler import MultiStepLR
 
 from avalanche.benchmarks.scenarios.online import OnlineCLExperience
 from avalanche.core import BasePlugin
-from avalanche.models import DynamicModule
 from avalanche.training.plugins.evaluation import EvaluationPlugin, default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.templates.base import PositionalArgumentsDeprecatedWarning
 
 from piggyback_avalanche.checks import check_count, check_positive, warn_caller
 from piggyback_avalanche.task_aware.experiences import (
-    experience_classes,
-    experience_task_classes,
-    experience_task_labels,
     origin_experience_index,
 )
 from piggyback_avalanche.task_aware.models import TaskAwareModel
 from piggyback_avalanche.task_aware.plugin_support import refuse_unfit_plugins
+from piggyback_avalanche.task_aware.refusals import (
+    refuse_labels_outside_heads,
+    refuse_online_without_boundaries,
+    refuse_unfit_model,
+)
 from piggyback_avalanche.task_aware.restore_point import RestorePoint
 from piggyback_avalanche.task_aware.task_inference import InferencePer, TaskInference
 from piggyback_avalanche.task_aware.task_scores import TASK_SCORES
+from piggyback_avalanche.task_aware.task_sources import TasksByInference, TasksFromLabels, TaskSource
 
 __all__ = [
     "TaskAwareStrategy",
@@ -71,33 +73,6 @@ samples lost up to 0.8 points (BENCHMARKS.md)."""
 
 OptimizerFactory = Callable[[list[dict]], Optimizer]
 """Builds an optimizer from a list of parameter groups (each with its ``lr``)."""
-
-
-def _refuse_shared_task_labels(strategy_name: str, experience: Any) -> None:
-    """Refuse a stream whose experiences share task labels (a
-    class-incremental stream) before its first experience trains: a task is
-    learned once, in one experience."""
-    # An online stream's sub-experiences share their experience's task: its
-    # experience is the one compared with the others of its stream.
-    experience = getattr(experience, "origin_experience", None) or experience
-    stream = getattr(experience, "origin_stream", None)
-    if stream is None:
-        return
-    labels = set(experience_task_labels(experience))
-    sharing = [
-        other.current_experience
-        for other in stream
-        if other.current_experience != experience.current_experience and labels & set(experience_task_labels(other))
-    ]
-    if sharing:
-        raise ValueError(
-            f"Experience {experience.current_experience} shares task label(s) {sorted(labels)} with "
-            f"experience(s) {sharing} of its stream: a class-incremental stream (such as "
-            "nc_benchmark(..., task_labels=False), or SplitMNIST without return_task_id=True). "
-            f"{strategy_name} learns each task once, in one experience, and needs one task label per "
-            "experience: use nc_benchmark(..., task_labels=True), return_task_id=True, or "
-            "avalanche.benchmarks.scenarios.task_aware.task_incremental_benchmark(bm)."
-        )
 
 
 _AVALANCHE_POSITIONAL_ARGUMENTS = (
@@ -298,19 +273,8 @@ class TaskAwareStrategy(SupervisedTemplate):
         eval_every: int = -1,
         **base_kwargs,
     ) -> None:
-        name, model_name = type(self).__name__, self.model_type.__name__
-        if not isinstance(model, self.model_type):
-            raise TypeError(
-                f"{name} trains a {model_name}, got {type(model).__name__}. "
-                f"Wrap your network: {name}(model={model_name}(backbone), ...)."
-            )
-        nested = [path for path, module in model.named_modules() if path and isinstance(module, DynamicModule)]
-        if nested:
-            raise ValueError(
-                f"The {model_name} holds Avalanche dynamic modules of its own ({', '.join(nested)}): Avalanche "
-                "would adapt them to every experience besides the model, adding every task twice. Give the "
-                "strategy one task-aware model; keep other models outside it."
-            )
+        name = type(self).__name__
+        refuse_unfit_model(name, model, self.model_type)
         refuse_unfit_plugins(name, [*(plugins or []), criterion], infers_tasks=task_inference is not None)
         check_positive("lr_decay_factor", lr_decay_factor)
         check_count("train_mb_size", train_mb_size)
@@ -345,7 +309,7 @@ class TaskAwareStrategy(SupervisedTemplate):
                     "Build the model with feature_statistics=True for the Mahalanobis scores, or pass task_score= "
                     "to choose a logit score on purpose."
                 )
-        self.task_inference: TaskInference | None = task_inference
+        self.task_source: TaskSource = TasksFromLabels() if task_inference is None else TasksByInference(task_inference)
         self.mb_inferred_tasks: torch.Tensor | None = None
         """The inferred task of each sample of the last evaluation mini-batch
         (``None`` when tasks were not inferred)."""
@@ -400,7 +364,7 @@ class TaskAwareStrategy(SupervisedTemplate):
             "learning_rates": dict(sorted(self.learning_rate_settings().items())),
             # How experiences become tasks (the inference itself may change); only
             # when on, so that checkpoints written before the option still load.
-            **({"infers_tasks": True} if self.task_inference is not None else {}),
+            **({"infers_tasks": True} if self.task_source.infers_tasks else {}),
         }
 
     def check_model_and_optimizer(self, **kwargs) -> None:
@@ -417,43 +381,21 @@ class TaskAwareStrategy(SupervisedTemplate):
         return [id(p) for params in self.model.trainable_parameters().values() for p in params]
 
     def _check_labels_fit_heads(self) -> None:
-        """Refuse an experience whose samples carry class labels that its
-        task's head lacks, before any step: the loss would be infinite (or,
-        on CUDA, a device-side assert)."""
+        if self.task_source.infers_tasks and not self.is_training:
+            return  # the inferred task's head answers; a wrong guess is an error, not a bad input
         dataset = self.experience.dataset
-        targets = torch.as_tensor(list(dataset.targets))
-        if self.task_inference is not None:
-            if not self.is_training:
-                return  # the inferred task's head answers; a wrong guess is an error, not a bad input
-            tasks = torch.full_like(targets, self.training_task())
-        else:
-            tasks = torch.as_tensor(list(dataset.targets_task_labels))
-        for task in torch.unique(tasks).tolist():
-            if str(task) not in self.model.heads.heads:
-                continue  # evaluated before it is learned: an untrained head over the experience's classes
-            head = self.model.heads.head(str(task))
-            extra = sorted(set(torch.unique(targets[tasks == task]).tolist()) - set(head.classes))
-            if extra and self.is_training:
-                raise ValueError(
-                    f"Experience {self.experience.current_experience}: task {task} has samples labelled "
-                    f"{extra}, but its head has classes {head.classes} (from the experience's "
-                    "classes_in_this_experience). Make that attribute list every label of the experience."
-                )
-            if extra:
-                raise ValueError(
-                    f"Evaluating experience {self.experience.current_experience}: task {task} has samples "
-                    f"labelled {extra}, but the task was learned with classes {head.classes}; its head cannot "
-                    "predict the others. Evaluate each task on data of the classes it was trained on."
-                )
+        tasks = self.task_source.sample_tasks(self.experience, torch.as_tensor(list(dataset.targets_task_labels)))
+        refuse_labels_outside_heads(
+            self.model, self.experience, torch.as_tensor(list(dataset.targets)), tasks, training=self.is_training
+        )
 
     def model_adaptation(self, model: Module | None = None) -> Any:  # Avalanche's is untyped
         """Avalanche's adaptation; when evaluating, it also refuses samples of
         classes the task's head does not have, naming them (instead of an
         index error inside the loss)."""
-        if self.task_inference is not None:
-            # The stream's task labels (if any) are never read.
+        tasks = self.task_source.tasks_to_adapt(self.experience)
+        if tasks is not None:
             adapted: TaskAwareModel = self.model if model is None else model  # type: ignore[assignment]
-            tasks = self.experience_tasks(self.experience)
             adapted.adapt_to_tasks(tasks)
             self._eval_width = max(c for classes in tasks.values() for c in classes) + 1
             return adapted.to(self.device)
@@ -462,36 +404,31 @@ class TaskAwareStrategy(SupervisedTemplate):
             self._check_labels_fit_heads()
         return adapted
 
+    @property
+    def task_inference(self) -> TaskInference | None:
+        """How evaluation infers tasks (``None``: the stream's task labels)."""
+        return self.task_source.inference if isinstance(self.task_source, TasksByInference) else None
+
     def experience_tasks(self, experience: Any) -> dict[int, list[int]]:
         """The tasks that training ``experience`` learns, with their classes:
         the stream's task labels, or with task inference the experience's
         number as the one task, over all its classes (for an online
         sub-experience, those of the experience it was cut from)."""
-        whole = getattr(experience, "origin_experience", None) or experience
-        if self.task_inference is None:
-            return experience_task_classes(whole)
-        return {origin_experience_index(experience): experience_classes(whole)}
-
-    def training_task(self) -> int:
-        """The task the current experience learns (or would learn), with
-        task inference."""
-        return origin_experience_index(self.experience)
+        return self.task_source.experience_tasks(experience)
 
     def forward(self) -> Any:
         """Avalanche's forward pass; with task inference, training passes the
         experience's task and evaluation infers the task of every sample
         (the stream's task labels are never read)."""
-        self.mb_inferred_tasks = None
-        if self.task_inference is None:
-            # Avalanche passes the batch's task labels only when the experience
-            # says it has them; an online sub-experience carries them in its data alone.
-            return self.model(self.mb_x, self.mb_task_id)
-        if self.is_training or not self.model.tasks:
-            # Training, or nothing learned yet: the model as it stands before its first task.
-            return self.model(self.mb_x, self.training_task())
-        inferred = self.task_inference(self.model, self.mb_x, width=self._eval_width)
-        self.mb_inferred_tasks = inferred.tasks
-        return inferred.logits
+        # Avalanche passes the batch's task labels only when the experience says it
+        # has them; an online sub-experience carries them in its data alone (mb_task_id).
+        if self.is_training:
+            self.mb_inferred_tasks = None
+            return self.task_source.training_logits(self.model, self.mb_x, self.mb_task_id, self.experience)
+        logits, self.mb_inferred_tasks = self.task_source.evaluation_logits(
+            self.model, self.mb_x, self.mb_task_id, self.experience, width=self._eval_width
+        )
+        return logits
 
     def train(self, experiences, eval_streams=None, **kwargs):
         """Avalanche's ``train``, after checking that every experience has
@@ -524,30 +461,8 @@ class TaskAwareStrategy(SupervisedTemplate):
     def refuse_before_training(self, experience: Any) -> None:
         """Raise, naming the problem and the fix, if ``experience`` cannot be
         trained; called for every experience before ``train`` does any work."""
-        if isinstance(experience, OnlineCLExperience) and not experience.access_task_boundaries:
-            raise ValueError(
-                f"{type(self).__name__} freezes each task when its data ends, but an online stream without task "
-                "boundaries never says when (experience "
-                f"{experience.current_experience}). Cut the stream with split_online_stream(..., "
-                "access_task_boundaries=True)."
-            )
-        tasks = self.experience_tasks(experience)
-        if self.task_inference is None:
-            _refuse_shared_task_labels(type(self).__name__, experience)
-            frozen = sorted(set(tasks) & set(self.model.frozen_tasks))
-            if frozen:
-                raise ValueError(
-                    f"Task(s) {frozen} of experience {experience.current_experience} were already learned and are "
-                    "frozen; a learned task is never changed. Give this experience a new task label."
-                )
-            return
-        frozen = sorted(set(tasks) & set(self.model.frozen_tasks))
-        if frozen:
-            raise ValueError(
-                f"Experience {origin_experience_index(experience)} was learned already: with task inference, "
-                f"training experience k learns task k, and task(s) {frozen} are frozen. Train each "
-                "experience of a stream once, or start a new model for another stream."
-            )
+        refuse_online_without_boundaries(type(self).__name__, experience)
+        self.task_source.refuse_before_training(experience, self.model, type(self).__name__)
 
     def backward(self) -> None:
         if not torch.isfinite(self.loss):
@@ -651,19 +566,12 @@ class TaskAwareStrategy(SupervisedTemplate):
 
     def _fit_feature_statistics(self) -> None:
         for task in self.experience_tasks(self.experience):
-            if self.task_inference is not None:
-                batches = ((x.to(self.device), y) for x, y, _ in self._training_data_pass())
-            else:
-                batches = ((x[t == task].to(self.device), y[t == task]) for x, y, t in self._training_data_pass())
-            self.model.fit_feature_statistics(task, batches)
+            batches = self.task_source.statistics_batches(self._training_data_pass(), task)
+            self.model.fit_feature_statistics(task, ((x.to(self.device), y) for x, y in batches))
 
     def _recalibrate_norm_statistics(self) -> None:
         loader = self._training_data_pass(self.norm_statistics_samples)
-        if self.task_inference is not None:
-            task = self.training_task()
-            batches = ((inputs, torch.full_like(labels, task)) for inputs, labels, _ in loader)
-        else:
-            batches = ((inputs, task_labels) for inputs, _, task_labels in loader)
+        batches = self.task_source.norm_batches(loader, self.experience)
         self.model.recalibrate_norm_statistics(
             (inputs.to(self.device), task_labels.to(self.device)) for inputs, task_labels in batches
         )
