@@ -14,8 +14,9 @@ import argparse
 import torch
 
 from piggyback_avalanche import available_strategies
-from piggyback_avalanche.app.runner import BACKBONES, strategy_settings, train_and_evaluate
+from piggyback_avalanche.app.runner import strategy_settings, train_and_evaluate
 from piggyback_avalanche.benchmarks.offline import digits_task_stream
+from piggyback_avalanche.networks.backbones import BACKBONES
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ import time
 import torch
 from torch import nn
 
-from piggyback_avalanche.app.backbones import small_cnn, small_vit
 from piggyback_avalanche.methods.lora import LoRAModel
+from piggyback_avalanche.networks.backbones import small_cnn, small_vit
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--backbone", choices=["small_cnn", "small_vit"], default="small_cnn")

@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 from piggyback_avalanche import PiggybackModel, make_strategy
-from piggyback_avalanche.app.backbones import small_cnn
 from piggyback_avalanche.app.report import markdown_table
-from piggyback_avalanche.app.runner import pretrain
 from piggyback_avalanche.benchmarks.offline import mnist_transfer_stream
+from piggyback_avalanche.networks.backbones import small_cnn
+from piggyback_avalanche.networks.pretraining import pretrain
 from piggyback_avalanche.task_aware.bit_packing import unpack_codes
 from piggyback_avalanche.task_aware.entropy_coding import CodeLayout, coded_nbytes, decode_codes, encode_codes
 

@@ -15,10 +15,10 @@ import statistics
 
 import torch
 
-from piggyback_avalanche.app.backbones import small_cnn
 from piggyback_avalanche.app.demo import TASKS
 from piggyback_avalanche.app.runner import strategy_settings, train_and_evaluate
 from piggyback_avalanche.benchmarks.offline import digits_task_stream
+from piggyback_avalanche.networks.backbones import small_cnn
 
 
 def _masked_tasks_mean(benchmark, name: str, seed: int, **config) -> float:

@@ -34,10 +34,10 @@ from avalanche.training import EWC, GDumb, JointTraining, LwF, Naive
 from avalanche.training.plugins import ReplayPlugin
 
 from piggyback_avalanche import Piggyback, PiggybackModel
-from piggyback_avalanche.app.backbones import mlp, small_cnn
 from piggyback_avalanche.app.report import markdown_table
-from piggyback_avalanche.app.runner import pretrain
 from piggyback_avalanche.benchmarks.offline import class_incremental_stream, permuted_mnist_stream
+from piggyback_avalanche.networks.backbones import mlp, small_cnn
+from piggyback_avalanche.networks.pretraining import pretrain
 from piggyback_avalanche.task_aware.task_inference import TaskInference
 from piggyback_avalanche.task_aware.task_scores import TASK_SCORES
 

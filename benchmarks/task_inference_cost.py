@@ -28,8 +28,8 @@ from functools import partial
 import torch
 
 from piggyback_avalanche import PiggybackModel
-from piggyback_avalanche.app.backbones import mlp, small_cnn
 from piggyback_avalanche.app.report import markdown_table
+from piggyback_avalanche.networks.backbones import mlp, small_cnn
 from piggyback_avalanche.task_aware.task_inference import TaskInference
 
 BACKBONES = {"small_cnn": small_cnn, "mlp": lambda: mlp(input_shape=(1, 16, 16))}

@@ -40,11 +40,11 @@ from torch import Tensor
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensor_dataset
 
 from piggyback_avalanche import Piggyback, PiggybackModel
-from piggyback_avalanche.app.backbones import mlp
 from piggyback_avalanche.app.report import markdown_table
-from piggyback_avalanche.app.runner import pretrain
 from piggyback_avalanche.benchmarks.offline import permuted_mnist_stream
 from piggyback_avalanche.benchmarks.streams import task_stream
+from piggyback_avalanche.networks.backbones import mlp
+from piggyback_avalanche.networks.pretraining import pretrain
 from piggyback_avalanche.task_aware.bit_packing import unpack_codes
 from piggyback_avalanche.task_aware.entropy_coding import coded_layout, coded_nbytes, decode_codes, is_coded
 from piggyback_avalanche.task_aware.task_inference import TaskInference

@@ -13,10 +13,10 @@ classes, so Avalanche's accuracy and forgetting metrics work as usual.
 import torch
 
 from piggyback_avalanche import Piggyback, PiggybackModel
-from piggyback_avalanche.app.backbones import small_cnn
-from piggyback_avalanche.app.runner import pretrain
 from piggyback_avalanche.benchmarks.offline import class_incremental_stream
 from piggyback_avalanche.evaluation import default_evaluator
+from piggyback_avalanche.networks.backbones import small_cnn
+from piggyback_avalanche.networks.pretraining import pretrain
 
 torch.manual_seed(0)
 source, benchmark = class_incremental_stream("mnist")

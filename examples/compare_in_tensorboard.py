@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from piggyback_avalanche import make_strategy
-from piggyback_avalanche.app.backbones import small_cnn
 from piggyback_avalanche.benchmarks.offline import digits_task_stream
 from piggyback_avalanche.evaluation import default_evaluator
+from piggyback_avalanche.networks.backbones import small_cnn
 
 parser = argparse.ArgumentParser(description="Piggyback, PackNet and fine-tuning in TensorBoard")
 parser.add_argument("--log-dir", type=Path, default=Path("runs/digits"))

@@ -20,9 +20,9 @@ import torch.distributed as dist
 from avalanche.distributed import DistributedHelper
 
 from piggyback_avalanche import make_strategy
-from piggyback_avalanche.app.backbones import small_cnn
 from piggyback_avalanche.benchmarks.offline import digits_task_stream
 from piggyback_avalanche.evaluation import default_evaluator
+from piggyback_avalanche.networks.backbones import small_cnn
 from piggyback_avalanche.training.checkpoints import save_experience_checkpoint, supports_experience_checkpoint
 from piggyback_avalanche.training.distributed import (
     DistributedDataParallelPlugin,

@@ -9,8 +9,8 @@ next two tasks are learned as binary masks over the frozen weights.
 import torch
 
 from piggyback_avalanche import Piggyback, PiggybackModel
-from piggyback_avalanche.app.backbones import small_cnn
 from piggyback_avalanche.benchmarks.offline import digits_task_stream
+from piggyback_avalanche.networks.backbones import small_cnn
 
 torch.manual_seed(0)
 benchmark = digits_task_stream(["original", "rotated90", "inverted"])

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from piggyback_avalanche import Piggyback, PiggybackModel
-from piggyback_avalanche.app.backbones import small_cnn
 from piggyback_avalanche.benchmarks.offline import digits_task_stream
 from piggyback_avalanche.evaluation import default_evaluator
+from piggyback_avalanche.networks.backbones import small_cnn
 from piggyback_avalanche.training.checkpoints import load_experience_checkpoint, save_experience_checkpoint
 
 parser = argparse.ArgumentParser(description="Piggyback with a checkpoint after every experience")

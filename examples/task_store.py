@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from piggyback_avalanche import Piggyback, PiggybackModel
-from piggyback_avalanche.app.backbones import small_cnn
-from piggyback_avalanche.app.runner import pretrain
 from piggyback_avalanche.benchmarks.offline import mnist_transfer_stream
 from piggyback_avalanche.evaluation import default_evaluator
+from piggyback_avalanche.networks.backbones import small_cnn
+from piggyback_avalanche.networks.pretraining import pretrain
 from piggyback_avalanche.task_aware import TaskStore
 
 parser = argparse.ArgumentParser(description="Piggyback with its tasks in a task store")

@@ -18,11 +18,11 @@ import argparse
 import torch
 
 from piggyback_avalanche import make_strategy
-from piggyback_avalanche.app.backbones import small_vit, torchvision_backbone
-from piggyback_avalanche.app.runner import pretrain
 from piggyback_avalanche.benchmarks.offline import mnist_transfer_stream
 from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 from piggyback_avalanche.evaluation import default_evaluator
+from piggyback_avalanche.networks.backbones import small_vit, torchvision_backbone
+from piggyback_avalanche.networks.pretraining import pretrain
 
 parser = argparse.ArgumentParser(description="Piggyback, LoRA, BitFit and prompts on a vision transformer")
 parser.add_argument("--pretrained", action="store_true", help="torchvision's ImageNet ViT-B/16 (downloads once)")

@@ -15,6 +15,7 @@ import sys
 
 from avalanche.training.templates.base_sgd import BaseSGDTemplate
 
+import piggyback_avalanche.app.command_line as command_line
 import piggyback_avalanche.app.runner as runner
 import piggyback_avalanche.training.checkpoints as checkpoints
 
@@ -61,4 +62,4 @@ else:
 
     module.write_atomically = killing_write
 
-raise SystemExit(runner.main(argv))
+raise SystemExit(command_line.main(argv))

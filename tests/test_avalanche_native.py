@@ -26,7 +26,7 @@ from avalanche.training.plugins import (
 )
 
 from piggyback_avalanche import Piggyback, PiggybackModel, make_strategy
-from piggyback_avalanche.app.runner import main
+from piggyback_avalanche.app.command_line import main
 from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 from piggyback_avalanche.evaluation import default_evaluator
 from piggyback_avalanche.task_aware import MASKED_LOGIT
@@ -353,7 +353,7 @@ def test_config_values_of_the_wrong_type_are_refused(preset, message, tmp_path, 
 
 
 def test_every_flag_has_help_and_one_seed_shows_no_spread(tmp_path, capsys):
-    from piggyback_avalanche.app.runner import _parser
+    from piggyback_avalanche.app.command_line import _parser
 
     assert all(action.help for action in _parser()._actions)
     main([*QUICK_RUN, "--out", str(tmp_path)])
@@ -364,7 +364,7 @@ def test_every_flag_has_help_and_one_seed_shows_no_spread(tmp_path, capsys):
 
 
 def test_the_entry_points_show_no_third_party_noise():
-    for module in ("piggyback_avalanche.app.runner", "piggyback_avalanche.app.demo"):
+    for module in ("piggyback_avalanche.app.command_line", "piggyback_avalanche.app.demo"):
         completed = subprocess.run(
             [sys.executable, "-W", "default", "-m", module, "--help"], capture_output=True, text=True, timeout=120
         )

@@ -232,8 +232,9 @@ def test_a_checkpoint_with_a_code_payload_runs_nothing_and_changes_nothing(three
 
 
 def test_a_code_payload_in_the_runners_checkpoint_folder_runs_nothing(tmp_path):
-    from piggyback_avalanche.app.runner import BACKBONES, train_and_evaluate
+    from piggyback_avalanche.app.runner import train_and_evaluate
     from piggyback_avalanche.benchmarks.offline import digits_task_stream
+    from piggyback_avalanche.networks.backbones import BACKBONES
 
     marker = tmp_path / "pwned"
     checkpoint = tmp_path / "checkpoints" / "piggyback" / "seed0-key.ckpt"

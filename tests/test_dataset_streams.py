@@ -10,14 +10,14 @@ import torch
 import torchvision
 
 from piggyback_avalanche import Piggyback, PiggybackModel
-from piggyback_avalanche.app.backbones import BACKBONES, WeightsUnavailableError
+from piggyback_avalanche.app.command_line import main
 from piggyback_avalanche.app.report import published_comparison, summarize
-from piggyback_avalanche.app.runner import main
 from piggyback_avalanche.benchmarks.datasets import (
     DatasetUnavailableError,
     classic_task_stream,
     fine_grained_stream,
 )
+from piggyback_avalanche.networks.backbones import BACKBONES, WeightsUnavailableError
 
 
 @pytest.fixture

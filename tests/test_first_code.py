@@ -17,7 +17,7 @@ from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
 from avalanche.training.plugins import SupervisedPlugin
 
 from piggyback_avalanche import Piggyback, PiggybackModel
-from piggyback_avalanche.app import runner
+from piggyback_avalanche.app import streams
 from piggyback_avalanche.app.runner import run_benchmark
 from piggyback_avalanche.app.tuning import tuning_benchmark
 from piggyback_avalanche.benchmarks.streams import task_stream, tensor_task_stream
@@ -98,7 +98,7 @@ def test_tuning_never_reads_the_test_stream_and_records_what_it_chose(tmp_path, 
     ]
     test = [_make_taskaware_classification_dataset(d, task_labels=t) for t, d in enumerate(tests)]
     monkeypatch.setitem(
-        runner.STREAMS, "counted", lambda *, seed, data_root, crop_size: (None, task_stream(train, test))
+        streams.STREAMS, "counted", lambda *, seed, data_root, crop_size: (None, task_stream(train, test))
     )
     reads_when_training = []
 
@@ -136,7 +136,7 @@ def test_tuning_never_reads_the_test_stream_and_records_what_it_chose(tmp_path, 
 
 def test_the_first_tasks_protocol_tunes_on_the_first_experiences_only():
     stream = tensor_task_stream(synthetic_tasks([[0, 1], [2, 3], [4, 5]]))
-    validation = runner.validation_benchmark(stream, seed=0)
+    validation = streams.validation_benchmark(stream, seed=0)
     first = tuning_benchmark(validation, protocol="first_tasks", first_tasks=2)
     assert len(first.train_stream) == len(first.test_stream) == 2
     assert tuning_benchmark(validation, protocol="validation", first_tasks=2) is validation
@@ -151,7 +151,7 @@ def test_the_first_tasks_protocol_tunes_on_the_first_experiences_only():
 
 def test_validation_holds_out_a_fifth_of_each_training_experience_and_keeps_task_labels():
     stream = tensor_task_stream(synthetic_tasks([[0, 1], [2, 3]], n_train=50))
-    validation = runner.validation_benchmark(stream, seed=0)
+    validation = streams.validation_benchmark(stream, seed=0)
     assert [len(e.dataset) for e in validation.train_stream] == [40, 40]
     assert [len(e.dataset) for e in validation.test_stream] == [10, 10]
     assert [e.task_labels for e in validation.test_stream] == [[0], [1]]

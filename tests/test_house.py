@@ -50,9 +50,10 @@ LAYER_IMPORTS = {
     "methods": {"base", "task_aware"},
     "evaluation": {"base", "task_aware"},
     "benchmarks": {"base", "task_aware"},
+    "networks": {"base"},  # backbones by name and pretraining: torch alone
     "training": {"base", "task_aware", "methods", "evaluation"},
     "package": {"base", "task_aware", "methods", "training"},  # the package's __init__.py
-    "app": {"base", "task_aware", "methods", "evaluation", "benchmarks", "training", "package"},
+    "app": {"base", "task_aware", "methods", "evaluation", "benchmarks", "networks", "training", "package"},
 }
 """Each layer of the package and the layers it may import: the library
 below the application, the shared machinery below the methods, and no

@@ -9,7 +9,6 @@ from conftest import stacked_inputs, synthetic_tasks, tiny_conv_net, train_check
 from torch import nn
 
 from piggyback_avalanche import make_strategy
-from piggyback_avalanche.app.backbones import small_vit
 from piggyback_avalanche.app.runner import parse_strategy, strategy_settings
 from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 from piggyback_avalanche.evaluation.evaluator import default_evaluator
@@ -17,6 +16,7 @@ from piggyback_avalanche.evaluation.model_size import ModelSize
 from piggyback_avalanche.methods.bitfit import BitFitModel
 from piggyback_avalanche.methods.lora import LoRAModel
 from piggyback_avalanche.methods.prompt import PromptTuningModel, TaskPrompts
+from piggyback_avalanche.networks.backbones import small_vit
 from piggyback_avalanche.task_aware import TaskNorm
 from piggyback_avalanche.training.checkpoints import load_experience_checkpoint, save_experience_checkpoint
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 from conftest import QUICK_RUN
 
-from piggyback_avalanche.app.runner import BACKBONES, main, run_benchmark
+from piggyback_avalanche.app.command_line import main
+from piggyback_avalanche.app.runner import run_benchmark
+from piggyback_avalanche.networks.backbones import BACKBONES
 
 
 def test_runner_writes_tables_and_skips_finished_runs(tmp_path):
@@ -238,8 +240,8 @@ def test_malformed_targets_name_the_line(tmp_path, row, message, capsys):
 
 
 def test_the_shipped_targets_and_presets_are_valid_and_selectable_by_name(tmp_path, capsys):
+    from piggyback_avalanche.app.command_line import _parse
     from piggyback_avalanche.app.report import read_targets
-    from piggyback_avalanche.app.runner import _parse
     from piggyback_avalanche.app.shipped import shipped_presets, shipped_targets_path
 
     targets = read_targets(shipped_targets_path())
@@ -338,7 +340,7 @@ def test_strategy_variants_carry_their_own_settings(tmp_path, capsys):
 
 
 def test_reversed_streams_hold_the_same_tasks_in_the_reverse_order():
-    from piggyback_avalanche.app.runner import STREAMS
+    from piggyback_avalanche.app.streams import STREAMS
 
     for name in ("digits", "mnist_transfer"):
         source, forward = STREAMS[name](seed=0, data_root=None, crop_size=224)
@@ -355,7 +357,7 @@ def test_the_residual_backbone_keeps_every_task_bit_exact(three_task_stream):
     from conftest import train_checking_earlier_tasks
 
     from piggyback_avalanche import Piggyback, PiggybackModel
-    from piggyback_avalanche.app.backbones import small_resnet
+    from piggyback_avalanche.networks.backbones import small_resnet
 
     model = PiggybackModel(small_resnet(width=4, blocks=1, num_classes=8))
     assert model._classifier_name == "8" and len(model.task_layers) == 9  # 7 convolutions, 2 shortcuts

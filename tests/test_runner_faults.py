@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 
 def _run(out, *prefix):
-    command = [sys.executable, *prefix] if prefix else [sys.executable, "-m", "piggyback_avalanche.app.runner"]
+    command = [sys.executable, *prefix] if prefix else [sys.executable, "-m", "piggyback_avalanche.app.command_line"]
     return subprocess.run([*command, *ARGS, "--out", str(out)], capture_output=True, text=True, timeout=600)
 
 

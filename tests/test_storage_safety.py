@@ -20,7 +20,8 @@ from conftest import QUICK_RUN, resealed, same_state, state_copy, tiny_conv_net
 from labelled_tasks import add_task, backbone, with_tasks
 
 from piggyback_avalanche import PiggybackModel
-from piggyback_avalanche.app.runner import main, run_benchmark
+from piggyback_avalanche.app.command_line import main
+from piggyback_avalanche.app.runner import run_benchmark
 from piggyback_avalanche.task_aware.entropy_coding import encode_codes
 from piggyback_avalanche.task_aware.task_files import TaskFileError
 from piggyback_avalanche.task_aware.task_store import TaskStore, TaskStoreError
@@ -314,7 +315,7 @@ def test_bit_flips_in_a_checkpoint_are_refused_or_change_nothing_and_bad_generat
 
 @pytest.mark.slow
 def test_a_damaged_pretrained_cache_is_pretrained_again_and_settings_key_it(tmp_path):
-    from piggyback_avalanche.app.runner import _backbone
+    from piggyback_avalanche.app.pretrained_cache import pretrained_backbone
     from piggyback_avalanche.benchmarks.offline import mnist_transfer_stream
 
     source, _ = mnist_transfer_stream(seed=0)
@@ -322,7 +323,7 @@ def test_a_damaged_pretrained_cache_is_pretrained_again_and_settings_key_it(tmp_
     pretraining = {"epochs": 1, "lr": 1e-3, "mb_size": 128, "device": "cpu"}
 
     def backbone_with(**changes):
-        return _backbone(
+        return pretrained_backbone(
             "mlp",
             "mnist_transfer",
             source,

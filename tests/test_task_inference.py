@@ -16,15 +16,16 @@ from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 
 from piggyback_avalanche import PackNet, Piggyback, PiggybackModel
-from piggyback_avalanche.app.backbones import mlp, small_cnn, small_resnet
+from piggyback_avalanche.app.command_line import main
 from piggyback_avalanche.app.report import summarize
-from piggyback_avalanche.app.runner import main, run_benchmark
+from piggyback_avalanche.app.runner import run_benchmark
 from piggyback_avalanche.evaluation.evaluator import default_evaluator
 from piggyback_avalanche.evaluation.task_inference_accuracy import (
     TaskInferenceAccuracy,
     task_inference_accuracy_metrics,
 )
 from piggyback_avalanche.methods.packnet.model import PackNetModel
+from piggyback_avalanche.networks.backbones import mlp, small_cnn, small_resnet
 from piggyback_avalanche.task_aware import MASKED_LOGIT, MultiHeadModel
 from piggyback_avalanche.task_aware.task_files import TaskFileError
 from piggyback_avalanche.task_aware.task_inference import TaskInference

@@ -12,9 +12,9 @@ from torchvision.models import MaxVit, SwinTransformer
 from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
 
 from piggyback_avalanche import PackNetModel, PiggybackModel, make_strategy
-from piggyback_avalanche.app.backbones import small_vit
 from piggyback_avalanche.benchmarks.streams import tensor_task_stream
 from piggyback_avalanche.evaluation.evaluator import default_evaluator
+from piggyback_avalanche.networks.backbones import small_vit
 from piggyback_avalanche.task_aware import TaskMultiheadAttention, TaskWindowAttention
 
 

@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from piggyback_avalanche.app.backbones import small_cnn
 from piggyback_avalanche.app.report import markdown_table
 from piggyback_avalanche.app.runner import strategy_settings, train_and_evaluate
 from piggyback_avalanche.benchmarks.offline import DIGITS_TASKS, digits_task_stream
+from piggyback_avalanche.networks.backbones import small_cnn
 from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, DEFAULT_TRAIN_EPOCHS
 
 __all__ = ["main", "run_demo", "format_table", "TASKS", "METHODS"]

@@ -1,4 +1,4 @@
-"""The benchmark runner: several registered strategies, one stream, one
+"""The benchmark runner's orchestration: several registered strategies, one stream, one
 backbone, several seeds; one TensorBoard run per strategy and seed, and a
 results table in Markdown, CSV and JSON.
 
@@ -9,8 +9,6 @@ Finished (strategy, seed) runs are saved as they end and are not recomputed
 when the same command runs again.
 """
 
-import argparse
-import hashlib
 import json
 import math
 import re
@@ -25,233 +23,48 @@ from tqdm.auto import tqdm
 
 from avalanche.training.plugins import SupervisedPlugin
 
-from piggyback_avalanche.app.backbones import BACKBONES, WeightsUnavailableError
+from piggyback_avalanche.app.pretrained_cache import pretrained_backbone, settings_key
 from piggyback_avalanche.app.report import (
-    check_targets,
-    format_markdown,
-    format_target_checks,
     published_comparison,
-    read_targets,
     summarize,
     write_comparison_to_tensorboard,
     write_plots,
     write_tables,
 )
-from piggyback_avalanche.app.shipped import SHIPPED_TARGETS, read_preset, shipped_presets, shipped_targets_path
-from piggyback_avalanche.app.tuning import TUNING_PROTOCOLS, OptunaUnavailableError, tune_settings, tuning_benchmark
-from piggyback_avalanche.benchmarks.datasets import (
-    CLASSIC_STREAMS,
-    FINE_GRAINED_TASKS,
-    DatasetUnavailableError,
-    classic_task_stream,
-    fine_grained_stream,
+from piggyback_avalanche.app.streams import (
+    EVALUATED_ON,
+    STREAMS,
+    check_scenario,
+    validation_benchmark,
 )
-from piggyback_avalanche.benchmarks.offline import (
-    DIGITS_TASKS,
-    SourceTask,
-    class_incremental_stream,
-    digits_task_stream,
-    mnist_transfer_stream,
-)
-from piggyback_avalanche.checks import check_positive
+from piggyback_avalanche.app.tuning import TUNING_PROTOCOLS, tune_settings, tuning_benchmark
 from piggyback_avalanche.evaluation.evaluator import default_evaluator
 from piggyback_avalanche.evaluation.mask_sparsity import MaskSparsityPluginMetric
 from piggyback_avalanche.evaluation.model_size import ModelSize
 from piggyback_avalanche.files import (
     FolderBusyError,
     FolderLock,
-    check_checksum,
-    read_saved,
     stale_partial_files,
-    with_checksum,
     write_atomically,
 )
 from piggyback_avalanche.task_aware import MultiHeadModel
-from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, DEFAULT_TRAIN_EPOCHS, DEFAULT_TRAIN_MB_SIZE
+from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, DEFAULT_TRAIN_MB_SIZE
 from piggyback_avalanche.training.checkpoints import (
-    CheckpointError,
     load_experience_checkpoint,
     save_experience_checkpoint,
     supports_experience_checkpoint,
 )
-from piggyback_avalanche.training.registry import available_strategies, make_strategy, registered_strategy
+from piggyback_avalanche.training.registry import make_strategy, registered_strategy
 
 __all__ = [
-    "STREAMS",
-    "CLASS_INCREMENTAL_STREAMS",
-    "SCENARIOS",
-    "BACKBONES",
-    "check_scenario",
     "EpochTimer",
     "parse_strategy",
     "strategy_settings",
     "train_and_evaluate",
     "run_benchmark",
-    "main",
+    "tuning_report",
+    "check_out_folder",
 ]
-
-StreamBuilder = Callable[..., tuple[SourceTask | None, Any]]
-"""``builder(seed=, data_root=, crop_size=) -> (source task or None,
-benchmark)``. With a source task the runner pretrains the backbone on it."""
-
-
-def _no_data_root(build: Callable[[int], tuple[SourceTask | None, Any]]) -> StreamBuilder:
-    return lambda *, seed, data_root, crop_size: build(seed)
-
-
-def _classic(name: str) -> StreamBuilder:
-    return lambda *, seed, data_root, crop_size: (None, classic_task_stream(name, data_root=data_root, seed=seed))
-
-
-def _fine_grained(*, seed: int, data_root: Path | None, crop_size: int) -> tuple[None, Any]:
-    if data_root is None:
-        raise DatasetUnavailableError(
-            "The fine_grained stream needs --data-root DIR: the folder that holds (or will "
-            f"download) {', '.join(FINE_GRAINED_TASKS)}."
-        )
-    return None, fine_grained_stream(data_root=data_root, crop_size=crop_size)
-
-
-STREAMS: dict[str, StreamBuilder] = {
-    "mnist_transfer": _no_data_root(lambda seed: mnist_transfer_stream(seed=seed)),
-    "mnist_transfer_reversed": _no_data_root(lambda seed: mnist_transfer_stream(seed=seed, reverse_tasks=True)),
-    "digits": _no_data_root(lambda seed: (None, digits_task_stream(seed=seed))),
-    "digits_reversed": _no_data_root(lambda seed: (None, digits_task_stream(DIGITS_TASKS[::-1], seed=seed))),
-    "class_incremental_mnist": _no_data_root(lambda seed: class_incremental_stream("mnist", seed=seed)),
-    "class_incremental_digits": _no_data_root(lambda seed: class_incremental_stream("digits", seed=seed)),
-    **{name: _classic(name) for name in CLASSIC_STREAMS},
-    "fine_grained": _fine_grained,
-}
-"""Stream names and their builders (see :data:`StreamBuilder`): the offline
-streams (``*_reversed``: the same tasks in the reverse order, for order
-effects; ``class_incremental_*``: without task labels), Avalanche's
-classic benchmarks and the paper's fine-grained tasks."""
-
-CLASS_INCREMENTAL_STREAMS = frozenset({"class_incremental_mnist", "class_incremental_digits"})
-"""Streams without task labels: they run only in the class-incremental scenario."""
-
-EVALUATED_ON = ("test", "validation")
-"""``test``: the stream's test experiences; ``validation``: a fifth of each
-training experience, held out (the rest trains), so that settings can be
-chosen without reading the test stream."""
-
-VALIDATION_SIZE = 0.2
-"""The share of each training experience held out for validation."""
-
-
-def validation_benchmark(benchmark: Any, *, seed: int) -> Any:
-    """``benchmark`` with :data:`VALIDATION_SIZE` of each training experience
-    held out as its test stream (Avalanche's
-    ``benchmark_with_validation_stream``): nothing of the test stream is read.
-    Experiences keep their task labels."""
-    from types import SimpleNamespace
-
-    from avalanche.benchmarks.scenarios.task_aware import with_task_labels
-    from avalanche.benchmarks.scenarios.validation_scenario import benchmark_with_validation_stream
-
-    split = benchmark_with_validation_stream(benchmark, validation_size=VALIDATION_SIZE, shuffle=True, seed=seed)
-    if hasattr(benchmark.train_stream[0], "task_labels"):
-        split = with_task_labels(split)
-    return SimpleNamespace(train_stream=split.train_stream, test_stream=split.valid_stream)
-
-
-SCENARIOS = ("task_incremental", "class_incremental")
-"""``task_incremental``: task labels at training and test time;
-``class_incremental``: none at test time (each strategy's
-:attr:`~piggyback_avalanche.training.registry.RegisteredStrategy.class_incremental_settings`)."""
-
-
-def pretrain(
-    backbone: nn.Module, source: SourceTask, *, epochs: int, lr: float, mb_size: int, device: str, seed: int
-) -> nn.Module:
-    """Train ``backbone`` on the source task with Adam, in place.
-
-    :return: the backbone, in eval mode.
-    """
-    images, labels = source
-    generator = torch.Generator().manual_seed(seed)
-    backbone.to(device).train()
-    optimizer = torch.optim.Adam(backbone.parameters(), lr=lr)
-    for _ in tqdm(range(epochs), desc="pretraining", unit="epoch", leave=False, disable=None):
-        for batch in torch.randperm(len(labels), generator=generator).split(mb_size):
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(backbone(images[batch].to(device)), labels[batch].to(device))
-            loss.backward()
-            optimizer.step()
-    return backbone.cpu().eval()
-
-
-class _CorruptCache(ValueError):
-    """A cached pretrained backbone that is not what the runner wrote."""
-
-
-def _backbone(
-    name: str,
-    stream: str,
-    source: SourceTask | None,
-    input_shape: Sequence[int],
-    *,
-    pretrained: bool,
-    seed: int,
-    cache_dir: Path,
-    pretraining: dict[str, Any],
-    log: Callable[[str], None],
-) -> nn.Module:
-    """A fresh backbone: with published weights if ``pretrained``; else
-    pretrained on the source task if the stream has one, from a cache under
-    ``cache_dir`` after the first time.
-
-    :param pretraining: ``epochs``, ``lr``, ``mb_size`` and ``device`` of
-        the pretraining; a cached backbone is reused only for the same ones,
-        and one that fails its checksum or holds non-finite values is
-        pretrained again.
-    """
-    torch.manual_seed(seed)
-    backbone = BACKBONES[name](input_shape, pretrained)
-    if source is None or pretrained:
-        return backbone
-    # Keyed by the source task itself, so streams that share it share the
-    # backbone, and by every setting that changes what pretraining makes.
-    source_key = hashlib.sha256(source[0].numpy().tobytes() + source[1].numpy().tobytes()).hexdigest()[:12]
-    settings = {**pretraining, "device": torch.device(pretraining["device"]).type, "seed": seed, "backbone": name}
-    path = cache_dir / f"{name}-source{source_key}-seed{seed}-epochs{pretraining['epochs']}-{_run_key(**settings)}.pt"
-    if path.exists():
-        try:
-            backbone.load_state_dict(_read_cached_backbone(path, settings))
-            return backbone
-        except _CorruptCache as error:
-            log(f"{error}; pretraining again")
-    log(f"pretraining {name} on the source task of {stream} ({pretraining['epochs']} epochs)")
-    pretrain(
-        backbone,
-        source,
-        epochs=pretraining["epochs"],
-        lr=pretraining["lr"],
-        mb_size=pretraining["mb_size"],
-        device=pretraining["device"],
-        seed=seed,
-    )
-    cached = with_checksum({"settings": settings, "state_dict": dict(backbone.state_dict())})
-    write_atomically(path, lambda f: torch.save(cached, f), binary=True)
-    return backbone
-
-
-def _read_cached_backbone(path: Path, settings: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """A cached backbone's weights, whole, finite and made with ``settings``.
-
-    :raises _CorruptCache: naming what is wrong.
-    """
-    remedy = "The runner pretrains it again."
-    cached = read_saved(path, weights_only=True, error=_CorruptCache, what="cached backbone", remedy=remedy)
-    if not isinstance(cached, dict) or not isinstance(cached.get("state_dict"), dict):
-        raise _CorruptCache(f"The cached backbone {path} is not one the runner wrote")
-    check_checksum(cached, error=_CorruptCache, what="cached backbone", path=path, remedy=remedy)
-    if cached.get("settings") != settings:
-        raise _CorruptCache(f"The cached backbone {path} was pretrained with other settings")
-    state = cached["state_dict"]
-    if not all(isinstance(t, torch.Tensor) and bool(torch.isfinite(t).all()) for t in state.values()):
-        raise _CorruptCache(f"The cached backbone {path} holds values that are not finite")
-    return state
 
 
 def train_and_evaluate(
@@ -378,10 +191,6 @@ class EpochTimer(SupervisedPlugin):
         self.seconds.append(time.perf_counter() - self._started)
 
 
-def _run_key(**settings: Any) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def run_benchmark(
     *,
     stream: str,
@@ -412,7 +221,7 @@ def run_benchmark(
     (an OS lock on it); a finished run is never overwritten.
 
     :param stream: a key of :data:`STREAMS`.
-    :param backbone: a key of :data:`~piggyback_avalanche.app.backbones.BACKBONES`.
+    :param backbone: a key of :data:`~piggyback_avalanche.networks.backbones.BACKBONES`.
     :param config: Avalanche and strategy arguments for every strategy
         (``train_epochs``, ``train_mb_size``, ``lr``, ``mask_lr``, ``device``...);
         arguments a strategy does not take are dropped for it (``mask_lr``
@@ -470,7 +279,7 @@ def run_benchmark(
         "crop_size": crop_size if stream == "fine_grained" else None,
         "config": config,
     }
-    _check_out_folder(out_dir)
+    check_out_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         with FolderLock(out_dir, what="output folder", wait_seconds=0):
@@ -563,7 +372,7 @@ def _remove_leftovers(out_dir: Path) -> int:
     return len(removed)
 
 
-def _check_out_folder(out_dir: Path) -> None:
+def check_out_folder(out_dir: Path) -> None:
     """Refuse an output folder that is, or lies below, something other than
     a folder, before anything is made."""
     for path in (out_dir, *out_dir.parents):
@@ -613,7 +422,7 @@ def _run_locked(
         return {**settings, **variant}
 
     def backbone_for(seed: int, benchmark: Any) -> nn.Module:
-        return _backbone(
+        return pretrained_backbone(
             backbone,
             stream,
             built[seed][0],
@@ -669,7 +478,7 @@ def _run_locked(
                 "pretraining": pretraining if pretrains else None,
                 **settings,
             }
-            key = _run_key(**run_settings)
+            key = settings_key(**run_settings)
             path = out_dir / "runs" / spec / f"seed{seed}.json"
             saved = _read_result(path)
             if saved and saved.get("key") != key:
@@ -713,30 +522,6 @@ def _run_locked(
     write_plots(results, out_dir / "plots")
     write_comparison_to_tensorboard(results, out_dir / "tensorboard" / "accuracy_vs_bytes")
     return results
-
-
-DEVICE_TYPES = ("cpu", "cuda", "mps")
-"""The device types a run can train on."""
-
-
-def check_device(device: Any) -> None:
-    """Refuse a device that is not one of :data:`DEVICE_TYPES` or that this
-    machine does not have, naming what it has.
-
-    :raises ValueError: naming the device and the fix.
-    """
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"{device!r} is not a device: {error}") from None
-    if parsed.type not in DEVICE_TYPES:
-        raise ValueError(f"{device}: runs train on {', '.join(DEVICE_TYPES)}, not {parsed.type}; use --device cpu")
-    if parsed.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (parsed.index or 0) >= count:
-            raise ValueError(f"{device}: this machine has {count} CUDA device(s); use --device cpu")
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{device}: this machine has no MPS device; use --device cpu")
 
 
 def parse_strategy(spec: str) -> tuple[str, dict[str, Any]]:
@@ -795,306 +580,3 @@ def strategy_settings(name: str, config: dict[str, Any], *, untrained_backbone: 
     if untrained_backbone and registered.untrained_backbone_setting is not None:
         settings[registered.untrained_backbone_setting] = True
     return settings
-
-
-def check_scenario(scenario: str, stream: str, strategies: Sequence[str]) -> None:
-    """Refuse a scenario that the stream or one of the strategies cannot run.
-
-    :raises ValueError: naming the problem and the fix.
-    """
-    if scenario not in SCENARIOS:
-        raise ValueError(f"Unknown scenario {scenario!r}; choose one of {list(SCENARIOS)}.")
-    if scenario == "task_incremental" and stream in CLASS_INCREMENTAL_STREAMS:
-        raise ValueError(f"The {stream} stream has no task labels: run it with --scenario class_incremental.")
-    if scenario == "class_incremental":
-        unable = [name for name in strategies if registered_strategy(name).class_incremental_settings is None]
-        if unable:
-            raise ValueError(
-                f"{unable} cannot learn without task labels; drop them from --strategies for "
-                "--scenario class_incremental."
-            )
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="piggyback-bench",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add = parser.add_argument
-    add(
-        "--config",
-        help="a shipped preset by name (see --list-configs) or a JSON file of preset values; flags override them",
-    )
-    add("--list-configs", action="store_true", help="list the shipped presets and exit")
-    add("--stream", default="mnist_transfer", help=f"one of {sorted(STREAMS)}")
-    add(
-        "--scenario",
-        default="task_incremental",
-        choices=SCENARIOS,
-        help="class_incremental: no task labels at test time (ours infer the task; Avalanche's baselines use one head)",
-    )
-    add(
-        "--evaluate-on",
-        default="test",
-        choices=EVALUATED_ON,
-        help=f"validation: train on {round(100 * (1 - VALIDATION_SIZE))}%% of each training experience and evaluate on the rest, "
-        "never reading the test stream (to choose settings on)",
-    )
-    add(
-        "--tune",
-        type=int,
-        default=0,
-        metavar="TRIALS",
-        help="first choose each strategy's settings (its registered search space) in TRIALS Optuna trials on "
-        "validation data, never the test stream; needs the tune extra",
-    )
-    add(
-        "--tune-protocol",
-        default="validation",
-        choices=TUNING_PROTOCOLS,
-        help="what the trials learn and are judged on",
-    )
-    add("--tune-tasks", type=int, default=2, help="the experiences the first_tasks protocol tunes on")
-    add("--data-root", type=Path, help="folder of the downloaded streams' data (default: Avalanche's)")
-    add("--crop-size", type=int, default=224, help="image side of the fine_grained stream")
-    add("--backbone", default="small_cnn", help=f"one of {sorted(BACKBONES)}")
-    add("--pretrained", action="store_true", help="start from the torchvision backbone's ImageNet weights")
-    add("--pretrain-epochs", type=int, default=5, help="on the stream's source task, if any")
-    add(
-        "--strategies",
-        nargs="+",
-        default=["piggyback", "packnet", "individual", "classifier_only", "naive"],
-        help=f"registered strategies to compare, from {available_strategies()}; NAME[key=value,...] sets its own settings",
-    )
-    add("--epochs", type=int, default=DEFAULT_TRAIN_EPOCHS, help="training epochs per experience")
-    add("--mb-size", type=int, default=DEFAULT_TRAIN_MB_SIZE, help="training mini-batch size")
-    add("--lr", type=float, default=DEFAULT_LR, help="heads, normalization, and whole networks")
-    add(
-        "--mask-lr",
-        type=float,
-        help="Piggyback's mask scores (default: a rate per experience, from the optimizer steps it gives)",
-    )
-    add("--lr-decay-epochs", type=int, nargs="*", default=[], help="epochs after which rates drop 10x")
-    add("--prune-ratio", type=float, help="PackNet: share of free weights released per task (default: PackNet's)")
-    add("--post-prune-epochs", type=int, help="PackNet: retraining epochs after pruning (default: PackNet's)")
-    add("--post-prune-lr", type=float, help="PackNet: learning rate after pruning (default: --lr)")
-    add("--seeds", type=int, nargs="+", default=[0], help="one run per seed, each a different int")
-    add("--device", default="cpu", help="where to train: cpu, cuda, cuda:1, ...")
-    add("--out", type=Path, default=Path("runs/bench"), help="output folder: tables, plots, TensorBoard runs")
-    add(
-        "--check-targets",
-        nargs="?",
-        const=SHIPPED_TARGETS,
-        metavar="CSV",
-        help="compare the results with a targets file (without CSV: the shipped targets) and exit 1 if any falls short",
-    )
-    return parser
-
-
-def _fits(kind: Any, value: Any) -> bool:
-    """Whether a JSON value is what an argument of type ``kind`` takes."""
-    if isinstance(value, bool):
-        return False
-    if kind is int:
-        return isinstance(value, int)
-    if kind is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, str)  # str and Path arguments
-
-
-def _check_preset_types(parser: argparse.ArgumentParser, preset: dict[str, Any], path: str) -> None:
-    """Refuse a preset value of the wrong type, as the flag would."""
-    actions = {action.dest: action for action in parser._actions}
-    for key, value in preset.items():
-        action = actions[key]
-        kind = getattr(action.type, "__name__", "str")
-        if isinstance(action, argparse._StoreTrueAction):
-            fits, expected = isinstance(value, bool), "true or false"
-        elif action.nargs in ("+", "*"):
-            fits = isinstance(value, list) and (bool(value) or action.nargs == "*")
-            fits = fits and all(_fits(action.type, item) for item in value)
-            expected = f"a {'non-empty ' if action.nargs == '+' else ''}list of {kind} values"
-        else:
-            fits, expected = _fits(action.type, value), f"one {kind} value"
-        if not fits:
-            parser.error(f"--config {path}: {key!r} must be {expected}, got {json.dumps(value)}")
-
-
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.list_configs:
-        for name, values in shipped_presets().items():
-            print(
-                f"{name}: {values.get('stream')} stream, {values.get('backbone')}, strategies {values.get('strategies')}"
-            )
-        parser.exit(0)
-    if args.config is not None:
-        try:
-            label, text = read_preset(args.config)
-        except ValueError as error:
-            parser.error(f"--config {error}")
-        try:
-            preset = json.loads(text)
-        except json.JSONDecodeError as error:
-            parser.error(f"--config {label} is not valid JSON: {error}")
-        if not isinstance(preset, dict):
-            parser.error(f"--config {label} must hold a JSON object of preset values")
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(preset) - known)
-        if unknown:
-            parser.error(
-                f"--config {label} has unknown keys {unknown}; known: {sorted(known - {'help', 'config', 'list_configs'})}"
-            )
-        _check_preset_types(parser, preset, label)
-        parser.set_defaults(**preset)
-        args = parser.parse_args(argv)
-    if args.stream not in STREAMS:
-        parser.error(f"unknown stream {args.stream!r}; choose from {sorted(STREAMS)}")
-    if args.backbone not in BACKBONES:
-        parser.error(f"unknown backbone {args.backbone!r}; choose from {sorted(BACKBONES)}")
-    try:
-        parsed = [parse_strategy(spec) for spec in args.strategies]
-    except ValueError as error:
-        parser.error(f"--strategies: {error}")
-    unknown = [name for name, _ in parsed if name not in available_strategies()]
-    if unknown:
-        parser.error(f"unknown strategies {unknown}; choose from {available_strategies()}")
-    try:
-        check_scenario(args.scenario, args.stream, [name for name, _ in parsed])
-    except ValueError as error:
-        parser.error(str(error))
-    for spec, (name, variant) in zip(args.strategies, parsed):
-        accepted = registered_strategy(name).accepted(variant)
-        if accepted != variant:
-            parser.error(f"--strategies {spec}: {name} takes no setting {sorted(set(variant) - set(accepted))}")
-    for flag, device in [("--device", args.device)] + [
-        (f"--strategies {spec}", variant["device"])
-        for spec, (_, variant) in zip(args.strategies, parsed)
-        if "device" in variant
-    ]:
-        try:
-            check_device(device)
-        except ValueError as error:
-            parser.error(f"{flag}: {error}")
-    if min(args.epochs, args.mb_size, args.pretrain_epochs, args.crop_size) < 1:
-        parser.error("--epochs, --pretrain-epochs, --mb-size and --crop-size must be at least 1")
-    rates = {"--lr": args.lr, "--mask-lr": args.mask_lr, "--post-prune-lr": args.post_prune_lr}
-    for flag, value in rates.items():
-        if value is not None:
-            try:
-                check_positive(flag, value)
-            except ValueError as error:
-                parser.error(str(error))
-    if any(e < 1 for e in args.lr_decay_epochs):
-        parser.error("every --lr-decay-epochs value must be at least 1")
-    # Each method's config refuses its own settings before any work: each flag's on its own (the
-    # message names the flag), then each --strategies entry with its variant's on top.
-    config = _config(args)
-    for spec, (name, variant) in zip(args.strategies, parsed):
-        for key, value in config.items():
-            try:
-                registered_strategy(name).check_settings({key: value})
-            except (TypeError, ValueError) as error:
-                parser.error(f"--{key.replace('_', '-')}: {error}")
-        try:
-            registered_strategy(name).check_settings({**config, **variant})
-        except (TypeError, ValueError) as error:
-            parser.error(f"--strategies {spec}: {error}")
-    try:
-        _check_out_folder(args.out)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.tune < 0 or args.tune_tasks < 1:
-        parser.error("--tune must be at least 0 (trials) and --tune-tasks at least 1")
-    if min(args.seeds) < 0:
-        parser.error(f"--seeds {args.seeds}: a seed is a non-negative int")
-    if len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"--seeds {args.seeds} repeats a seed; give each seed once")
-    if args.data_root is not None and not args.data_root.is_dir():
-        parser.error(f"--data-root {args.data_root}: no such folder; create it (datasets download into it)")
-    if args.check_targets is not None:
-        if args.check_targets == SHIPPED_TARGETS:
-            args.check_targets = shipped_targets_path()
-        try:
-            args.targets = read_targets(Path(args.check_targets))
-        except (OSError, ValueError) as error:
-            parser.error(f"--check-targets: {error}")
-    return args
-
-
-def _config(args: argparse.Namespace) -> dict[str, Any]:
-    """The strategies' settings the flags give; a method's own settings only
-    when given, so that each method's defaults apply otherwise."""
-    config: dict[str, Any] = {
-        "train_epochs": args.epochs,
-        "train_mb_size": args.mb_size,
-        "lr": args.lr,
-        "mask_lr": args.mask_lr,
-        "device": args.device,
-    }
-    if args.lr_decay_epochs:
-        config["lr_decay_epochs"] = tuple(args.lr_decay_epochs)
-    given = {"prune_ratio": args.prune_ratio, "post_prune_epochs": args.post_prune_epochs}
-    given["post_prune_lr"] = args.post_prune_lr
-    return config | {k: v for k, v in given.items() if v is not None}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (``piggyback-bench`` or
-    ``python -m piggyback_avalanche.app.runner``).
-
-    :return: the exit status: 0, or 1 if a result falls short of its target.
-    """
-    args = _parse(argv)
-    config = _config(args)
-    try:
-        results = run_benchmark(
-            stream=args.stream,
-            backbone=args.backbone,
-            strategies=args.strategies,
-            seeds=args.seeds,
-            out_dir=args.out,
-            config=config,
-            pretrained=args.pretrained,
-            pretrain_epochs=args.pretrain_epochs,
-            data_root=args.data_root,
-            crop_size=args.crop_size,
-            scenario=args.scenario,
-            evaluate_on=args.evaluate_on,
-            tune_trials=args.tune,
-            tune_protocol=args.tune_protocol,
-            tune_tasks=args.tune_tasks,
-        )
-    except (
-        DatasetUnavailableError,
-        WeightsUnavailableError,
-        OptunaUnavailableError,
-        CheckpointError,
-        ValueError,
-    ) as error:
-        _parser().exit(2, f"piggyback-bench: error: {error}\n")
-    print()
-    print(format_markdown(results))
-    if args.stream == "fine_grained":
-        print("\n" + published_comparison(results, backbone=args.backbone))
-    print(f"\nTables: {args.out}/results.md, .csv, .json; plots: {args.out / 'plots'}")
-    print(f"TensorBoard: tensorboard --logdir {args.out / 'tensorboard'}")
-    if args.check_targets is None:
-        return 0
-    checks = check_targets(results, args.targets, stream=args.stream, backbone=args.backbone)
-    if not checks:
-        print(f"\n{args.check_targets} has no targets for {args.stream} with {args.backbone}.")
-        return 0
-    print(f"\nTargets ({args.check_targets}):\n{format_target_checks(checks)}")
-    short = [c for c in checks if not c.passed]
-    if short:
-        print(f"{len(short)} of {len(checks)} results fall short of their targets.")
-        return 1
-    print(f"All {len(checks)} results meet their targets.")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,7 +3,7 @@ of the training experiences, never on the test stream, with Optuna.
 
 Continual-learning papers are often faulted for tuning on the test stream.
 Here every trial trains on most of each training experience and is judged
-on the rest (:func:`~piggyback_avalanche.app.runner.validation_benchmark`):
+on the rest (:func:`~piggyback_avalanche.app.streams.validation_benchmark`):
 
 - ``"validation"``: the whole stream, a fifth of each training experience
   held out;

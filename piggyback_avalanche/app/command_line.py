@@ -1,0 +1,347 @@
+"""``piggyback-bench``: the benchmark runner's command line (flags,
+presets, their checks before any work), which hands a checked configuration
+to :func:`~piggyback_avalanche.app.runner.run_benchmark`.
+
+    piggyback-bench --stream digits --backbone small_cnn \\
+        --strategies piggyback packnet individual naive --epochs 5 --seeds 0 1 --out runs/digits
+"""
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from piggyback_avalanche.app.report import (
+    check_targets,
+    format_markdown,
+    format_target_checks,
+    published_comparison,
+    read_targets,
+)
+from piggyback_avalanche.app.runner import check_out_folder, parse_strategy, run_benchmark
+from piggyback_avalanche.app.shipped import SHIPPED_TARGETS, read_preset, shipped_presets, shipped_targets_path
+from piggyback_avalanche.app.streams import EVALUATED_ON, SCENARIOS, STREAMS, VALIDATION_SIZE, check_scenario
+from piggyback_avalanche.app.tuning import TUNING_PROTOCOLS, OptunaUnavailableError
+from piggyback_avalanche.benchmarks.datasets import (
+    DatasetUnavailableError,
+)
+from piggyback_avalanche.checks import check_positive
+from piggyback_avalanche.networks.backbones import BACKBONES, WeightsUnavailableError
+from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, DEFAULT_TRAIN_EPOCHS, DEFAULT_TRAIN_MB_SIZE
+from piggyback_avalanche.training.checkpoints import (
+    CheckpointError,
+)
+from piggyback_avalanche.training.registry import available_strategies, registered_strategy
+
+__all__ = ["main"]
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+"""The device types a run can train on."""
+
+
+def check_device(device: Any) -> None:
+    """Refuse a device that is not one of :data:`DEVICE_TYPES` or that this
+    machine does not have, naming what it has.
+
+    :raises ValueError: naming the device and the fix.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"{device!r} is not a device: {error}") from None
+    if parsed.type not in DEVICE_TYPES:
+        raise ValueError(f"{device}: runs train on {', '.join(DEVICE_TYPES)}, not {parsed.type}; use --device cpu")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= count:
+            raise ValueError(f"{device}: this machine has {count} CUDA device(s); use --device cpu")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{device}: this machine has no MPS device; use --device cpu")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="piggyback-bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add(
+        "--config",
+        help="a shipped preset by name (see --list-configs) or a JSON file of preset values; flags override them",
+    )
+    add("--list-configs", action="store_true", help="list the shipped presets and exit")
+    add("--stream", default="mnist_transfer", help=f"one of {sorted(STREAMS)}")
+    add(
+        "--scenario",
+        default="task_incremental",
+        choices=SCENARIOS,
+        help="class_incremental: no task labels at test time (ours infer the task; Avalanche's baselines use one head)",
+    )
+    add(
+        "--evaluate-on",
+        default="test",
+        choices=EVALUATED_ON,
+        help=f"validation: train on {round(100 * (1 - VALIDATION_SIZE))}%% of each training experience and evaluate on the rest, "
+        "never reading the test stream (to choose settings on)",
+    )
+    add(
+        "--tune",
+        type=int,
+        default=0,
+        metavar="TRIALS",
+        help="first choose each strategy's settings (its registered search space) in TRIALS Optuna trials on "
+        "validation data, never the test stream; needs the tune extra",
+    )
+    add(
+        "--tune-protocol",
+        default="validation",
+        choices=TUNING_PROTOCOLS,
+        help="what the trials learn and are judged on",
+    )
+    add("--tune-tasks", type=int, default=2, help="the experiences the first_tasks protocol tunes on")
+    add("--data-root", type=Path, help="folder of the downloaded streams' data (default: Avalanche's)")
+    add("--crop-size", type=int, default=224, help="image side of the fine_grained stream")
+    add("--backbone", default="small_cnn", help=f"one of {sorted(BACKBONES)}")
+    add("--pretrained", action="store_true", help="start from the torchvision backbone's ImageNet weights")
+    add("--pretrain-epochs", type=int, default=5, help="on the stream's source task, if any")
+    add(
+        "--strategies",
+        nargs="+",
+        default=["piggyback", "packnet", "individual", "classifier_only", "naive"],
+        help=f"registered strategies to compare, from {available_strategies()}; NAME[key=value,...] sets its own settings",
+    )
+    add("--epochs", type=int, default=DEFAULT_TRAIN_EPOCHS, help="training epochs per experience")
+    add("--mb-size", type=int, default=DEFAULT_TRAIN_MB_SIZE, help="training mini-batch size")
+    add("--lr", type=float, default=DEFAULT_LR, help="heads, normalization, and whole networks")
+    add(
+        "--mask-lr",
+        type=float,
+        help="Piggyback's mask scores (default: a rate per experience, from the optimizer steps it gives)",
+    )
+    add("--lr-decay-epochs", type=int, nargs="*", default=[], help="epochs after which rates drop 10x")
+    add("--prune-ratio", type=float, help="PackNet: share of free weights released per task (default: PackNet's)")
+    add("--post-prune-epochs", type=int, help="PackNet: retraining epochs after pruning (default: PackNet's)")
+    add("--post-prune-lr", type=float, help="PackNet: learning rate after pruning (default: --lr)")
+    add("--seeds", type=int, nargs="+", default=[0], help="one run per seed, each a different int")
+    add("--device", default="cpu", help="where to train: cpu, cuda, cuda:1, ...")
+    add("--out", type=Path, default=Path("runs/bench"), help="output folder: tables, plots, TensorBoard runs")
+    add(
+        "--check-targets",
+        nargs="?",
+        const=SHIPPED_TARGETS,
+        metavar="CSV",
+        help="compare the results with a targets file (without CSV: the shipped targets) and exit 1 if any falls short",
+    )
+    return parser
+
+
+def _fits(kind: Any, value: Any) -> bool:
+    """Whether a JSON value is what an argument of type ``kind`` takes."""
+    if isinstance(value, bool):
+        return False
+    if kind is int:
+        return isinstance(value, int)
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, str)  # str and Path arguments
+
+
+def _check_preset_types(parser: argparse.ArgumentParser, preset: dict[str, Any], path: str) -> None:
+    """Refuse a preset value of the wrong type, as the flag would."""
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in preset.items():
+        action = actions[key]
+        kind = getattr(action.type, "__name__", "str")
+        if isinstance(action, argparse._StoreTrueAction):
+            fits, expected = isinstance(value, bool), "true or false"
+        elif action.nargs in ("+", "*"):
+            fits = isinstance(value, list) and (bool(value) or action.nargs == "*")
+            fits = fits and all(_fits(action.type, item) for item in value)
+            expected = f"a {'non-empty ' if action.nargs == '+' else ''}list of {kind} values"
+        else:
+            fits, expected = _fits(action.type, value), f"one {kind} value"
+        if not fits:
+            parser.error(f"--config {path}: {key!r} must be {expected}, got {json.dumps(value)}")
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list_configs:
+        for name, values in shipped_presets().items():
+            print(
+                f"{name}: {values.get('stream')} stream, {values.get('backbone')}, strategies {values.get('strategies')}"
+            )
+        parser.exit(0)
+    if args.config is not None:
+        try:
+            label, text = read_preset(args.config)
+        except ValueError as error:
+            parser.error(f"--config {error}")
+        try:
+            preset = json.loads(text)
+        except json.JSONDecodeError as error:
+            parser.error(f"--config {label} is not valid JSON: {error}")
+        if not isinstance(preset, dict):
+            parser.error(f"--config {label} must hold a JSON object of preset values")
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(preset) - known)
+        if unknown:
+            parser.error(
+                f"--config {label} has unknown keys {unknown}; known: {sorted(known - {'help', 'config', 'list_configs'})}"
+            )
+        _check_preset_types(parser, preset, label)
+        parser.set_defaults(**preset)
+        args = parser.parse_args(argv)
+    if args.stream not in STREAMS:
+        parser.error(f"unknown stream {args.stream!r}; choose from {sorted(STREAMS)}")
+    if args.backbone not in BACKBONES:
+        parser.error(f"unknown backbone {args.backbone!r}; choose from {sorted(BACKBONES)}")
+    try:
+        parsed = [parse_strategy(spec) for spec in args.strategies]
+    except ValueError as error:
+        parser.error(f"--strategies: {error}")
+    unknown = [name for name, _ in parsed if name not in available_strategies()]
+    if unknown:
+        parser.error(f"unknown strategies {unknown}; choose from {available_strategies()}")
+    try:
+        check_scenario(args.scenario, args.stream, [name for name, _ in parsed])
+    except ValueError as error:
+        parser.error(str(error))
+    for spec, (name, variant) in zip(args.strategies, parsed):
+        accepted = registered_strategy(name).accepted(variant)
+        if accepted != variant:
+            parser.error(f"--strategies {spec}: {name} takes no setting {sorted(set(variant) - set(accepted))}")
+    for flag, device in [("--device", args.device)] + [
+        (f"--strategies {spec}", variant["device"])
+        for spec, (_, variant) in zip(args.strategies, parsed)
+        if "device" in variant
+    ]:
+        try:
+            check_device(device)
+        except ValueError as error:
+            parser.error(f"{flag}: {error}")
+    if min(args.epochs, args.mb_size, args.pretrain_epochs, args.crop_size) < 1:
+        parser.error("--epochs, --pretrain-epochs, --mb-size and --crop-size must be at least 1")
+    rates = {"--lr": args.lr, "--mask-lr": args.mask_lr, "--post-prune-lr": args.post_prune_lr}
+    for flag, value in rates.items():
+        if value is not None:
+            try:
+                check_positive(flag, value)
+            except ValueError as error:
+                parser.error(str(error))
+    if any(e < 1 for e in args.lr_decay_epochs):
+        parser.error("every --lr-decay-epochs value must be at least 1")
+    # Each method's config refuses its own settings before any work: each flag's on its own (the
+    # message names the flag), then each --strategies entry with its variant's on top.
+    config = _config(args)
+    for spec, (name, variant) in zip(args.strategies, parsed):
+        for key, value in config.items():
+            try:
+                registered_strategy(name).check_settings({key: value})
+            except (TypeError, ValueError) as error:
+                parser.error(f"--{key.replace('_', '-')}: {error}")
+        try:
+            registered_strategy(name).check_settings({**config, **variant})
+        except (TypeError, ValueError) as error:
+            parser.error(f"--strategies {spec}: {error}")
+    try:
+        check_out_folder(args.out)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.tune < 0 or args.tune_tasks < 1:
+        parser.error("--tune must be at least 0 (trials) and --tune-tasks at least 1")
+    if min(args.seeds) < 0:
+        parser.error(f"--seeds {args.seeds}: a seed is a non-negative int")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds {args.seeds} repeats a seed; give each seed once")
+    if args.data_root is not None and not args.data_root.is_dir():
+        parser.error(f"--data-root {args.data_root}: no such folder; create it (datasets download into it)")
+    if args.check_targets is not None:
+        if args.check_targets == SHIPPED_TARGETS:
+            args.check_targets = shipped_targets_path()
+        try:
+            args.targets = read_targets(Path(args.check_targets))
+        except (OSError, ValueError) as error:
+            parser.error(f"--check-targets: {error}")
+    return args
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    """The strategies' settings the flags give; a method's own settings only
+    when given, so that each method's defaults apply otherwise."""
+    config: dict[str, Any] = {
+        "train_epochs": args.epochs,
+        "train_mb_size": args.mb_size,
+        "lr": args.lr,
+        "mask_lr": args.mask_lr,
+        "device": args.device,
+    }
+    if args.lr_decay_epochs:
+        config["lr_decay_epochs"] = tuple(args.lr_decay_epochs)
+    given = {"prune_ratio": args.prune_ratio, "post_prune_epochs": args.post_prune_epochs}
+    given["post_prune_lr"] = args.post_prune_lr
+    return config | {k: v for k, v in given.items() if v is not None}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``piggyback-bench`` or
+    ``python -m piggyback_avalanche.app.command_line``).
+
+    :return: the exit status: 0, or 1 if a result falls short of its target.
+    """
+    args = _parse(argv)
+    config = _config(args)
+    try:
+        results = run_benchmark(
+            stream=args.stream,
+            backbone=args.backbone,
+            strategies=args.strategies,
+            seeds=args.seeds,
+            out_dir=args.out,
+            config=config,
+            pretrained=args.pretrained,
+            pretrain_epochs=args.pretrain_epochs,
+            data_root=args.data_root,
+            crop_size=args.crop_size,
+            scenario=args.scenario,
+            evaluate_on=args.evaluate_on,
+            tune_trials=args.tune,
+            tune_protocol=args.tune_protocol,
+            tune_tasks=args.tune_tasks,
+        )
+    except (
+        DatasetUnavailableError,
+        WeightsUnavailableError,
+        OptunaUnavailableError,
+        CheckpointError,
+        ValueError,
+    ) as error:
+        _parser().exit(2, f"piggyback-bench: error: {error}\n")
+    print()
+    print(format_markdown(results))
+    if args.stream == "fine_grained":
+        print("\n" + published_comparison(results, backbone=args.backbone))
+    print(f"\nTables: {args.out}/results.md, .csv, .json; plots: {args.out / 'plots'}")
+    print(f"TensorBoard: tensorboard --logdir {args.out / 'tensorboard'}")
+    if args.check_targets is None:
+        return 0
+    checks = check_targets(results, args.targets, stream=args.stream, backbone=args.backbone)
+    if not checks:
+        print(f"\n{args.check_targets} has no targets for {args.stream} with {args.backbone}.")
+        return 0
+    print(f"\nTargets ({args.check_targets}):\n{format_target_checks(checks)}")
+    short = [c for c in checks if not c.passed]
+    if short:
+        print(f"{len(short)} of {len(checks)} results fall short of their targets.")
+        return 1
+    print(f"All {len(checks)} results meet their targets.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
