@@ -358,3 +358,25 @@ def test_importing_the_package_loads_neither_avalanche_nor_torch_until_a_name_is
     assert set(piggyback_avalanche.__all__) <= set(dir(piggyback_avalanche))
     with pytest.raises(AttributeError, match="has no attribute 'PiggyBack'"):
         piggyback_avalanche.PiggyBack  # noqa: B018
+
+
+def test_the_earlier_backbones_import_keeps_working_with_a_deprecation_warning():
+    probe = (
+        "import warnings\n"
+        "warnings.simplefilter('error', DeprecationWarning)\n"
+        "try:\n"
+        "    import piggyback_avalanche.app.backbones\n"
+        "except DeprecationWarning as warning:\n"
+        "    print(warning)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert "moved to piggyback_avalanche.networks.backbones" in completed.stdout, completed.stderr
+    with pytest.warns(DeprecationWarning):
+        import importlib
+
+        import piggyback_avalanche.app.backbones as moved
+
+        importlib.reload(moved)
+    from piggyback_avalanche.networks import backbones
+
+    assert moved.small_cnn is backbones.small_cnn and moved.BACKBONES is backbones.BACKBONES

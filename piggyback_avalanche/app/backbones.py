@@ -1,0 +1,35 @@
+"""Moved to :mod:`piggyback_avalanche.networks.backbones` (backbones belong
+to the library). This module keeps code written against the earlier layout
+(``from piggyback_avalanche.app.backbones import small_cnn``, the README's
+quickstart until version 0.2) working, with a ``DeprecationWarning``."""
+
+import warnings
+
+from piggyback_avalanche.networks.backbones import (
+    BACKBONES,
+    BackboneBuilder,
+    WeightsUnavailableError,
+    mlp,
+    small_cnn,
+    small_resnet,
+    small_vit,
+    torchvision_backbone,
+)
+
+__all__ = [
+    "small_cnn",
+    "small_resnet",
+    "mlp",
+    "small_vit",
+    "torchvision_backbone",
+    "WeightsUnavailableError",
+    "BACKBONES",
+    "BackboneBuilder",
+]
+
+warnings.warn(
+    "piggyback_avalanche.app.backbones moved to piggyback_avalanche.networks.backbones; import from there "
+    "(from piggyback_avalanche.networks import small_cnn).",
+    DeprecationWarning,
+    stacklevel=2,
+)
