@@ -4,9 +4,11 @@ that each rule and its message live in one place."""
 import math
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["check_positive", "check_count", "warn_caller"]
+__all__ = ["check_positive", "check_count", "warn_caller", "without_no_logger_warning"]
 
 # Frames of these packages (and of functools' wrappers, which Avalanche's and
 # our constructors go through) are not the user's line.
@@ -22,6 +24,17 @@ def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     warnings.warn(message, category, stacklevel=level)
+
+
+@contextmanager
+def without_no_logger_warning() -> Iterator[None]:
+    """Silence Avalanche's "No loggers specified" warning while an
+    evaluation plugin is built for a caller who asked for no logger
+    (``evaluator=None``, or metrics read with ``get_last_metrics``): it would
+    otherwise repeat once per strategy built."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified", category=UserWarning)
+        yield
 
 
 def check_positive(name: str, value: Any) -> None:

@@ -215,3 +215,23 @@ def test_ewc_state_counts_in_the_size():
     # (60 bytes of layer 0, 32 of the head's weight and bias), its old value
     # and its importance.
     assert sizes[0]["bytes"] == 60 + 34 + 2 * (60 + 32)
+
+
+@pytest.mark.parametrize("name", ["piggyback", "naive", "fecam"])
+def test_asking_for_no_logger_shows_no_warning_about_it(name):
+    import warnings
+
+    from piggyback_avalanche import make_strategy
+    from piggyback_avalanche.evaluation import default_evaluator
+
+    config = {"single_head": True} if name == "fecam" else {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_strategy(name, nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), evaluator=None, **config)
+        default_evaluator(interactive=False)
+    assert not [w for w in caught if "No loggers specified" in str(w.message)]
+    # Only that warning: a plugin built with no logger outside these calls still says so.
+    with pytest.warns(UserWarning, match="No loggers specified"):
+        from avalanche.training.plugins import EvaluationPlugin
+
+        EvaluationPlugin()

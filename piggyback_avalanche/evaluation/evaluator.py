@@ -2,6 +2,7 @@
 timing, this package's model size, mask sparsity and accuracy matrix, and the
 loggers a researcher reads (progress bars, TensorBoard, CSV and JSON files)."""
 
+import contextlib
 import csv
 import json
 from pathlib import Path
@@ -16,6 +17,7 @@ from avalanche.evaluation.metrics import (
 from avalanche.logging import BaseLogger, InteractiveLogger, TensorboardLogger
 from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 
+from piggyback_avalanche.checks import without_no_logger_warning
 from piggyback_avalanche.evaluation.accuracy_matrix_image import accuracy_matrix_image_metrics
 from piggyback_avalanche.evaluation.mask_sparsity import mask_sparsity_metrics
 from piggyback_avalanche.evaluation.model_size import model_size_metrics
@@ -117,14 +119,16 @@ def default_evaluator(
         loggers.append(ExperienceAxisTensorboardLogger(tb_log_dir=tb_dir))
     if csv_path is not None or json_path is not None:
         loggers.append(MetricsFileLogger(csv_path=csv_path, json_path=json_path))
-    return EvaluationPlugin(
-        accuracy_metrics(experience=True, stream=True),
-        forgetting_metrics(experience=True, stream=True),
-        bwt_metrics(experience=True, stream=True),
-        timing_metrics(epoch=True, experience=True),
-        *model_size_metrics(),
-        *mask_sparsity_metrics(),
-        *accuracy_matrix_image_metrics(),
-        *task_inference_accuracy_metrics(),
-        loggers=loggers,
-    )
+    # No logger asked for: the metrics are read with get_last_metrics, as the runner does.
+    with without_no_logger_warning() if not loggers else contextlib.nullcontext():
+        return EvaluationPlugin(
+            accuracy_metrics(experience=True, stream=True),
+            forgetting_metrics(experience=True, stream=True),
+            bwt_metrics(experience=True, stream=True),
+            timing_metrics(epoch=True, experience=True),
+            *model_size_metrics(),
+            *mask_sparsity_metrics(),
+            *accuracy_matrix_image_metrics(),
+            *task_inference_accuracy_metrics(),
+            loggers=loggers,
+        )

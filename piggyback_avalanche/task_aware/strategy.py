@@ -2,6 +2,7 @@
 experience adds its tasks to a task-aware model, trains only them and
 freezes them when it ends."""
 
+import contextlib
 import functools
 import inspect
 import math
@@ -19,7 +20,7 @@ from avalanche.training.plugins.evaluation import EvaluationPlugin, default_eval
 from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.templates.base import PositionalArgumentsDeprecatedWarning
 
-from piggyback_avalanche.checks import check_count, check_positive, warn_caller
+from piggyback_avalanche.checks import check_count, check_positive, warn_caller, without_no_logger_warning
 from piggyback_avalanche.task_aware.experiences import (
     origin_experience_index,
 )
@@ -317,21 +318,24 @@ class TaskAwareStrategy(SupervisedTemplate):
         self._optimized: list[int] = []  # the parameters the optimizer was built over
         self._sub_experiences_trained: dict[int, int] = {}  # of each experience of an online stream
         self.lr_scheduler: MultiStepLR | None = None
-        super().__init__(
-            model=model,
-            # Built per experience by make_optimizer: before the first task the
-            # model has nothing to train.
-            optimizer=None,
-            criterion=criterion,
-            train_mb_size=train_mb_size,
-            train_epochs=train_epochs,
-            eval_mb_size=eval_mb_size,
-            device=device,
-            plugins=plugins,
-            evaluator=evaluator,
-            eval_every=eval_every,
-            **base_kwargs,
-        )
+        # evaluator=None asks for no metrics and no logger: Avalanche's warning about it is noise.
+        quiet = without_no_logger_warning() if evaluator is None else contextlib.nullcontext()
+        with quiet:
+            super().__init__(
+                model=model,
+                # Built per experience by make_optimizer: before the first task the
+                # model has nothing to train.
+                optimizer=None,
+                criterion=criterion,
+                train_mb_size=train_mb_size,
+                train_epochs=train_epochs,
+                eval_mb_size=eval_mb_size,
+                device=device,
+                plugins=plugins,
+                evaluator=evaluator,
+                eval_every=eval_every,
+                **base_kwargs,
+            )
 
     def group_learning_rates(self) -> dict[str, float]:
         """The learning rate of each parameter group of

@@ -10,6 +10,7 @@ Add your own with :func:`register_strategy`.
 import copy
 import inspect
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ from avalanche.training.templates import SupervisedTemplate
 
 # Importing the methods registers each of them (each method's package registers itself).
 import piggyback_avalanche.methods  # noqa: F401
+from piggyback_avalanche.checks import without_no_logger_warning
 from piggyback_avalanche.methods.packnet.strategy import DEFAULT_POST_PRUNE_EPOCHS, DEFAULT_PRUNE_RATIO
 from piggyback_avalanche.task_aware.backbone_conversion import find_classifier
 from piggyback_avalanche.task_aware.models import MultiHeadModel
@@ -126,7 +128,10 @@ def make_strategy(name: str, backbone: nn.Module, **config: Any) -> SupervisedTe
         ``prune_ratio``, ``ewc_lambda``, ...).
     :raises ValueError: for an unknown name, listing the known ones.
     """
-    return registered_strategy(name).build(backbone, **{**COMMON_DEFAULTS, **config})
+    # evaluator=None asks for no metrics and no logger: Avalanche's warning about it is noise.
+    quiet = without_no_logger_warning() if "evaluator" in config and config["evaluator"] is None else nullcontext()
+    with quiet:
+        return registered_strategy(name).build(backbone, **{**COMMON_DEFAULTS, **config})
 
 
 def _optimizer(model: nn.Module, lr: float, factory: OptimizerFactory | None) -> torch.optim.Optimizer:
