@@ -14,6 +14,7 @@ images resized to 224x224 RGB (a GPU helps).
 """
 
 import argparse
+import sys
 
 import torch
 
@@ -48,6 +49,9 @@ if args.pretrained:
     benchmark = tensor_task_stream(tasks)
 else:
     backbone = small_vit(in_channels=1, image_size=16)
+    print(
+        f"pretraining the small ViT on the source task ({args.pretrain_epochs} epochs)...", file=sys.stderr, flush=True
+    )
     pretrain(backbone, source, epochs=args.pretrain_epochs, lr=1e-3, mb_size=32, device=args.device, seed=0)
 
 print("| method | avg accuracy (%) | bytes per task |")
@@ -69,9 +73,11 @@ for name, settings in [
         evaluator=default_evaluator(interactive=False),
         **settings,
     )
-    for experience in benchmark.train_stream[: args.tasks]:
+    label = name + "".join(f" {k}={v}" for k, v in settings.items())
+    for number, experience in enumerate(benchmark.train_stream[: args.tasks], start=1):
         strategy.train(experience)
+        # Progress on stderr, so that stdout stays the table.
+        print(f"{label}: task {number}/{args.tasks} learned", file=sys.stderr, flush=True)
     results = strategy.eval(benchmark.test_stream[: args.tasks])
     accuracy = [v for k, v in results.items() if k.startswith("Top1_Acc_Exp/eval_phase/test_stream/")]
-    label = name + "".join(f" {k}={v}" for k, v in settings.items())
     print(f"| {label} | {100 * sum(accuracy) / len(accuracy):.1f} | {strategy.model.bytes_per_task():,.0f} |")

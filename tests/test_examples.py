@@ -94,7 +94,8 @@ def test_tensorboard_example_writes_one_run_per_strategy(tmp_path):
             assert forgetting[-1] == 0.0
 
 
-def _run_example(name, *args):
+def _run_example(name, *args, stderr=False):
+    """The example's standard output (and its standard error, if asked)."""
     completed = subprocess.run(
         [sys.executable, str(ROOT / "examples" / name), *map(str, args)],
         capture_output=True,
@@ -103,7 +104,7 @@ def _run_example(name, *args):
         cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
-    return completed.stdout
+    return (completed.stdout, completed.stderr) if stderr else completed.stdout
 
 
 def test_torchvision_resnet_example_learns_two_tasks():
@@ -174,7 +175,16 @@ def test_the_ablations_benchmark_writes_a_table_per_claim_and_its_plots(tmp_path
 
 
 def test_vision_transformer_example_compares_methods_by_bytes_per_task():
-    rows = _table_rows(_run_example("vision_transformer.py", "--epochs", 1, "--pretrain-epochs", 8, "--tasks", 3))
+    out, progress = _run_example(
+        "vision_transformer.py", "--epochs", 1, "--pretrain-epochs", 8, "--tasks", 3, stderr=True
+    )
+    rows = _table_rows(out)
+    # Long work says what it does, on stderr, and nothing the user did not ask for.
+    assert "pretraining the small ViT on the source task (8 epochs)" in progress
+    assert [line for line in progress.splitlines() if line.startswith("piggyback: task")] == [
+        f"piggyback: task {k}/3 learned" for k in (1, 2, 3)
+    ]
+    assert "No loggers specified" not in progress
     accuracy = {name: float(row[1]) for name, row in rows.items() if name != "method" and not name.startswith("-")}
     size = {name: float(row[2].strip(" |").replace(",", "")) for name, row in rows.items() if name in accuracy}
     assert sorted(accuracy) == sorted(
