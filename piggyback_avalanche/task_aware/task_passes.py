@@ -54,12 +54,15 @@ class TaskPassesModule(MultiTaskModule):
         raise NotImplementedError
 
     def forward_single_task(self, x: Tensor, task_label: int | Tensor) -> Tensor:
+        """The logits of ``x`` under one task."""
         raise NotImplementedError
 
     def _named_task_modules(self) -> Iterator[tuple[str, TaskModule]]:
+        """Every task-aware module, by its state-dict prefix."""
         raise NotImplementedError
 
     def _unknown_tasks_message(self, unknown: Sequence[int]) -> str:
+        """What to say of task labels the model does not know."""
         raise NotImplementedError
 
     # --- feature statistics ----------------------------------------------------
