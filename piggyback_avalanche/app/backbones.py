@@ -5,27 +5,10 @@ quickstart until version 0.2) working, with a ``DeprecationWarning``."""
 
 import warnings
 
-from piggyback_avalanche.networks.backbones import (
-    BACKBONES,
-    BackboneBuilder,
-    WeightsUnavailableError,
-    mlp,
-    small_cnn,
-    small_resnet,
-    small_vit,
-    torchvision_backbone,
-)
+from piggyback_avalanche.networks import backbones as _moved
+from piggyback_avalanche.networks.backbones import *  # noqa: F403  (every public name, as it was)
 
-__all__ = [
-    "small_cnn",
-    "small_resnet",
-    "mlp",
-    "small_vit",
-    "torchvision_backbone",
-    "WeightsUnavailableError",
-    "BACKBONES",
-    "BackboneBuilder",
-]
+__all__ = list(_moved.__all__)
 
 warnings.warn(
     "piggyback_avalanche.app.backbones moved to piggyback_avalanche.networks.backbones; import from there "
