@@ -45,7 +45,7 @@ def _imports(path: Path, root: Path = PACKAGE) -> list[str]:
 
 
 LAYER_IMPORTS = {
-    "base": set(),  # checks.py, files.py, _requirements.py: used by everyone
+    "base": set(),  # checks.py, files.py, _requirements.py, training_defaults.py: used by everyone
     "task_aware": {"base"},
     "methods": {"base", "task_aware"},
     "evaluation": {"base", "task_aware"},
@@ -64,7 +64,7 @@ def _layer(module: str) -> str:
     parts = module.split(".")[1:]
     if not parts or parts == ["__init__"]:
         return "package"
-    return "base" if parts[0] in ("checks", "files", "_requirements") else parts[0]
+    return "base" if parts[0] in ("checks", "files", "_requirements", "training_defaults") else parts[0]
 
 
 def _modules(under: str) -> dict[str, list[str]]:

@@ -1,6 +1,8 @@
 import itertools
 import json
 import statistics
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -386,3 +388,52 @@ def test_runner_compares_lora_ranks_and_prompts_on_a_vision_transformer_by_bytes
     assert per_task["prompt"] < per_task["lora[rank=1]"]
     assert (tmp_path / "plots" / "accuracy_vs_bytes.png").stat().st_size > 10_000
     assert "| bytes per task (kB) |" in (tmp_path / "results.md").read_text().splitlines()[0] + " |"
+
+
+_LOADED_AFTER = """
+import contextlib, io, sys
+from piggyback_avalanche.app.command_line import main
+output = io.StringIO()
+with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+    try:
+        main({argv!r})
+    except SystemExit as exit:
+        code = exit.code
+heavy = sorted(set(m.split(".")[0] for m in sys.modules) & set(("torch", "avalanche", "numpy", "matplotlib")))
+print(code, heavy, output.getvalue().count("\\n") > 0)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv, code",
+    [
+        (["--help"], 0),
+        (["--list-configs"], 0),
+        (["--epochs", "0"], 2),
+        (["--bogus-flag"], 2),
+        (["--scenario", "online"], 2),
+        (["--seeds", "1", "1"], 2),
+        (["--config", "offline_default", "--lr", "-1"], 2),
+    ],
+)
+def test_the_command_line_answers_help_and_bad_flags_before_loading_torch(argv, code):
+    completed = subprocess.run(
+        [sys.executable, "-c", _LOADED_AFTER.format(argv=argv)], capture_output=True, text=True, timeout=120
+    )
+    assert completed.stdout.split() == [str(code), "[]", "True"], completed.stderr
+
+
+def test_the_list_flags_name_what_the_library_has(capsys):
+    from piggyback_avalanche.app.streams import STREAMS
+    from piggyback_avalanche.training.registry import available_strategies
+
+    for flag, names in [
+        ("--list-strategies", available_strategies()),
+        ("--list-streams", sorted(STREAMS)),
+        ("--list-backbones", sorted(BACKBONES)),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([flag])
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out.splitlines() == names
+    assert "piggyback" in available_strategies() and "digits" in STREAMS

@@ -8,33 +8,16 @@ to :func:`~piggyback_avalanche.app.runner.run_benchmark`.
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from piggyback_avalanche.app.report import (
-    check_targets,
-    format_markdown,
-    format_target_checks,
-    published_comparison,
-    read_targets,
-)
-from piggyback_avalanche.app.runner import check_out_folder, parse_strategy, run_benchmark
+# Only light modules here: --help, the list flags and bad flags are answered
+# before torch and Avalanche load (seconds); the rest is imported where used.
+from piggyback_avalanche.app.protocols import EVALUATED_ON, SCENARIOS, TUNING_PROTOCOLS, VALIDATION_SIZE
 from piggyback_avalanche.app.shipped import SHIPPED_TARGETS, read_preset, shipped_presets, shipped_targets_path
-from piggyback_avalanche.app.streams import EVALUATED_ON, SCENARIOS, STREAMS, VALIDATION_SIZE, check_scenario
-from piggyback_avalanche.app.tuning import TUNING_PROTOCOLS, OptunaUnavailableError
-from piggyback_avalanche.benchmarks.datasets import (
-    DatasetUnavailableError,
-)
 from piggyback_avalanche.checks import check_positive
-from piggyback_avalanche.networks.backbones import BACKBONES, WeightsUnavailableError
-from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, DEFAULT_TRAIN_EPOCHS, DEFAULT_TRAIN_MB_SIZE
-from piggyback_avalanche.training.checkpoints import (
-    CheckpointError,
-)
-from piggyback_avalanche.training.registry import available_strategies, registered_strategy
+from piggyback_avalanche.training_defaults import DEFAULT_LR, DEFAULT_TRAIN_EPOCHS, DEFAULT_TRAIN_MB_SIZE
 
 __all__ = ["main"]
 
@@ -48,6 +31,8 @@ def check_device(device: Any) -> None:
 
     :raises ValueError: naming the device and the fix.
     """
+    import torch
+
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as error:
@@ -62,10 +47,37 @@ def check_device(device: Any) -> None:
         raise ValueError(f"{device}: this machine has no MPS device; use --device cpu")
 
 
+def _strategy_names() -> list[str]:
+    from piggyback_avalanche.training.registry import available_strategies
+
+    return available_strategies()
+
+
+def _stream_names() -> list[str]:
+    from piggyback_avalanche.app.streams import STREAMS
+
+    return sorted(STREAMS)
+
+
+def _backbone_names() -> list[str]:
+    from piggyback_avalanche.networks.backbones import BACKBONES
+
+    return sorted(BACKBONES)
+
+
+_LISTS: dict[str, Callable[[], list[str]]] = {
+    "strategies": _strategy_names,
+    "streams": _stream_names,
+    "backbones": _backbone_names,
+}
+"""What ``--list-<name>`` prints, one name a line (the library loads only then)."""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="piggyback-bench",
-        description=__doc__.split("\n\n")[0],
+        description="Compare continual-learning strategies on a stream: each strategy and seed learns the "
+        "stream through Avalanche's loop; tables, plots and TensorBoard runs go to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
@@ -74,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
         help="a shipped preset by name (see --list-configs) or a JSON file of preset values; flags override them",
     )
     add("--list-configs", action="store_true", help="list the shipped presets and exit")
-    add("--stream", default="mnist_transfer", help=f"one of {sorted(STREAMS)}")
+    for listed in _LISTS:
+        add(f"--list-{listed}", action="store_true", help=f"list the {listed} by name and exit")
+    add("--stream", default="mnist_transfer", help="the stream to learn, by name (--list-streams names them)")
     add(
         "--scenario",
         default="task_incremental",
@@ -105,14 +119,14 @@ def _parser() -> argparse.ArgumentParser:
     add("--tune-tasks", type=int, default=2, help="the experiences the first_tasks protocol tunes on")
     add("--data-root", type=Path, help="folder of the downloaded streams' data (default: Avalanche's)")
     add("--crop-size", type=int, default=224, help="image side of the fine_grained stream")
-    add("--backbone", default="small_cnn", help=f"one of {sorted(BACKBONES)}")
+    add("--backbone", default="small_cnn", help="the network, by name (--list-backbones names them)")
     add("--pretrained", action="store_true", help="start from the torchvision backbone's ImageNet weights")
     add("--pretrain-epochs", type=int, default=5, help="on the stream's source task, if any")
     add(
         "--strategies",
         nargs="+",
         default=["piggyback", "packnet", "individual", "classifier_only", "naive"],
-        help=f"registered strategies to compare, from {available_strategies()}; NAME[key=value,...] sets its own settings",
+        help="registered strategies to compare (--list-strategies names them); NAME[key=value,...] sets its own settings",
     )
     add("--epochs", type=int, default=DEFAULT_TRAIN_EPOCHS, help="training epochs per experience")
     add("--mb-size", type=int, default=DEFAULT_TRAIN_MB_SIZE, help="training mini-batch size")
@@ -177,6 +191,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                 f"{name}: {values.get('stream')} stream, {values.get('backbone')}, strategies {values.get('strategies')}"
             )
         parser.exit(0)
+    for listed, names in _LISTS.items():
+        if getattr(args, f"list_{listed}"):
+            print("\n".join(names()))
+            parser.exit(0)
     if args.config is not None:
         try:
             label, text = read_preset(args.config)
@@ -191,12 +209,48 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(preset) - known)
         if unknown:
-            parser.error(
-                f"--config {label} has unknown keys {unknown}; known: {sorted(known - {'help', 'config', 'list_configs'})}"
-            )
+            listing = {"help", "config", "list_configs", *(f"list_{listed}" for listed in _LISTS)}
+            parser.error(f"--config {label} has unknown keys {unknown}; known: {sorted(known - listing)}")
         _check_preset_types(parser, preset, label)
         parser.set_defaults(**preset)
         args = parser.parse_args(argv)
+    _check_numbers(parser, args)
+    _check_with_the_library(parser, args)
+    return args
+
+
+def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The checks that need nothing but the flags' values."""
+    if min(args.epochs, args.mb_size, args.pretrain_epochs, args.crop_size) < 1:
+        parser.error("--epochs, --pretrain-epochs, --mb-size and --crop-size must be at least 1")
+    rates = {"--lr": args.lr, "--mask-lr": args.mask_lr, "--post-prune-lr": args.post_prune_lr}
+    for flag, value in rates.items():
+        if value is not None:
+            try:
+                check_positive(flag, value)
+            except ValueError as error:
+                parser.error(str(error))
+    if any(e < 1 for e in args.lr_decay_epochs):
+        parser.error("every --lr-decay-epochs value must be at least 1")
+    if args.tune < 0 or args.tune_tasks < 1:
+        parser.error("--tune must be at least 0 (trials) and --tune-tasks at least 1")
+    if min(args.seeds) < 0:
+        parser.error(f"--seeds {args.seeds}: a seed is a non-negative int")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds {args.seeds} repeats a seed; give each seed once")
+    if args.data_root is not None and not args.data_root.is_dir():
+        parser.error(f"--data-root {args.data_root}: no such folder; create it (datasets download into it)")
+
+
+def _check_with_the_library(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The checks that ask the library (names, each method's settings,
+    devices, the out folder, the targets), still before any work."""
+    from piggyback_avalanche.app.report import read_targets
+    from piggyback_avalanche.app.runner import check_out_folder, parse_strategy
+    from piggyback_avalanche.app.streams import STREAMS, check_scenario
+    from piggyback_avalanche.networks.backbones import BACKBONES
+    from piggyback_avalanche.training.registry import available_strategies, registered_strategy
+
     if args.stream not in STREAMS:
         parser.error(f"unknown stream {args.stream!r}; choose from {sorted(STREAMS)}")
     if args.backbone not in BACKBONES:
@@ -225,17 +279,6 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
             check_device(device)
         except ValueError as error:
             parser.error(f"{flag}: {error}")
-    if min(args.epochs, args.mb_size, args.pretrain_epochs, args.crop_size) < 1:
-        parser.error("--epochs, --pretrain-epochs, --mb-size and --crop-size must be at least 1")
-    rates = {"--lr": args.lr, "--mask-lr": args.mask_lr, "--post-prune-lr": args.post_prune_lr}
-    for flag, value in rates.items():
-        if value is not None:
-            try:
-                check_positive(flag, value)
-            except ValueError as error:
-                parser.error(str(error))
-    if any(e < 1 for e in args.lr_decay_epochs):
-        parser.error("every --lr-decay-epochs value must be at least 1")
     # Each method's config refuses its own settings before any work: each flag's on its own (the
     # message names the flag), then each --strategies entry with its variant's on top.
     config = _config(args)
@@ -253,14 +296,6 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         check_out_folder(args.out)
     except ValueError as error:
         parser.error(str(error))
-    if args.tune < 0 or args.tune_tasks < 1:
-        parser.error("--tune must be at least 0 (trials) and --tune-tasks at least 1")
-    if min(args.seeds) < 0:
-        parser.error(f"--seeds {args.seeds}: a seed is a non-negative int")
-    if len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"--seeds {args.seeds} repeats a seed; give each seed once")
-    if args.data_root is not None and not args.data_root.is_dir():
-        parser.error(f"--data-root {args.data_root}: no such folder; create it (datasets download into it)")
     if args.check_targets is not None:
         if args.check_targets == SHIPPED_TARGETS:
             args.check_targets = shipped_targets_path()
@@ -268,7 +303,6 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
             args.targets = read_targets(Path(args.check_targets))
         except (OSError, ValueError) as error:
             parser.error(f"--check-targets: {error}")
-    return args
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -296,6 +330,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parse(argv)
     config = _config(args)
+    from piggyback_avalanche.app.report import (
+        check_targets,
+        format_markdown,
+        format_target_checks,
+        published_comparison,
+    )
+    from piggyback_avalanche.app.runner import run_benchmark
+    from piggyback_avalanche.app.tuning import OptunaUnavailableError
+    from piggyback_avalanche.benchmarks.datasets import DatasetUnavailableError
+    from piggyback_avalanche.networks.backbones import WeightsUnavailableError
+    from piggyback_avalanche.training.checkpoints import CheckpointError
+
     try:
         results = run_benchmark(
             stream=args.stream,

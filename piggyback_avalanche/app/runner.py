@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from avalanche.training.plugins import SupervisedPlugin
 
 from piggyback_avalanche.app.pretrained_cache import pretrained_backbone, settings_key
+from piggyback_avalanche.app.protocols import EVALUATED_ON, TUNING_PROTOCOLS
 from piggyback_avalanche.app.report import (
     published_comparison,
     summarize,
@@ -32,12 +33,11 @@ from piggyback_avalanche.app.report import (
     write_tables,
 )
 from piggyback_avalanche.app.streams import (
-    EVALUATED_ON,
     STREAMS,
     check_scenario,
     validation_benchmark,
 )
-from piggyback_avalanche.app.tuning import TUNING_PROTOCOLS, tune_settings, tuning_benchmark
+from piggyback_avalanche.app.tuning import tune_settings, tuning_benchmark
 from piggyback_avalanche.evaluation.evaluator import default_evaluator
 from piggyback_avalanche.evaluation.mask_sparsity import MaskSparsityPluginMetric
 from piggyback_avalanche.evaluation.model_size import ModelSize
@@ -48,13 +48,13 @@ from piggyback_avalanche.files import (
     write_atomically,
 )
 from piggyback_avalanche.task_aware import MultiHeadModel
-from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, DEFAULT_TRAIN_MB_SIZE
 from piggyback_avalanche.training.checkpoints import (
     load_experience_checkpoint,
     save_experience_checkpoint,
     supports_experience_checkpoint,
 )
 from piggyback_avalanche.training.registry import make_strategy, registered_strategy
+from piggyback_avalanche.training_defaults import DEFAULT_LR, DEFAULT_TRAIN_MB_SIZE
 
 __all__ = [
     "EpochTimer",
@@ -243,7 +243,7 @@ def run_benchmark(
         test stream (:mod:`~piggyback_avalanche.app.tuning`), then every
         seed runs with them; results.md and results.json record the
         protocol and the values chosen.
-    :param tune_protocol: one of :data:`~piggyback_avalanche.app.tuning.TUNING_PROTOCOLS`.
+    :param tune_protocol: one of :data:`~piggyback_avalanche.app.protocols.TUNING_PROTOCOLS`.
     :param tune_tasks: the experiences the ``"first_tasks"`` protocol tunes on.
     :return: ``{strategy: {"runs": [result per seed], "summary": {...}}}``.
     :raises ValueError: before any training: for a scenario the stream or a

@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from piggyback_avalanche.app.protocols import SCENARIOS, VALIDATION_SIZE
 from piggyback_avalanche.benchmarks.datasets import (
     CLASSIC_STREAMS,
     FINE_GRAINED_TASKS,
@@ -24,9 +25,6 @@ from piggyback_avalanche.training.registry import registered_strategy
 __all__ = [
     "STREAMS",
     "CLASS_INCREMENTAL_STREAMS",
-    "SCENARIOS",
-    "EVALUATED_ON",
-    "VALIDATION_SIZE",
     "StreamBuilder",
     "validation_benchmark",
     "check_scenario",
@@ -72,14 +70,6 @@ classic benchmarks and the paper's fine-grained tasks."""
 CLASS_INCREMENTAL_STREAMS = frozenset({"class_incremental_mnist", "class_incremental_digits"})
 """Streams without task labels: they run only in the class-incremental scenario."""
 
-EVALUATED_ON = ("test", "validation")
-"""``test``: the stream's test experiences; ``validation``: a fifth of each
-training experience, held out (the rest trains), so that settings can be
-chosen without reading the test stream."""
-
-VALIDATION_SIZE = 0.2
-"""The share of each training experience held out for validation."""
-
 
 def validation_benchmark(benchmark: Any, *, seed: int) -> Any:
     """``benchmark`` with :data:`VALIDATION_SIZE` of each training experience
@@ -95,12 +85,6 @@ def validation_benchmark(benchmark: Any, *, seed: int) -> Any:
     if hasattr(benchmark.train_stream[0], "task_labels"):
         split = with_task_labels(split)
     return SimpleNamespace(train_stream=split.train_stream, test_stream=split.valid_stream)
-
-
-SCENARIOS = ("task_incremental", "class_incremental")
-"""``task_incremental``: task labels at training and test time;
-``class_incremental``: none at test time (each strategy's
-:attr:`~piggyback_avalanche.training.registry.RegisteredStrategy.class_incremental_settings`)."""
 
 
 def check_scenario(scenario: str, stream: str, strategies: Sequence[str]) -> None:

@@ -22,12 +22,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from piggyback_avalanche.app.protocols import TUNING_PROTOCOLS
 from piggyback_avalanche.training.registry import SearchRange
 
-__all__ = ["TUNING_PROTOCOLS", "OptunaUnavailableError", "tuning_benchmark", "tune_settings"]
-
-TUNING_PROTOCOLS = ("validation", "first_tasks")
-"""How trials are judged: see the module's description."""
+__all__ = ["OptunaUnavailableError", "tuning_benchmark", "tune_settings"]
 
 
 class OptunaUnavailableError(ImportError):

@@ -35,6 +35,12 @@ from piggyback_avalanche.task_aware.restore_point import RestorePoint
 from piggyback_avalanche.task_aware.task_inference import InferencePer, TaskInference
 from piggyback_avalanche.task_aware.task_scores import TASK_SCORES
 from piggyback_avalanche.task_aware.task_sources import TasksByInference, TasksFromLabels, TaskSource
+from piggyback_avalanche.training_defaults import (
+    DEFAULT_EVAL_MB_SIZE,
+    DEFAULT_LR,
+    DEFAULT_TRAIN_EPOCHS,
+    DEFAULT_TRAIN_MB_SIZE,
+)
 
 __all__ = [
     "TaskAwareStrategy",
@@ -49,20 +55,6 @@ __all__ = [
     "NonFiniteLossError",
     "TaskOutOfMemoryError",
 ]
-
-DEFAULT_LR = 1e-3
-"""Default learning rate of the per-task heads and normalization layers, and
-of whole networks."""
-
-DEFAULT_TRAIN_EPOCHS = 5
-"""Default training epochs per experience, for every strategy (the paper's
-30 are in each method's paper settings)."""
-
-DEFAULT_TRAIN_MB_SIZE = 32
-"""Default training mini-batch size, for every strategy."""
-
-DEFAULT_EVAL_MB_SIZE = 256
-"""Default evaluation mini-batch size, for every strategy."""
 
 DEFAULT_NORM_STATISTICS_SAMPLES = 512
 """How many of an experience's training samples the pass that re-estimates
