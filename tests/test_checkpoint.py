@@ -298,3 +298,31 @@ def test_resuming_past_the_end_of_the_stream_says_so(three_task_stream, tmp_path
     with pytest.raises(CheckpointError, match="continues at experience 1, but the stream has 0 experiences"):
         load_experience_checkpoint(_strategy(), path, stream_length=0)
     assert load_experience_checkpoint(_strategy(), path, stream_length=1) == 1
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "uint64", "int32", "float16", "float64", "bool"])
+def test_plain_state_keeps_numpy_arrays_of_every_dtype_bit_exact_through_a_weights_only_file(tmp_path, dtype):
+    import numpy as np
+
+    from piggyback_avalanche.training.plain_state import from_plain, to_plain
+
+    array = (np.arange(24, dtype=np.float64).reshape(2, 3, 4) * 1e4 + 3).astype(dtype)[:, ::2]  # not contiguous
+    torch.save(to_plain({"a": array}), tmp_path / "state.pt")
+    back = from_plain(torch.load(tmp_path / "state.pt", weights_only=True))["a"]
+    assert back.dtype == array.dtype and back.shape == (2, 2, 4) and back.tobytes() == array.tobytes()
+    # The form written before arrays were stored as bytes still reads.
+    assert np.array_equal(from_plain({"__plain__": "ndarray", "data": torch.arange(3)}), np.arange(3))
+
+
+def test_plain_state_refuses_arrays_of_python_objects_both_ways():
+    import numpy as np
+
+    from piggyback_avalanche.training.plain_state import PlainStateError, from_plain, to_plain
+
+    with pytest.raises(PlainStateError, match="numpy array of Python objects"):
+        to_plain(np.array([object()]))
+    stored = to_plain(np.arange(2))
+    with pytest.raises(PlainStateError, match="Python objects"):
+        from_plain({**stored, "dtype": "|O"})
+    with pytest.raises(PlainStateError, match="malformed array"):
+        from_plain({**stored, "shape": [5]})

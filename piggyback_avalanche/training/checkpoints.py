@@ -86,7 +86,8 @@ def _task_aware_strategies() -> list:
 def _rng_state() -> dict[str, Any]:
     state = capture_rng()
     name, keys, position, has_gauss, gauss = state["numpy"]  # the legacy tuple form
-    numpy_state = [str(name), torch.from_numpy(keys.copy()), int(position), int(has_gauss), float(gauss)]
+    # int64, not numpy's uint32: torch before 2.6 cannot save a uint32 tensor.
+    numpy_state = [str(name), torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)]
     return {**state, "numpy": numpy_state, "python": to_plain(state["python"])}
 
 
@@ -113,7 +114,7 @@ def _decode_rng_state(state: Any, path: Path) -> dict[str, Any]:
         raise malformed("the CUDA generators' state")
     try:
         name, keys, position, has_gauss, gauss = state["numpy"]
-        numpy_state = (name, keys.numpy(), position, has_gauss, gauss)
+        numpy_state = (name, keys.numpy().astype(np.uint32), position, has_gauss, gauss)
         np.random.RandomState().set_state(numpy_state)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise malformed("numpy's generator state", error) from None

@@ -60,7 +60,11 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, np.ndarray):
-        return {_TAG: "ndarray", "data": torch.from_numpy(np.ascontiguousarray(value))}
+        if value.dtype.hasobject:
+            raise PlainStateError("cannot store a numpy array of Python objects as plain data")
+        # Its bytes, dtype and shape: torch before 2.6 cannot save unsigned tensors wider than a byte.
+        data = torch.frombuffer(bytearray(np.ascontiguousarray(value).tobytes()), dtype=torch.uint8)
+        return {_TAG: "ndarray", "dtype": value.dtype.str, "shape": list(value.shape), "data": data}
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Image.Image):
@@ -100,7 +104,16 @@ def from_plain(data: Any) -> Any:
         items = [from_plain(v) for v in _list(data["items"])]
         return {"list": list, "tuple": tuple, "set": set}[kind](items)
     if kind == "ndarray":
-        return _tensor(data["data"]).numpy()
+        if "dtype" not in data:  # written before arrays were stored as bytes
+            return _tensor(data["data"]).numpy()
+        try:
+            dtype = np.dtype(str(data["dtype"]))
+            shape = tuple(int(n) for n in _list(data["shape"]))
+            if dtype.hasobject:
+                raise PlainStateError("an array of Python objects in plain data")
+            return np.frombuffer(_tensor(data["data"]).numpy().tobytes(), dtype=dtype).reshape(shape).copy()
+        except (TypeError, ValueError) as error:
+            raise PlainStateError(f"a malformed array in plain data ({error})") from None
     if kind == "image":
         width, height = _list(data["size"])
         return Image.frombytes(str(data["mode"]), (int(width), int(height)), _tensor(data["data"]).numpy().tobytes())
