@@ -164,17 +164,17 @@ def test_every_method_package_registers_itself_and_knows_no_other_method():
             assert not others, (file, others)
 
 
-@pytest.mark.parametrize("version", ["2.4.1", "2.1.0+cu121", "1.13.1"])
+@pytest.mark.parametrize("version", ["2.13.0", "2.5.1", "2.1.0+cu121", "1.13.1"])
 def test_an_older_torch_is_refused_at_import_with_the_fix(version):
     from piggyback_avalanche._requirements import check_torch_version
 
     with pytest.raises(
-        ImportError, match=rf"needs torch>=2\.5, but torch {version.replace('+', '.')} is installed.*pip install"
+        ImportError, match=rf"needs torch>=2\.14, but torch {version.replace('+', '.')} is installed.*pip install"
     ):
         check_torch_version(version)
 
 
-@pytest.mark.parametrize("version", ["2.5.0", "2.14.1+cpu", "3.0.0", torch.__version__])
+@pytest.mark.parametrize("version", ["2.14.0", "2.14.1+cpu", "2.15.0", "3.0.0", torch.__version__])
 def test_current_torch_versions_pass(version):
     from piggyback_avalanche._requirements import check_torch_version
 
@@ -380,3 +380,12 @@ def test_the_earlier_backbones_import_keeps_working_with_a_deprecation_warning()
     from piggyback_avalanche.networks import backbones
 
     assert moved.small_cnn is backbones.small_cnn and moved.BACKBONES is backbones.BACKBONES
+
+
+@pytest.mark.parametrize(
+    "version, release", [("2.14.1+cu128", (2, 14)), ("3.0.0", (3, 0)), ("2.15.0a0+git1234", (2, 15)), ("dev", None)]
+)
+def test_torch_release_reads_major_and_minor(version, release):
+    from piggyback_avalanche._requirements import torch_release
+
+    assert torch_release(version) == release
