@@ -102,8 +102,9 @@ def test_sparsity_equals_the_stored_masks():
     zeros = negatives = total = 0
     for name, layer in model.masked_layers.items():
         mask = unpack_mask(model.state_dict()[f"backbone.{name}.packed_masks.1"], shape=layer.weight.shape, bits=2)
-        assert result[1]["zeros"][name] == (mask == 0).sum().item() / mask.numel()
-        assert result[1]["negatives"][name] == (mask == -1).sum().item() / mask.numel()
+        label = f"{name}:{'Linear' if isinstance(layer, nn.Linear) else 'Conv2d'}"  # path and type
+        assert result[1]["zeros"][label] == (mask == 0).sum().item() / mask.numel()
+        assert result[1]["negatives"][label] == (mask == -1).sum().item() / mask.numel()
         zeros, negatives, total = (
             zeros + (mask == 0).sum().item(),
             negatives + (mask == -1).sum().item(),
@@ -145,7 +146,7 @@ EXPECTED_SCALARS = [
     "ModelSize_IndividualNetworksRatio/train_phase/train_stream",
     "ModelSize_BitsPerWeightPerTask/train_phase/train_stream",
     "MaskZeros/train_phase/train_stream/Task001/overall",
-    "MaskZeros/train_phase/train_stream/Task001/0",
+    "MaskZeros/train_phase/train_stream/Task001/0:Conv2d",
     "Time_Epoch/train_phase/train_stream/Task001",
 ]
 
@@ -161,7 +162,7 @@ def test_tensorboard_events_files_and_values(tmp_path):
         assert events.Scalars(tag)[-1].value == pytest.approx(last[tag], rel=1e-6), tag
     assert "AccuracyMatrix/eval_phase/test_stream" in tags["images"]
     assert "MaskSparsityChart/train_phase/train_stream/Task001" in tags["images"]
-    assert "MaskScores/train_phase/train_stream/Task001/0" in tags["histograms"]
+    assert "MaskScores/train_phase/train_stream/Task001/0:Conv2d" in tags["histograms"]
     # The matrix holds both rows; the second row has both tasks.
     matrix = next(m for m in evaluator.metrics if str(m) == "AccuracyMatrix").result()
     assert len(matrix) == 2 and matrix[1][0] == last["Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000"]

@@ -7,6 +7,7 @@ as :func:`~piggyback_avalanche.app.runner.run_benchmark` returns them.
 """
 
 import csv
+import itertools
 import json
 import math
 import re
@@ -20,7 +21,7 @@ from matplotlib.figure import Figure
 
 from piggyback_avalanche.app.published import PAPER_TASK_NAMES, PUBLISHED_ERRORS
 from piggyback_avalanche.benchmarks.datasets import FINE_GRAINED_TASKS
-from piggyback_avalanche.evaluation.figures import accuracy_matrix_figure
+from piggyback_avalanche.evaluation.figures import SERIES_STYLES, accuracy_matrix_figure
 from piggyback_avalanche.files import write_atomically
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "format_markdown",
     "write_tables",
     "write_plots",
+    "SERIES_PLOTS",
+    "series_figure",
     "accuracy_vs_bytes_figure",
     "write_comparison_to_tensorboard",
     "published_comparison",
@@ -168,25 +171,8 @@ def write_plots(results: dict[str, dict[str, Any]], plot_dir: Path) -> list[Path
         figure.axes[0].set_title(name)
         written.append(plot_dir / f"accuracy_matrix_{name}.png")
         figure.savefig(written[-1], dpi=100)
-    series_plots: Sequence[tuple[str, str, Callable[[dict[str, Any]], list[float]]]] = (
-        (
-            "average_accuracy.png",
-            "average accuracy on tasks so far",
-            lambda r: [statistics.fmean([v for v in row if v is not None]) for row in r["accuracy_matrix"]],
-        ),
-        ("model_size.png", "stored MB", lambda r: [b / 1e6 for b in r["model_bytes_per_experience"]]),
-    )
-    for filename, ylabel, series in series_plots:
-        figure = Figure(figsize=(5, 3.5))
-        axes = figure.subplots()
-        for name, result in results.items():
-            values = series(result["runs"][0])
-            axes.plot(range(1, len(values) + 1), values, marker="o", label=name)
-        axes.set_xticks(range(1, len(values) + 1))
-        axes.set_xlabel("tasks trained")
-        axes.set_ylabel(ylabel)
-        axes.legend(fontsize=7)
-        figure.tight_layout()
+    for filename, (ylabel, series) in SERIES_PLOTS.items():
+        figure = series_figure(results, ylabel=ylabel, series=series)
         written.append(plot_dir / filename)
         figure.savefig(written[-1], dpi=100)
     try:
@@ -196,6 +182,40 @@ def write_plots(results: dict[str, dict[str, Any]], plot_dir: Path) -> list[Path
     written.append(plot_dir / "accuracy_vs_bytes.png")
     figure.savefig(written[-1], dpi=100)
     return written
+
+
+RunSeries = Callable[[dict[str, Any]], list[float]]
+"""One value per task trained, from one run's result."""
+
+SERIES_PLOTS: dict[str, tuple[str, RunSeries]] = {
+    "average_accuracy.png": (
+        "average accuracy on tasks so far (%)",
+        lambda run: [100 * statistics.fmean([v for v in row if v is not None]) for row in run["accuracy_matrix"]],
+    ),
+    "model_size.png": ("stored MB", lambda run: [b / 1e6 for b in run["model_bytes_per_experience"]]),
+}
+"""The plots of one value per task trained, by file name: the axis label and
+the series (percent, as the tables give accuracy)."""
+
+
+def series_figure(results: Results, *, ylabel: str, series: RunSeries) -> Figure:
+    """One line per strategy (its first seed's run) against the tasks
+    trained, each with its own marker and line style, so that strategies
+    with the same values (two that store the same bytes) both show."""
+    figure = Figure(figsize=(5.5, 3.8))
+    axes = figure.subplots()
+    length = 0
+    for (name, result), style in zip(results.items(), itertools.cycle(SERIES_STYLES)):
+        values = series(result["runs"][0])
+        length = max(length, len(values))
+        positions = range(1, len(values) + 1)
+        axes.plot(positions, values, label=name, alpha=0.85, marker=style["marker"], linestyle=style["linestyle"])
+    axes.set_xticks(range(1, length + 1))
+    axes.set_xlabel("tasks trained")
+    axes.set_ylabel(ylabel)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
 
 
 def accuracy_vs_bytes_figure(results: Results) -> Figure:
@@ -212,17 +232,25 @@ def accuracy_vs_bytes_figure(results: Results) -> Figure:
     points = [(name, size, accuracy) for name, size, accuracy in found if size and accuracy and size[0] > 0]
     if not points:
         raise ValueError("No strategy in the results stores anything per task.")
-    figure = Figure(figsize=(6, 4))
+    figure = Figure(figsize=(6.5, 4))
     axes = figure.subplots()
-    for name, size, accuracy in points:
+    # A legend, not labels beside the points: strategies with similar bytes and accuracy overlap.
+    for (name, size, accuracy), style in zip(points, itertools.cycle(SERIES_STYLES)):
         axes.errorbar(
-            size[0], 100 * accuracy[0], xerr=size[1], yerr=100 * accuracy[1], marker="o", capsize=3, label=name
+            size[0],
+            100 * accuracy[0],
+            xerr=size[1],
+            yerr=100 * accuracy[1],
+            marker=style["marker"],
+            linestyle="none",
+            capsize=3,
+            label=name,
         )
-        axes.annotate(name, (size[0], 100 * accuracy[0]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     axes.set_xscale("log")
     axes.set_xlabel("bytes stored per task (log scale)")
     axes.set_ylabel("average accuracy (%)")
     axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
     figure.tight_layout()
     return figure
 

@@ -96,7 +96,7 @@ class MaskSparsityPluginMetric(AfterTrainingExpPluginMetric):
             return []
         values = []
         for task in model.learning_tasks:
-            for name, layer in model.task_layers.items():
+            for name, layer in model.labelled_task_layers.items():
                 scores = layer.learning_scores(str(task))
                 if scores is not None:
                     flat = scores.flatten()

@@ -435,11 +435,12 @@ class MultiHeadModel(TaskPassesModule):
     def mask_sparsity(self, task: int) -> dict[str, dict[str, float]] | None:
         """The share of each layer's weights that ``task``'s mask drops
         (``"zeros"``) and, for masks that can, flips (``"negatives"``), by
-        layer name and ``"overall"``; ``None`` when no layer of this model
-        masks the shared weights (see :meth:`TaskWeightLayer.mask_counts`)."""
+        layer label (see :attr:`labelled_task_layers`) and ``"overall"``;
+        ``None`` when no layer of this model masks the shared weights (see
+        :meth:`TaskWeightLayer.mask_counts`)."""
         counted = {
             name: (counts, layer.weight.numel())
-            for name, layer in self.task_layers.items()
+            for name, layer in self.labelled_task_layers.items()
             if (counts := layer.mask_counts(str(task))) is not None
         }
         if not counted:
@@ -583,6 +584,13 @@ class TaskAwareModel(MultiHeadModel):
     def task_layers(self) -> dict[str, TaskWeightLayer]:
         """The task-aware convolution and linear layers by qualified name."""
         return {n: m for n, m in self.backbone.named_modules() if isinstance(m, TaskWeightLayer)}
+
+    @property
+    def labelled_task_layers(self) -> dict[str, TaskWeightLayer]:
+        """:attr:`task_layers` by label, module path and torch type
+        (``"0:Conv2d"``, ``"layer1.0.conv1:Conv2d"``): how metrics, charts and
+        TensorBoard name a layer, since a path alone is often an index."""
+        return {f"{n}:{m.torch_type().__name__}": m for n, m in self.task_layers.items()}
 
     def backbone_stays_fixed(self) -> bool:
         """The backbone trains only with the task that trains it (if any),

@@ -143,7 +143,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
         :param task_state: the owning model's task state.
         :param settings: the subclass's settings (see its ``_init_task_weights``).
         """
-        arguments = SUPPORTED_LAYER_TYPES[cls._torch_type()].arguments
+        arguments = SUPPORTED_LAYER_TYPES[cls.torch_type()].arguments
         # Built on the meta device so that no weight is allocated only to be
         # replaced by the module's own.
         layer = cls(**arguments(module), device="meta", dtype=module.weight.dtype, task_state=task_state, **settings)
@@ -160,7 +160,8 @@ class TaskWeightLayer(TaskModule, nn.Module):
         return layer
 
     @classmethod
-    def _torch_type(cls) -> type[nn.Module]:
+    def torch_type(cls) -> type[nn.Module]:
+        """The torch layer this class twins (``nn.Conv2d``, ``nn.Linear``, ...)."""
         return next(base for base in cls.__mro__ if base in SUPPORTED_LAYER_TYPES)
 
     def _init_task_weights(self) -> None:
@@ -265,7 +266,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
 
     def plain_module(self, task: str) -> nn.Module:
         """The torch layer with ``task``'s effective weight and bias folded in."""
-        torch_type = self._torch_type()
+        torch_type = self.torch_type()
         arguments = SUPPORTED_LAYER_TYPES[torch_type].arguments
         layer = torch_type(**arguments(self), device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad(), self.task_state.use(task):
