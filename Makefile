@@ -1,4 +1,5 @@
-# `make bench`, `make demo` and `make test` create a local virtual environment on first use.
+# `make bench`, `make demo` and `make test` create a local virtual environment on first use;
+# only the test targets add the test extra (pytest, ruff, mypy, build, timm, optuna).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,6 +8,10 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -e ".[test]"
 	touch $@
 
@@ -26,13 +31,13 @@ test: lint
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 # The wheel and sdist as a user installs them, run from outside the clone (CI runs it).
-package-check: $(VENV)/.installed
+package-check: $(VENV)/.installed-test
 	bash .ci/package-check
 
 clean:

@@ -15,7 +15,7 @@ import torch
 
 from piggyback_avalanche import make_strategy
 from piggyback_avalanche.benchmarks.offline import digits_task_stream
-from piggyback_avalanche.evaluation import default_evaluator
+from piggyback_avalanche.evaluation import default_evaluator, tensorboard_command
 from piggyback_avalanche.networks.backbones import small_cnn
 
 parser = argparse.ArgumentParser(description="Piggyback, PackNet and fine-tuning in TensorBoard")
@@ -37,4 +37,4 @@ for name, extra in settings.items():
         strategy.train(experience)
         strategy.eval(benchmark.test_stream[: i + 1])
 
-print(f"Open TensorBoard: tensorboard --logdir {args.log_dir}")
+print(f"Open TensorBoard: {tensorboard_command(args.log_dir)}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from piggyback_avalanche.app.report import format_markdown
 from piggyback_avalanche.app.runner import run_benchmark
+from piggyback_avalanche.evaluation import tensorboard_command
 
 parser = argparse.ArgumentParser(description="Piggyback, PackNet and baselines on the digits stream")
 parser.add_argument("--epochs", type=int, default=3)
@@ -25,7 +26,7 @@ results = run_benchmark(
     strategies=["piggyback", "packnet", "individual", "naive", "ewc", "lwf"],
     seeds=args.seeds,
     out_dir=args.out,
-    config={"train_epochs": args.epochs, "train_mb_size": 32, "lr": 1e-3, "mask_lr": 3e-4},
+    config={"train_epochs": args.epochs, "train_mb_size": 32, "lr": 1e-3},
 )
 print(format_markdown(results))
-print(f"Plots in {args.out / 'plots'}; TensorBoard: tensorboard --logdir {args.out / 'tensorboard'}")
+print(f"Plots in {args.out / 'plots'}; TensorBoard: {tensorboard_command(args.out / 'tensorboard')}")

@@ -26,6 +26,11 @@ def test_quickstart_runs_offline_and_learns_every_task():
     accuracies = [float(a) for a in re.findall(r"task \d: accuracy ([0-9.]+)", out)]
     assert len(accuracies) == 3 and min(accuracies) > 0.8, out
     assert "frozen tasks: [0, 1, 2]" in out
+    # What the README says it prints.
+    readme = (ROOT / "README.md").read_text()
+    shown = re.search(r"## Quickstart.*?It prints.*?```text\n(.*?)```", readme, re.S).group(1)
+    quoted = [float(a) for a in re.findall(r"task \d: accuracy ([0-9.]+)", shown)]
+    assert len(quoted) == 3 and all(abs(q - a) <= 0.01 for q, a in zip(quoted, accuracies)), (quoted, accuracies)
 
 
 def test_class_incremental_example_infers_the_tasks_without_labels():

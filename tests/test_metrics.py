@@ -236,3 +236,15 @@ def test_asking_for_no_logger_shows_no_warning_about_it(name):
         from avalanche.training.plugins import EvaluationPlugin
 
         EvaluationPlugin()
+
+
+def test_the_tensorboard_command_works_without_activating_the_environment(tmp_path):
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from piggyback_avalanche.evaluation import tensorboard_command
+
+    program, flag, folder = shlex.split(tensorboard_command(tmp_path / "my runs"))
+    assert program == str(Path(sys.executable).parent / "tensorboard") and Path(program).is_file()
+    assert (flag, folder) == ("--logdir", str(tmp_path / "my runs"))  # a space survives the shell

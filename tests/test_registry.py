@@ -223,3 +223,14 @@ def test_the_declared_strategy_settings_are_what_the_constructors_take():
 
     # Declared once (what a registered method passes through); the constructors must agree.
     assert registry._constructor_settings(TaskAwareStrategy) == TASK_AWARE_STRATEGY_SETTINGS
+
+
+def test_the_readme_lists_every_registered_strategy():
+    import ast
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    comment = re.search(r"available_strategies\(\)\n((?:# .*\n)+)", readme).group(1)
+    listed = ast.literal_eval("".join(line[2:] for line in comment.splitlines()))
+    assert listed == available_strategies()

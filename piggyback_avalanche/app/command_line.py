@@ -339,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from piggyback_avalanche.app.runner import run_benchmark
     from piggyback_avalanche.app.tuning import OptunaUnavailableError
     from piggyback_avalanche.benchmarks.datasets import DatasetUnavailableError
+    from piggyback_avalanche.evaluation import tensorboard_command
     from piggyback_avalanche.networks.backbones import WeightsUnavailableError
     from piggyback_avalanche.training.checkpoints import CheckpointError
 
@@ -373,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stream == "fine_grained":
         print("\n" + published_comparison(results, backbone=args.backbone))
     print(f"\nTables: {args.out}/results.md, .csv, .json; plots: {args.out / 'plots'}")
-    print(f"TensorBoard: tensorboard --logdir {args.out / 'tensorboard'}")
+    print(f"TensorBoard: {tensorboard_command(args.out / 'tensorboard')}")
     if args.check_targets is None:
         return 0
     checks = check_targets(results, args.targets, stream=args.stream, backbone=args.backbone)

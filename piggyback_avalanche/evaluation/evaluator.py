@@ -5,6 +5,8 @@ loggers a researcher reads (progress bars, TensorBoard, CSV and JSON files)."""
 import contextlib
 import csv
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,7 +26,7 @@ from piggyback_avalanche.evaluation.model_size import model_size_metrics
 from piggyback_avalanche.evaluation.task_inference_accuracy import task_inference_accuracy_metrics
 from piggyback_avalanche.files import PathLike, write_atomically
 
-__all__ = ["MetricsFileLogger", "ExperienceAxisTensorboardLogger", "default_evaluator"]
+__all__ = ["MetricsFileLogger", "ExperienceAxisTensorboardLogger", "default_evaluator", "tensorboard_command"]
 
 
 class MetricsFileLogger(BaseLogger, SupervisedPlugin):
@@ -132,3 +134,12 @@ def default_evaluator(
             *task_inference_accuracy_metrics(),
             loggers=loggers,
         )
+
+
+def tensorboard_command(log_dir: PathLike) -> str:
+    """The shell command that opens TensorBoard on ``log_dir``: the
+    ``tensorboard`` installed next to this Python (a virtual environment's
+    ``bin``) when there is one, so that it works without activating it."""
+    beside = Path(sys.executable).parent / "tensorboard"
+    program = str(beside) if beside.is_file() else "tensorboard"
+    return f"{shlex.quote(program)} --logdir {shlex.quote(str(log_dir))}"
