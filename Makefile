@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bench demo test test-fast lint package-check clean
+.PHONY: bench demo test test-fast lint docs package-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ test: lint
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(PY) -m pip install -e ".[docs]"
+	touch $@
+
+# The documentation (README, guide pages, BENCHMARKS.md, the API from the docstrings) as
+# HTML in docs/_build/html; a warning fails it, as in CI.
+docs: $(VENV)/.installed-docs
+	$(PY) -m sphinx -b html -q -W --keep-going -c docs . docs/_build/html
+
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -41,4 +50,4 @@ package-check: $(VENV)/.installed-test
 	bash .ci/package-check
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info docs/_build

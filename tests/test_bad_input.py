@@ -1,4 +1,4 @@
-"""Every bad input of the docs' table (README, "When something goes wrong")
+"""Every bad input of the docs' table (docs/guide/troubleshooting.md)
 that is not tested next to its feature: each error names the problem and the
 fix, and nothing trained or saved is lost."""
 

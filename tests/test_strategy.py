@@ -294,7 +294,7 @@ def test_avalanche_simple_mlp_trains_one_experience():
 
 def test_every_avalanche_logger_receives_the_metrics(three_task_stream, tmp_path, capsys):
     # WandBLogger is left out: Avalanche 0.6 calls wandb.util.generate_id,
-    # which wandb removed (README, "Known limits").
+    # which wandb removed (docs/guide/known_limits.md).
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger

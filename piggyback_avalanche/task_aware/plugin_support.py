@@ -10,8 +10,8 @@ features or heads our models do not have cannot apply; they are refused
 when the strategy is built, naming why and what to use instead, before any
 work. Every other plugin runs, the user's own included.
 
-:data:`AVALANCHE_PLUGINS` lists every plugin Avalanche 0.6 ships (the README's
-plugin table is checked against it).
+:data:`AVALANCHE_PLUGINS` lists every plugin Avalanche 0.6 ships (the plugin
+table of the guide, ``docs/guide/avalanche_scripts.md``, is checked against it).
 """
 
 from collections.abc import Callable, Sequence

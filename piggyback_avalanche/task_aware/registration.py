@@ -170,8 +170,10 @@ def register_strategy(
     :param description: defaults to the first line of the builder's docstring.
     :param search_space: see :class:`RegisteredStrategy`; every key must be
         one of its settings.
-    :param config: :param model_class: :param strategy_class: see
-        :class:`RegisteredStrategy` (:func:`register_method` gives them).
+    :param config: the method's config class; see :class:`RegisteredStrategy`
+        (:func:`register_method` gives it, and the two below).
+    :param model_class: the model class the builder makes.
+    :param strategy_class: the strategy class the builder makes.
     :raises ValueError: if the name is taken, or the search space names a
         setting the builder does not take.
     """

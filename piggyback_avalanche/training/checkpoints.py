@@ -8,7 +8,7 @@ the model's state dict, the evaluator's metric state (what forgetting and the
 accuracy matrix remember), the training clock, file loggers' rows and the
 random number generators. A checkpoint holds exactly that, written
 atomically, so a run killed at any moment resumes from the last completed
-experience and ends with the same metrics as an uninterrupted run.
+experience and ends with the same metrics as an uninterrupted run::
 
     strategy = Piggyback(model=PiggybackModel(backbone), evaluator=evaluator)
     start = load_experience_checkpoint(strategy, "run.ckpt")      # 0 without a file

@@ -77,7 +77,7 @@ class Piggyback(TaskAwareStrategy):
         experience; defaults to ``lr``.
     :param recalibrate_norm_statistics: re-estimate the task's batch-norm
         statistics with its final mask before freezing it (on by default; an
-        addition to the paper, see the README).
+        addition to the paper, see ``docs/guide/api.md``).
     :param kwargs: :class:`~piggyback_avalanche.task_aware.strategy.TaskAwareStrategy`'s
         arguments: the step schedule (``lr_decay_epochs``,
         ``lr_decay_factor``), ``optimizer_factory`` and Avalanche's usual ones
