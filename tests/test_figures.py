@@ -58,3 +58,27 @@ def test_the_mask_sparsity_chart_names_layers_by_path_and_type_with_readable_tic
     assert [t.get_text() for t in axes.get_xticklabels()] == labels
     assert axes.get_xlabel() == "layer (module path: type)"
     assert min(t.get_fontsize() for t in axes.get_xticklabels()) >= 8
+
+
+def test_the_table_leaves_out_a_column_that_applies_to_no_strategy():
+    from piggyback_avalanche.app.report import format_markdown
+
+    def result(task_inference):
+        summary = {
+            "accuracy": [[0.9, 0.0]],
+            "average_accuracy": [0.9, 0.0],
+            "average_task_inference": task_inference,
+            "average_forgetting": [0.0, 0.0],
+            "bwt": [0.0, 0.0],
+            "model_bytes": [1e6, 0.0],
+            "networks": [1.0, 0.0],
+            "bytes_per_task": None,
+            "train_seconds": [3.0, 0.0],
+        }
+        return {"runs": [{}], "summary": summary}
+
+    given = format_markdown({"piggyback": result(None), "naive": result(None)}).splitlines()
+    assert "task inference" not in given[0] and "bytes per task" not in given[0]
+    assert given[2] == "| piggyback | 90.0 | 90.0 | 0.0 | 0.0 | 1.00 | 1.00 | 3 |"
+    inferred = format_markdown({"piggyback": result([0.97, 0.0]), "naive": result(None)}).splitlines()
+    assert "task inference (%)" in inferred[0] and inferred[3].split(" | ")[3] == "–"

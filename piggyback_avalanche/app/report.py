@@ -123,17 +123,19 @@ def _cells(results: dict[str, dict[str, Any]]) -> list[tuple[str, int, dict[str,
 
 def format_markdown(results: dict[str, dict[str, Any]]) -> str:
     """The results table in Markdown: per-task final accuracy, averages,
-    size and time, mean ± std over seeds (the mean alone for one seed)."""
+    size and time, mean ± std over seeds (the mean alone for one seed). A
+    column that applies to no strategy (task inference, where every task
+    label is given) is left out; "–" marks a strategy it does not apply to."""
     table = _cells(results)
-    header = ["strategy", *table[0][2]]
+    columns = [c for c in table[0][2] if any(not math.isnan(cells[c][0]) for _, _, cells in table)]
     rows = []
     for name, seeds, cells in table:
         shown = [
             "–" if math.isnan(m) else f"{m:.{d}f} ± {s:.{d}f}" if seeds > 1 else f"{m:.{d}f}"
-            for m, s, d in cells.values()
+            for m, s, d in (cells[c] for c in columns)
         ]
         rows.append([name, *shown])
-    return markdown_table(header, rows)
+    return markdown_table(["strategy", *columns], rows)
 
 
 def write_tables(results: dict[str, dict[str, Any]], out_dir: Path, *, extra: str = "") -> None:
