@@ -153,13 +153,15 @@ def target_rows(headline: dict[str, Any]) -> dict[str, float]:
 
 def _write_targets(headline: dict[str, Any]) -> None:
     values = target_rows(headline)
-    lines = TARGETS.read_text().splitlines(keepends=True)
+    with TARGETS.open(newline="") as file:  # as written: the ablations' rows end in \r\n
+        lines = file.read().splitlines(keepends=True)
     for i, line in enumerate(lines):
         fields = line.split(",")
         if fields[:2] == ["mnist_transfer", "small_cnn"] and fields[2] in values and fields[3] == "average_accuracy":
             fields[4] = f"{values[fields[2]]:.1f}"
             lines[i] = ",".join(fields)
-    TARGETS.write_text("".join(lines))
+    with TARGETS.open("w", newline="") as file:
+        file.write("".join(lines))
 
 
 def regenerate() -> None:

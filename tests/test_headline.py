@@ -40,7 +40,7 @@ def test_the_benchmarks_table_and_the_shipped_targets_hold_the_same_means():
     targets = {}
     for line in (ROOT / "piggyback_avalanche" / "app" / "targets.csv").read_text().splitlines():
         stream, backbone, strategy, metric, value = line.split(",")[:5]
-        if (stream, backbone, metric) == ("mnist_transfer", "small_cnn", "average_accuracy") and "[" not in strategy:
+        if (stream, backbone, metric) == ("mnist_transfer", "small_cnn", "average_accuracy") and strategy in shown:
             targets[strategy] = float(value)
     assert targets == HEADLINE.target_rows(QUOTED)
 
