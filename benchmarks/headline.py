@@ -188,6 +188,19 @@ def regenerate() -> None:
     print(f"Wrote {HEADLINE.name}, the README's and BENCHMARKS.md's tables, the targets and the plots.")
 
 
+def moved_figures(fresh: dict[str, dict[str, dict[str, Any]]], headline: dict[str, Any]) -> list[str]:
+    """Each figure of the fresh seed-0 runs that moved beyond
+    :data:`TOLERANCE` from what ``headline`` quotes, as a line naming it."""
+    moved = []
+    for name, seeds in fresh.items():
+        for key, value in seeds["0"].items():
+            quoted = headline["strategies"][name]["0"][key]
+            pairs = zip(value, quoted) if isinstance(value, list) else [(value, quoted)]
+            if any(abs(v - q) > TOLERANCE[key] for v, q in pairs):
+                moved.append(f"{name} {key}: quoted {quoted}, now {value}")
+    return moved
+
+
 def check() -> int:
     """Rerun seed 0 and compare it with what ``headline.json`` quotes.
 
@@ -196,13 +209,7 @@ def check() -> int:
     headline = json.loads(HEADLINE.read_text())
     with tempfile.TemporaryDirectory() as folder:
         fresh = _per_seed(run((0,), Path(folder)), (0,))
-    moved = []
-    for name, seeds in fresh.items():
-        for key, value in seeds["0"].items():
-            quoted = headline["strategies"][name]["0"][key]
-            pairs = zip(value, quoted) if isinstance(value, list) else [(value, quoted)]
-            if any(abs(v - q) > TOLERANCE[key] for v, q in pairs):
-                moved.append(f"{name} {key}: quoted {quoted}, now {value}")
+    moved = moved_figures(fresh, headline)
     now = _provenance()["versions"]
     if moved:
         print("The code no longer produces the quoted headline figures (seed 0):\n  " + "\n  ".join(moved))

@@ -53,3 +53,14 @@ def test_regenerate_rewrites_only_what_lies_between_the_markers(tmp_path, monkey
     HEADLINE._replace_between(readme, "new figures")
     assert readme.read_text() == f"before\n{start}\nnew figures\n{end}\nafter\n"
     assert re.search("old", readme.read_text()) is None
+
+
+def test_check_names_each_figure_that_moved_beyond_its_tolerance():
+    fresh = {name: {"0": dict(runs["0"])} for name, runs in QUOTED["strategies"].items()}
+    assert HEADLINE.moved_figures(fresh, QUOTED) == []
+    fresh["piggyback"]["0"]["average_accuracy"] += 0.0005  # 0.05 points: within
+    assert HEADLINE.moved_figures(fresh, QUOTED) == []
+    fresh["naive"]["0"]["accuracy"] = [a + 0.002 * (t == 3) for t, a in enumerate(fresh["naive"]["0"]["accuracy"])]
+    fresh["packnet"]["0"]["networks"] += 0.01
+    moved = HEADLINE.moved_figures(fresh, QUOTED)
+    assert [line.split(":")[0] for line in moved] == ["packnet networks", "naive accuracy"]
