@@ -437,3 +437,34 @@ def test_the_list_flags_name_what_the_library_has(capsys):
         assert exit_info.value.code == 0
         assert capsys.readouterr().out.splitlines() == names
     assert "piggyback" in available_strategies() and "digits" in STREAMS
+
+
+def test_on_a_terminal_the_runner_shows_bars_for_runs_experiences_and_epochs(tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    main_side, terminal = pty.openpty()  # tqdm draws only on a terminal, and one with columns
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    command = [sys.executable, "-m", "piggyback_avalanche.app.command_line", *QUICK_RUN, "--out", str(tmp_path)]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main_side, 65536)
+        except OSError:  # the process closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=120) == 0
+    text = output.decode(errors="replace")
+    assert "runs: 100%" in text and "1/1" in text  # the grid
+    assert "classifier_only, seed 0:" in text and "5/5 [" in text  # the run's five experiences
+    assert "experience 4, epoch 1:" in text and "batch/s" in text  # the last experience's mini-batches
+    # Without a terminal (pytest captures), the same run writes no bar.
+    completed = subprocess.run([*command[:-1], str(tmp_path / "again")], capture_output=True, text=True, timeout=120)
+    assert "runs:" not in completed.stdout + completed.stderr and "batch/s" not in completed.stderr

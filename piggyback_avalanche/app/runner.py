@@ -98,7 +98,8 @@ def train_and_evaluate(
     """
     timer = EpochTimer()
     evaluator = default_evaluator(tb_dir=log_dir, interactive=False)
-    strategy = make_strategy(name, backbone, evaluator=evaluator, plugins=[timer, *config.pop("plugins", [])], **config)
+    plugins = [timer, *([] if progress is None else [EpochProgress()]), *config.pop("plugins", [])]
+    strategy = make_strategy(name, backbone, evaluator=evaluator, plugins=plugins, **config)
     stream, tests = benchmark.train_stream, benchmark.test_stream
     started = time.perf_counter()
     if registered_strategy(name).trains_on_whole_stream:
@@ -110,7 +111,7 @@ def train_and_evaluate(
             0 if resume_from is None else load_experience_checkpoint(strategy, resume_from, stream_length=len(stream))
         )
         bar = tqdm(
-            stream, desc=progress, unit="task", disable=True if progress is None else None, initial=start
+            stream, desc=progress, unit="task", disable=True if progress is None else None, initial=start, leave=False
         )  # None: only on a terminal
         for i, experience in enumerate(stream[start:], start):
             strategy.train(experience)
@@ -191,6 +192,33 @@ class EpochTimer(SupervisedPlugin):
         self.seconds.append(time.perf_counter() - self._started)
 
 
+class EpochProgress(SupervisedPlugin):
+    """A progress bar over the mini-batches of each training epoch, on a
+    terminal only (below the run's bar over its experiences)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bar: Any = None
+
+    def before_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            total = len(strategy.dataloader)
+        except TypeError:  # a loader without a length: the bar counts without one
+            total = None
+        experience = strategy.experience.current_experience
+        description = f"experience {experience}, epoch {strategy.clock.train_exp_epochs + 1}"
+        self._bar = tqdm(total=total, desc=description, unit="batch", leave=False, disable=None)
+
+    def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        if self._bar is not None:
+            self._bar.update()
+
+    def after_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def run_benchmark(
     *,
     stream: str,
@@ -208,7 +236,7 @@ def run_benchmark(
     tune_trials: int = 0,
     tune_protocol: str = "validation",
     tune_tasks: int = 2,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = tqdm.write,
 ) -> dict[str, dict[str, Any]]:
     """Run every (strategy, seed), reusing runs already saved under
     ``out_dir/runs`` with the same settings, and write the results tables
@@ -245,6 +273,10 @@ def run_benchmark(
         protocol and the values chosen.
     :param tune_protocol: one of :data:`~piggyback_avalanche.app.protocols.TUNING_PROTOCOLS`.
     :param tune_tasks: the experiences the ``"first_tasks"`` protocol tunes on.
+    :param log: where a line per run goes (which runs train, which are
+        already done); by default above the progress bars, which show on a
+        terminal only: the grid's runs, each run's experiences, each
+        experience's mini-batches per epoch.
     :return: ``{strategy: {"runs": [result per seed], "summary": {...}}}``.
     :raises ValueError: before any training: for a scenario the stream or a
         strategy cannot run, an output folder that holds runs of other
@@ -489,11 +521,14 @@ def _run_locked(
                 )
             planned.append((spec, name, seed, settings, run_settings, key, path, saved))
     results: dict[str, dict[str, Any]] = {spec: {"runs": []} for spec in strategies}
+    # On a terminal: a bar over the grid's runs, above each run's bar over its experiences.
+    grid = tqdm(total=len(planned), desc="runs", unit="run", disable=None)
     for spec, name, seed, settings, run_settings, key, path, saved in planned:
         runs = results[spec]["runs"]
         if saved:
             log(f"{spec}, seed {seed}: already done ({path})")
             runs.append(saved["result"])
+            grid.update()
             continue
         benchmark = built[seed][1]
         log(f"{spec}, seed {seed}: training")
@@ -512,6 +547,8 @@ def _run_locked(
         _write_json(path, {"key": key, "settings": run_settings, "result": result})
         checkpoint.unlink(missing_ok=True)  # the result file is the record now
         runs.append(result)
+        grid.update()
+    grid.close()
     for spec in strategies:
         results[spec]["summary"] = summarize(results[spec]["runs"])
         if spec in tuned:
