@@ -50,10 +50,24 @@ NAMES = {
 }
 """The strategies of the preset and the names the README's table gives them."""
 
-_MARKERS = {
-    README: ("<!-- headline figures: benchmarks/headline.py regenerate -->", "<!-- end of headline figures -->"),
-    BENCHMARKS: ("<!-- headline table: benchmarks/headline.py regenerate -->", "<!-- end of headline table -->"),
+BLOCKS = {
+    "readme": (
+        README,
+        "<!-- headline figures: benchmarks/headline.py regenerate -->",
+        "<!-- end of headline figures -->",
+    ),
+    "table": (
+        BENCHMARKS,
+        "<!-- headline table: benchmarks/headline.py regenerate -->",
+        "<!-- end of headline table -->",
+    ),
+    "verdicts": (
+        BENCHMARKS,
+        "<!-- headline verdicts: benchmarks/headline.py regenerate -->",
+        "<!-- end of headline verdicts -->",
+    ),
 }
+"""Each generated block: the file it lies in, between its two markers."""
 
 
 def run(seeds: tuple[int, ...], out: Path) -> dict[str, Any]:
@@ -127,8 +141,42 @@ def readme_block(headline: dict[str, Any]) -> str:
     )
 
 
-def _replace_between(path: Path, content: str) -> None:
-    start, end = _MARKERS[path]
+def verdict_block(headline: dict[str, Any]) -> str:
+    """BENCHMARKS.md's verdicts on the first issue's expectations, from ``headline``."""
+    runs = headline["strategies"]
+
+    def mean(name: str, key: str) -> float:
+        return 100 * statistics.mean(seed[key] for seed in runs[name].values())
+
+    def shown(name: str, key: str = "average_accuracy") -> str:
+        return _mean_std([seed[key] for seed in runs[name].values()])
+
+    def task_mean(name: str, task: int) -> float:
+        return 100 * statistics.mean(seed["accuracy"][task] for seed in runs[name].values())
+
+    piggyback, individual = mean("piggyback", "average_accuracy"), mean("individual", "average_accuracy")
+    above = [other for other in ("classifier_only", "packnet") if piggyback > mean(other, "average_accuracy")]
+    tasks = len(next(iter(runs["piggyback"].values()))["accuracy"])
+    gaps = ", ".join(f"{task_mean('piggyback', t) - task_mean('packnet', t):+.1f}" for t in range(tasks))
+    forgetting_zero = [name for name in runs if all(seed["average_forgetting"] == 0 for seed in runs[name].values())]
+    within = "met" if piggyback >= individual - 1.5 else "not met"
+    return "\n".join(
+        [
+            f"- **Piggyback within 1.5 points of individual networks** ({within}): {shown('piggyback')} % against "
+            f"{shown('individual')} ({piggyback - individual:+.1f} points).",
+            f"- **Piggyback above classifier-only and PackNet** "
+            f"({'met' if len(above) == 2 else 'not met'}): classifier only {shown('classifier_only')}, "
+            f"PackNet {shown('packnet')}.",
+            f"- **Piggyback's lead over PackNet, task by task** (points, mean of the seeds): {gaps}. PackNet gives "
+            "each task half of the weights still free, so its later tasks train fewer weights.",
+            f"- **Forgetting exactly 0.0 on every seed**: {', '.join(forgetting_zero)}; fine-tuning (`naive`) "
+            f"forgets {shown('naive', 'average_forgetting')} points.",
+        ]
+    )
+
+
+def _replace_between(block: str, content: str) -> None:
+    path, start, end = BLOCKS[block]
     text = path.read_text()
     pattern = re.compile(re.escape(start) + r"\n.*?\n" + re.escape(end), re.S)
     if not pattern.search(text):
@@ -136,9 +184,9 @@ def _replace_between(path: Path, content: str) -> None:
     path.write_text(pattern.sub(lambda _: f"{start}\n{content}\n{end}", text))
 
 
-def quoted_block(path: Path) -> str:
-    """What ``path`` holds between its headline markers."""
-    start, end = _MARKERS[path]
+def quoted_block(block: str) -> str:
+    """What the file of ``block`` holds between its markers."""
+    path, start, end = BLOCKS[block]
     return re.search(re.escape(start) + r"\n(.*?)\n" + re.escape(end), path.read_text(), re.S).group(1)
 
 
@@ -171,9 +219,10 @@ def regenerate() -> None:
         headline = _provenance() | {"strategies": _per_seed(results, SEEDS)}
         HEADLINE.write_text(json.dumps(headline, indent=1) + "\n")
         table = (out / "results.md").read_text().strip()
-        _replace_between(README, readme_block(headline))
+        _replace_between("readme", readme_block(headline))
+        _replace_between("verdicts", verdict_block(headline))
         _replace_between(
-            BENCHMARKS,
+            "table",
             f"{table}\n\nMade by `python benchmarks/headline.py regenerate` at commit {headline['commit']} on "
             f"{headline['date']} ({headline['machine']}); train times are of that run.",
         )

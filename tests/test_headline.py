@@ -24,14 +24,20 @@ QUOTED = json.loads((ROOT / "benchmarks" / "headline.json").read_text())
 
 
 def test_the_readme_quotes_the_headline_figures_as_regenerate_writes_them():
-    assert HEADLINE.quoted_block(ROOT / "README.md") == HEADLINE.readme_block(QUOTED)
+    assert HEADLINE.quoted_block("readme") == HEADLINE.readme_block(QUOTED)
     assert set(QUOTED["strategies"]) == set(HEADLINE.NAMES)
     assert all(set(runs) == {"0", "1", "2"} for runs in QUOTED["strategies"].values())
     assert QUOTED["commit"] and QUOTED["versions"]["torch"]
 
 
+def test_the_benchmarks_verdicts_are_those_regenerate_writes():
+    block = HEADLINE.quoted_block("verdicts")
+    assert block == HEADLINE.verdict_block(QUOTED)
+    assert "93.5 ± 0.6 % against 91.1 ± 2.6 (+2.4 points)" in block  # the JSON's seeds, as the table shows them
+
+
 def test_the_benchmarks_table_and_the_shipped_targets_hold_the_same_means():
-    table = HEADLINE.quoted_block(ROOT / "BENCHMARKS.md").splitlines()
+    table = HEADLINE.quoted_block("table").splitlines()
     column = [c.strip() for c in table[0].split("|")].index("avg accuracy (%)")
     shown = {row.split("|")[1].strip(): row.split("|")[column].strip() for row in table[2:] if row.startswith("| ")}
     for name, runs in QUOTED["strategies"].items():
@@ -47,10 +53,10 @@ def test_the_benchmarks_table_and_the_shipped_targets_hold_the_same_means():
 
 def test_regenerate_rewrites_only_what_lies_between_the_markers(tmp_path, monkeypatch):
     readme = tmp_path / "README.md"
-    start, end = HEADLINE._MARKERS[HEADLINE.README]
+    _, start, end = HEADLINE.BLOCKS["readme"]
     readme.write_text(f"before\n{start}\nold figures\n{end}\nafter\n")
-    monkeypatch.setitem(HEADLINE._MARKERS, readme, (start, end))
-    HEADLINE._replace_between(readme, "new figures")
+    monkeypatch.setitem(HEADLINE.BLOCKS, "readme", (readme, start, end))
+    HEADLINE._replace_between("readme", "new figures")
     assert readme.read_text() == f"before\n{start}\nnew figures\n{end}\nafter\n"
     assert re.search("old", readme.read_text()) is None
 
@@ -64,3 +70,35 @@ def test_check_names_each_figure_that_moved_beyond_its_tolerance():
     fresh["packnet"]["0"]["networks"] += 0.01
     moved = HEADLINE.moved_figures(fresh, QUOTED)
     assert [line.split(":")[0] for line in moved] == ["packnet networks", "naive accuracy"]
+
+
+def _sections(markdown: str) -> list[tuple[str, str]]:
+    """The ``##`` and ``###`` sections of ``markdown``: heading, body (code
+    blocks included, so a ``#`` comment in one is not a heading)."""
+    sections: list[tuple[str, list[str]]] = [("", [])]
+    in_code = False
+    for line in markdown.splitlines():
+        in_code ^= line.startswith("```")
+        if not in_code and re.match(r"#{2,3} ", line):
+            sections.append((line, []))
+        else:
+            sections[-1][1].append(line)
+    return [(heading, "\n".join(body)) for heading, body in sections]
+
+
+def test_every_benchmarks_section_with_figures_names_the_commit_they_were_recorded_at():
+    import subprocess
+
+    missing, unknown = [], []
+    for heading, body in _sections((ROOT / "BENCHMARKS.md").read_text()):
+        if not re.search(r"^\| .*\d.* \|$", body, re.M):
+            continue  # no table of figures
+        commits = re.findall(r"\bcommits? ((?:[0-9a-f]{7,40}(?:, | and )?)+)", body)
+        if not commits:
+            missing.append(heading)
+        for commit in re.findall(r"[0-9a-f]{7,40}", " ".join(commits)):
+            known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT, capture_output=True)
+            if known.returncode != 0:
+                unknown.append((heading, commit))
+    assert missing == [], f"sections whose figures name no commit: {missing}"
+    assert unknown == [], f"commits not in this repository's history: {unknown}"

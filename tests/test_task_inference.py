@@ -494,6 +494,11 @@ def test_the_runner_runs_a_class_incremental_stream_with_exemplars_counted(tmp_p
             ],
             r"\['packnet_avalanche'\] cannot learn without task labels",
         ),
+        (
+            ["--strategies", "piggyback", "der", "fecam"],
+            r"\['der', 'fecam'\] classify only among every class seen, without task labels; run them with "
+            "--scenario class_incremental",
+        ),
     ],
 )
 def test_the_runner_refuses_a_scenario_a_stream_or_strategy_cannot_run(argv, message, capsys, tmp_path):

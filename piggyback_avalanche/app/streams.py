@@ -96,6 +96,13 @@ def check_scenario(scenario: str, stream: str, strategies: Sequence[str]) -> Non
         raise ValueError(f"Unknown scenario {scenario!r}; choose one of {list(SCENARIOS)}.")
     if scenario == "task_incremental" and stream in CLASS_INCREMENTAL_STREAMS:
         raise ValueError(f"The {stream} stream has no task labels: run it with --scenario class_incremental.")
+    if scenario == "task_incremental":
+        unable = [name for name in strategies if not registered_strategy(name).task_incremental]
+        if unable:
+            raise ValueError(
+                f"{unable} classify only among every class seen, without task labels; run them with "
+                "--scenario class_incremental, or drop them from --strategies."
+            )
     if scenario == "class_incremental":
         unable = [name for name in strategies if registered_strategy(name).class_incremental_settings is None]
         if unable:

@@ -94,6 +94,9 @@ class RegisteredStrategy:
         learn a stream without task labels at test time (class-incremental):
         task inference for ours, one head over all classes for Avalanche's
         baselines; ``None``: it cannot.
+    :param task_incremental: the strategy learns a stream with task labels,
+        one head per task; ``False`` for one that only classifies among
+        every class seen (class-incremental only).
     :param search_space: the settings the runner's tuning mode searches,
         with their ranges (empty: nothing to tune).
     :param config: the method's :class:`MethodConfig` subclass, for a
@@ -109,6 +112,7 @@ class RegisteredStrategy:
     untrained_backbone_setting: str | None = None
     trains_on_whole_stream: bool = False
     class_incremental_settings: Mapping[str, Any] | None = None
+    task_incremental: bool = True
     search_space: Mapping[str, SearchRange] = field(default_factory=dict)
     config: "type[MethodConfig] | None" = None
     model_class: type | None = None
@@ -153,6 +157,7 @@ def register_strategy(
     untrained_backbone_setting: str | None = None,
     trains_on_whole_stream: bool = False,
     class_incremental_settings: Mapping[str, Any] | None = None,
+    task_incremental: bool = True,
     search_space: Mapping[str, SearchRange] | None = None,
     config: "type[MethodConfig] | None" = None,
     model_class: type | None = None,
@@ -189,6 +194,7 @@ def register_strategy(
             untrained_backbone_setting=untrained_backbone_setting,
             trains_on_whole_stream=trains_on_whole_stream,
             class_incremental_settings=class_incremental_settings,
+            task_incremental=task_incremental,
             search_space=dict(search_space or {}),
             config=config,
             model_class=model_class,

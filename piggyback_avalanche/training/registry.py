@@ -182,6 +182,7 @@ def _register_avalanche(
         settings=_keywords(build) | _constructor_settings(strategy_class),
         trains_on_whole_stream=trains_on_whole_stream,
         class_incremental_settings={"single_head": True},
+        task_incremental=not single_head_only,
         search_space={"lr": LEARNING_RATE_RANGE, **(search_space or {})},
     )(build)
 
@@ -218,6 +219,7 @@ class _FixedFeatures(nn.Module):
     "fecam",
     settings=_constructor_settings(Naive) - {"optimizer", "train_epochs"} | {"classifier", "single_head"},
     class_incremental_settings={"single_head": True},
+    task_incremental=False,
 )
 def _fecam(
     backbone: nn.Module,
