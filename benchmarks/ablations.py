@@ -21,6 +21,11 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from piggyback_avalanche.app.command_line import (
+    add_executor_arguments,
+    check_executor_arguments,
+    executor_from_arguments,
+)
 from piggyback_avalanche.app.report import Target, check_targets, format_target_checks, markdown_table, read_targets
 from piggyback_avalanche.app.runner import run_benchmark
 from piggyback_avalanche.app.shipped import shipped_presets, shipped_targets_path
@@ -278,7 +283,9 @@ def main() -> int:
         action="store_true",
         help="append to the shipped targets a target for every run that has none (in a clone: the repository's file)",
     )
+    add_executor_arguments(parser)
     args = parser.parse_args()
+    check_executor_arguments(parser, args, device="cpu")
     preset = shipped_presets()["offline_default"]
     epochs = preset["epochs"] if args.epochs is None else args.epochs
     if args.record_targets and epochs != preset["epochs"]:
@@ -297,33 +304,49 @@ def main() -> int:
         "# The paper's claims: ablations",
         f"Seeds {args.seeds}; {config['train_epochs']} epochs per task; mean ± std over seeds.",
     ]
-    for stream in args.streams:
-        out = args.out / stream
-        specs = _unique([DEFAULT, *INIT, *SCALE, *TAU.values(), *NORM.values(), *MASKS, *REFERENCES])
-        runs = {}
-        runs["main"] = run_benchmark(
-            stream=stream, backbone="small_cnn", strategies=specs, out_dir=out / "small_cnn", **common
-        )
-        runs["reversed"] = run_benchmark(
-            stream=f"{stream}_reversed", backbone="small_cnn", strategies=ORDER, out_dir=out / "reversed", **common
-        )
-        depth = {"small_cnn": runs["main"]}
-        for backbone in args.depth_backbones:
-            depth[backbone] = run_benchmark(
-                stream=stream, backbone=backbone, strategies=DEPTH_STRATEGIES, out_dir=out / backbone, **common
+    with executor_from_arguments(parser, args, device="cpu") as executor:
+        for stream in args.streams:
+            out = args.out / stream
+            specs = _unique([DEFAULT, *INIT, *SCALE, *TAU.values(), *NORM.values(), *MASKS, *REFERENCES])
+            runs = {}
+            runs["main"] = run_benchmark(
+                stream=stream,
+                backbone="small_cnn",
+                strategies=specs,
+                out_dir=out / "small_cnn",
+                executor=executor,
+                **common,
             )
-        for name, backbone, results in [
-            (stream, "small_cnn", runs["main"]),
-            (f"{stream}_reversed", "small_cnn", runs["reversed"]),
-            *((stream, backbone, depth[backbone]) for backbone in args.depth_backbones),
-        ]:
-            if args.record_targets:
-                recorded += _record_targets(results, targets, stream=name, backbone=backbone)
-            if epochs == preset["epochs"]:  # the shipped targets hold for the preset's epochs
-                checks += check_targets(results, targets, stream=name, backbone=backbone)
-        report.append(_tables(stream, runs["main"], runs["main"], runs["reversed"], depth))
-        plots = _plots(args.out, stream, runs["main"], runs["main"], runs["reversed"])
-        report.append("Plots: " + ", ".join(str(p) for p in plots))
+            runs["reversed"] = run_benchmark(
+                stream=f"{stream}_reversed",
+                backbone="small_cnn",
+                strategies=ORDER,
+                out_dir=out / "reversed",
+                executor=executor,
+                **common,
+            )
+            depth = {"small_cnn": runs["main"]}
+            for backbone in args.depth_backbones:
+                depth[backbone] = run_benchmark(
+                    stream=stream,
+                    backbone=backbone,
+                    strategies=DEPTH_STRATEGIES,
+                    out_dir=out / backbone,
+                    executor=executor,
+                    **common,
+                )
+            for name, backbone, results in [
+                (stream, "small_cnn", runs["main"]),
+                (f"{stream}_reversed", "small_cnn", runs["reversed"]),
+                *((stream, backbone, depth[backbone]) for backbone in args.depth_backbones),
+            ]:
+                if args.record_targets:
+                    recorded += _record_targets(results, targets, stream=name, backbone=backbone)
+                if epochs == preset["epochs"]:  # the shipped targets hold for the preset's epochs
+                    checks += check_targets(results, targets, stream=name, backbone=backbone)
+            report.append(_tables(stream, runs["main"], runs["main"], runs["reversed"], depth))
+            plots = _plots(args.out, stream, runs["main"], runs["main"], runs["reversed"])
+            report.append("Plots: " + ", ".join(str(p) for p in plots))
     text = "\n\n".join(report) + "\n"
     (args.out / "claims.md").write_text(text)
     print(text)

@@ -162,6 +162,9 @@ def test_the_ablations_benchmark_writes_a_table_per_claim_and_its_plots(tmp_path
             "mlp",  # the small ResNet's runs take the longest; the depth table's code is the same
             "--out",
             str(tmp_path),
+            # The paper's ablations on a cluster with one flag; here a local Ray instance, a run per core.
+            "--executor",
+            "ray",
         ],
         capture_output=True,
         text=True,

@@ -468,3 +468,31 @@ def test_on_a_terminal_the_runner_shows_bars_for_runs_experiences_and_epochs(tmp
     # Without a terminal (pytest captures), the same run writes no bar.
     completed = subprocess.run([*command[:-1], str(tmp_path / "again")], capture_output=True, text=True, timeout=120)
     assert "runs:" not in completed.stdout + completed.stderr and "batch/s" not in completed.stderr
+
+
+def test_a_run_job_leaves_its_built_benchmark_behind_when_sent_and_refuses_an_out_folder_it_cannot_see(tmp_path):
+    import pickle
+
+    from piggyback_avalanche.app.runner import RunJob, StreamRecipe, execute_run
+
+    recipe = StreamRecipe("digits", 0, None, 224)
+    benchmark = recipe.build()
+    job = RunJob(
+        label="naive, seed 0",
+        strategy="naive",
+        seed=0,
+        settings={"train_epochs": 1},
+        recipe=recipe,
+        backbone=BACKBONES["mlp"]((1, 8, 8), False),
+        out_dir=tmp_path / "elsewhere",
+        benchmark=benchmark,
+    )
+    sent = pickle.loads(pickle.dumps(job))
+    assert job.benchmark is benchmark and sent.benchmark is None  # a worker builds it from the recipe
+    rebuilt = sent.recipe.build()
+    for mine, theirs in zip(benchmark.train_stream, rebuilt.train_stream, strict=True):
+        x, y = zip(*[(s[0], s[1]) for s in (mine.dataset[i] for i in range(len(mine.dataset)))], strict=True)
+        x2, y2 = zip(*[(s[0], s[1]) for s in (theirs.dataset[i] for i in range(len(theirs.dataset)))], strict=True)
+        assert torch.equal(torch.stack(x), torch.stack(x2)) and y == y2
+    with pytest.raises(FileNotFoundError, match=r"is not visible on .*Give --out a folder on a filesystem every node"):
+        execute_run(sent)

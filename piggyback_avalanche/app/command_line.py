@@ -7,19 +7,21 @@ to :func:`~piggyback_avalanche.app.runner.run_benchmark`.
 """
 
 import argparse
+import importlib.util
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 # Only light modules here: --help, the list flags and bad flags are answered
 # before torch and Avalanche load (seconds); the rest is imported where used.
-from piggyback_avalanche.app.protocols import EVALUATED_ON, SCENARIOS, TUNING_PROTOCOLS, VALIDATION_SIZE
+from piggyback_avalanche.app.protocols import EVALUATED_ON, EXECUTORS, SCENARIOS, TUNING_PROTOCOLS, VALIDATION_SIZE
 from piggyback_avalanche.app.shipped import SHIPPED_TARGETS, read_preset, shipped_presets, shipped_targets_path
 from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.training_defaults import DEFAULT_LR, DEFAULT_TRAIN_EPOCHS, DEFAULT_TRAIN_MB_SIZE
 
-__all__ = ["main"]
+__all__ = ["main", "add_executor_arguments", "check_executor_arguments", "executor_from_arguments"]
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 """The device types a run can train on."""
@@ -143,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--seeds", type=int, nargs="+", default=[0], help="one run per seed, each a different int")
     add("--device", default="cpu", help="where to train: cpu, cuda, cuda:1, ...")
     add("--out", type=Path, default=Path("runs/bench"), help="output folder: tables, plots, TensorBoard runs")
+    add_executor_arguments(parser)
     add(
         "--check-targets",
         nargs="?",
@@ -151,6 +154,62 @@ def _parser() -> argparse.ArgumentParser:
         help="compare the results with a targets file (without CSV: the shipped targets) and exit 1 if any falls short",
     )
     return parser
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say where runs execute (``piggyback-bench`` and the
+    benchmark scripts that run grids)."""
+    add = parser.add_argument
+    add(
+        "--executor",
+        default="serial",
+        choices=EXECUTORS,
+        help="serial: runs in turn in this process; ray: each run a Ray task (the ray extra; --out on a "
+        "filesystem every node sees)",
+    )
+    add(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="a running Ray cluster (ray start --head prints it; auto: this node's); default: a local Ray instance",
+    )
+    add("--cpus-per-run", type=int, help="Ray: CPUs (and torch threads) each run holds (default: 1)")
+    add("--memory-per-run", type=float, metavar="GIB", help="Ray: memory each run reserves, in GiB (default: none)")
+
+
+def check_executor_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, *, device: str) -> None:
+    """Refuse executor flags that do not go together, before any work (and
+    before torch loads)."""
+    ray_flags = {"--ray-address": args.ray_address, "--cpus-per-run": args.cpus_per_run}
+    ray_flags["--memory-per-run"] = args.memory_per_run
+    given = [flag for flag, value in ray_flags.items() if value is not None]
+    if args.executor != "ray" and given:
+        parser.error(f"{', '.join(given)} apply to --executor ray only; add it, or drop them")
+    if args.cpus_per_run is not None and args.cpus_per_run < 1:
+        parser.error(f"--cpus-per-run {args.cpus_per_run}: a run needs at least 1 CPU")
+    if args.memory_per_run is not None and not args.memory_per_run > 0:
+        parser.error(f"--memory-per-run {args.memory_per_run}: give a positive number of GiB")
+    if args.executor == "ray" and device not in ("cpu", "cuda"):
+        parser.error(f"--device {device} with --executor ray: give cpu or cuda (Ray gives each run its GPU)")
+    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+        parser.error("--executor ray needs Ray: pip install 'piggyback-avalanche[ray]' (or pip install ray)")
+
+
+def executor_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, *, device: str) -> Any:
+    """The :class:`~piggyback_avalanche.app.executors.Executor` the flags
+    ask for (a Ray one connects, or starts a local instance); a cluster it
+    cannot reach exits with the parser's error."""
+    from piggyback_avalanche.app.executors import make_executor
+
+    try:
+        return make_executor(
+            args.executor,
+            address=args.ray_address,
+            cpus_per_job=args.cpus_per_run or 1,
+            gpus_per_job=1 if device == "cuda" and args.executor == "ray" else 0,
+            memory_per_job=None if args.memory_per_run is None else int(args.memory_per_run * 2**30),
+        )
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def _fits(kind: Any, value: Any) -> bool:
@@ -238,6 +297,7 @@ def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error(f"--seeds {args.seeds}: a seed is a non-negative int")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds {args.seeds} repeats a seed; give each seed once")
+    check_executor_arguments(parser, args, device=args.device)
     if args.data_root is not None and not args.data_root.is_dir():
         parser.error(f"--data-root {args.data_root}: no such folder; create it (datasets download into it)")
 
@@ -336,13 +396,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format_target_checks,
         published_comparison,
     )
-    from piggyback_avalanche.app.runner import run_benchmark
+    from piggyback_avalanche.app.runner import RunsFailedError, run_benchmark
     from piggyback_avalanche.app.tuning import OptunaUnavailableError
     from piggyback_avalanche.benchmarks.datasets import DatasetUnavailableError
     from piggyback_avalanche.evaluation import tensorboard_command
     from piggyback_avalanche.networks.backbones import WeightsUnavailableError
     from piggyback_avalanche.training.checkpoints import CheckpointError
 
+    executor = executor_from_arguments(_parser(), args, device=args.device)
     try:
         results = run_benchmark(
             stream=args.stream,
@@ -360,7 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             tune_trials=args.tune,
             tune_protocol=args.tune_protocol,
             tune_tasks=args.tune_tasks,
+            executor=executor,
         )
+    except RunsFailedError as error:
+        print(f"\npiggyback-bench: {error}", file=sys.stderr)
+        return 1
     except (
         DatasetUnavailableError,
         WeightsUnavailableError,
@@ -369,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ValueError,
     ) as error:
         _parser().exit(2, f"piggyback-bench: error: {error}\n")
+    finally:
+        executor.close()
     print()
     print(format_markdown(results))
     if args.stream == "fine_grained":

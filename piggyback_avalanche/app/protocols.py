@@ -1,11 +1,12 @@
 """How a run is judged: with or without task labels at test time, on the
-test stream or on validation data, and how tuning trials are judged.
+test stream or on validation data, and how tuning trials are judged; and
+where runs execute.
 
 Constants alone, so that the command line can offer them (and refuse
 others) without importing torch or Avalanche.
 """
 
-__all__ = ["SCENARIOS", "EVALUATED_ON", "VALIDATION_SIZE", "TUNING_PROTOCOLS"]
+__all__ = ["SCENARIOS", "EVALUATED_ON", "VALIDATION_SIZE", "TUNING_PROTOCOLS", "EXECUTORS"]
 
 SCENARIOS = ("task_incremental", "class_incremental")
 """``task_incremental``: task labels at training and test time;
@@ -22,3 +23,7 @@ VALIDATION_SIZE = 0.2
 
 TUNING_PROTOCOLS = ("validation", "first_tasks")
 """How trials are judged: see :mod:`~piggyback_avalanche.app.tuning`."""
+
+EXECUTORS = ("serial", "ray")
+"""``serial``: every run in turn, in the runner's process; ``ray``: each run
+a task on a Ray cluster (:mod:`~piggyback_avalanche.app.executors`)."""

@@ -9,20 +9,24 @@ Finished (strategy, seed) runs are saved as they end and are not recomputed
 when the same command runs again.
 """
 
+import functools
 import json
 import math
 import re
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import SupervisedPlugin
 
+from piggyback_avalanche.app.executors import Executor, JobFailure, SerialExecutor
 from piggyback_avalanche.app.pretrained_cache import pretrained_backbone, settings_key
 from piggyback_avalanche.app.protocols import EVALUATED_ON, TUNING_PROTOCOLS
 from piggyback_avalanche.app.report import (
@@ -57,6 +61,10 @@ from piggyback_avalanche.training.registry import make_strategy, registered_stra
 from piggyback_avalanche.training_defaults import DEFAULT_LR, DEFAULT_TRAIN_MB_SIZE
 
 __all__ = [
+    "RunsFailedError",
+    "StreamRecipe",
+    "RunJob",
+    "execute_run",
     "EpochTimer",
     "parse_strategy",
     "strategy_settings",
@@ -65,6 +73,127 @@ __all__ = [
     "tuning_report",
     "check_out_folder",
 ]
+
+
+class RunsFailedError(RuntimeError):
+    """Runs of the grid raised where they ran; the others finished and are
+    saved, and the same command runs the failed ones again.
+
+    :param failures: each failed run's label and traceback.
+    """
+
+    def __init__(self, failures: Sequence[JobFailure]) -> None:
+        self.failures = list(failures)
+        reports = "\n\n".join(f"{failure.label}:\n{failure.traceback}" for failure in self.failures)
+        super().__init__(
+            f"{len(self.failures)} run(s) failed: {', '.join(f.label for f in self.failures)}. The other runs "
+            f"are saved; the same command runs the failed ones again.\n\n{reports}"
+        )
+
+
+@dataclass(frozen=True)
+class StreamRecipe:
+    """How to build a run's benchmark, in this process or on a Ray worker:
+    the same fields build the same stream (each stream is seeded).
+
+    :param stream: a key of :data:`STREAMS`.
+    :param seed: the stream's seed.
+    :param data_root: where downloaded streams keep their data (on a
+        cluster: a folder every node sees).
+    :param crop_size: image side of the fine-grained stream.
+    :param evaluated_on: ``"test"``, or ``"validation"``: held-out data of
+        the training experiences as the test stream.
+    :param tuning: ``(protocol, first_tasks)`` for a tuning trial's
+        benchmark (:func:`~piggyback_avalanche.app.tuning.tuning_benchmark`
+        of the validation split); ``None`` for a run.
+    """
+
+    stream: str
+    seed: int
+    data_root: Path | None
+    crop_size: int
+    evaluated_on: str = "test"
+    tuning: tuple[str, int] | None = None
+
+    def build(self) -> Any:
+        """The benchmark (built from the stream's data each call)."""
+        _, benchmark = STREAMS[self.stream](seed=self.seed, data_root=self.data_root, crop_size=self.crop_size)
+        if self.evaluated_on == "validation" or self.tuning is not None:
+            benchmark = validation_benchmark(benchmark, seed=self.seed)
+        if self.tuning is not None:
+            protocol, first_tasks = self.tuning
+            benchmark = tuning_benchmark(benchmark, protocol=protocol, first_tasks=first_tasks)
+        return benchmark
+
+
+@dataclass
+class RunJob:
+    """One run of the grid or one tuning trial, as an executor takes it:
+    everything :func:`execute_run` needs, picklable.
+
+    :param label: the run's name in logs and progress.
+    :param strategy: the registered strategy.
+    :param seed: the seed every random generator starts from.
+    :param settings: the strategy's settings.
+    :param recipe: how to build the benchmark.
+    :param backbone: the network (pretrained where the stream has a source
+        task); the strategy copies it.
+    :param out_dir: the output folder (on a cluster: a folder every node sees).
+    :param log_dir: the run's TensorBoard folder (``None``: no TensorBoard run).
+    :param checkpoint: the file the run saves to after each experience and
+        resumes from (``None``: none).
+    :param benchmark: the benchmark, when the job runs in the process that
+        built it; never sent to another process (a worker builds it from
+        ``recipe``).
+    """
+
+    label: str
+    strategy: str
+    seed: int
+    settings: dict[str, Any]
+    recipe: StreamRecipe
+    backbone: nn.Module
+    out_dir: Path
+    log_dir: Path | None = None
+    checkpoint: Path | None = None
+    benchmark: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "benchmark": None}
+
+
+@functools.lru_cache(maxsize=4)
+def _built(recipe: StreamRecipe) -> Any:
+    """A worker's benchmarks, built once per process: a Ray worker runs one
+    job after another, and building a stream costs seconds (the serial
+    runner, likewise, builds each seed's stream once for all its runs)."""
+    return recipe.build()
+
+
+def execute_run(job: RunJob) -> dict[str, Any]:
+    """Run ``job`` where this is called (the runner's process, or a Ray
+    worker): :func:`train_and_evaluate` from every random generator seeded
+    with the job's seed, so that the result does not depend on what ran in
+    the process before.
+
+    :raises FileNotFoundError: if the output folder is not visible here.
+    """
+    if not job.out_dir.is_dir():
+        raise FileNotFoundError(
+            f"The output folder {job.out_dir} is not visible on {socket.gethostname()}: runs write their "
+            "TensorBoard runs and checkpoints there. Give --out a folder on a filesystem every node mounts."
+        )
+    benchmark = job.benchmark if job.benchmark is not None else _built(job.recipe)
+    RNGManager.set_random_seeds(job.seed)
+    return train_and_evaluate(
+        job.strategy,
+        benchmark,
+        job.backbone,
+        log_dir=job.log_dir,
+        progress=job.label if job.log_dir is not None else None,
+        checkpoint=job.checkpoint,
+        **job.settings,
+    )
 
 
 def train_and_evaluate(
@@ -237,6 +366,7 @@ def run_benchmark(
     tune_protocol: str = "validation",
     tune_tasks: int = 2,
     log: Callable[[str], None] = tqdm.write,
+    executor: Executor | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every (strategy, seed), reusing runs already saved under
     ``out_dir/runs`` with the same settings, and write the results tables
@@ -277,6 +407,13 @@ def run_benchmark(
         already done); by default above the progress bars, which show on a
         terminal only: the grid's runs, each run's experiences, each
         experience's mini-batches per epoch.
+    :param executor: where runs and tuning trials execute
+        (:mod:`~piggyback_avalanche.app.executors`); by default one after
+        another in this process. With a :class:`~piggyback_avalanche.app.executors.RayExecutor`
+        every run is a Ray task: a finished run is saved as it comes back,
+        a run that raises does not stop the others, and runs write their
+        TensorBoard runs and checkpoints into ``out_dir``, which every node
+        must see.
     :return: ``{strategy: {"runs": [result per seed], "summary": {...}}}``.
     :raises ValueError: before any training: for a scenario the stream or a
         strategy cannot run, an output folder that holds runs of other
@@ -284,6 +421,8 @@ def run_benchmark(
     :raises DatasetUnavailableError: if the stream's data is missing and
         cannot be downloaded.
     :raises WeightsUnavailableError: likewise for pretrained weights.
+    :raises RunsFailedError: after the other runs finished, if runs raised
+        on a Ray executor (with each one's traceback).
     """
     check_scenario(scenario, stream, [parse_strategy(spec)[0] for spec in strategies])
     if evaluate_on not in EVALUATED_ON:
@@ -316,7 +455,14 @@ def run_benchmark(
     try:
         with FolderLock(out_dir, what="output folder", wait_seconds=0):
             return _run_locked(
-                out_dir, out_settings, strategies, seeds, data_root=data_root, crop_size=crop_size, log=log
+                out_dir,
+                out_settings,
+                strategies,
+                seeds,
+                data_root=data_root,
+                crop_size=crop_size,
+                log=log,
+                executor=executor or SerialExecutor(),
             )
     except FolderBusyError as error:
         raise ValueError(f"{error.strerror} (another piggyback-bench is running on --out {out_dir})") from None
@@ -424,6 +570,7 @@ def _run_locked(
     data_root: Path | None,
     crop_size: int,
     log: Callable[[str], None],
+    executor: Executor,
 ) -> dict[str, dict[str, Any]]:
     """:func:`run_benchmark` while it holds the output folder's lock."""
     stream, pretrained = out_settings["stream"], out_settings["pretrained"]
@@ -466,25 +613,52 @@ def _run_locked(
             log=log,
         )
 
+    def recipe(seed: int, tuning: tuple[str, int] | None = None) -> StreamRecipe:
+        return StreamRecipe(stream, seed, data_root, crop_size, out_settings["evaluated_on"], tuning)
+
     tuned: dict[str, dict[str, Any]] = {}
     if out_settings.get("tuning"):
         tuning, seed = out_settings["tuning"], seeds[0]
+        trial_recipe = recipe(seed, (tuning["protocol"], tuning["first_tasks"]))
         trial_benchmark = tuning_benchmark(
             validation[seed], protocol=tuning["protocol"], first_tasks=tuning["first_tasks"]
         )
+
+        def trial_accuracies(spec: str, network: nn.Module, candidates: list[dict[str, float]]) -> list[float]:
+            name, variant = parse_strategy(spec)
+            jobs = [
+                RunJob(
+                    label=f"{spec} trial {values}",
+                    strategy=name,
+                    seed=seed,
+                    settings={**base_settings(name, variant, seed), **values},
+                    recipe=trial_recipe,
+                    backbone=network,
+                    out_dir=out_dir,
+                    benchmark=trial_benchmark,
+                )
+                for values in candidates
+            ]
+            accuracies: dict[int, float] = {}
+            failures = executor.run(
+                execute_run,
+                jobs,
+                count=len(jobs),
+                label=lambda job: job.label,
+                on_result=lambda job, result: accuracies.__setitem__(id(job), result["average_accuracy"]),
+                description="trials",
+            )
+            if failures:
+                raise RunsFailedError(failures)
+            return [float(accuracies[id(job)]) for job in jobs]
+
         for spec in strategies:
             name, variant = parse_strategy(spec)
             space = {k: r for k, r in registered_strategy(name).search_space.items() if k not in variant}
             if not space:
                 continue
             log(f"{spec}: tuning {sorted(space)} on validation data ({tuning['trials']} trials, seed {seed})")
-
-            def evaluate(values: dict[str, float], name: str = name, spec: str = spec) -> float:
-                settings = {**base_settings(name, parse_strategy(spec)[1], seed), **values}
-                network = backbone_for(seed, trial_benchmark)
-                torch.manual_seed(seed)
-                return float(train_and_evaluate(name, trial_benchmark, network, **settings)["average_accuracy"])
-
+            evaluate = functools.partial(trial_accuracies, spec, backbone_for(seed, trial_benchmark))
             chosen, accuracy = tune_settings(
                 label=spec,
                 space=space,
@@ -492,6 +666,7 @@ def _run_locked(
                 trials=tuning["trials"],
                 seed=seed,
                 journal=out_dir / "tuning" / "trials.journal",
+                parallel=executor.parallelism,
             )
             tuned[spec] = {**tuning, "seed": seed, "chosen": chosen, "validation_accuracy": accuracy}
             log(f"{spec}: chose {chosen} (validation accuracy {100 * accuracy:.1f} %)")
@@ -520,35 +695,49 @@ def _run_locked(
                     "again, or give another --out."
                 )
             planned.append((spec, name, seed, settings, run_settings, key, path, saved))
-    results: dict[str, dict[str, Any]] = {spec: {"runs": []} for spec in strategies}
-    # On a terminal: a bar over the grid's runs, above each run's bar over its experiences.
-    grid = tqdm(total=len(planned), desc="runs", unit="run", disable=None)
-    for spec, name, seed, settings, run_settings, key, path, saved in planned:
-        runs = results[spec]["runs"]
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    for spec, _, seed, _, _, _, path, saved in planned:
         if saved:
             log(f"{spec}, seed {seed}: already done ({path})")
-            runs.append(saved["result"])
-            grid.update()
-            continue
-        benchmark = built[seed][1]
-        log(f"{spec}, seed {seed}: training")
-        network = backbone_for(seed, benchmark)
-        torch.manual_seed(seed)
-        checkpoint = out_dir / "checkpoints" / spec / f"seed{seed}-{key}.ckpt"
-        result = train_and_evaluate(
-            name,
-            benchmark,
-            network,
-            log_dir=out_dir / "tensorboard" / spec / f"seed{seed}",
-            progress=f"{spec}, seed {seed}",
-            checkpoint=checkpoint,
-            **settings,
-        )
-        _write_json(path, {"key": key, "settings": run_settings, "result": result})
-        checkpoint.unlink(missing_ok=True)  # the result file is the record now
-        runs.append(result)
-        grid.update()
-    grid.close()
+            done[spec, seed] = saved["result"]
+    records: dict[int, tuple[Path, dict[str, Any]]] = {}
+
+    def jobs() -> Iterator[RunJob]:
+        # Made one at a time: a serial executor pretrains each seed's backbone when its first run comes.
+        for spec, name, seed, settings, run_settings, key, path, saved in planned:
+            if saved:
+                continue
+            log(f"{spec}, seed {seed}: training")
+            benchmark = built[seed][1]
+            job = RunJob(
+                label=f"{spec}, seed {seed}",
+                strategy=name,
+                seed=seed,
+                settings=settings,
+                recipe=recipe(seed),
+                backbone=backbone_for(seed, benchmark),
+                out_dir=out_dir,
+                log_dir=out_dir / "tensorboard" / spec / f"seed{seed}",
+                checkpoint=out_dir / "checkpoints" / spec / f"seed{seed}-{key}.ckpt",
+                benchmark=benchmark,
+            )
+            records[id(job)] = (path, {"key": key, "settings": run_settings})
+            yield job
+
+    def save(job: RunJob, result: dict[str, Any]) -> None:
+        path, record = records.pop(id(job))
+        _write_json(path, {**record, "result": result})
+        if job.checkpoint is not None:
+            job.checkpoint.unlink(missing_ok=True)  # the result file is the record now
+        spec, seed = record["settings"]["strategy"], job.seed
+        done[spec, seed] = result
+
+    failures = executor.run(
+        execute_run, jobs(), count=len(planned) - len(done), label=lambda job: job.label, on_result=save
+    )
+    if failures:
+        raise RunsFailedError(failures)
+    results: dict[str, dict[str, Any]] = {spec: {"runs": [done[spec, seed] for seed in seeds]} for spec in strategies}
     for spec in strategies:
         results[spec]["summary"] = summarize(results[spec]["runs"])
         if spec in tuned:

@@ -68,19 +68,25 @@ def tune_settings(
     *,
     label: str,
     space: Mapping[str, SearchRange],
-    evaluate: Callable[[dict[str, float]], float],
+    evaluate: Callable[[list[dict[str, float]]], list[float]],
     trials: int,
     seed: int,
     journal: Path,
+    parallel: int = 1,
 ) -> tuple[dict[str, float], float]:
     """Search ``space`` with Optuna's TPE sampler for the settings that
-    maximise ``evaluate(settings)`` (a validation accuracy).
+    maximise a validation accuracy.
 
     :param label: the study's name in the journal (one per strategy spec).
+    :param evaluate: the validation accuracy of each of a list of settings
+        (trials the caller may run at once, on an executor).
     :param trials: how many trials the study holds when done; completed
         trials already in ``journal`` count.
     :param seed: the sampler's seed.
     :param journal: the Optuna journal file that keeps the trials.
+    :param parallel: how many trials to ask for at once (1: each trial
+        sees every earlier one; more: a batch is sampled before its results
+        are told, as in any parallel TPE).
     :return: the best settings and their validation accuracy.
     """
     optuna = _optuna()
@@ -95,12 +101,19 @@ def tune_settings(
         sampler=optuna.samplers.TPESampler(seed=seed),
         load_if_exists=True,
     )
-    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-
-    def objective(trial: Any) -> float:
-        settings = {name: trial.suggest_float(name, r.low, r.high, log=r.log) for name, r in space.items()}
-        return evaluate(settings)
-
-    if trials > len(completed):
-        study.optimize(objective, n_trials=trials - len(completed))
+    remaining = trials - sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    while remaining > 0:
+        batch = [study.ask() for _ in range(min(parallel, remaining))]
+        candidates = [
+            {name: trial.suggest_float(name, r.low, r.high, log=r.log) for name, r in space.items()} for trial in batch
+        ]
+        try:
+            values = evaluate(candidates)
+        except BaseException:
+            for trial in batch:  # not left running in the journal
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        for trial, value in zip(batch, values, strict=True):
+            study.tell(trial, value)
+        remaining -= len(batch)
     return dict(study.best_params), float(study.best_value)
