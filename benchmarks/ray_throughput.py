@@ -4,7 +4,8 @@ the ablation grid's main runs (every Piggyback variant and reference of
 Ray instance with one-thread workers, and serially with one thread, side by
 side in one session.
 
-    python benchmarks/ray_throughput.py                       # 2 seeds, 1 epoch: about 6 minutes on 2 cores
+    python benchmarks/ray_throughput.py --epochs 2            # 2 seeds: about 16 minutes on 2 cores
+    python benchmarks/ray_throughput.py                       # 1 epoch per task: about 10 minutes
     python benchmarks/ray_throughput.py --seeds 0 1 2 --epochs 5   # the ablations' own settings
 
 Both are real ``piggyback-bench`` processes on the same grid; the source

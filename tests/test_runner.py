@@ -496,3 +496,26 @@ def test_a_run_job_leaves_its_built_benchmark_behind_when_sent_and_refuses_an_ou
         assert torch.equal(torch.stack(x), torch.stack(x2)) and y == y2
     with pytest.raises(FileNotFoundError, match=r"is not visible on .*Give --out a folder on a filesystem every node"):
         execute_run(sent)
+
+
+def test_ray_flags_are_refused_without_the_ray_executor_before_any_work(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as unused:  # a port where nothing listens
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    for argv, message in [
+        (["--ray-address", "127.0.0.1:6379"], "--ray-address apply to --executor ray only"),
+        (["--cpus-per-run", "2"], "--cpus-per-run apply to --executor ray only"),
+        (["--executor", "ray", "--cpus-per-run", "0"], "--cpus-per-run 0: a run needs at least 1 CPU"),
+        (["--executor", "ray", "--memory-per-run", "-1"], "--memory-per-run -1.0: give a positive number"),
+        (["--executor", "ray", "--device", "cuda:1"], "--device cuda:1 with --executor ray: give cpu or cuda"),
+        (["--executor", "dask"], "invalid choice: 'dask'"),
+        (["--executor", "ray", "--ray-address", f"127.0.0.1:{port}"], "nothing answers there"),
+        (["--executor", "ray", "--ray-address", "head-node"], "give HOST:PORT, as `ray start --head` prints it"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--out", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
