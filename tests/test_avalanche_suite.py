@@ -90,12 +90,16 @@ from avalanche.training.storage_policy import ClassBalancedBuffer, ExperienceBal
 from avalanche.training.supervised import Naive
 from avalanche.training.templates.base import PositionalArgumentsDeprecatedWarning
 
-from piggyback_avalanche import PackNet, Piggyback, PiggybackModel
-from piggyback_avalanche.methods.packnet import PackNetModel
+from piggyback_avalanche import Piggyback, PiggybackModel
 from piggyback_avalanche.task_aware import MASKED_LOGIT
 from piggyback_avalanche.task_aware.plugin_support import AVALANCHE_PLUGINS, CheckpointPlugin
+from piggyback_avalanche.training.registry import registered_strategy
 
-STRATEGIES = {"piggyback": (Piggyback, PiggybackModel), "packnet": (PackNet, PackNetModel)}
+STRATEGIES = {
+    name: (registered_strategy(name).strategy_class, registered_strategy(name).model_class)
+    for name in ("piggyback", "packnet", "supsup", "wsn")
+}
+"""The mask-based methods, each with its strategy and model class."""
 
 
 def fast_benchmark(*, seed=0, samples_per_class=100):

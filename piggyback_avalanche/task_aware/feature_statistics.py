@@ -74,6 +74,8 @@ class TaskFeatureStatistics(TaskModule, nn.Module):
         matrix per task).
     """
 
+    superposes = True  # it takes no part in the forward pass
+
     _placement: Tensor
 
     def __init__(

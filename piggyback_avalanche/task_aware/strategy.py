@@ -290,12 +290,13 @@ class TaskAwareStrategy(SupervisedTemplate):
         if isinstance(task_inference, str):
             task_inference = TaskInference(per=task_inference, score=task_score)
         if task_inference is not None:
-            if task_inference.score not in TASK_SCORES and not model.task_scores() and not model.tasks:
+            offered = {**TASK_SCORES, **model.task_scores()}
+            if task_inference.score not in offered and model.feature_statistics is None and not model.tasks:
                 # Asking for task inference (or a statistics score) is enough: the model
                 # has learned nothing yet, so it can still keep what those scores read.
                 model.keep_feature_statistics()
             task_inference.check_model(model)
-            if task_inference.score is None and not model.task_scores():
+            if task_inference.score is None and task_inference.score_name(model) in TASK_SCORES:
                 warn_caller(
                     f"{name} will infer tasks by the entropy of each task's head, which is near chance per sample "
                     f"when heads train briefly: the model learned tasks {model.tasks} without feature statistics. "

@@ -78,6 +78,8 @@ class TaskMultiheadAttention(nn.Module):
     :raises ValueError: for an attention this cannot express.
     """
 
+    superposes = False  # it reads one task's projection weights per pass
+
     def __init__(self, attention: nn.MultiheadAttention, *, twin: LinearTwin) -> None:
         super().__init__()
         if not attention._qkv_same_embed_dim or attention.bias_k is not None:
@@ -180,6 +182,8 @@ class TaskWindowAttention(nn.Module):
     :param attention: the backbone's (version 1) window attention.
     :param twin: the owning model's twin of an ``nn.Linear``.
     """
+
+    superposes = False  # it reads one task's projection weights per pass
 
     def __init__(self, attention: ShiftedWindowAttention, *, twin: LinearTwin) -> None:
         super().__init__()

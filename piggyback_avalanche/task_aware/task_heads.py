@@ -80,6 +80,7 @@ class TaskHeads(TaskModule, nn.Module):
     """
 
     _placement: Tensor
+    superposes = True  # the tasks' logits, weighed per task
 
     def __init__(self, classifier: nn.Linear, *, task_state: TaskState) -> None:
         super().__init__()
@@ -179,6 +180,11 @@ class TaskHeads(TaskModule, nn.Module):
             logits = torch.einsum("bi,twi->btw", input, weight)
         if bias is not None:
             logits = logits + bias
+        if self.task_state.superposition is not None:
+            # A task without a class adds nothing to its logit; a class no
+            # task has is no class of the superposed network.
+            mixed = self.task_state.superpose(logits.masked_fill(inactive, 0.0).flatten(1), -1)
+            return mixed.masked_fill(inactive.all(0), float("-inf"))
         return logits.masked_fill(inactive, float("-inf")).flatten(1)
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:

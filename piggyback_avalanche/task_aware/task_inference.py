@@ -137,6 +137,9 @@ class TaskInference:
         logits: Tensor | None = None
         if score.from_backbone_features is not None:
             total = score.from_backbone_features(model.backbone_features(x), model, tasks)
+        if score.from_superposition is not None:
+            part = score.from_superposition(model, x, tasks)
+            total = part if total is None else total + part
         if score.from_task_outputs is not None:
             stacked = self._stacks(model, x, tasks)
             parts: list[Tensor] = []

@@ -88,17 +88,20 @@ class _LayerKind(NamedTuple):
     arguments: Callable[[Any], dict[str, Any]]
     forward: Callable[[Any, Tensor], Tensor]
     stacked_forward: Callable[[Any, Tensor], Tensor]
+    task_dim: int
+    """The dimension along which a stacked output holds the tasks' blocks."""
 
 
 SUPPORTED_LAYER_TYPES: dict[type[nn.Module], _LayerKind] = {
-    nn.Conv1d: _LayerKind(_conv_arguments, _conv_forward, _conv_stacked_forward),
-    nn.Conv2d: _LayerKind(_conv_arguments, _conv_forward, _conv_stacked_forward),
-    nn.Conv3d: _LayerKind(_conv_arguments, _conv_forward, _conv_stacked_forward),
-    nn.Linear: _LayerKind(_linear_arguments, _linear_forward, _linear_stacked_forward),
+    nn.Conv1d: _LayerKind(_conv_arguments, _conv_forward, _conv_stacked_forward, 1),
+    nn.Conv2d: _LayerKind(_conv_arguments, _conv_forward, _conv_stacked_forward, 1),
+    nn.Conv3d: _LayerKind(_conv_arguments, _conv_forward, _conv_stacked_forward, 1),
+    nn.Linear: _LayerKind(_linear_arguments, _linear_forward, _linear_stacked_forward, -1),
 }
 """The torch layers that get a task-aware twin: their constructor arguments
-(read from an instance), the forward pass with the task's weight, and the
-forward pass of several stacked tasks (see :meth:`TaskState.use_stacked`)."""
+(read from an instance), the forward pass with the task's weight, the
+forward pass of several stacked tasks (see :meth:`TaskState.use_stacked`)
+and the dimension of its tasks' blocks."""
 
 
 class TaskWeightLayer(TaskModule, nn.Module):
@@ -122,6 +125,7 @@ class TaskWeightLayer(TaskModule, nn.Module):
 
     weight: nn.Parameter
     bias: nn.Parameter | None
+    superposes = True  # its stacked output, weighed per task
 
     setting_names: ClassVar[tuple[str, ...]] = ()
     """The keyword-only settings of the subclass's :meth:`_init_task_weights`
@@ -333,7 +337,7 @@ Layer = TypeVar("Layer", bound=TaskWeightLayer)
 def _dispatching_forward(kind: _LayerKind) -> Callable[[Any, Tensor], Tensor]:
     def forward(layer: Any, input: Tensor) -> Tensor:
         if layer.task_state.stacked is not None:
-            return kind.stacked_forward(layer, input)
+            return layer.task_state.superpose(kind.stacked_forward(layer, input), kind.task_dim)
         return kind.forward(layer, input)
 
     return forward

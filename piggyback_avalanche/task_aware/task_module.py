@@ -182,6 +182,11 @@ class TaskModule(ABC):
     trains the backbone: PackNet writes every task's weights into the shared
     weight. Statistics of the backbone's features need it ``False``."""
 
+    superposes: bool = False
+    """Whether the module computes a superposition of tasks
+    (:meth:`TaskState.use_superposed`), or takes no part in the forward
+    pass: what SupSup's one-shot task inference needs of every module."""
+
     @abstractmethod
     def add_task(self, task: str, *, classes: Sequence[int]) -> None:
         """Start learning ``task``, whose class labels are ``classes``."""

@@ -42,6 +42,8 @@ class TaskNorm(TaskModule, nn.Module):
     :param per_task: whether each task gets its own copy.
     """
 
+    superposes = True  # its stacked output, weighed per task
+
     def __init__(self, norm: nn.Module, *, task_state: TaskState, per_task: bool = True) -> None:
         super().__init__()
         self.task_state = task_state
@@ -109,7 +111,8 @@ class TaskNorm(TaskModule, nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         if self.task_state.stacked is not None:
-            return self._stacked_forward(input, self.task_state.stacked)
+            stacked = self._stacked_forward(input, self.task_state.stacked)
+            return self.task_state.superpose(stacked, -1 if isinstance(self.base, nn.LayerNorm) else 1)
         task = self.task_state.key()
         if self.task_state.untrained:
             return self.base.eval()(input)

@@ -20,7 +20,7 @@ from avalanche.models import MultiTaskModule
 from piggyback_avalanche.task_aware.feature_statistics import TaskFeatureStatistics
 from piggyback_avalanche.task_aware.task_heads import TaskHeads, unmasked
 from piggyback_avalanche.task_aware.task_module import TaskModule
-from piggyback_avalanche.task_aware.task_scores import TaskScore
+from piggyback_avalanche.task_aware.task_scores import TaskScore, one_shot_score
 from piggyback_avalanche.task_aware.task_state import StackingUnsupportedError, TaskState, task_key
 
 __all__ = ["TaskPassesModule"]
@@ -119,9 +119,10 @@ class TaskPassesModule(MultiTaskModule):
         task still learning has none yet, and claims no sample); those of
         the backbone's features only while every task with statistics has
         them there too."""
+        superposition = {"one_shot": TaskScore(from_superposition=one_shot_score)} if self.superposes() else {}
         statistics, backbone_statistics = self.feature_statistics, self.backbone_feature_statistics
         if statistics is None:
-            return {}
+            return superposition
 
         def mahalanobis(logits: Tensor, features: Tensor, model: Any, tasks: Sequence[int]) -> Tensor:
             return -statistics.squared_distances(features, [task_key(t) for t in tasks])
@@ -130,6 +131,7 @@ class TaskPassesModule(MultiTaskModule):
             return -statistics.relative_squared_distances(features, [task_key(t) for t in tasks])
 
         scores = {
+            **superposition,
             "mahalanobis": TaskScore(from_task_outputs=mahalanobis),
             "relative_mahalanobis": TaskScore(from_task_outputs=relative_mahalanobis),
         }
@@ -234,6 +236,40 @@ class TaskPassesModule(MultiTaskModule):
             return logits, torch.stack(captured, dim=1)
         finally:
             hook.remove()
+
+    def superposes(self) -> bool:
+        """Whether every module of the network can compute tasks in
+        superposition (:attr:`TaskModule.superposes`): what the
+        ``"one_shot"`` score needs."""
+        return all(getattr(m, "superposes", not isinstance(m, TaskModule)) for m in self.backbone.modules())
+
+    def superposed_logits(self, x: Tensor, tasks: Sequence[int], weights: Tensor) -> Tensor:
+        """The logits of ``x`` under the superposition of ``tasks``
+        (:meth:`TaskState.use_superposed`), differentiable in ``weights``:
+        every layer's output is the per-sample ``weights``-weighted sum of
+        the tasks' outputs, so a linear layer computes with
+        ``sum_t weights[t] * W_t`` (SupSup's superposed masks).
+
+        :param x: the input batch.
+        :param tasks: learned tasks (``T`` of them).
+        :param weights: ``(batch, T)``, each sample's weight of each task.
+        :return: ``(batch, W)``, ``-inf`` at classes no task has.
+        :raises ValueError: for an unknown task, a model in training mode,
+            or one whose modules do not superpose.
+        """
+        self._check_input_device(x)
+        if self.training:
+            raise ValueError(f"superposed_logits evaluates learned tasks: call {type(self).__name__}.eval() first.")
+        if not self.superposes():
+            raise ValueError(f"This {type(self).__name__} has modules that cannot compute tasks in superposition.")
+        keys = [task_key(task) for task in tasks]
+        unknown = [int(key) for key in keys if key not in self.heads.heads]
+        if unknown or not keys:
+            raise ValueError(self._unknown_tasks_message(unknown))
+        if weights.shape != (x.shape[0], len(keys)):
+            raise ValueError(f"weights must be (batch, tasks) = {(x.shape[0], len(keys))}, got {tuple(weights.shape)}.")
+        with self.task_state.use_superposed(keys, weights):
+            return self.backbone(x)
 
     @torch.no_grad()
     def backbone_features(self, x: Tensor) -> Tensor:

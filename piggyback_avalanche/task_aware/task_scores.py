@@ -2,8 +2,9 @@
 
 A score reads the outputs of every task's own pass (its logits, and the
 features its head reads), or the features of one pass through the backbone
-alone, which every task shares, or both; it says which, so that task
-inference computes only what the score reads. Scores built on the logits
+alone, which every task shares, or both, or the gradient of the network with
+every task in superposition (SupSup's one-shot inference); it says which, so
+that task inference computes only what the score reads. Scores built on the logits
 are offered by every model; those built on feature statistics by a model
 that keeps them (:meth:`~piggyback_avalanche.task_aware.task_passes.TaskPassesModule.task_scores`).
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from piggyback_avalanche.task_aware.task_heads import unmasked
+from piggyback_avalanche.task_aware.task_heads import MASKED_LOGIT, unmasked
 
 __all__ = [
     "TaskScore",
@@ -25,6 +26,8 @@ __all__ = [
     "entropy_score",
     "max_logit_score",
     "energy_score",
+    "SuperpositionScore",
+    "one_shot_score",
 ]
 
 TaskOutputScore = Callable[[Tensor, Tensor, nn.Module, Sequence[int]], Tensor]
@@ -35,6 +38,10 @@ pass: ``logits`` ``(batch, T, W)`` with ``-inf`` where a task has no class,
 BackboneFeatureScore = Callable[[Tensor, nn.Module, Sequence[int]], Tensor]
 """``score(features, model, tasks) -> (batch, T)`` from one pass through the
 backbone alone: ``features`` ``(batch, F)``, what the heads read."""
+
+SuperpositionScore = Callable[[nn.Module, Tensor, Sequence[int]], Tensor]
+"""``score(model, x, tasks) -> (batch, T)`` from the network with every task
+in superposition (``model.superposed_logits``), forward and backward."""
 
 
 @dataclass(frozen=True)
@@ -48,14 +55,21 @@ class TaskScore:
         backbone alone, whatever the number of tasks; a score with only this
         part costs one pass to score every task, and one more for the chosen
         tasks' logits.
+    :ivar from_superposition: the part read from the network with every
+        task in superposition: one pass computing the tasks side by side and
+        one backward pass, then one more pass for the chosen tasks' logits.
     """
 
     from_task_outputs: TaskOutputScore | None = None
     from_backbone_features: BackboneFeatureScore | None = None
+    from_superposition: SuperpositionScore | None = None
 
     def __post_init__(self) -> None:
-        if self.from_task_outputs is None and self.from_backbone_features is None:
-            raise ValueError("A TaskScore reads the tasks' outputs, the backbone's features, or both; it has neither.")
+        parts = (self.from_task_outputs, self.from_backbone_features, self.from_superposition)
+        if all(part is None for part in parts):
+            raise ValueError(
+                "A TaskScore reads the tasks' outputs, the backbone's features or their superposition; it has none."
+            )
 
     @property
     def reads_task_outputs(self) -> bool:
@@ -80,6 +94,25 @@ def energy_score(logits: Tensor, features: Tensor, model: nn.Module, tasks: Sequ
     """Minus the free energy, ``logsumexp`` of each task's logits over its
     classes (Liu et al., 2020)."""
     return torch.logsumexp(logits, dim=-1)
+
+
+def one_shot_score(model: nn.Module, x: Tensor, tasks: Sequence[int]) -> Tensor:
+    """SupSup's one-shot task inference (Wortsman et al., 2020, Sec. 3.3):
+    with every task in superposition at weight ``1/T``, minus the gradient
+    of the output's entropy with respect to each task's weight, per sample.
+    The task whose weight, raised, lowers the entropy most claims the
+    sample; per batch, the mean over the batch is SupSup's batch gradient.
+
+    :param model: a model whose modules superpose (``model.superposes()``).
+    """
+    with torch.enable_grad():
+        weights = x.new_full((x.shape[0], len(tasks)), 1 / len(tasks), dtype=torch.float32, requires_grad=True)
+        logits = model.superposed_logits(x, tasks, weights)  # type: ignore[operator]
+        # A finite stand-in for absent classes: exp gives 0 and the gradient stays finite.
+        log_p = torch.log_softmax(logits.float().masked_fill(torch.isinf(logits), MASKED_LOGIT), dim=-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        (gradient,) = torch.autograd.grad(entropy.sum(), weights)
+    return -gradient
 
 
 TASK_SCORES: dict[str, TaskScore] = {

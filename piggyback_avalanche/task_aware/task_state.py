@@ -58,6 +58,7 @@ class TaskState:
         self.backbone_task: str | None = None
         self.untrained_classes: tuple[int, ...] | None = None
         self.stacked: tuple[str, ...] | None = None
+        self.superposition: Tensor | None = None
         self.frozen_weights = FrozenWeightCache()
         self.stored_tasks: set[str] = set()
         self.stored_parts: StoredParts | None = None
@@ -108,6 +109,35 @@ class TaskState:
             yield
         finally:
             self.stacked = previous
+
+    @contextmanager
+    def use_superposed(self, tasks: Sequence[str], weights: Tensor) -> Iterator[None]:
+        """Run the enclosed forward pass for the superposition of frozen
+        ``tasks`` (SupSup's): every task-aware module computes each task side
+        by side, as :meth:`use_stacked` does, and answers their sum weighted
+        per sample by ``weights`` ``(batch, T)``, so that what the next module
+        reads is the superposed network's, differentiable in ``weights``.
+        Every module the pass goes through must be able to
+        (:attr:`~piggyback_avalanche.task_aware.task_module.TaskModule.superposes`)."""
+        previous = self.stacked, self.superposition
+        self.stacked, self.superposition = tuple(tasks), weights
+        try:
+            yield
+        finally:
+            self.stacked, self.superposition = previous
+
+    def superpose(self, output: Tensor, dim: int) -> Tensor:
+        """``output`` of a stacked pass (the tasks' blocks along ``dim``), as
+        the superposition weighs it; unchanged outside :meth:`use_superposed`."""
+        weights = self.superposition
+        if weights is None:
+            return output
+        tasks = weights.shape[1]
+        dim = dim % output.dim()
+        blocks = output.unflatten(dim, (tasks, output.shape[dim] // tasks))
+        shape = [1] * blocks.dim()
+        shape[0], shape[dim] = weights.shape[0], tasks
+        return (blocks * weights.view(shape).to(blocks.dtype)).sum(dim)
 
     @property
     def untrained(self) -> bool:

@@ -1,5 +1,7 @@
-"""Threshold functions that turn real-valued mask scores into masks, and the
-bit packing that stores a finished task's mask at 1 or 2 bits per weight.
+"""Threshold functions that turn real-valued mask scores into masks (a
+finished task's mask is bit-packed at 1 or 2 bits per weight by
+:func:`~piggyback_avalanche.task_aware.frozen_masks.pack_mask`, re-exported
+here).
 
 Piggyback learns a real-valued score per weight and uses ``threshold(score)``
 as the mask in the forward pass. The threshold is not differentiable, so the
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from piggyback_avalanche.task_aware.bit_packing import pack_codes, unpack_codes
+from piggyback_avalanche.task_aware.frozen_masks import pack_mask, unpack_mask
 
 __all__ = [
     "MaskKind",
@@ -127,10 +129,6 @@ MASK_KINDS: dict[str, MaskKind] = {
     "ternarizer": MaskKind("ternarizer", ternarize, bits=2, masked_weight=_mask_times_weight(ternarize)),
 }
 
-# A stored code is the mask value modulo 3, so -1 is stored as 2. The unused
-# 2-bit code 3 decodes to 0, a value every mask may hold.
-_CODE_VALUES: dict[int, tuple[float, ...]] = {1: (0.0, 1.0), 2: (0.0, 1.0, -1.0, 0.0)}
-
 
 def get_mask_kind(name: str) -> MaskKind:
     """Look up a threshold function by name.
@@ -142,43 +140,3 @@ def get_mask_kind(name: str) -> MaskKind:
         return MASK_KINDS[name]
     except (KeyError, TypeError):
         raise ValueError(f"Unknown threshold_fn {name!r}; choose one of {sorted(MASK_KINDS)}.") from None
-
-
-def pack_mask(mask: Tensor, *, bits: int) -> Tensor:
-    """Pack a mask of {0, 1} (``bits=1``) or {-1, 0, 1} (``bits=2``) values into
-    a flat ``uint8`` tensor of ``ceil(numel * bits / 8)`` bytes.
-
-    Works on any device; the result stays on the mask's device.
-
-    :param mask: the mask, any shape.
-    :param bits: 1 for binary masks, 2 for ternary ones.
-    :return: the packed bytes, little-endian within each byte.
-    """
-    if bits not in _CODE_VALUES:
-        raise ValueError(f"A mask takes 1 or 2 bits per weight, got {bits}.")
-    codes = torch.remainder(mask.detach().flatten(), 3).to(torch.uint8)
-    if bits == 1 and bool((codes > 1).any()):
-        raise ValueError("A 1-bit mask may only hold 0 and 1.")
-    return pack_codes(codes, bits=bits)
-
-
-def unpack_mask(
-    packed: Tensor,
-    *,
-    shape: torch.Size,
-    bits: int,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """Inverse of :func:`pack_mask`.
-
-    :param packed: the bytes from :func:`pack_mask`.
-    :param shape: the shape of the original mask.
-    :param bits: 1 or 2, as given to :func:`pack_mask`.
-    :param dtype: dtype of the returned mask.
-    :return: the mask, on ``packed``'s device.
-    """
-    if bits not in _CODE_VALUES:
-        raise ValueError(f"A mask takes 1 or 2 bits per weight, got {bits}.")
-    codes = unpack_codes(packed, numel=torch.Size(shape).numel(), bits=bits)
-    values = torch.tensor(_CODE_VALUES[bits], dtype=dtype, device=packed.device)
-    return values[codes.long()].view(shape)

@@ -1,0 +1,44 @@
+"""WSN as an Avalanche strategy."""
+
+from typing import Any
+
+from piggyback_avalanche.checks import check_positive
+from piggyback_avalanche.methods.wsn.model import WSNModel
+from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, TaskAwareStrategy
+
+__all__ = ["WSN", "DEFAULT_WSN_SCORE_LR"]
+
+DEFAULT_WSN_SCORE_LR = 1e-2
+"""The subnetwork scores' learning rate (Adam); chosen on validation data
+with SupSup's, on the same grid (BENCHMARKS.md)."""
+
+
+class WSN(TaskAwareStrategy):
+    """WSN (Kang et al., ICML 2022) as an Avalanche strategy.
+
+    For each experience the model adds the new task (scores, free weights,
+    normalization copies, head) and a fresh optimizer trains them: the
+    scores at ``score_lr``, the weights no earlier task selected, the heads
+    and normalization at ``lr``. When the experience ends the task's
+    subnetwork is frozen: its mask (1 bit per weight) and its new weights,
+    which no later task changes.
+
+    :param model: a :class:`~piggyback_avalanche.methods.wsn.model.WSNModel`.
+    :param score_lr: learning rate of the subnetwork scores.
+    :param lr: learning rate of the new weights, heads and normalization.
+    :param kwargs: :class:`~piggyback_avalanche.task_aware.strategy.TaskAwareStrategy`'s arguments.
+    """
+
+    model_type = WSNModel
+
+    def __init__(
+        self, *, model: WSNModel, score_lr: float = DEFAULT_WSN_SCORE_LR, lr: float = DEFAULT_LR, **kwargs: Any
+    ) -> None:
+        check_positive("score_lr", score_lr)
+        check_positive("lr", lr)
+        self.score_lr = score_lr
+        self.lr = lr
+        super().__init__(model=model, **kwargs)
+
+    def group_learning_rates(self) -> dict[str, float]:
+        return {"mask_scores": self.score_lr, "weights": self.lr, "task_parameters": self.lr}
