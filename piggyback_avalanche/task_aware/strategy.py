@@ -241,6 +241,10 @@ class TaskAwareStrategy(SupervisedTemplate):
 
     model_type: type[TaskAwareModel] = TaskAwareModel
     model: TaskAwareModel
+    forgets_nothing: bool = True
+    """Whether a frozen task's outputs stay bit-identical whatever later
+    tasks learn (a method that trains shared weights under soft gates, as
+    HAT does, keeps them within rounding instead)."""
     optimizer: Optimizer | None
     train_epochs: int
 

@@ -131,6 +131,10 @@ class TaskWeightLayer(TaskModule, nn.Module):
     """The keyword-only settings of the subclass's :meth:`_init_task_weights`
     (a model passes them to every layer), apart from the torch layer's."""
 
+    sized_by_tasks: ClassVar[tuple[str, ...]] = ()
+    """Buffers whose size depends on the tasks learned (empty before the
+    first, growing with their number): a load takes their stored size."""
+
     def __init__(self, *args: Any, task_state: TaskState, **kwargs: Any) -> None:
         settings = {name: kwargs.pop(name) for name in self.setting_names if name in kwargs}
         super().__init__(*args, **kwargs)  # the torch layer's
@@ -326,6 +330,10 @@ class TaskWeightLayer(TaskModule, nn.Module):
             return torch.empty(shape, dtype=incoming.dtype, device=self.weight.device)
 
         add_loaded_tasks(self._stores(), state_dict, prefix, self.task_state, empty)
+        for name in self.sized_by_tasks:
+            incoming = state_dict.get(prefix + name)
+            if incoming is not None:
+                setattr(self, name, torch.empty_like(incoming, device=self.weight.device))
         self._caches.clear()
         self.task_state.frozen_weights.clear()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

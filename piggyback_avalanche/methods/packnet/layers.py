@@ -2,7 +2,6 @@
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +48,7 @@ class PackNetLayer(TaskWeightLayer):
     task_order: Tensor
     packed_owners: Tensor
     changes_backbone_with_tasks = True  # each frozen task's weights are written into ``weight``
+    sized_by_tasks = ("task_order", "packed_owners")
 
     def _init_task_weights(self) -> None:
         shape = tuple(self.weight.shape)
@@ -170,14 +170,6 @@ class PackNetLayer(TaskWeightLayer):
         return self._frozen_weight(
             task, key, lambda: self.weight * ((self.owner_codes() > 0) & (self.owner_codes() <= code))
         )
-
-    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # The packed owners grow with the number of tasks: take the stored size.
-        for name in ("task_order", "packed_owners"):
-            incoming = state_dict.get(prefix + name)
-            if incoming is not None:
-                setattr(self, name, torch.empty_like(incoming, device=self.weight.device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 PACKNET_LAYER_TYPES = task_layer_types(

@@ -4,7 +4,6 @@ reuses the others frozen."""
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +42,7 @@ class SubnetworkLayer(FrozenMaskLayer):
     score_template: Tensor
     changes_backbone_with_tasks = True  # each frozen task's new weights are written into ``weight``
     setting_names = ("density",)
+    sized_by_tasks = ("packed_used", "score_template")
 
     def _init_task_weights(self, *, density: float) -> None:  # type: ignore[override]
         self.density = density
@@ -136,14 +136,6 @@ class SubnetworkLayer(FrozenMaskLayer):
         others = self._cached("others", key, lambda: self.weight * (1 - free))
         # As PackNet's: a float mask and addcmul, so only unused weights get a gradient.
         return torch.addcmul(others, self.free_weights[task], free) * mask
-
-    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # Both are empty until a task freezes: take the stored sizes.
-        for name in ("packed_used", "score_template"):
-            incoming = state_dict.get(prefix + name)
-            if incoming is not None:
-                setattr(self, name, torch.empty_like(incoming, device=self.weight.device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 SUBNETWORK_LAYER_TYPES = task_layer_types(
