@@ -667,7 +667,7 @@ def test_every_metric_family_through_the_loop(name, tmp_path):
         labels_repartition_metrics(on_train=True, on_eval=True, image_creator=None),
         CumulativeAccuracyPluginMetric(),
         timing_metrics(epoch=True, experience=True),
-        ram_usage_metrics(every=0.5, experience=True),
+        ram_usage_metrics(every=0.02, experience=True),  # its thread sleeps this long before it stops
         cpu_usage_metrics(experience=True),
         disk_usage_metrics(paths_to_monitor=[str(tmp_path)], experience=True),
         MAC_metrics(minibatch=True),

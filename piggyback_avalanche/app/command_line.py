@@ -132,7 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--epochs", type=int, default=DEFAULT_TRAIN_EPOCHS, help="training epochs per experience")
     add("--mb-size", type=int, default=DEFAULT_TRAIN_MB_SIZE, help="training mini-batch size")
-    add("--lr", type=float, default=DEFAULT_LR, help="heads, normalization, and whole networks")
+    add(
+        "--lr",
+        type=float,
+        help=f"heads, normalization, and whole networks (default: each strategy's own; {DEFAULT_LR} for most)",
+    )
     add(
         "--mask-lr",
         type=float,
@@ -371,13 +375,12 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     config: dict[str, Any] = {
         "train_epochs": args.epochs,
         "train_mb_size": args.mb_size,
-        "lr": args.lr,
         "mask_lr": args.mask_lr,
         "device": args.device,
     }
     if args.lr_decay_epochs:
         config["lr_decay_epochs"] = tuple(args.lr_decay_epochs)
-    given = {"prune_ratio": args.prune_ratio, "post_prune_epochs": args.post_prune_epochs}
+    given = {"lr": args.lr, "prune_ratio": args.prune_ratio, "post_prune_epochs": args.post_prune_epochs}
     given["post_prune_lr"] = args.post_prune_lr
     return config | {k: v for k, v in given.items() if v is not None}
 
