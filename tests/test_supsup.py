@@ -198,3 +198,10 @@ def test_the_backbone_setting_keeps_a_pretrained_network_and_the_masks_select_fr
     packed = layer.packed_masks
     model.freeze_task(0)
     assert torch.equal(unpack_mask(packed["0"], shape=layer.weight.shape, bits=1), layer.mask("0"))
+
+
+def test_the_masking_methods_reestimate_batch_norm_statistics_unless_told_not_to():
+    for name in ("piggyback", "supsup", "wsn", "hat"):
+        assert make_strategy(name, _mlp()).recalibrate_norm_statistics is True, name
+        assert make_strategy(name, _mlp(), recalibrate_norm_statistics=False).recalibrate_norm_statistics is False
+    assert make_strategy("packnet", _mlp()).recalibrate_norm_statistics is False

@@ -199,7 +199,8 @@ class TaskAwareStrategy(SupervisedTemplate):
         learning tasks' batch-norm running statistics with one pass over
         ``norm_statistics_samples`` of the experience's training samples
         (eval transforms) through the final layers; see
-        :meth:`TaskAwareModel.recalibrate_norm_statistics`.
+        :meth:`TaskAwareModel.recalibrate_norm_statistics`. ``None``: the
+        method's choice (:attr:`recalibrates_norm_statistics`).
     :param norm_statistics_samples: how many training samples (at random)
         that pass reads, so that its cost does not grow with the
         experience; ``None``: all of them.
@@ -241,6 +242,11 @@ class TaskAwareStrategy(SupervisedTemplate):
 
     model_type: type[TaskAwareModel] = TaskAwareModel
     model: TaskAwareModel
+    recalibrates_norm_statistics: bool = False
+    """Whether the method re-estimates a task's batch-norm statistics before
+    freezing it unless told otherwise: the masking methods do (a mask that
+    changed while the statistics ran leaves them stale; chosen on validation
+    data, BENCHMARKS.md)."""
     forgets_nothing: bool = True
     """Whether a frozen task's outputs stay bit-identical whatever later
     tasks learn (a method that trains shared weights under soft gates, as
@@ -256,7 +262,7 @@ class TaskAwareStrategy(SupervisedTemplate):
         lr_decay_epochs: Sequence[int] = (),
         lr_decay_factor: float = 0.1,
         optimizer_factory: OptimizerFactory | None = None,
-        recalibrate_norm_statistics: bool = False,
+        recalibrate_norm_statistics: bool | None = None,
         norm_statistics_samples: int | None = DEFAULT_NORM_STATISTICS_SAMPLES,
         task_inference: InferencePer | TaskInference | None = None,
         task_score: str | None = None,
@@ -282,7 +288,9 @@ class TaskAwareStrategy(SupervisedTemplate):
         self.lr_decay_epochs = decay_epochs
         self.lr_decay_factor = lr_decay_factor
         self.optimizer_factory: OptimizerFactory = _optimizer_factory(optimizer, optimizer_factory)
-        self.recalibrate_norm_statistics = recalibrate_norm_statistics
+        self.recalibrate_norm_statistics = (
+            self.recalibrates_norm_statistics if recalibrate_norm_statistics is None else recalibrate_norm_statistics
+        )
         if norm_statistics_samples is not None:
             check_count("norm_statistics_samples", norm_statistics_samples)
         self.norm_statistics_samples = norm_statistics_samples

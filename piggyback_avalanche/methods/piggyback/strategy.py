@@ -87,6 +87,7 @@ class Piggyback(TaskAwareStrategy):
     """
 
     model_type = PiggybackModel
+    recalibrates_norm_statistics = True
 
     def __init__(
         self,
@@ -97,7 +98,6 @@ class Piggyback(TaskAwareStrategy):
         lr: float = DEFAULT_LR,
         train_backbone_on_first_experience: bool = False,
         backbone_lr: float | None = None,
-        recalibrate_norm_statistics: bool = True,
         **kwargs: Any,
     ) -> None:
         backbone_lr = lr if backbone_lr is None else backbone_lr
@@ -114,7 +114,7 @@ class Piggyback(TaskAwareStrategy):
         self.lr = lr
         self.backbone_lr = backbone_lr
         self.train_backbone_on_first_experience = train_backbone_on_first_experience
-        super().__init__(model=model, recalibrate_norm_statistics=recalibrate_norm_statistics, **kwargs)
+        super().__init__(model=model, **kwargs)
 
     def group_learning_rates(self) -> dict[str, float]:
         return {"mask_scores": self.current_mask_lr(), "task_parameters": self.lr, "backbone": self.backbone_lr}
