@@ -184,12 +184,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--permuted-tasks", type=int, nargs="+", default=[10, 25])
+    parser.add_argument("--methods", nargs="+", default=CAPACITY_METHODS, help="of the capacity part")
+    parser.add_argument("--capacity-seeds", type=int, nargs="+", help="of the capacity part (default: --seeds)")
     parser.add_argument("--out", type=Path, default=Path("runs/mask_family"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     lines = ["# The mask-based family's claims", ""]
 
     supsup = {n: [supsup_on_permuted_mnist(n, seed) for seed in args.seeds] for n in args.permuted_tasks}
+    (args.out / "supsup.json").write_text(json.dumps(supsup, indent=1))  # the first part, kept if the second fails
     header = [
         "tasks",
         "SupSup, task labels",
@@ -206,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     lines += ["## SupSup on permuted MNIST without task labels", "", markdown_table(header, rows), ""]
 
     with tempfile.TemporaryDirectory() as cache:
-        capacity = {m: [capacity_and_forgetting(m, seed, Path(cache)) for seed in args.seeds] for m in CAPACITY_METHODS}
+        seeds = args.capacity_seeds or args.seeds
+        capacity = {m: [capacity_and_forgetting(m, seed, Path(cache)) for seed in seeds] for m in args.methods}
     header = ["method", *(f"spent after task {t}" for t in range(5)), "tasks until 99 % spent", "largest logit change"]
     rows = []
     for method, runs in capacity.items():

@@ -169,7 +169,8 @@ def assert_forgets_nothing(strategy, benchmark, learned):
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_the_strategy_runs_the_stream_and_forgets_nothing(name):
     benchmark = fast_benchmark()
-    rates = {"lr": 1e-2, **({"mask_lr": 1e-2} if name == "piggyback" else {})}  # for 120 samples a task
+    own = {"piggyback": {"mask_lr": 1e-2}, "supsup": {"score_lr": 1e-2}, "wsn": {"score_lr": 1e-2}}.get(name, {})
+    rates = {"lr": 1e-2, **own}  # for 120 samples a task
     rates = {"lr": 0.1} if name == "hat" else rates  # plain SGD
     evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True))
     strategy = build(name, train_epochs=4, evaluator=evaluator, **rates)

@@ -14,7 +14,10 @@ from conftest import resealed, stacked_inputs, tiny_conv_net
 
 from piggyback_avalanche import PackNet, Piggyback, PiggybackModel
 from piggyback_avalanche.evaluation import default_evaluator
+from piggyback_avalanche.methods.hat import HAT, HATModel
 from piggyback_avalanche.methods.packnet import PackNetModel
+from piggyback_avalanche.methods.supsup import SupSup, SupSupModel
+from piggyback_avalanche.methods.wsn import WSN, WSNModel
 from piggyback_avalanche.task_aware.entropy_coding import decode_codes, is_coded
 from piggyback_avalanche.training.checkpoints import (
     CheckpointError,
@@ -83,7 +86,10 @@ def _strategy(strategy_class=Piggyback, model_class=PiggybackModel, **kwargs):
     )
 
 
-@pytest.mark.parametrize("strategy_class, model_class", [(Piggyback, PiggybackModel), (PackNet, PackNetModel)])
+@pytest.mark.parametrize(
+    "strategy_class, model_class",
+    [(Piggyback, PiggybackModel), (PackNet, PackNetModel), (SupSup, SupSupModel), (WSN, WSNModel), (HAT, HATModel)],
+)
 def test_resume_in_process_gives_the_same_metrics_and_logits(three_task_stream, tmp_path, strategy_class, model_class):
     train, test = three_task_stream.train_stream, three_task_stream.test_stream
 
