@@ -293,7 +293,6 @@ def main() -> int:
     config = {
         "train_epochs": epochs,
         "train_mb_size": preset["mb_size"],
-        "lr": preset["lr"],
         "mask_lr": MASK_LR,
     }
     common = dict(seeds=args.seeds, config=config, pretrain_epochs=preset["pretrain_epochs"])

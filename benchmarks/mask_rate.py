@@ -57,7 +57,7 @@ def main() -> None:
             strategies=[*fixed.values(), *rules.values()],
             seeds=args.seeds,
             out_dir=args.out / name,
-            config={"train_epochs": preset["epochs"], "train_mb_size": preset["mb_size"], "lr": preset["lr"]},
+            config={"train_epochs": preset["epochs"], "train_mb_size": preset["mb_size"]},
             **{key: preset[key] for key in ("pretrain_epochs", "scenario") if key in preset},
             evaluate_on="validation",
             log=lambda line: None,
