@@ -118,17 +118,6 @@ def supsup_on_permuted_mnist(tasks: int, seed: int) -> dict[str, float]:
     return result
 
 
-def _spent(model: Any) -> float:
-    """The share of the network's weights that no new task can train."""
-    if hasattr(model, "capacity_used"):
-        return float(model.capacity_used())
-    if hasattr(model, "packnet_layers"):
-        layers = list(model.packnet_layers.values())
-        owned = sum(int((layer.owner_codes() > 0).sum()) for layer in layers)
-        return owned / sum(layer.weight.numel() for layer in layers)
-    return 0.0  # a frozen backbone: every task has all of it
-
-
 def capacity_and_forgetting(method: str, seed: int, cache: Path) -> dict[str, Any]:
     """``method`` on the offline default stream: capacity spent after each
     task, and the largest change of an earlier task's logits."""
@@ -160,7 +149,7 @@ def capacity_and_forgetting(method: str, seed: int, cache: Path) -> dict[str, An
                 logits = model(tests[task][0], task)
                 before = recorded.setdefault(task, logits)
                 largest_change = max(largest_change, float((logits - before).abs().max()))
-        spent.append(_spent(model))
+        spent.append(model.capacity_used())
     free = [1 - s for s in spent]
     # Free share after n tasks, fitted as free_0 * q**n: tasks until 1 % is free.
     q = (free[-1] / free[0]) ** (1 / (len(free) - 1)) if free[0] > 0 and free[-1] > 0 else 0.0

@@ -70,6 +70,9 @@ def test_units_earlier_tasks_attend_to_take_no_gradient_and_their_tasks_keep_the
     assert layer.task_tensor_bytes() == 3 * layer.weight.shape[0] * 4
     attentions = [layer.attention(str(t)) for t in range(3)]
     assert torch.equal(layer.protection(), torch.stack(attentions).amax(0))
+    layers = list(model.attention_layers.values())
+    blocked = sum(float(layer.protection().sum()) * layer.weight[0].numel() for layer in layers)
+    assert model.capacity_used() == pytest.approx(blocked / sum(layer.weight.numel() for layer in layers))
     assert 0 < model.capacity_used() <= 1
 
 

@@ -68,6 +68,9 @@ def test_prune_ratios_per_task_and_owner_storage(three_task_stream):
     initial_bias = model.task_layers["0"].bias.clone()
     strategy.train(three_task_stream.train_stream[0])
     first_bias = model.task_layers["0"].bias.clone()
+    # The capacity the first task took: the half of each layer it kept.
+    sizes = [layer.weight.numel() for layer in model.task_layers.values()]
+    assert model.capacity_used() == pytest.approx(sum(n - round(0.5 * n) for n in sizes) / sum(sizes))
     for experience in three_task_stream.train_stream[1:]:
         strategy.train(experience)
     # Biases train on the first task, then stay frozen.
@@ -88,6 +91,7 @@ def test_prune_ratios_per_task_and_owner_storage(three_task_stream):
         assert layer.packed_owners.dtype == torch.uint8
     # The biases trained on the first task only; bias=False layers work.
     assert model.task_layers["3"].bias is None
+    assert model.capacity_used() == 1.0  # the last task took every free weight
 
 
 def test_state_dict_round_trip_and_mixed_batches(three_task_stream):

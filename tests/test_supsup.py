@@ -67,6 +67,7 @@ def test_the_network_is_random_signed_constants_that_never_train_and_no_task_cha
     assert not torch.equal(
         fresh.supermask_layers["0"].weight, SupSupModel(tiny_conv_net(), weight_seed=4).supermask_layers["0"].weight
     )
+    assert model.capacity_used() == 0.0  # no task trains the network: every one finds all of it
 
 
 def test_each_task_selects_its_own_mask_and_learns(three_task_stream):

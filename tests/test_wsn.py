@@ -49,6 +49,9 @@ def test_wsn_trains_weights_and_forgets_nothing(three_task_stream):
     # One bit per weight per task, and one for what all tasks use (a record of the tasks).
     assert layer.task_tensor_bytes() == 3 * math.ceil(layer.weight.numel() / 8)
     assert layer.task_record_keys() == ["packed_used"]
+    layers = list(model.subnetwork_layers.values())
+    selected = sum(int(layer.used().sum()) for layer in layers)
+    assert model.capacity_used() == pytest.approx(selected / sum(layer.weight.numel() for layer in layers))
     assert 0.5 <= model.capacity_used() < 1
 
 

@@ -585,6 +585,17 @@ class TaskAwareModel(MultiHeadModel):
         """The task-aware convolution and linear layers by qualified name."""
         return {n: m for n, m in self.backbone.named_modules() if isinstance(m, TaskWeightLayer)}
 
+    def capacity_used(self) -> float:
+        """The share of the task-aware layers' weights that earlier tasks
+        have taken from later ones (each layer's
+        :meth:`~piggyback_avalanche.task_aware.task_layers.TaskWeightLayer.capacity_used`,
+        weighed by its weights): how close the network is to having no room
+        for a new task. 0 for methods whose tasks add tensors of their own
+        over a shared weight that never trains."""
+        layers = list(self.task_layers.values())
+        taken = sum(layer.capacity_used() * layer.weight.numel() for layer in layers)
+        return taken / max(1, sum(layer.weight.numel() for layer in layers))
+
     @property
     def labelled_task_layers(self) -> dict[str, TaskWeightLayer]:
         """:attr:`task_layers` by label, module path and torch type

@@ -7,7 +7,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch.nn import CrossEntropyLoss, Module
@@ -45,6 +45,7 @@ from piggyback_avalanche.training_defaults import (
 __all__ = [
     "TaskAwareStrategy",
     "OneRateStrategy",
+    "MaskScoreStrategy",
     "DEFAULT_LR",
     "DEFAULT_TRAIN_EPOCHS",
     "DEFAULT_TRAIN_MB_SIZE",
@@ -602,3 +603,29 @@ class OneRateStrategy(TaskAwareStrategy):
 
     def group_learning_rates(self) -> dict[str, float]:
         return {name: self.lr for name in self.model.trainable_parameters()}
+
+
+class MaskScoreStrategy(TaskAwareStrategy):
+    """A task-aware strategy whose tasks are chosen by learned mask scores
+    (a supermask, a subnetwork): it trains the ``"mask_scores"`` group at
+    ``score_lr`` and its other groups (``lr_groups``) at ``lr``, the two
+    rates such methods tune apart.
+
+    :param model: the task-aware model (``model_type``).
+    :param score_lr: learning rate of the mask scores.
+    :param lr: learning rate of the other groups.
+    :param kwargs: :class:`TaskAwareStrategy`'s arguments.
+    """
+
+    lr_groups: ClassVar[tuple[str, ...]] = ("task_parameters",)
+    """The parameter groups, besides the scores, that train at ``lr``."""
+
+    def __init__(self, *, model: TaskAwareModel, score_lr: float, lr: float = DEFAULT_LR, **kwargs: Any) -> None:
+        check_positive("score_lr", score_lr)
+        check_positive("lr", lr)
+        self.score_lr = score_lr
+        self.lr = lr
+        super().__init__(model=model, **kwargs)
+
+    def group_learning_rates(self) -> dict[str, float]:
+        return {"mask_scores": self.score_lr, **dict.fromkeys(self.lr_groups, self.lr)}

@@ -192,6 +192,13 @@ class TaskWeightLayer(TaskModule, nn.Module):
         weight (for the bits-per-weight figure)."""
         return 0
 
+    def capacity_used(self) -> float:
+        """The share of this layer's weights that earlier tasks have taken
+        from later ones (a fraction, each weight weighed by how far it is
+        taken): 0 for a layer whose tasks never train the shared weight, so
+        that every task finds all of it, as the first did."""
+        return 0.0
+
     def mask_counts(self, task: str) -> dict[str, int] | None:
         """How many of the layer's weights ``task``'s mask drops
         (``"zeros"``) and, for masks that can, flips (``"negatives"``);

@@ -137,6 +137,11 @@ class UnitAttentionLayer(TaskWeightLayer):
             return torch.zeros(self.weight.shape[0], dtype=self.weight.dtype, device=self.weight.device)
         return self.cumulative
 
+    def capacity_used(self) -> float:
+        """The share of the layer's weights whose gradient earlier tasks
+        block, each weighed by its unit's :meth:`protection`."""
+        return float(self.protection().mean())
+
     def capacity_regulariser(self) -> tuple[Tensor, Tensor]:
         """HAT's regulariser's sums over this layer, for every learning task:
         ``(sum of attention * (1 - protection), sum of (1 - protection))``."""

@@ -74,14 +74,6 @@ class HATModel(TaskAwareModel):
         for layer in self.attention_layers.values():
             layer.clamp_embeddings()
 
-    def capacity_used(self) -> float:
-        """The share of the layers' weights whose gradient earlier tasks
-        block (each weight weighed by its unit's protection): what is spent
-        of the network's capacity."""
-        layers = list(self.attention_layers.values())
-        blocked = sum(float(layer.protection().sum()) * layer.weight[0].numel() for layer in layers)
-        return blocked / sum(layer.weight.numel() for layer in layers)
-
     @property
     def attention_layers(self) -> dict[str, UnitAttentionLayer]:
         """The layers whose units tasks attend to, by qualified name."""

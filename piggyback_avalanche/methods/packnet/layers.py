@@ -66,6 +66,11 @@ class PackNetLayer(TaskWeightLayer):
         """
         return self._cached("owners", self._owners_key(), self._unpack_owners)
 
+    def capacity_used(self) -> float:
+        """The share of the layer's weights some frozen task owns: no later
+        task can train them."""
+        return float((self.owner_codes() > 0).float().mean())
+
     def _owners_key(self) -> tuple:
         # A freeze replaces packed_owners and lengthens task_order; a load
         # writes into packed_owners in place.

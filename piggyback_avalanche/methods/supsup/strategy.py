@@ -2,9 +2,8 @@
 
 from typing import Any
 
-from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.methods.supsup.model import SupSupModel
-from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, TaskAwareStrategy
+from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, MaskScoreStrategy
 
 __all__ = ["SupSup", "DEFAULT_SCORE_LR"]
 
@@ -15,7 +14,7 @@ offline default stream, seeds 0, 1, 2, with the batch-norm pass: the best
 of 1e-4, 3e-4, 1e-3 and 3e-3 (BENCHMARKS.md)."""
 
 
-class SupSup(TaskAwareStrategy):
+class SupSup(MaskScoreStrategy):
     """SupSup (Wortsman et al., NeurIPS 2020) as an Avalanche strategy.
 
     For each experience the model adds the new task (supermask scores,
@@ -40,11 +39,4 @@ class SupSup(TaskAwareStrategy):
     def __init__(
         self, *, model: SupSupModel, score_lr: float = DEFAULT_SCORE_LR, lr: float = DEFAULT_LR, **kwargs: Any
     ) -> None:
-        check_positive("score_lr", score_lr)
-        check_positive("lr", lr)
-        self.score_lr = score_lr
-        self.lr = lr
-        super().__init__(model=model, **kwargs)
-
-    def group_learning_rates(self) -> dict[str, float]:
-        return {"mask_scores": self.score_lr, "task_parameters": self.lr}
+        super().__init__(model=model, score_lr=score_lr, lr=lr, **kwargs)

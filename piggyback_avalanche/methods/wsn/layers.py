@@ -69,9 +69,9 @@ class SubnetworkLayer(FrozenMaskLayer):
 
         return self._cached("used", key, unpack)
 
-    def used_share(self) -> float:
-        """The share of the layer's weights some task has selected: what is
-        spent of its capacity."""
+    def capacity_used(self) -> float:
+        """The share of the layer's weights some task has selected: when it
+        reaches 1, later tasks can only reuse frozen weights."""
         return float(self.used().float().mean())
 
     # --- tasks -----------------------------------------------------------

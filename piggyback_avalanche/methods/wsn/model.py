@@ -57,13 +57,6 @@ class WSNModel(TaskAwareModel):
     def task_file_settings(self) -> dict[str, Any]:
         return {**super().task_file_settings(), "density": self._layer_settings["density"]}
 
-    def capacity_used(self) -> float:
-        """The share of all the layers' weights some task has selected: when
-        it reaches 1, later tasks can only reuse frozen weights."""
-        layers = list(self.subnetwork_layers.values())
-        used = sum(layer.used_share() * layer.weight.numel() for layer in layers)
-        return used / sum(layer.weight.numel() for layer in layers)
-
     @property
     def subnetwork_layers(self) -> dict[str, SubnetworkLayer]:
         """The layers tasks select subnetworks of, by qualified name."""

@@ -2,9 +2,8 @@
 
 from typing import Any
 
-from piggyback_avalanche.checks import check_positive
 from piggyback_avalanche.methods.wsn.model import WSNModel
-from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, TaskAwareStrategy
+from piggyback_avalanche.task_aware.strategy import DEFAULT_LR, MaskScoreStrategy
 
 __all__ = ["WSN", "DEFAULT_WSN_SCORE_LR"]
 
@@ -15,7 +14,7 @@ stream, seeds 0, 1, 2, with the batch-norm pass: the best of 1e-4 to 1e-2
 (94.1 %; from 1e-3 on within a standard deviation, BENCHMARKS.md)."""
 
 
-class WSN(TaskAwareStrategy):
+class WSN(MaskScoreStrategy):
     """WSN (Kang et al., ICML 2022) as an Avalanche strategy.
 
     For each experience the model adds the new task (scores, free weights,
@@ -32,16 +31,10 @@ class WSN(TaskAwareStrategy):
     """
 
     model_type = WSNModel
+    lr_groups = ("weights", "task_parameters")
     recalibrates_norm_statistics = True  # 93.8 % against 84.2 on validation data (BENCHMARKS.md)
 
     def __init__(
         self, *, model: WSNModel, score_lr: float = DEFAULT_WSN_SCORE_LR, lr: float = DEFAULT_LR, **kwargs: Any
     ) -> None:
-        check_positive("score_lr", score_lr)
-        check_positive("lr", lr)
-        self.score_lr = score_lr
-        self.lr = lr
-        super().__init__(model=model, **kwargs)
-
-    def group_learning_rates(self) -> dict[str, float]:
-        return {"mask_scores": self.score_lr, "weights": self.lr, "task_parameters": self.lr}
+        super().__init__(model=model, score_lr=score_lr, lr=lr, **kwargs)
