@@ -42,11 +42,14 @@ from torch import nn
 from piggyback_avalanche import make_strategy
 from piggyback_avalanche.app.pretrained_cache import pretrained_backbone
 from piggyback_avalanche.app.report import markdown_table
+from piggyback_avalanche.app.shipped import shipped_presets
 from piggyback_avalanche.app.streams import STREAMS
 from piggyback_avalanche.benchmarks.offline import permuted_mnist_stream
 from piggyback_avalanche.task_aware.task_inference import TaskInference
 
 EPOCHS, MB, BATCH_OF_ONE_TASK = 3, 32, 64
+DEFAULT_STREAM = shipped_presets()["offline_default"]
+"""The capacity part's settings: the runner's ``--config offline_default``."""
 INFERENCE = [("one_shot", "batch"), ("one_shot", "sample"), ("entropy", "sample"), ("relative_mahalanobis", "sample")]
 CAPACITY_METHODS = ["piggyback", "supsup", "packnet", "wsn", "hat"]
 
@@ -95,12 +98,12 @@ def _inference(
     return 100 * found / total, 100 * correct / total
 
 
-def supsup_on_permuted_mnist(tasks: int, seed: int) -> dict[str, float]:
+def supsup_on_permuted_mnist(tasks: int, seed: int, epochs: int = EPOCHS) -> dict[str, float]:
     """SupSup with task labels, individual networks, and every inference."""
     torch.manual_seed(seed)
     _, benchmark = permuted_mnist_stream(tasks, seed=seed)
     tests = _tensors(benchmark.test_stream)
-    settings = {"train_epochs": EPOCHS, "train_mb_size": MB, "evaluator": None}
+    settings = {"train_epochs": epochs, "train_mb_size": MB, "evaluator": None}
     result: dict[str, float] = {}
     # The stream has no task labels: experience k is task k, and every score is evaluated on the one model.
     inferring = {"task_inference": "batch", "task_score": "one_shot"}
@@ -118,15 +121,17 @@ def supsup_on_permuted_mnist(tasks: int, seed: int) -> dict[str, float]:
     return result
 
 
-def capacity_and_forgetting(method: str, seed: int, cache: Path) -> dict[str, Any]:
+def capacity_and_forgetting(
+    method: str, seed: int, cache: Path, epochs: int = DEFAULT_STREAM["epochs"]
+) -> dict[str, Any]:
     """``method`` on the offline default stream: capacity spent after each
     task, and the largest change of an earlier task's logits."""
-    source, benchmark = STREAMS["mnist_transfer"](seed=seed, data_root=None, crop_size=224)
+    source, benchmark = STREAMS[DEFAULT_STREAM["stream"]](seed=seed, data_root=None, crop_size=224)
     shape = benchmark.train_stream[0].dataset[0][0].shape
-    pretraining = {"epochs": 5, "lr": 1e-3, "mb_size": MB, "device": "cpu"}
+    pretraining = {"epochs": DEFAULT_STREAM["pretrain_epochs"], "lr": 1e-3, "mb_size": MB, "device": "cpu"}
     backbone = pretrained_backbone(
-        "small_cnn",
-        "mnist_transfer",
+        DEFAULT_STREAM["backbone"],
+        DEFAULT_STREAM["stream"],
         source,
         shape,
         pretrained=False,
@@ -136,7 +141,7 @@ def capacity_and_forgetting(method: str, seed: int, cache: Path) -> dict[str, An
         log=lambda line: None,
     )
     torch.manual_seed(seed)
-    strategy = make_strategy(method, backbone, train_epochs=5, train_mb_size=MB, evaluator=None)
+    strategy = make_strategy(method, backbone, train_epochs=epochs, train_mb_size=MB, evaluator=None)
     tests = _tensors(benchmark.test_stream)
     recorded: dict[int, torch.Tensor] = {}
     spent, largest_change = [], 0.0
@@ -175,12 +180,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--permuted-tasks", type=int, nargs="+", default=[10, 25])
     parser.add_argument("--methods", nargs="+", default=CAPACITY_METHODS, help="of the capacity part")
     parser.add_argument("--capacity-seeds", type=int, nargs="+", help="of the capacity part (default: --seeds)")
+    parser.add_argument(
+        "--epochs", type=int, help=f"per task, both parts (default: {EPOCHS} on permuted MNIST, the preset's otherwise)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/mask_family"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     lines = ["# The mask-based family's claims", ""]
 
-    supsup = {n: [supsup_on_permuted_mnist(n, seed) for seed in args.seeds] for n in args.permuted_tasks}
+    per_task = {"epochs": args.epochs} if args.epochs else {}
+    supsup = {n: [supsup_on_permuted_mnist(n, seed, **per_task) for seed in args.seeds] for n in args.permuted_tasks}
     (args.out / "supsup.json").write_text(json.dumps(supsup, indent=1))  # the first part, kept if the second fails
     header = [
         "tasks",
@@ -199,7 +208,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as cache:
         seeds = args.capacity_seeds or args.seeds
-        capacity = {m: [capacity_and_forgetting(m, seed, Path(cache)) for seed in seeds] for m in args.methods}
+        capacity = {
+            m: [capacity_and_forgetting(m, seed, Path(cache), **per_task) for seed in seeds] for m in args.methods
+        }
     header = ["method", *(f"spent after task {t}" for t in range(5)), "tasks until 99 % spent", "largest logit change"]
     rows = []
     for method, runs in capacity.items():

@@ -1,3 +1,4 @@
+import json
 import re
 import subprocess
 import sys
@@ -72,7 +73,6 @@ def test_demo_reports_zero_forgetting_for_piggyback_only():
 
 
 def test_tensorboard_example_writes_one_run_per_strategy(tmp_path):
-    import json
 
     completed = subprocess.run(
         [
@@ -136,7 +136,6 @@ def test_compare_example_tables_every_strategy(tmp_path):
 
 
 def test_registry_example_runs_the_registered_strategies(tmp_path):
-    import json
 
     rows = _table_rows(
         _run_example("register_your_strategy.py", "--epochs", 1, "--pretrain-epochs", 1, "--out", tmp_path)
@@ -180,6 +179,34 @@ def test_the_ablations_benchmark_writes_a_table_per_claim_and_its_plots(tmp_path
     assert "small ResNet" not in claims  # only the depth backbones asked for
     plots = sorted(p.name for p in tmp_path.glob("*.png"))
     assert plots == ["packnet_gap_digits.png", "threshold_digits.png", "zeros_per_layer_digits.png"]
+
+
+def test_the_mask_family_benchmark_checks_each_claim_through_avalanches_loop(tmp_path):
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "mask_family.py"),
+            *("--seeds", "0", "--permuted-tasks", "2", "--methods", "packnet"),
+            *("--epochs", "1", "--out", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    (supsup,) = claims["supsup"]["2"]
+    # The one-shot score per batch and the Mahalanobis score find both tasks' every batch.
+    assert supsup["one_shot/batch task"] == 100.0 and supsup["relative_mahalanobis/sample task"] == 100.0
+    assert supsup["supsup"] > 50 and supsup["individual"] > 50  # ten classes: chance is 10 %
+    (packnet,) = claims["capacity"]["packnet"]
+    # PackNet keeps half of the free weights a task: exactly its prune ratio, whatever it learned.
+    assert [100 * s for s in packnet["spent"]] == pytest.approx([50, 75, 87.5, 93.75, 96.875], abs=0.05)
+    assert packnet["tasks_until_99"] == pytest.approx(6.6, abs=0.05)  # the free half shrinks by half a task
+    assert packnet["largest_logit_change"] == 0.0
+    table = (tmp_path / "claims.md").read_text()
+    assert "| packnet | 50.0 ± 0.0 | 75.0 ± 0.0 | 87.5 ± 0.0 | 93.8 ± 0.0 | 96.9 ± 0.0 | 6.6 ± 0.0 | 0 |" in table
 
 
 def test_vision_transformer_example_compares_methods_by_bytes_per_task():
