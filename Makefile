@@ -27,8 +27,9 @@ demo: $(VENV)/.installed
 test: lint
 	$(PY) -m pytest -q --durations=10 -m "not ray"
 
-# The runner on real Ray clusters (a local instance; a head and a second node): about two
-# minutes on 2 cores, kept out of `make test` to hold it within its time; CI runs both.
+# The runner and the ablations benchmark on real Ray clusters (a local instance; a head and a
+# second node): about three minutes on 2 cores, kept out of `make test` to hold it within its
+# time; CI runs both.
 test-ray: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m ray
 

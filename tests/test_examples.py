@@ -146,6 +146,7 @@ def test_registry_example_runs_the_registered_strategies(tmp_path):
     assert len(set(accuracies.values())) == 3  # three different strategies ran
 
 
+@pytest.mark.ray  # it starts a local Ray instance: make test-ray runs it
 def test_the_ablations_benchmark_writes_a_table_per_claim_and_its_plots(tmp_path):
     completed = subprocess.run(
         [
