@@ -38,7 +38,7 @@ def _run(command, tmp_path):
 
 def test_torchrun_with_two_ranks_matches_one_process(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
-    arguments = [str(EXAMPLE), "--epochs", "2"]
+    arguments = [str(EXAMPLE), "--epochs", "1"]
     ranks = _run(
         [str(torchrun), "--standalone", "--nproc_per_node=2", *arguments, "--out", str(tmp_path / "ddp")], tmp_path
     )

@@ -212,11 +212,11 @@ def test_the_mask_family_benchmark_checks_each_claim_through_avalanches_loop(tmp
 
 def test_vision_transformer_example_compares_methods_by_bytes_per_task():
     out, progress = _run_example(
-        "vision_transformer.py", "--epochs", 1, "--pretrain-epochs", 8, "--tasks", 3, stderr=True
+        "vision_transformer.py", "--epochs", 1, "--pretrain-epochs", 6, "--tasks", 3, stderr=True
     )
     rows = _table_rows(out)
     # Long work says what it does, on stderr, and nothing the user did not ask for.
-    assert "pretraining the small ViT on the source task (8 epochs)" in progress
+    assert "pretraining the small ViT on the source task (6 epochs)" in progress
     assert [line for line in progress.splitlines() if line.startswith("piggyback: task")] == [
         f"piggyback: task {k}/3 learned" for k in (1, 2, 3)
     ]
